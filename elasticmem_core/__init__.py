@@ -1,0 +1,2 @@
+"""ElasticMem reference package."""
+__version__ = "0.1.0"

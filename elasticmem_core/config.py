@@ -1,0 +1,319 @@
+"""Typed configuration: one dataclass per part of the method, defaults = the paper's settings.
+
+A params file (YAML) has one mapping per section (`runtime:`, `data:`, `bank:` ...). Every key is checked against
+the dataclass field of the same name: an unknown or misspelled key, or a value of the wrong type, raises
+`ConfigError` naming the key and the file. Each field carries a one-line help in its metadata (`help(field)`).
+
+Papermill injects the top-level YAML keys as notebook variables, so each section arrives in a notebook as a dict;
+`from_sections` turns those dicts back into a validated `Config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message names the file and the key."""
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with a one-line help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class RuntimeConfig:
+    backbone: str = _f("smollm2-135m", "smollm2-135m | qwen2.5-0.5b | tiny-random | a Hugging Face id or local folder")
+    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16")
+    device: str = _f("auto", "auto (cuda if available) | cpu | cuda")
+    seed: int = _f(42, "global seed (python, numpy, torch)")
+    run_name: str = _f("run", "name of the run folder under output_dir")
+    output_dir: str = _f("outputs", "root of run folders, relative to the repository root")
+    cache_dir: str | None = _f(None, "backbone/bank cache; None = $ELASTICMEM_CACHE or <repo>/outputs/cache")
+    num_threads: int = _f(0, "torch CPU threads; 0 = torch's default")
+    chat_prompt: str = _f("In one sentence, what is long-term memory for an assistant?",
+                          "the short chat prompt 00_setup answers")
+    max_new_tokens: int = _f(24, "tokens generated for the 00_setup chat prompt")
+
+
+@dataclass
+class MiniConfig:
+    """MemorySuite-mini generator (the embedded default data)."""
+    seed: int = _f(42, "generator seed; the same seed gives byte-identical files")
+    n_memories: int = _f(12, "memories (contexts / conversations / haystacks) per setting")
+    sessions_per_memory: int = _f(3, "dialogue sessions per memory")
+    turns_per_session: int = _f(4, "user->assistant turn pairs per session")
+    questions_per_memory: int = _f(8, "questions generated per memory")
+    distractor_similarity: float = _f(0.5, "0..1: share of distractor turns about the same attribute family")
+    filler_words: int = _f(0, "extra filler words per turn (longer chunks, harder retrieval)")
+
+
+@dataclass
+class DataConfig:
+    settings: list[str] = _f(["mini-locomo"],
+                             "MemorySuite settings: personamem-32k, personamem-128k, locomo-mc10, longmemeval-mc10, "
+                             "alfworld, or their generated counterparts mini-personamem, mini-locomo, mini-longmemeval")
+    data_dir: str = _f("data", "folder holding the published files of the real settings (see README)")
+    mini_dir: str | None = _f(None, "where MemorySuite-mini is written; None = <run folder>/data")
+    chunk_max_tokens: int = _f(2048, "chunks longer than this (backbone tokens) are truncated, and counted")
+    skip_bad_records: bool = _f(False, "skip malformed records (each listed in the load summary) instead of failing")
+    mini: MiniConfig = field(default_factory=MiniConfig, metadata={"help": "MemorySuite-mini generator"})
+
+
+@dataclass
+class BankConfig:
+    n_c: int = _f(20, "content-cache length N_c: last-layer states kept per chunk")
+    max_length: int = _f(2048, "chunk truncation length in tokens when encoding")
+    batch_size: int = _f(16, "chunks per forward pass (length-bucketed)")
+    padding_side: str = _f("right", "right | left padding of a batch")
+    storage_dtype: str = _f("bfloat16", "bfloat16 | float16 | float32 storage of keys and caches")
+    shard_size: int = _f(1024, "chunks per shard file")
+    index: str = _f("flat", "flat (exact inner product over normalised keys) | ivf (approximate)")
+    ivf_nlist: int = _f(64, "inverted lists of the approximate index")
+    ivf_nprobe: int = _f(8, "lists probed by the approximate index")
+
+
+@dataclass
+class RetrievalConfig:
+    mode: str = _f("control_token", "control_token | frozen_state | query_state | semantic | oracle")
+    top_z: int = _f(20, "chunks retrieved per question (Z)")
+    temperature: float = _f(1.0, "control-token sampling temperature in training (argmax at evaluation)")
+    chat_template: bool = _f(False, "wrap the question in the chat template before the control token (authors: no)")
+
+
+@dataclass
+class BudgetConfig:
+    policy: str = _f("transformer", "transformer | uniform | random | mlp")
+    hidden: int = _f(256, "policy hidden size")
+    heads: int = _f(4, "policy attention heads")
+    layers: int = _f(2, "policy Transformer layers")
+    dropout: float = _f(0.1, "policy dropout")
+    b_max: int = _f(20, "largest budget B_max (soft tokens per chunk); must be <= bank.n_c")
+    min_budget: int = _f(0, "smallest budget level: 0 lets the policy drop a chunk (paper), 1 never drops (code)")
+    uniform_budget: int = _f(10, "budget of every chunk under the uniform policy")
+    entropy_coef: float = _f(0.001, "entropy bonus weight of the budget policy")
+
+
+@dataclass
+class ProjectorConfig:
+    kind: str = _f("mlp", "mlp (Linear-GELU-Dropout-Linear-LayerNorm) | identity")
+    hidden: int = _f(2560, "projector inner width")
+    dropout: float = _f(0.1, "projector dropout")
+
+
+@dataclass
+class LoRAConfig:
+    r: int = _f(32, "LoRA rank")
+    alpha: int = _f(64, "LoRA alpha")
+    dropout: float = _f(0.1, "LoRA dropout")
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "modules adapted by LoRA")
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = _f(4, "rollouts per question G (QA 4, ALFWorld 8)")
+    questions_per_step: int = _f(1, "questions per optimisation step (authors: 1)")
+    max_new_tokens: int = _f(5, "answer tokens sampled per rollout (QA 5, ALFWorld 16)")
+    temperature: float = _f(1.0, "answer sampling temperature")
+    clip_eps: float = _f(0.05, "PPO clip epsilon (authors' code 0.05, older docs 0.2)")
+    inner_passes: int = _f(2, "optimisation passes per rollout group")
+    kl_beta: float = _f(0.0, "KL weight to the frozen base model (authors: 0, no reference model)")
+    adv_clip: float = _f(5.0, "advantages clamped to [-adv_clip, adv_clip]")
+    loss_type: str = _f("token_mean", "token_mean | sequence_mean aggregation of the surrogate")
+    lr: float = _f(2e-5, "AdamW learning rate")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    grad_clip: float = _f(1.0, "gradient-norm clip")
+    epochs: int = _f(10, "epochs over the training questions (QA 10, ALFWorld 3)")
+    warmup_steps: int = _f(0, "linear learning-rate warm-up steps before the cosine schedule")
+    max_steps: int = _f(0, "stop after this many steps; 0 = epochs decide")
+    eval_every: int = _f(100, "validate every N steps (model selection on validation only)")
+    sft_steps: int = _f(0, "supervised warm-up steps on the gold answer before GRPO (0 = off, as the paper)")
+    sft_lr: float = _f(5e-4, "supervised warm-up learning rate")
+
+
+@dataclass
+class EvalConfig:
+    splits: list[str] = _f(["val", "test"], "splits evaluated")
+    max_questions: int = _f(0, "evaluate at most this many questions per split; 0 = all")
+    bootstrap: int = _f(1000, "bootstrap resamples for the 95% intervals")
+    seeds: list[int] = _f([42], "training seeds (the paper reports means over 5)")
+
+
+@dataclass
+class Config:
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` checked (and int->float widened) against annotation `tp`; raise ConfigError otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_check_type(k, kt, where): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (bool, str):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")  # a bug in this module, not in the params
+
+
+def _build(cls: type, values: Any, where: str):
+    """Build dataclass `cls` from a mapping, checking every key and type."""
+    if values is None:
+        values = {}
+    if dataclasses.is_dataclass(values):
+        values = dataclasses.asdict(values)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__} {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            close = [k for k in known if _similar(k, str(key))]
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _similar(a: str, b: str) -> bool:
+    import difflib
+    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.75
+
+
+def from_sections(source: str = "<params>", **sections: Any) -> Config:
+    """Validated Config from section mappings (as papermill injects them); `source` names the origin in errors."""
+    unknown = [k for k in sections if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{source}: unknown section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
+    cfg = _build(Config, sections, source)
+    validate(cfg, source)
+    return cfg
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The raw sections of a params file, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected sections (runtime:, data:, ...) at the top level")
+    return {k: ({} if v is None else v) for k, v in raw.items()}
+
+
+def apply_overrides(sections: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (value parsed as YAML) to raw sections, returning a new mapping."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in sections.items()}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        dotted, value = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) < 2:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        node = out.setdefault(parts[0], {})
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from a params file (or the paper defaults when None) plus `section.key=value` overrides."""
+    sections = read_params(path) if path is not None else {}
+    return from_sections(str(path) if path else "<defaults>", **apply_overrides(sections, overrides))
+
+
+def validate(cfg: Config, source: str = "<params>") -> None:
+    """Checks across fields that types alone cannot express."""
+    choices = {
+        "runtime.dtype": (cfg.runtime.dtype, {"auto", "float32", "bfloat16", "float16"}),
+        "runtime.device": (cfg.runtime.device, {"auto", "cpu", "cuda"}),
+        "bank.padding_side": (cfg.bank.padding_side, {"left", "right"}),
+        "bank.storage_dtype": (cfg.bank.storage_dtype, {"bfloat16", "float16", "float32"}),
+        "bank.index": (cfg.bank.index, {"flat", "ivf"}),
+        "retrieval.mode": (cfg.retrieval.mode, {"control_token", "frozen_state", "query_state", "semantic", "oracle"}),
+        "budget.policy": (cfg.budget.policy, {"transformer", "uniform", "random", "mlp"}),
+        "projector.kind": (cfg.projector.kind, {"mlp", "identity"}),
+        "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key} = {value!r}; choose one of {', '.join(sorted(allowed))}")
+    if cfg.budget.min_budget not in (0, 1):
+        raise ConfigError(f"{source}: budget.min_budget must be 0 or 1, got {cfg.budget.min_budget}")
+    if cfg.budget.b_max > cfg.bank.n_c:
+        raise ConfigError(f"{source}: budget.b_max ({cfg.budget.b_max}) exceeds bank.n_c ({cfg.bank.n_c})")
+    for key in ("bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
+                "grpo.group_size", "grpo.questions_per_step", "budget.b_max"):
+        sec, name = key.split(".")
+        if getattr(getattr(cfg, sec), name) < 1:
+            raise ConfigError(f"{source}: {key} must be >= 1")
+
+
+def field_help(section: str, key: str) -> str:
+    """The one-line help of `section.key`."""
+    cls = type(getattr(Config(), section))
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}[key]

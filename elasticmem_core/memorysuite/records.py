@@ -1,0 +1,68 @@
+"""Typed records every MemorySuite loader yields, whatever the published format.
+
+A `Dataset` is one setting (e.g. LoCoMo-MC10): its questions, the memories they ask about, and a `LoadSummary`
+that accounts for every record read, kept or filtered. Chunks live once per memory; a question refers to its
+memory by id (a PersonaMem context, a LoCoMo conversation, a LongMemEval haystack, the ALFWorld skill bank).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Chunk:
+    chunk_id: str    # "<memory_id>#<index>", unique within a setting; the bank's row name
+    memory_id: str
+    index: int       # position within its memory (chronological)
+    text: str        # "User: ...\nAssistant: ..." (QA) or "[task_type] summary" (ALFWorld skill card)
+
+
+@dataclass
+class Memory:
+    memory_id: str
+    chunks: list[Chunk]
+
+
+@dataclass
+class Question:
+    qid: str
+    question: str
+    options: list[str]           # option texts, without labels, in label order
+    gold: str                    # gold label, "(a)".."(j)"
+    question_type: str
+    memory_id: str
+    split: str                   # "train" | "val" | "test" (from the frozen split files)
+    evidence: list[str] = field(default_factory=list)  # chunk ids holding the answer, where the data says
+
+    @property
+    def labels(self) -> list[str]:
+        return [f"({chr(ord('a') + i)})" for i in range(len(self.options))]
+
+    @property
+    def gold_index(self) -> int:
+        return self.labels.index(self.gold)
+
+    def options_text(self) -> str:
+        return "\n".join(f"{label} {text}" for label, text in zip(self.labels, self.options))
+
+
+@dataclass
+class LoadSummary:
+    setting: str
+    files: dict[str, str] = field(default_factory=dict)          # role -> path read
+    counts: dict[str, int] = field(default_factory=dict)         # what was read, kept and filtered, by reason
+    skipped: list[str] = field(default_factory=list)             # "<file>:<line> <field>: <why>" per skipped record
+
+
+@dataclass
+class Dataset:
+    setting: str
+    questions: list[Question]
+    memories: dict[str, Memory]
+    summary: LoadSummary
+
+    def split(self, name: str) -> list[Question]:
+        return [q for q in self.questions if q.split == name]
+
+    def chunks(self) -> list[Chunk]:
+        return [c for m in self.memories.values() for c in m.chunks]

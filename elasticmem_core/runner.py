@@ -1,0 +1,180 @@
+"""Notebook harness: run numbered notebooks headless through papermill with a params file, from any directory.
+
+    elasticmem run notebooks/00_setup.ipynb -p params/mini.yaml [--set grpo.epochs=2] [--run-dir outputs/x]
+    elasticmem reproduce -p params/mini.yaml        # every numbered notebook, in order
+    elasticmem check-params                         # validate every params file under params/
+    elasticmem sync-params                          # rewrite each notebook's parameters cell from params/smoke.yaml
+
+The params are validated through the typed config before any kernel starts (papermill itself only warns on an
+unknown parameter). The run folder receives the executed notebooks, `params.yaml` (fully resolved), and
+`run.json` (params file, overrides, seed, versions, git commit, wall time per notebook, status). An executed
+notebook is written under a temporary name and renamed when it finished: a failed one is kept as
+`<name>.FAILED.ipynb`, never as a finished notebook, and the command exits non-zero naming the cell.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pprint
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import SECTIONS, ConfigError, apply_overrides, from_sections, read_params
+from .experiment import environment, repo_root, resolve, write_json, write_yaml
+
+NOTEBOOK_RE = re.compile(r"^\d\d_[\w-]+\.ipynb$")
+
+
+class NotebookFailed(RuntimeError):
+    """A cell raised; the message names the notebook, the cell and the error."""
+
+
+def numbered_notebooks(folder: str | Path = "notebooks") -> list[Path]:
+    """Every numbered notebook (NN_name.ipynb) in order."""
+    return sorted(p for p in resolve(folder).iterdir() if NOTEBOOK_RE.match(p.name))
+
+
+def resolve_params(params: str | Path | None, overrides: list[str] | None = None) -> tuple[dict[str, Any], Any]:
+    """Raw sections and the validated Config for a params file plus overrides (ConfigError names file and key)."""
+    source = str(params) if params else "<defaults>"
+    sections = read_params(resolve(params)) if params else {}
+    sections = apply_overrides(sections, overrides)
+    cfg = from_sections(source, **sections)
+    return sections, cfg
+
+
+def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None, overrides: list[str] | None = None,
+                  run_dir: str | Path | None = None, log_output: bool = False) -> Path:
+    """Execute notebooks in order into one run folder; returns the folder. Raises NotebookFailed on a failing cell."""
+    import papermill as pm
+
+    _, cfg = resolve_params(params, overrides)
+    folder = resolve(run_dir) if run_dir else resolve(cfg.runtime.output_dir) / cfg.runtime.run_name
+    folder.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.to_dict()
+    write_yaml(folder / "params.yaml", resolved)
+    record: dict[str, Any] = {
+        "params_file": str(params) if params else None,
+        "overrides": list(overrides or []),
+        "seed": cfg.runtime.seed,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": environment(),
+        "notebooks": [],
+        "status": "running",
+    }
+    write_json(folder / "run.json", record)
+    parameters = {**resolved, "run_dir": str(folder)}
+    total = time.perf_counter()
+    for nb in notebooks:
+        src = resolve(nb)
+        if not src.is_file():
+            raise FileNotFoundError(f"notebook {src} not found")
+        out = folder / "notebooks" / src.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.stem + ".partial.ipynb")
+        entry = {"notebook": src.name, "status": "running"}
+        record["notebooks"].append(entry)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(str(src), str(partial), parameters=parameters, kernel_name="python3",
+                                cwd=str(repo_root()), log_output=log_output, progress_bar=False)
+        except Exception as e:  # papermill's execution error, or a kernel that died
+            failed = out.with_name(out.stem + ".FAILED.ipynb")
+            if partial.exists():
+                os.replace(partial, failed)
+            entry.update(status="failed", seconds=round(time.perf_counter() - start, 2), error=_describe(e))
+            record.update(status="failed", seconds=round(time.perf_counter() - total, 2))
+            write_json(folder / "run.json", record)
+            raise NotebookFailed(f"{src.name} failed: {_describe(e)}. Executed notebook kept at {failed}") from None
+        os.replace(partial, out)
+        entry.update(status="ok", seconds=round(time.perf_counter() - start, 2))
+        write_json(folder / "run.json", record)
+    record.update(status="ok", seconds=round(time.perf_counter() - total, 2),
+                  finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json(folder / "run.json", record)
+    return folder
+
+
+def _describe(e: Exception) -> str:
+    """`cell N (exec count): Error: message` for papermill errors, else the exception text."""
+    cell = getattr(e, "cell_index", None)
+    count = getattr(e, "exec_count", None)
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    if ename:
+        where = f"cell {cell}" + (f" (execution count {count})" if count is not None else "")
+        return f"{where}: {ename}: {evalue}"
+    return f"{type(e).__name__}: {e}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+PARAMS_HEADER = ("# Parameters: smoke-sized defaults, identical to params/smoke.yaml (kept in sync by\n"
+                 "# `elasticmem sync-params`). `papermill -f params/<file>.yaml` replaces whole sections.\n")
+
+
+def parameters_source(sections: dict[str, Any]) -> str:
+    lines = [PARAMS_HEADER + "# run folder; None = outputs/{runtime.run_name}", "run_dir = None"]
+    for name in SECTIONS:
+        body = pprint.pformat(sections.get(name, {}), sort_dicts=False, width=110)
+        lines.append(f"{name} = {body}")
+    return "\n".join(lines) + "\n"
+
+
+def sync_parameters(notebook: Path, smoke: Path) -> bool:
+    """Rewrite the notebook's `parameters` cell from the smoke params; True if it changed."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    source = parameters_source(read_params(smoke))
+    for cell in nb.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            if cell.source == source:
+                return False
+            cell.source = source
+            nbformat.write(nb, notebook)
+            return True
+    raise ConfigError(f"{notebook}: no cell tagged 'parameters'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="elasticmem", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, help_ in (("run", "run the given notebooks"), ("reproduce", "run every numbered notebook in order")):
+        p = sub.add_parser(name, help=help_)
+        if name == "run":
+            p.add_argument("notebooks", nargs="+")
+        p.add_argument("-p", "--params", default="params/mini.yaml", help="params file (default params/mini.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        p.add_argument("--run-dir", default=None, help="run folder (default outputs/<runtime.run_name>)")
+        p.add_argument("--log-output", action="store_true", help="stream cell output to this terminal")
+    sub.add_parser("check-params", help="validate every params/**/*.yaml")
+    sub.add_parser("sync-params", help="rewrite notebook parameters cells from params/smoke.yaml")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.cmd in ("run", "reproduce"):
+            nbs = args.notebooks if args.cmd == "run" else numbered_notebooks()
+            print(f"elasticmem: running {len(nbs)} notebook(s) with {args.params}", flush=True)
+            folder = run_notebooks(nbs, args.params, args.overrides, args.run_dir, args.log_output)
+            print(f"elasticmem: done; run folder {folder}")
+        elif args.cmd == "check-params":
+            files = sorted(resolve("params").rglob("*.yaml"))
+            for f in files:
+                resolve_params(f)
+            print(f"elasticmem: {len(files)} params files valid")
+        elif args.cmd == "sync-params":
+            smoke = resolve("params/smoke.yaml")
+            for nb in numbered_notebooks():
+                if sync_parameters(nb, smoke):
+                    print(f"updated {nb.name}")
+    except (ConfigError, NotebookFailed, FileNotFoundError) as e:
+        print(f"elasticmem: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
