@@ -227,9 +227,13 @@ def _build(cls: type, values: Any, where: str):
         if key not in known:
             close = [k for k in known if _similar(k, str(key))]
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
-        kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
+            raise ConfigError(f"{_join(where, str(key))}: unknown key{hint}")
+        kwargs[key] = _check_type(value, hints[key], _join(where, key))
     return cls(**kwargs)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _similar(a: str, b: str) -> bool:
@@ -242,7 +246,10 @@ def from_sections(source: str = "<params>", **sections: Any) -> Config:
     unknown = [k for k in sections if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
-    cfg = _build(Config, sections, source)
+    try:
+        cfg = _build(Config, sections, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     validate(cfg, source)
     return cfg
 

@@ -85,10 +85,11 @@ def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None,
             failed = out.with_name(out.stem + ".FAILED.ipynb")
             if partial.exists():
                 os.replace(partial, failed)
-            entry.update(status="failed", seconds=round(time.perf_counter() - start, 2), error=_describe(e))
+            error = _describe(e, failed)
+            entry.update(status="failed", seconds=round(time.perf_counter() - start, 2), error=error)
             record.update(status="failed", seconds=round(time.perf_counter() - total, 2))
             write_json(folder / "run.json", record)
-            raise NotebookFailed(f"{src.name} failed: {_describe(e)}. Executed notebook kept at {failed}") from None
+            raise NotebookFailed(f"{src.name} failed in {error}. Executed notebook kept at {failed}") from None
         os.replace(partial, out)
         entry.update(status="ok", seconds=round(time.perf_counter() - start, 2))
         write_json(folder / "run.json", record)
@@ -98,15 +99,24 @@ def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None,
     return folder
 
 
-def _describe(e: Exception) -> str:
-    """`cell N (exec count): Error: message` for papermill errors, else the exception text."""
-    cell = getattr(e, "cell_index", None)
-    count = getattr(e, "exec_count", None)
+def _describe(e: Exception, executed: Path | None = None) -> str:
+    """`cell N (first line): Error: message` for a failing cell, N counted in the source notebook; else the text."""
     ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
-    if ename:
-        where = f"cell {cell}" + (f" (execution count {count})" if count is not None else "")
-        return f"{where}: {ename}: {evalue}"
-    return f"{type(e).__name__}: {e}"
+    if not ename:
+        return f"{type(e).__name__}: {e}"
+    where = "a cell"
+    if executed is not None and executed.exists():
+        import nbformat
+
+        # number cells as in the source notebook: papermill adds an injected-parameters cell and an error banner
+        added = {"injected-parameters", "papermill-error-cell-tag"}
+        cells = [c for c in nbformat.read(executed, as_version=4).cells if not added & set(c.metadata.get("tags", []))]
+        for i, c in enumerate(cells):
+            if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+                first = (c.source.strip().splitlines() or [""])[0][:60]
+                where = f"cell {i} (`{first}`)"
+                break
+    return f"{where}: {ename}: {evalue}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

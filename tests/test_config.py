@@ -1,0 +1,137 @@
+"""Typed configuration: good files load, bad keys and types fail naming the key and the file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elasticmem_core import config
+from elasticmem_core.config import SECTIONS, ConfigError
+from elasticmem_core.experiment import resolve
+from elasticmem_core.runner import numbered_notebooks, parameters_source
+
+PARAMS = sorted(resolve("params").rglob("*.yaml"))
+
+
+def test_defaults_are_the_papers():
+    cfg = config.Config()
+    assert (cfg.bank.n_c, cfg.bank.max_length) == (20, 2048)
+    assert (cfg.budget.hidden, cfg.budget.heads, cfg.budget.layers, cfg.budget.b_max) == (256, 4, 2, 20)
+    assert (cfg.budget.min_budget, cfg.budget.entropy_coef) == (0, 0.001)
+    assert (cfg.projector.kind, cfg.projector.hidden) == ("mlp", 2560)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (32, 64, 0.1)
+    assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    g = cfg.grpo
+    assert (g.group_size, g.clip_eps, g.inner_passes, g.kl_beta, g.adv_clip, g.lr, g.weight_decay) == \
+        (4, 0.05, 2, 0.0, 5.0, 2e-5, 0.01)
+    assert cfg.runtime.seed == 42
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=lambda p: str(p.relative_to(resolve("params"))))
+def test_every_params_file_validates_and_names_every_section(path):
+    raw = config.read_params(path)
+    # papermill replaces whole sections: a file that omitted one would silently keep the notebook's smoke values.
+    assert set(raw) == set(SECTIONS), f"{path}: sections {sorted(raw)} != {sorted(SECTIONS)}"
+    config.load(path)
+
+
+def test_paper_files_set_each_settings_top_z():
+    expected = {"personamem-32k": 9, "personamem-128k": 21, "locomo-mc10": 20, "longmemeval-mc10": 20, "alfworld": 10}
+    for size in ("3b", "7b"):
+        for setting, z in expected.items():
+            cfg = config.load(resolve(f"params/paper/qwen2.5-{size}-{setting}.yaml"))
+            assert cfg.retrieval.top_z == z and cfg.data.settings == [setting]
+            assert cfg.runtime.backbone == f"Qwen/Qwen2.5-{size.upper()}-Instruct"
+            assert cfg.grpo.group_size == (8 if setting == "alfworld" else 4)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("grpo:\n  clip_epsilon: 0.2\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert str(p) in msg and "grpo.clip_epsilon" in msg and "clip_eps" in msg  # suggests the right key
+
+
+def test_unknown_section_names_section(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("trainer:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown section 'trainer'"):
+        config.load(p)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("bank:\n  n_c: twenty\n", "bank.n_c"),
+    ("bank:\n  n_c: 2.5\n", "bank.n_c"),
+    ("grpo:\n  lr: fast\n", "grpo.lr"),
+    ("retrieval:\n  chat_template: 1\n", "retrieval.chat_template"),
+    ("lora:\n  target_modules: q_proj\n", "lora.target_modules"),
+    ("data:\n  mini:\n    seed: x\n", "data.mini.seed"),
+    ("budget: 3\n", "budget"),
+])
+def test_wrong_type_names_key_and_file(tmp_path, text, key):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    assert str(p) in str(e.value) and key in str(e.value)
+
+
+def test_int_is_accepted_for_float_and_bad_choice_is_rejected(tmp_path):
+    p = tmp_path / "ok.yaml"
+    p.write_text("grpo:\n  lr: 1\n")
+    assert config.load(p).grpo.lr == 1.0
+    p.write_text("budget:\n  policy: lstm\n")
+    with pytest.raises(ConfigError, match="budget.policy"):
+        config.load(p)
+    p.write_text("budget:\n  b_max: 30\n")  # B_max cannot exceed the content cache N_c
+    with pytest.raises(ConfigError, match="b_max"):
+        config.load(p)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    p = tmp_path / "broken.yaml"
+    p.write_text("bank: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(p)
+
+
+def test_overrides():
+    cfg = config.load(resolve("params/smoke.yaml"), ["grpo.epochs=3", "data.mini.seed=7", "retrieval.mode=oracle"])
+    assert (cfg.grpo.epochs, cfg.data.mini.seed, cfg.retrieval.mode) == (3, 7, "oracle")
+    with pytest.raises(ConfigError, match="grpo.epoch"):
+        config.load(None, ["grpo.epoch=3"])
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    for section in SECTIONS:
+        for f in dataclasses.fields(type(getattr(config.Config(), section))):
+            assert f.metadata.get("help"), f"{section}.{f.name} has no help text"
+
+
+def test_notebook_parameters_cells_equal_smoke_params():
+    expected = parameters_source(config.read_params(resolve("params/smoke.yaml")))
+    notebooks = numbered_notebooks()
+    assert notebooks, "no numbered notebooks found"
+    for nb in notebooks:
+        data = json.loads(nb.read_text())
+        cells = [c for c in data["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(cells) == 1, f"{nb.name}: needs exactly one cell tagged 'parameters'"
+        assert "".join(cells[0]["source"]) == expected, f"{nb.name}: run `elasticmem sync-params`"
+        # every section of the params files is a parameter of the notebook
+        for section in SECTIONS:
+            assert f"\n{section} = " in expected
+
+
+def test_notebooks_are_committed_clean():
+    for nb in numbered_notebooks():
+        data = json.loads(nb.read_text())
+        assert data["metadata"]["kernelspec"]["name"] == "python3", nb.name
+        for cell in data["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"{nb.name}: clear outputs"

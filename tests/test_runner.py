@@ -1,0 +1,83 @@
+"""The notebook harness: success writes a complete run folder; failure names the cell and leaves nothing finished."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+
+from elasticmem_core import runner
+from elasticmem_core.config import ConfigError, read_params
+from elasticmem_core.experiment import resolve
+
+
+def _notebook(path, *cells):
+    params = new_code_cell(runner.parameters_source(read_params(resolve("params/smoke.yaml"))),
+                           metadata={"tags": ["parameters"]})
+    nb = new_notebook(cells=[params, *[new_code_cell(c) for c in cells]],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, path)
+    return path
+
+
+GOOD = ("from elasticmem_core import experiment\n"
+        "run = experiment.start(run_dir, runtime=runtime, data=data, bank=bank, retrieval=retrieval, budget=budget,\n"
+        "                       projector=projector, lora=lora, grpo=grpo, eval=eval)\n"
+        "import os\n"
+        "experiment.write_json(run.path('seen.json'), {'seed': run.cfg.runtime.seed, 'epochs': run.cfg.grpo.epochs,\n"
+        "                      'cwd': os.getcwd()})")
+
+
+def test_run_writes_a_complete_run_folder(tmp_path, monkeypatch):
+    nb = _notebook(tmp_path / "01_ok.ipynb", GOOD)
+    monkeypatch.chdir(tmp_path)  # the launch directory must not matter
+    folder = runner.run_notebooks([nb], resolve("params/smoke.yaml"), ["grpo.epochs=3"], tmp_path / "run")
+    seen = json.loads((folder / "seen.json").read_text())
+    assert seen["epochs"] == 3 and seen["seed"] == 42
+    assert seen["cwd"] == str(resolve("."))  # kernels start in the repository root
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "ok" and record["overrides"] == ["grpo.epochs=3"]
+    assert record["notebooks"][0]["status"] == "ok" and record["notebooks"][0]["seconds"] > 0
+    assert {"versions", "git_commit", "process_count"} <= set(record["environment"])
+    assert record["environment"]["versions"]["torch"].startswith("2.13.0")
+    assert yaml.safe_load((folder / "params.yaml").read_text())["grpo"]["epochs"] == 3
+    assert (folder / "notebooks" / "01_ok.ipynb").is_file()
+    assert not list(folder.rglob("*.partial.ipynb"))
+
+
+def test_failing_cell_is_named_and_nothing_looks_finished(tmp_path, capsys):
+    nb = _notebook(tmp_path / "02_bad.ipynb", "x = 1", "raise ValueError('boom in the third cell')")
+    code = runner.main(["run", str(nb), "-p", "params/smoke.yaml", "--run-dir", str(tmp_path / "run")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "02_bad.ipynb failed in cell 2 (`raise ValueError('boom" in err and "ValueError: boom in the third cell" in err
+    out = tmp_path / "run" / "notebooks"
+    assert (out / "02_bad.FAILED.ipynb").is_file() and not (out / "02_bad.ipynb").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_bad_params_fail_before_any_kernel_starts(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo:\n  lr: fast\n")
+    nb = _notebook(tmp_path / "03_never.ipynb", GOOD)
+    assert runner.main(["run", str(nb), "-p", str(bad), "--run-dir", str(tmp_path / "run")]) == 1
+    assert f"{bad}: grpo.lr: expected a number" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError):
+        runner.resolve_params(bad)
+
+
+def test_sync_params_rewrites_a_stale_parameters_cell(tmp_path):
+    nb = _notebook(tmp_path / "04_stale.ipynb", "pass")
+    data = nbformat.read(nb, as_version=4)
+    data.cells[0].source = "run_dir = None\n"
+    nbformat.write(data, nb)
+    assert runner.sync_parameters(nb, resolve("params/smoke.yaml")) is True
+    assert runner.sync_parameters(nb, resolve("params/smoke.yaml")) is False
+
+
+def test_numbered_notebooks_are_in_order():
+    names = [p.name for p in runner.numbered_notebooks()]
+    assert names == sorted(names) and "00_setup.ipynb" in names
