@@ -1,0 +1,138 @@
+"""Budget policy: decides, chunk by chunk in rank order, how many soft tokens b_j each retrieved chunk gets.
+
+The paper's policy is a small causal Transformer (hidden 256, 4 heads, 2 layers, dropout 0.1). Its input sequence is
+a query token (a projection of the query state q) followed by one token per retrieved chunk:
+
+    x_0 = proj_q(q) + seg[0]
+    x_j = proj_k(k_j) + proj_s(s_j) + prev[b_{j-1}] + seg[1] + rank(j)        j = 1..Z  (prev[b_0] = a start symbol)
+
+and the output at chunk token j is a categorical over the budget levels {min_budget .. B_max}. Because token j sees
+only tokens <= j and carries the previous choice, the log-probabilities of a given budget sequence come from ONE
+teacher-forced forward pass; sampling runs Z passes (Z is small). The rank encoding is sinusoidal, so no parameter
+depends on Z: a policy trained with Z=20 loads and runs with Z=10 (the authors' position table is sized by top_z).
+
+Ablation variants (budget.policy): `uniform` (every chunk gets uniform_budget), `random` (uniform over the levels),
+`mlp` (the same per-chunk features, no attention across chunks and no previous choice).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class BudgetDecision:
+    budgets: torch.Tensor    # [B, Z] long, soft tokens per chunk (0 for padding chunks)
+    logprob: torch.Tensor    # [B, Z] log-probability of each choice (0 where the policy has no parameters or padding)
+    entropy: torch.Tensor    # [B, Z] entropy of each categorical (0 likewise)
+
+
+def rank_encoding(z: int, dim: int, device) -> torch.Tensor:
+    """Sinusoidal encoding of retrieval ranks 0..z-1, [z, dim]."""
+    pos = torch.arange(z, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    enc = torch.zeros(z, dim, device=device)
+    enc[:, 0::2] = torch.sin(pos * div)
+    enc[:, 1::2] = torch.cos(pos * div)
+    return enc
+
+
+class BudgetPolicy(nn.Module):
+    def __init__(self, hidden_size: int, cfg):
+        super().__init__()
+        self.kind = cfg.policy
+        self.min_budget, self.b_max = cfg.min_budget, cfg.b_max
+        self.uniform_budget = cfg.uniform_budget
+        self.levels = self.b_max - self.min_budget + 1
+        if not self.min_budget <= self.uniform_budget <= self.b_max:
+            raise ValueError(f"budget.uniform_budget ({self.uniform_budget}) outside the levels "
+                             f"{self.min_budget}..{self.b_max}")
+        d = cfg.hidden
+        # Hidden states of LLMs carry a few huge outlier dimensions: normalise before projecting.
+        self.norm_q, self.norm_k = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
+        self.proj_q, self.proj_k = nn.Linear(hidden_size, d), nn.Linear(hidden_size, d)
+        self.proj_s = nn.Linear(1, d)
+        self.prev = nn.Embedding(self.b_max + 2, d)   # budgets 0..B_max plus a start symbol
+        self.seg = nn.Embedding(2, d)                 # 0 = query token, 1 = chunk token
+        self.hidden = d
+        if self.kind == "transformer":
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
+            self.body = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        elif self.kind == "mlp":
+            self.body = nn.Sequential(nn.Linear(2 * d, 4 * d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(4 * d, d))
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, self.levels))
+
+    @property
+    def start_symbol(self) -> int:
+        return self.b_max + 1
+
+    # ------------------------------------------------------------------------------------------------------------
+    def logits(self, query: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor,
+               prev_budgets: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, Z, levels]; prev_budgets[:, j] is the budget chosen for chunk j-1."""
+        dt = self.proj_q.weight.dtype
+        q = self.proj_q(self.norm_q(query.to(dt)))                               # [B, d]
+        chunk = self.proj_k(self.norm_k(keys.to(dt))) + self.proj_s(scores.to(dt)[..., None])  # [B, Z, d]
+        z = keys.shape[1]
+        if self.kind == "mlp":
+            h = self.body(torch.cat([chunk, q[:, None].expand_as(chunk)], dim=-1))
+            return self.head(h)
+        chunk = chunk + self.prev(prev_budgets) + self.seg.weight[1] + rank_encoding(z, self.hidden, keys.device)
+        x = torch.cat([(q + self.seg.weight[0])[:, None], chunk], dim=1)          # [B, 1+Z, d]
+        causal = nn.Transformer.generate_square_subsequent_mask(z + 1, device=x.device, dtype=x.dtype)
+        h = self.body(x, mask=causal, is_causal=True)
+        return self.head(h[:, 1:])                                               # outputs at the chunk tokens
+
+    def _prev(self, budgets: torch.Tensor) -> torch.Tensor:
+        start = torch.full_like(budgets[:, :1], self.start_symbol)
+        return torch.cat([start, budgets[:, :-1]], dim=1)
+
+    def decide(self, query: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+               sample: bool, generator: torch.Generator | None = None) -> BudgetDecision:
+        """Budgets for the retrieved chunks; `mask` [B, Z] is False where a memory had fewer than Z chunks."""
+        b, z = scores.shape
+        zeros = torch.zeros(b, z, device=scores.device)
+        if self.kind in ("uniform", "random"):
+            if self.kind == "uniform":
+                budgets = torch.full((b, z), self.uniform_budget, dtype=torch.long, device=scores.device)
+            else:
+                budgets = torch.randint(self.min_budget, self.b_max + 1, (b, z), device=scores.device,
+                                        generator=generator)
+            return BudgetDecision(budgets.masked_fill(~mask, 0), zeros, zeros)
+        budgets = torch.zeros(b, z, dtype=torch.long, device=scores.device)
+        steps = range(z) if self.kind == "transformer" else [z - 1]  # the mlp policy decides all chunks at once
+        for j in steps:
+            logits = self.logits(query, keys, scores, self._prev(budgets))
+            dist = torch.distributions.Categorical(logits=logits.float())
+            if sample:
+                u = torch.rand(logits.shape[:2], device=logits.device, generator=generator)
+                choice = (dist.probs.cumsum(-1) < u[..., None]).sum(-1).clamp(max=self.levels - 1)
+            else:
+                choice = logits.argmax(-1)
+            level = choice + self.min_budget
+            if self.kind == "transformer":
+                budgets[:, j] = level[:, j]
+            else:
+                budgets = level
+        budgets = budgets.masked_fill(~mask, 0)
+        logprob, entropy = self.evaluate(query, keys, scores, mask, budgets)
+        return BudgetDecision(budgets, logprob.detach(), entropy.detach())
+
+    def evaluate(self, query, keys, scores, mask, budgets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability and entropy [B, Z] of given budgets in one teacher-forced pass (0 at padding chunks)."""
+        if self.kind in ("uniform", "random"):
+            zeros = torch.zeros(budgets.shape, device=budgets.device)
+            return zeros, zeros
+        logp = F.log_softmax(self.logits(query, keys, scores, self._prev(budgets)).float(), dim=-1)
+        level = (budgets - self.min_budget).clamp(0, self.levels - 1)
+        chosen = logp.gather(-1, level[..., None]).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        return chosen * mask, entropy * mask
+
+    @property
+    def trainable(self) -> bool:
+        return self.kind in ("transformer", "mlp")

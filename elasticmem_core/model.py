@@ -1,0 +1,258 @@
+"""ElasticMem: the reasoner with retrieval, budget policy, projector and soft-token injection around it.
+
+One rollout for a question:
+    1. retrieval  : control token -> query q -> top-Z rows of the question's own memory   (retrieval.py)
+    2. budgets    : the policy gives each retrieved chunk b_j soft tokens                  (budget.py)
+    3. soft tokens: the last b_j states of each content cache through the projector        (projector.py)
+    4. injection  : [question][control]([soft]["\n"]) x Z [instruction, options][answer]   (injection.py)
+    5. answer     : generated with a KV cache over inputs_embeds (greedy at evaluation)
+
+What trains: LoRA on the reasoner (peft), the projector and the budget policy. The backbone and the bank are frozen.
+`memory="text"` puts the retrieved chunks in as text instead (the controlled comparison's "LoRA + text memory").
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import projector as projector_mod
+from .budget import BudgetDecision, BudgetPolicy
+from .config import Config, from_sections
+from .index import MemoryIndex
+from .injection import ANSWER_CUE, INSTRUCTION, Batch, Row, build_batch
+from .retrieval import Retrieved, Retriever, question_ids
+
+CHECKPOINT_META = "elasticmem.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be loaded onto this model; the message says why."""
+
+
+def add_lora(model, cfg_lora):
+    """Wrap the reasoner with LoRA adapters (peft); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=cfg_lora.r, lora_alpha=cfg_lora.alpha, lora_dropout=cfg_lora.dropout,
+                        target_modules=list(cfg_lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+_LETTER_IN_PARENS = re.compile(r"\(([a-zA-Z])\)")
+_BARE_LETTER = re.compile(r"\b([a-zA-Z])\b")
+
+
+def parse_answer(text: str, n_options: int) -> str | None:
+    """The option label in a generated answer: "(x)" first, then a bare letter (as the authors); None if neither."""
+    valid = {chr(ord("a") + i) for i in range(n_options)}
+    for pattern in (_LETTER_IN_PARENS, _BARE_LETTER):
+        for m in pattern.finditer(text):
+            letter = m.group(1).lower()
+            if letter in valid:
+                return f"({letter})"
+    return None
+
+
+@dataclass
+class Plan:
+    """What a rollout decided before answering: the retrieval and the budgets."""
+    retrieved: Retrieved
+    budgets: BudgetDecision
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]      # generated ids per row (up to and including EOS)
+    texts: list[str]
+    logprob: list[list[float]]   # sampling-time log-probability of each generated token
+
+
+class ElasticMem(nn.Module):
+    def __init__(self, backbone, bank, cfg: Config, chunk_texts: dict[str, str] | None = None,
+                 memory: str = "latent", embedder=None, semantic_index: MemoryIndex | None = None):
+        super().__init__()
+        if bank.hidden_size != backbone.hidden_size or bank.manifest.get("backbone") != backbone.identity:
+            raise CheckpointError(f"bank {bank.path} was built by {bank.manifest.get('backbone')} "
+                                  f"(H={bank.hidden_size}), not by {backbone.identity} (H={backbone.hidden_size})")
+        if memory not in ("latent", "text"):
+            raise ValueError(f"memory = {memory!r}; choose latent or text")
+        if memory == "text" and chunk_texts is None:
+            raise ValueError("memory = text needs the chunk texts (chunk_id -> text)")
+        if cfg.budget.b_max > bank.n_c:
+            raise ValueError(f"budget.b_max ({cfg.budget.b_max}) exceeds the bank's N_c ({bank.n_c})")
+        self.cfg, self.backbone, self.bank, self.memory = cfg, backbone, bank, memory
+        self.tokenizer = backbone.tokenizer
+        self.chunk_texts = chunk_texts or {}
+        self.reasoner = add_lora(backbone.model, cfg.lora)
+        self.projector = projector_mod.from_config(cfg.projector, backbone)
+        self.policy = BudgetPolicy(backbone.hidden_size, cfg.budget).to(backbone.device)
+        self.retriever = Retriever(cfg.retrieval, self.tokenizer, bank, MemoryIndex.from_bank(bank, cfg.bank),
+                                   semantic_index, embedder)
+        self.newline_id = self._single_token("\n")
+        self.device = backbone.device
+
+    def _single_token(self, text: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens in this tokenizer; the layout needs one")
+        return ids[0]
+
+    # ---- prompt pieces ------------------------------------------------------------------------------------------
+    def tail_ids(self, question) -> list[int]:
+        text = f"\n{INSTRUCTION}\n{question.options_text()}\n{ANSWER_CUE}"
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def answer_ids(self, label: str) -> list[int]:
+        """Tokens of a gold answer for teacher forcing: " (c)" then EOS."""
+        return self.tokenizer(f" {label}", add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    # ---- 1 + 2: retrieval and budgets ---------------------------------------------------------------------------
+    def plan(self, questions, sample: bool, generator: torch.Generator | None = None) -> Plan:
+        retrieved = self.retriever(self.reasoner, questions, sample, generator)
+        keys = self._keys(retrieved.rows)
+        with torch.no_grad():
+            decision = self.policy.decide(retrieved.query.to(self.device), keys, retrieved.scores.to(self.device),
+                                          retrieved.mask.to(self.device), sample, generator)
+        return Plan(retrieved, decision)
+
+    def _keys(self, rows: torch.Tensor) -> torch.Tensor:
+        """Bank keys of retrieved rows [B, Z, H] (zeros at missing slots)."""
+        h = self.bank.hidden_size
+        out = torch.zeros(*rows.shape, h)
+        for idx in rows.ge(0).nonzero().tolist():
+            out[idx[0], idx[1]] = self.bank.key(int(rows[idx[0], idx[1]]))
+        return out.to(self.device)
+
+    def policy_logprob(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable log-probabilities and entropy [B, Z] of the plan's budgets (one teacher-forced pass)."""
+        r = plan.retrieved
+        return self.policy.evaluate(r.query.to(self.device), self._keys(r.rows), r.scores.to(self.device),
+                                    r.mask.to(self.device), plan.budgets.budgets)
+
+    # ---- 3 + 4: soft tokens and injection -----------------------------------------------------------------------
+    def memory_items(self, plan: Plan) -> list[list]:
+        """Per row, per retrieved chunk: its soft tokens [b_j, H] (through the projector), or its text token ids."""
+        rows, budgets = plan.retrieved.rows, plan.budgets.budgets.cpu()
+        if self.memory == "text":
+            return [[self.tokenizer(self.chunk_texts[self.bank.chunk_ids[int(r)]], add_special_tokens=False)
+                     ["input_ids"] if r >= 0 and b > 0 else [] for r, b in zip(rs, bs)]
+                    for rs, bs in zip(rows.tolist(), budgets.tolist())]
+        states, sizes = [], []
+        for rs, bs in zip(rows.tolist(), budgets.tolist()):
+            for r, b in zip(rs, bs):
+                s = self.bank.cache(r, last=b) if r >= 0 and b > 0 else torch.empty(0, self.bank.hidden_size)
+                states.append(s)
+                sizes.append(s.shape[0])
+        flat = torch.cat(states).to(self.device, self.backbone.dtype)
+        soft = self.projector(flat).to(self.backbone.dtype)   # one projector call for the whole group
+        pieces = list(torch.split(soft, sizes))
+        z = rows.shape[1]
+        return [pieces[i * z:(i + 1) * z] for i in range(rows.shape[0])]
+
+    def build(self, questions, plan: Plan, answers: list[list[int]] | None = None) -> Batch:
+        items = self.memory_items(plan)
+        rows = []
+        for i, q in enumerate(questions):
+            qids = question_ids(self.tokenizer, q.question, self.cfg.retrieval.chat_template)
+            rows.append(Row(question_ids=qids, control_id=plan.retrieved.control_ids[i], memory=items[i],
+                            tail_ids=self.tail_ids(q), answer_ids=answers[i] if answers else []))
+        return build_batch(rows, self.reasoner.get_input_embeddings(), self.newline_id, self.tokenizer.pad_token_id)
+
+    # ---- 5: answers ---------------------------------------------------------------------------------------------
+    def generate(self, batch: Batch, max_new_tokens: int, sample: bool, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> Generation:
+        """Decode with a KV cache over inputs_embeds; stops at EOS or max_new_tokens."""
+        embed = self.reasoner.get_input_embeddings()
+        mask, pos = batch.attention_mask, batch.position_ids
+        out = self.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+        b = mask.shape[0]
+        tokens = [[] for _ in range(b)]
+        logprobs = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        last_pos = pos[:, -1:]
+        eos = self.tokenizer.eos_token_id
+        for _ in range(max_new_tokens):
+            logp = torch.log_softmax(out.logits[:, -1].float() / (temperature if sample else 1.0), dim=-1)
+            nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1) if sample else logp.argmax(-1)
+            for i in range(b):
+                if not done[i]:
+                    tokens[i].append(int(nxt[i]))
+                    logprobs[i].append(float(logp[i, nxt[i]]))
+            done |= nxt.eq(eos)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            last_pos = last_pos + 1
+            out = self.reasoner(inputs_embeds=embed(nxt[:, None]), attention_mask=mask, position_ids=last_pos,
+                                cache=out.cache, use_cache=True)
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+        for c, t in zip(batch.counts, tokens):
+            c["output"] = len(t)
+        return Generation(tokens, texts, logprobs)
+
+    @torch.no_grad()
+    def answer(self, questions, max_new_tokens: int | None = None) -> list[dict]:
+        """Greedy evaluation: retrieval by argmax, budgets by argmax, greedy answer. Deterministic."""
+        was_training = self.training
+        self.eval()
+        plan = self.plan(questions, sample=False)
+        batch = self.build(questions, plan)
+        gen = self.generate(batch, max_new_tokens or self.cfg.grpo.max_new_tokens, sample=False)
+        self.train(was_training)
+        out = []
+        for i, q in enumerate(questions):
+            pred = parse_answer(gen.texts[i], len(q.options))
+            out.append({"qid": q.qid, "prediction": pred, "gold": q.gold, "correct": pred == q.gold,
+                        "output": gen.texts[i], "tokens": dict(batch.counts[i]),
+                        "rows": plan.retrieved.rows[i].tolist(), "budgets": plan.budgets.budgets[i].tolist()})
+        return out
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def save(self, path: str | Path) -> Path:
+        """One folder: LoRA adapter, projector, policy, the config used, backbone identity and hidden size."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.reasoner.save_pretrained(path / "lora")
+        torch.save(self.projector.state_dict(), path / "projector.pt")
+        torch.save(self.policy.state_dict(), path / "policy.pt")
+        meta = {"backbone": self.backbone.identity, "hidden_size": self.backbone.hidden_size,
+                "memory": self.memory, "config": self.cfg.to_dict()}
+        (path / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
+        return path
+
+    def load(self, path: str | Path) -> "ElasticMem":
+        """Load a checkpoint saved by `save`; refuses one from another backbone or hidden size."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta_file = path / CHECKPOINT_META
+        if not meta_file.is_file():
+            raise CheckpointError(f"{path}: not an ElasticMem checkpoint ({CHECKPOINT_META} missing)")
+        meta = json.loads(meta_file.read_text())
+        if meta["backbone"] != self.backbone.identity or meta["hidden_size"] != self.backbone.hidden_size:
+            raise CheckpointError(f"{path}: checkpoint of backbone {meta['backbone']} (H={meta['hidden_size']}) "
+                                  f"cannot load onto {self.backbone.identity} (H={self.backbone.hidden_size})")
+        saved = from_sections(str(meta_file), **meta["config"])
+        # settings that shape the weights must agree; top_z, sampling and loss settings need not
+        shaping = {"projector": ("kind", "hidden"), "lora": ("r", "alpha", "target_modules"),
+                   "budget": ("policy", "hidden", "heads", "layers", "b_max", "min_budget")}
+        for section, keys in shaping.items():
+            for key in keys:
+                was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)
+                if was != now:
+                    raise CheckpointError(f"{path}: checkpoint has {section}.{key} = {was!r}, the current params "
+                                          f"{now!r}; use the checkpoint's params")
+        adapter = path / "lora" / "adapter_model.safetensors"
+        set_peft_model_state_dict(self.reasoner, load_file(adapter, device=str(self.device)))
+        self.projector.load_state_dict(torch.load(path / "projector.pt", map_location=self.device))
+        self.policy.load_state_dict(torch.load(path / "policy.pt", map_location=self.device))
+        return self

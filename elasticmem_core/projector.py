@@ -1,0 +1,52 @@
+"""Projector: maps content-cache states into the reasoner's input-embedding space (the soft tokens).
+
+Paper: Linear(H, 2560) -> GELU -> Dropout(0.1) -> Linear(2560, H) -> LayerNorm. Sizes are read from the backbone
+(H is never hard-coded). `identity` is the ablation that feeds the cache states in unchanged.
+
+Why the LayerNorm gain starts at the embedding scale: a LayerNorm output has unit variance per dimension, while a
+reasoner's input embeddings are typically far smaller (SmolLM2: RMS ~0.07), so soft tokens at unit scale would
+swamp the text around them. The gain is initialised to the RMS of the backbone's embedding matrix instead; the
+bias starts at zero but the output is never exactly zero (an all-zero soft token gives NaN gradients on
+llama-type models, see DESIGN.md), since a LayerNorm of a non-constant input has unit variance before the gain.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Projector(nn.Module):
+    def __init__(self, hidden_size: int, inner: int = 2560, dropout: float = 0.1, kind: str = "mlp",
+                 embedding_rms: float = 1.0):
+        super().__init__()
+        self.kind = kind
+        self.hidden_size = hidden_size
+        if kind == "identity":
+            self.net = nn.Identity()
+        elif kind == "mlp":
+            self.net = nn.Sequential(
+                nn.Linear(hidden_size, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, hidden_size),
+                nn.LayerNorm(hidden_size),
+            )
+            with torch.no_grad():
+                self.net[-1].weight.fill_(embedding_rms)
+        else:
+            raise ValueError(f"projector.kind = {kind!r}; choose mlp or identity")
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """[..., H] cache states -> [..., H] soft tokens (computed in the projector's dtype, returned in the input's)."""
+        if self.kind == "identity":
+            return states
+        dtype = self.net[0].weight.dtype
+        return self.net(states.to(dtype)).to(states.dtype)
+
+
+def embedding_rms(model) -> float:
+    """RMS of the reasoner's input-embedding matrix: the scale soft tokens should start at."""
+    w = model.get_input_embeddings().weight
+    return float(w.detach().float().pow(2).mean().sqrt())
+
+
+def from_config(cfg_projector, backbone) -> Projector:
+    return Projector(backbone.hidden_size, cfg_projector.hidden, cfg_projector.dropout, cfg_projector.kind,
+                     embedding_rms(backbone.model)).to(backbone.device)

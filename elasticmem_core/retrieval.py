@@ -1,0 +1,152 @@
+"""Retrieval from the reasoner's own hidden state, through a sampled control token.
+
+`control_token` (the paper): the question (raw text, no chat template unless retrieval.chat_template) goes through
+the LoRA-adapted reasoner; one ordinary vocabulary token is sampled from its next-token distribution (temperature in
+training, argmax at evaluation) and fed back; the last-layer state at that position is the query q. Cosine top-Z
+over the chunks of the question's own memory (the bank index) gives the retrieved rows. Retrieval itself is not
+differentiable: it learns through the GRPO log-probability of the control token and through LoRA changing q.
+
+Ablations (retrieval.mode):
+- `frozen_state`: q = the untrained base model's last state of the question (adapters disabled), which lives in
+  exactly the space of the bank's keys; no control token in the layout.
+- `query_state`: q = the LoRA-adapted reasoner's last state of the question; no control token.
+- `semantic`: the sentence embedder (all-MiniLM-L6-v2) ranks chunk texts against the question; q (for the budget
+  policy) is the query_state.
+- `oracle`: the gold evidence chunks (where the data records them), score 1; an upper bound, not a method.
+
+A memory with fewer than Z chunks yields what exists: the missing slots have row -1 and mask False (counted).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .index import MemoryIndex
+
+
+@dataclass
+class Retrieved:
+    query: torch.Tensor                 # [B, H] the query state q (input of the budget policy)
+    control_ids: list[int | None]       # the sampled control token per row (None in modes without one)
+    control_logprob: torch.Tensor       # [B] its log-probability when sampled (0 without one)
+    rows: torch.Tensor                  # [B, Z] bank rows, -1 where the memory had fewer than Z chunks
+    scores: torch.Tensor                # [B, Z] cosine scores (0 at missing slots)
+    mask: torch.Tensor                  # [B, Z] True at real retrieved chunks
+
+
+def ordinary_token_mask(tokenizer, vocab_size: int, device) -> torch.Tensor:
+    """[V] True for ordinary vocabulary tokens: the control token is never a special or unused id."""
+    allowed = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    allowed[:min(len(tokenizer), vocab_size)] = True
+    special = [i for i in tokenizer.all_special_ids if i is not None and i < vocab_size]
+    allowed[special] = False
+    added = [i for i in getattr(tokenizer, "added_tokens_decoder", {}) if i < vocab_size]
+    allowed[added] = False
+    return allowed
+
+
+def question_ids(tokenizer, question: str, chat_template: bool) -> list[int]:
+    if chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                             return_dict=True)["input_ids"]
+    return tokenizer(question, add_special_tokens=False)["input_ids"]
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(seqs), n, dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
+        mask[i, n - len(s):] = 1
+    return ids, mask
+
+
+def last_states(model, seqs: list[list[int]], pad_id: int, device, control: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-layer state at the last token of each sequence [B, H], and the next-token logits there [B, V].
+
+    With `control` [B], the control tokens are appended first (one extra step on the KV cache).
+    """
+    ids, mask = _left_pad(seqs, pad_id, device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, use_cache=True)
+    if control is None:
+        return out.hidden_states[-1][:, -1], out.logits[:, -1]
+    mask2 = torch.cat([mask, mask.new_ones(len(seqs), 1)], dim=1)
+    out2 = model(input_ids=control[:, None], attention_mask=mask2, position_ids=pos[:, -1:] + 1,
+                 cache=out.cache, output_hidden_states=True, use_cache=False)
+    return out2.hidden_states[-1][:, -1], out.logits[:, -1]
+
+
+def sample_control(logits: torch.Tensor, allowed: torch.Tensor, sample: bool, temperature: float,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Control tokens [B] and their log-probabilities [B] under the (temperature-scaled) ordinary-token distribution."""
+    logits = logits.float().masked_fill(~allowed, float("-inf"))
+    logp = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
+    if sample:
+        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    else:
+        tok = logits.argmax(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def pad_topz(scores: torch.Tensor, rows: torch.Tensor, top_z: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad one question's (scores [z], rows [z]) to Z slots; returns scores, rows, mask."""
+    z = rows.shape[0]
+    out_rows = torch.full((top_z,), -1, dtype=torch.long)
+    out_scores = torch.zeros(top_z)
+    out_rows[:z], out_scores[:z] = rows, scores.float()
+    mask = out_rows.ge(0)
+    return out_scores.masked_fill(~mask, 0.0), out_rows, mask
+
+
+class Retriever:
+    """Top-Z retrieval for a batch of questions, in the mode the params choose."""
+
+    def __init__(self, cfg, tokenizer, bank, index: MemoryIndex, semantic_index: MemoryIndex | None = None,
+                 embedder=None):
+        self.cfg, self.tokenizer, self.bank, self.index = cfg, tokenizer, bank, index
+        self.semantic_index, self.embedder = semantic_index, embedder
+        if cfg.mode == "semantic" and (semantic_index is None or embedder is None):
+            raise ValueError("retrieval.mode = semantic needs the sentence embedder and its chunk index")
+        self.pad_id = tokenizer.pad_token_id
+        self._allowed: torch.Tensor | None = None
+
+    @property
+    def uses_control_token(self) -> bool:
+        return self.cfg.mode == "control_token"
+
+    def __call__(self, reasoner, questions, sample: bool, generator: torch.Generator | None = None) -> Retrieved:
+        device = next(p for p in reasoner.parameters()).device
+        seqs = [question_ids(self.tokenizer, q.question, self.cfg.chat_template) for q in questions]
+        b, mode = len(questions), self.cfg.mode
+        control_ids: list[int | None] = [None] * b
+        control_logprob = torch.zeros(b)
+        with torch.no_grad():
+            if mode == "control_token":
+                _, logits = last_states(reasoner, seqs, self.pad_id, device)
+                if self._allowed is None or self._allowed.shape[0] != logits.shape[-1]:
+                    self._allowed = ordinary_token_mask(self.tokenizer, logits.shape[-1], device)
+                tok, control_logprob = sample_control(logits, self._allowed, sample, self.cfg.temperature, generator)
+                query, _ = last_states(reasoner, seqs, self.pad_id, device, control=tok)
+                control_ids, control_logprob = tok.tolist(), control_logprob.cpu()
+            elif mode == "frozen_state":
+                with reasoner.disable_adapter():
+                    query, _ = last_states(reasoner, seqs, self.pad_id, device)
+            else:  # query_state, semantic, oracle: the policy reads the adapted reasoner's question state
+                query, _ = last_states(reasoner, seqs, self.pad_id, device)
+        rows, scores, masks = [], [], []
+        for i, q in enumerate(questions):
+            if mode == "oracle":
+                found = torch.tensor([self.bank.row(c) for c in q.evidence][:self.cfg.top_z], dtype=torch.long)
+                s, r = torch.ones(len(found)), found
+            elif mode == "semantic":
+                s, r = self.semantic_index.search(self.embedder.encode([q.question])[0], q.memory_id, self.cfg.top_z)
+            else:
+                s, r = self.index.search(query[i], q.memory_id, self.cfg.top_z)
+            s, r, m = pad_topz(s, r, self.cfg.top_z)
+            scores.append(s), rows.append(r), masks.append(m)
+        return Retrieved(query=query.float(), control_ids=control_ids, control_logprob=control_logprob,
+                         rows=torch.stack(rows), scores=torch.stack(scores), mask=torch.stack(masks))
