@@ -254,6 +254,38 @@ def load_backbone(name: str, dtype: str = "auto", device: str = "auto", cache_di
     return Backbone(name=name, identity=identity, model=model, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
 
 
+def load_tokenizer(name: str, cache_dir: str | Path | None = None):
+    """Only the tokenizer of backbone `name` (no model weights: seconds once the backbone has been converted)."""
+    from transformers import AutoTokenizer
+
+    cache = Path(cache_dir) if cache_dir else Path(os.environ.get("ELASTICMEM_CACHE", "outputs/cache"))
+    cache = cache / "backbones"
+    if name == "tiny-random":
+        tokenizer = _tiny_tokenizer()
+    elif name == "smollm2-135m":
+        folder = convert_gguf(smollm2_gguf(), cache / "smollm2-135m-instruct", SMOLLM2_SHA256)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    elif name == "qwen2.5-0.5b":
+        folder = convert_gguf(qwen05_gguf(cache), cache / "qwen2.5-coder-0.5b-instruct", QWEN05_SHA256)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    else:  # a local folder or a hub id
+        local = Path(name).expanduser()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(local if local.is_dir() else name)
+        except OSError as e:
+            raise BackboneError(f"cannot load the tokenizer of {name!r}: {e}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tokenizer_from_config(cfg):
+    """The tokenizer of the backbone a Config names."""
+    from .experiment import cache_dir
+
+    return load_tokenizer(cfg.runtime.backbone, cache_dir=cache_dir(cfg))
+
+
 def from_config(cfg) -> Backbone:
     """Load the backbone a Config names, with its dtype, device and cache folder."""
     from .experiment import cache_dir

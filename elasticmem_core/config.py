@@ -10,6 +10,7 @@ Papermill injects the top-level YAML keys as notebook variables, so each section
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,14 +49,18 @@ class RuntimeConfig:
 
 @dataclass
 class MiniConfig:
-    """MemorySuite-mini generator (the embedded default data)."""
-    seed: int = _f(42, "generator seed; the same seed gives byte-identical files")
-    n_memories: int = _f(12, "memories (contexts / conversations / haystacks) per setting")
+    """MemorySuite-mini generator (the embedded default data; design in elasticmem_core/memorysuite/README.md)."""
+    seed: int = _f(42, "generator seed; the same params give byte-identical files")
+    n_memories: int = _f(12, "PersonaMem contexts / LoCoMo conversations per setting (>= 3: split 60/20/20); "
+                             "LongMemEval-like gets n_memories x questions_per_memory one-question haystacks")
     sessions_per_memory: int = _f(3, "dialogue sessions per memory")
-    turns_per_session: int = _f(4, "user->assistant turn pairs per session")
-    questions_per_memory: int = _f(8, "questions generated per memory")
-    distractor_similarity: float = _f(0.5, "0..1: share of distractor turns about the same attribute family")
-    filler_words: int = _f(0, "extra filler words per turn (longer chunks, harder retrieval)")
+    turns_per_session: int = _f(6, "user->assistant turn pairs (= chunks) per session; evidence + distractors + "
+                                   "small talk fill them")
+    questions_per_memory: int = _f(8, "questions per memory (their evidence must fit in the memory's turns)")
+    distractor_similarity: float = _f(0.5, "0..1: share of the non-evidence turns that are similar-attribute "
+                                           "distractors (the rest is small talk)")
+    filler_words: int = _f(0, "extra filler words per user turn (longer chunks, harder retrieval)")
+    n_options: int = _f(0, "options per question; 0 = the real set's (4 PersonaMem-like, 10 MC10-like)")
 
 
 @dataclass
@@ -63,7 +68,8 @@ class DataConfig:
     settings: list[str] = _f(["mini-locomo"],
                              "MemorySuite settings: personamem-32k, personamem-128k, locomo-mc10, longmemeval-mc10, "
                              "alfworld, or their generated counterparts mini-personamem, mini-locomo, mini-longmemeval")
-    data_dir: str = _f("data", "folder holding the published files of the real settings (see README)")
+    data_dir: str = _f("data", "folder holding the published files of the real settings "
+                               "(layout: elasticmem_core/memorysuite/README.md)")
     mini_dir: str | None = _f(None, "where MemorySuite-mini is written; None = <run folder>/data")
     chunk_max_tokens: int = _f(2048, "chunks longer than this (backbone tokens) are truncated, and counted")
     skip_bad_records: bool = _f(False, "skip malformed records (each listed in the load summary) instead of failing")
@@ -81,6 +87,7 @@ class BankConfig:
     index: str = _f("flat", "flat (exact inner product over normalised keys) | ivf (approximate)")
     ivf_nlist: int = _f(64, "inverted lists of the approximate index")
     ivf_nprobe: int = _f(8, "lists probed by the approximate index")
+    verify: bool = _f(True, "check each shard's sha256 when a bank is loaded (its size is always checked)")
 
 
 @dataclass
@@ -137,14 +144,19 @@ class GRPOConfig:
     warmup_steps: int = _f(0, "linear learning-rate warm-up steps before the cosine schedule")
     max_steps: int = _f(0, "stop after this many steps; 0 = epochs decide")
     eval_every: int = _f(100, "validate every N steps (model selection on validation only)")
-    sft_steps: int = _f(0, "supervised warm-up steps on the gold answer before GRPO (0 = off, as the paper)")
-    sft_lr: float = _f(5e-4, "supervised warm-up learning rate")
+    reader_warmup_steps: int = _f(0, "stage 0: LoRA SFT steps with the retrieved memory as TEXT (0 = off, as the "
+                                     "paper); teaches a small reader to read before latent memory is trained")
+    sft_steps: int = _f(0, "stage 1 supervised warm-up steps (latent memory, gold answer) before GRPO (0 = off)")
+    sft_lr: float = _f(5e-4, "learning rate of both supervised warm-ups")
+    sft_batch_size: int = _f(8, "questions per supervised warm-up step")
+    tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
 
 
 @dataclass
 class EvalConfig:
     splits: list[str] = _f(["val", "test"], "splits evaluated")
     max_questions: int = _f(0, "evaluate at most this many questions per split; 0 = all")
+    batch_size: int = _f(8, "questions answered per batch at evaluation")
     bootstrap: int = _f(1000, "bootstrap resamples for the 95% intervals")
     seeds: list[int] = _f([42], "training seeds (the paper reports means over 5)")
 
@@ -169,6 +181,9 @@ SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
 
 
 # ----------------------------------------------------------------------------------------------------------------
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """Return `value` checked (and int->float widened) against annotation `tp`; raise ConfigError otherwise."""
     origin = typing.get_origin(tp)
@@ -198,6 +213,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads `2e-5` (no dot) as a string: accept it as the number it is
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
@@ -305,6 +322,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "budget.policy": (cfg.budget.policy, {"transformer", "uniform", "random", "mlp"}),
         "projector.kind": (cfg.projector.kind, {"mlp", "identity"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
+        "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -8,12 +8,13 @@ One rollout for a question:
     5. answer     : generated with a KV cache over inputs_embeds (greedy at evaluation)
 
 What trains: LoRA on the reasoner (peft), the projector and the budget policy. The backbone and the bank are frozen.
-`memory="text"` puts the retrieved chunks in as text instead (the controlled comparison's "LoRA + text memory").
+`memory="text"` puts the retrieved chunks in as text instead (the controlled comparison's "LoRA + text memory"),
+`memory="none"` leaves memory out (the no-memory baseline). The mode is an attribute: the stage-0 reader warm-up
+trains with text memory, then the same LoRA continues with latent memory.
 """
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,11 @@ from .config import Config, from_sections
 from .index import MemoryIndex
 from .injection import ANSWER_CUE, INSTRUCTION, Batch, Row, build_batch
 from .retrieval import Retrieved, Retriever, question_ids
+from .rewards import parse_answer
 
 CHECKPOINT_META = "elasticmem.json"
+# latent: soft tokens (the method); text: retrieved chunks as text ("LoRA + text memory"); none: no memory at all
+MEMORY_MODES = ("latent", "text", "none")
 
 
 class CheckpointError(RuntimeError):
@@ -41,21 +45,6 @@ def add_lora(model, cfg_lora):
     config = LoraConfig(r=cfg_lora.r, lora_alpha=cfg_lora.alpha, lora_dropout=cfg_lora.dropout,
                         target_modules=list(cfg_lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, config)
-
-
-_LETTER_IN_PARENS = re.compile(r"\(([a-zA-Z])\)")
-_BARE_LETTER = re.compile(r"\b([a-zA-Z])\b")
-
-
-def parse_answer(text: str, n_options: int) -> str | None:
-    """The option label in a generated answer: "(x)" first, then a bare letter (as the authors); None if neither."""
-    valid = {chr(ord("a") + i) for i in range(n_options)}
-    for pattern in (_LETTER_IN_PARENS, _BARE_LETTER):
-        for m in pattern.finditer(text):
-            letter = m.group(1).lower()
-            if letter in valid:
-                return f"({letter})"
-    return None
 
 
 @dataclass
@@ -79,8 +68,8 @@ class ElasticMem(nn.Module):
         if bank.hidden_size != backbone.hidden_size or bank.manifest.get("backbone") != backbone.identity:
             raise CheckpointError(f"bank {bank.path} was built by {bank.manifest.get('backbone')} "
                                   f"(H={bank.hidden_size}), not by {backbone.identity} (H={backbone.hidden_size})")
-        if memory not in ("latent", "text"):
-            raise ValueError(f"memory = {memory!r}; choose latent or text")
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory = {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
         if memory == "text" and chunk_texts is None:
             raise ValueError("memory = text needs the chunk texts (chunk_id -> text)")
         if cfg.budget.b_max > bank.n_c:
@@ -88,6 +77,7 @@ class ElasticMem(nn.Module):
         self.cfg, self.backbone, self.bank, self.memory = cfg, backbone, bank, memory
         self.tokenizer = backbone.tokenizer
         self.chunk_texts = chunk_texts or {}
+        self._text_ids: dict[int, list[int]] = {}
         self.reasoner = add_lora(backbone.model, cfg.lora)
         self.projector = projector_mod.from_config(cfg.projector, backbone)
         self.policy = BudgetPolicy(backbone.hidden_size, cfg.budget).to(backbone.device)
@@ -138,10 +128,10 @@ class ElasticMem(nn.Module):
     def memory_items(self, plan: Plan) -> list[list]:
         """Per row, per retrieved chunk: its soft tokens [b_j, H] (through the projector), or its text token ids."""
         rows, budgets = plan.retrieved.rows, plan.budgets.budgets.cpu()
-        if self.memory == "text":
-            return [[self.tokenizer(self.chunk_texts[self.bank.chunk_ids[int(r)]], add_special_tokens=False)
-                     ["input_ids"] if r >= 0 and b > 0 else [] for r, b in zip(rs, bs)]
-                    for rs, bs in zip(rows.tolist(), budgets.tolist())]
+        if self.memory == "none":
+            return [[] for _ in rows]
+        if self.memory == "text":  # every retrieved chunk as text: the text-memory reader has no budget policy
+            return [[self._chunk_ids(r) for r in rs if r >= 0] for rs in rows.tolist()]
         states, sizes = [], []
         for rs, bs in zip(rows.tolist(), budgets.tolist()):
             for r, b in zip(rs, bs):
@@ -153,6 +143,12 @@ class ElasticMem(nn.Module):
         pieces = list(torch.split(soft, sizes))
         z = rows.shape[1]
         return [pieces[i * z:(i + 1) * z] for i in range(rows.shape[0])]
+
+    def _chunk_ids(self, row: int) -> list[int]:
+        if row not in self._text_ids:
+            text = self.chunk_texts[self.bank.chunk_ids[row]]
+            self._text_ids[row] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._text_ids[row]
 
     def build(self, questions, plan: Plan, answers: list[list[int]] | None = None) -> Batch:
         items = self.memory_items(plan)

@@ -135,3 +135,12 @@ def test_notebooks_are_committed_clean():
         for cell in data["cells"]:
             if cell["cell_type"] == "code":
                 assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"{nb.name}: clear outputs"
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    p = tmp_path / "lr.yaml"
+    p.write_text("grpo:\n  lr: 2e-5\n")  # PyYAML (YAML 1.1) reads this as the string '2e-5'
+    assert config.load(p).grpo.lr == 2e-5
+    p.write_text("grpo:\n  lr: 2e-5x\n")
+    with pytest.raises(ConfigError, match="grpo.lr"):
+        config.load(p)

@@ -9,31 +9,17 @@ from elasticmem_core import config
 from elasticmem_core.backbone import load_backbone
 from elasticmem_core.budget import BudgetPolicy
 from elasticmem_core.experiment import resolve
-from elasticmem_core.memorysuite.records import Chunk, Question
-from elasticmem_core.model import CheckpointError, ElasticMem, parse_answer
-
-COLOURS = ["blue", "red", "green", "pink", "grey", "black"]
-CHUNKS = [Chunk(f"m{m}#{i}", f"m{m}", i, f"User: my {m}th favourite colour was {COLOURS[i]}.\nAssistant: Noted, "
-                f"{COLOURS[i]}.") for m in range(2) for i in range(6)] + [Chunk("m1#6", "m1", 6, "User: hi")]
-QUESTIONS = [Question(f"q{i}", "What colour does the user like?", COLOURS[:4], "(a)", "fact", f"m{i % 2}", "train",
-                      [f"m{i % 2}#0"]) for i in range(3)]
-
-
-def _cfg(*overrides):
-    return config.load(resolve("params/smoke.yaml"), ["bank.storage_dtype=float32", *overrides])
-
+from elasticmem_core.memorysuite.records import Question
+from elasticmem_core.model import CheckpointError, ElasticMem
+from elasticmem_core.rewards import parse_answer
+from tinydata import CHUNKS, COLOURS, QUESTIONS
+from tinydata import tiny_bank as make_bank
+from tinydata import tiny_cfg as _cfg
+from tinydata import tiny_model as _model
 
 @pytest.fixture(scope="module")
 def tiny_bank(tmp_path_factory):
-    return bank_mod.build(CHUNKS, load_backbone("tiny-random"), _cfg().bank, tmp_path_factory.mktemp("bank"),
-                          progress=False)
-
-
-def _model(bank, *overrides, memory="latent"):
-    # a fresh backbone per model: LoRA is injected into the backbone in place
-    return ElasticMem(load_backbone("tiny-random"), bank, _cfg(*overrides), {c.chunk_id: c.text for c in CHUNKS},
-                      memory=memory)
-
+    return make_bank(tmp_path_factory.mktemp("bank"))
 
 def test_parse_answer():
     assert parse_answer(" (c) because", 4) == "(c)"
@@ -41,7 +27,6 @@ def test_parse_answer():
     assert parse_answer("(z) then (d)", 4) == "(d)"
     assert parse_answer("(j)", 10) == "(j)" and parse_answer("(j)", 4) is None
     assert parse_answer("no idea", 4) is None
-
 
 def test_layout_shapes_masks_and_positions_with_mixed_budgets(tiny_bank):
     model = _model(tiny_bank).eval()
@@ -62,7 +47,6 @@ def test_layout_shapes_masks_and_positions_with_mixed_budgets(tiny_bank):
         real = batch.attention_mask[i].bool()
         assert torch.equal(batch.position_ids[i, real], torch.arange(int(real.sum())))  # positions of a lone row
     assert batch.answer_mask.sum(1).tolist() == [len(a) for a in answers]
-
 
 def test_text_positions_decode_back_to_the_prompt(tiny_bank):
     """Soft tokens sit where the layout says: every non-memory column is exactly the expected text token."""
@@ -88,7 +72,6 @@ def test_text_positions_decode_back_to_the_prompt(tiny_bank):
         assert mem.shape[0] > kept and int(is_text.sum()) == kept and is_text[-1]
         assert set(nearest[is_text].tolist()) == {model.newline_id}
 
-
 def test_gradients_reach_lora_projector_policy_and_nothing_frozen(tiny_bank):
     model = _model(tiny_bank)
     plan = model.plan(QUESTIONS, sample=True, generator=torch.Generator().manual_seed(0))
@@ -109,7 +92,6 @@ def test_gradients_reach_lora_projector_policy_and_nothing_frozen(tiny_bank):
     frozen = {n for n, p in named.items() if not p.requires_grad}
     assert frozen and not frozen & trained
     assert all("lora_" in n for n in named if n.startswith("reasoner.") and named[n].requires_grad)
-
 
 def test_policy_teacher_forced_logprobs_equal_sequential_sampling():
     cfg = _cfg().budget
@@ -132,7 +114,6 @@ def test_policy_teacher_forced_logprobs_equal_sequential_sampling():
     assert torch.allclose(forced, seq * mask, atol=1e-5)
     assert (budgets[2, 3:] == 0).all()
 
-
 def test_policy_checkpoint_does_not_depend_on_top_z():
     cfg = _cfg().budget
     trained = BudgetPolicy(64, cfg)
@@ -143,7 +124,6 @@ def test_policy_checkpoint_does_not_depend_on_top_z():
                                  torch.ones(2, z, dtype=torch.bool), sample=False)
         assert d.budgets.shape == (2, z) and d.budgets.le(cfg.b_max).all() and d.budgets.ge(cfg.min_budget).all()
 
-
 @pytest.mark.parametrize("variant", ["uniform", "random", "mlp"])
 def test_policy_variants(variant):
     cfg = _cfg(f"budget.policy={variant}", "budget.min_budget=1").budget
@@ -152,7 +132,6 @@ def test_policy_variants(variant):
     assert d.budgets.ge(1).all() and d.budgets.le(cfg.b_max).all()
     if variant == "uniform":
         assert d.budgets.eq(cfg.uniform_budget).all()
-
 
 def test_evaluation_is_deterministic_and_checkpoint_round_trip_is_exact(tiny_bank, tmp_path):
     model = _model(tiny_bank)
@@ -168,7 +147,6 @@ def test_evaluation_is_deterministic_and_checkpoint_round_trip_is_exact(tiny_ban
     for (n, p), (_, q) in zip(model.named_parameters(), other.named_parameters()):
         assert torch.equal(p, q), n
 
-
 def test_checkpoint_from_another_backbone_or_policy_shape_is_refused(tiny_bank, tmp_path):
     model = _model(tiny_bank)
     model.save(tmp_path / "ckpt")
@@ -181,7 +159,6 @@ def test_checkpoint_from_another_backbone_or_policy_shape_is_refused(tiny_bank, 
         _model(tiny_bank, "budget.hidden=32").load(tmp_path / "ckpt2")
     _model(tiny_bank, "retrieval.top_z=2").load(tmp_path / "ckpt2")  # top_z may differ
 
-
 @pytest.mark.parametrize("mode", ["control_token", "frozen_state", "query_state", "oracle"])
 def test_retrieval_modes_run(tiny_bank, mode):
     model = _model(tiny_bank, f"retrieval.mode={mode}")
@@ -192,7 +169,6 @@ def test_retrieval_modes_run(tiny_bank, mode):
     if mode == "oracle":
         assert plan.retrieved.rows[:, 0].tolist() == [tiny_bank.row(q.evidence[0]) for q in QUESTIONS]
         assert plan.retrieved.mask.sum(1).tolist() == [1, 1, 1]
-
 
 def test_semantic_retrieval_ranks_chunk_texts(tiny_bank):
     from elasticmem_core.embedder import SentenceEmbedder
@@ -205,7 +181,6 @@ def test_semantic_retrieval_ranks_chunk_texts(tiny_bank):
     plan = model.plan(QUESTIONS[:1], sample=False)
     assert plan.retrieved.mask.all() and plan.retrieved.scores[0, 0] >= plan.retrieved.scores[0, -1]
 
-
 def test_z_larger_than_memory_takes_what_exists(tiny_bank):
     model = _model(tiny_bank, "retrieval.top_z=8", "budget.b_max=8")
     plan = model.plan(QUESTIONS, sample=False)
@@ -213,15 +188,15 @@ def test_z_larger_than_memory_takes_what_exists(tiny_bank):
     assert (plan.budgets.budgets[~plan.retrieved.mask] == 0).all()
     assert (plan.retrieved.rows[~plan.retrieved.mask] == -1).all()
 
-
-def test_text_memory_mode(tiny_bank):
+def test_text_and_no_memory_modes(tiny_bank):
     model = _model(tiny_bank, memory="text")
     plan = model.plan(QUESTIONS[:1], sample=False)
     batch = model.build(QUESTIONS[:1], plan)
     texts = [model.tokenizer(CHUNKS[int(r)].text, add_special_tokens=False)["input_ids"]
-             for r, b in zip(plan.retrieved.rows[0], plan.budgets.budgets[0]) if b > 0]
+             for r in plan.retrieved.rows[0] if r >= 0]  # every retrieved chunk, whatever the budgets
     assert batch.counts[0]["memory"] == sum(len(t) + 1 for t in texts)
-
+    model.memory = "none"
+    assert model.build(QUESTIONS[:1], plan).counts[0]["memory"] == 0
 
 def test_bad_inputs(tiny_bank):
     with pytest.raises(CheckpointError, match="was built by"):
@@ -230,7 +205,6 @@ def test_bad_inputs(tiny_bank):
     bad = Question("qx", "?", COLOURS[:4], "(a)", "fact", "no-such-memory", "train")
     with pytest.raises(KeyError, match="no-such-memory"):
         model.plan([bad], sample=False)
-
 
 def test_end_to_end_on_the_embedded_backbone(tmp_path):
     backbone = load_backbone("smollm2-135m", cache_dir=resolve("outputs/cache"))

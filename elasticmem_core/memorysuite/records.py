@@ -3,6 +3,7 @@
 A `Dataset` is one setting (e.g. LoCoMo-MC10): its questions, the memories they ask about, and a `LoadSummary`
 that accounts for every record read, kept or filtered. Chunks live once per memory; a question refers to its
 memory by id (a PersonaMem context, a LoCoMo conversation, a LongMemEval haystack, the ALFWorld skill bank).
+ALFWorld has no questions: its `episodes` are the expert replays (GRPO training games), its memory the skill cards.
 """
 from __future__ import annotations
 
@@ -52,6 +53,28 @@ class LoadSummary:
     files: dict[str, str] = field(default_factory=dict)          # role -> path read
     counts: dict[str, int] = field(default_factory=dict)         # what was read, kept and filtered, by reason
     skipped: list[str] = field(default_factory=list)             # "<file>:<line> <field>: <why>" per skipped record
+    notes: list[str] = field(default_factory=list)               # what a reader of the numbers should know
+
+
+@dataclass
+class Step:
+    """One expert step of an ALFWorld replay: the expert's action and what the game answered."""
+    action: str
+    observation: str
+    admissible_commands: list[str]
+    expert_plan: list[str]
+
+
+@dataclass
+class Episode:
+    """One ALFWorld training game replayed by the expert."""
+    episode_id: str              # the game file, relative to json_2.1.1/ (e.g. "train/pick_.../game.tw-pddl")
+    task_type: str
+    objective: str
+    first_observation: str
+    total_reward: float
+    steps: list[Step]
+    split: str                   # "bank" (summarised into a skill card) | "train" | "val" (GRPO games)
 
 
 @dataclass
@@ -60,6 +83,7 @@ class Dataset:
     questions: list[Question]
     memories: dict[str, Memory]
     summary: LoadSummary
+    episodes: list[Episode] = field(default_factory=list)
 
     def split(self, name: str) -> list[Question]:
         return [q for q in self.questions if q.split == name]

@@ -1,0 +1,388 @@
+"""GRPO: joint training of the reasoner's LoRA, the projector and the budget policy on the task reward.
+
+One training step (SPEC.md, "GRPO as the authors run it"; TRL's names):
+
+    for each question of the step (split across processes):
+        rollouts   : G samples of (control token, budgets, answer), evaluated as ONE padded batch
+        rewards    : reward_fn(answer)                    -> advantages = (r - mean) / (std + eps), clamped
+        old logp   : control + answer tokens and budget actions, once per group (no grad, dropout off)
+    for each inner pass (a full AdamW step each):
+        loss = clipped surrogate over control + answer tokens
+             + clipped surrogate over budget actions
+             - entropy_coef * policy entropy
+             (+ kl_beta * KL to the frozen base model, off by default as the authors)
+        gradients averaged over the step's questions (and processes); a non-finite gradient is skipped and counted
+
+The loss of a step is the mean over its questions of each question's group loss, so splitting questions across
+processes (accelerate) gives the same gradient as one process. Sampling uses a generator seeded by (seed, step,
+question index), so rollouts do not depend on how questions are split.
+
+Stage 0 (optional, `grpo.reader_warmup_steps`): supervised LoRA training with the retrieved memory as TEXT, which
+teaches a small reader to read at all (SmolLM2-135M is at chance even with the right chunk as text). Stage 1
+(optional, `grpo.sft_steps`): the same supervised loss through the latent path. Both use `supervised()`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .experiment import write_json
+from .rewards import choice_reward
+
+RewardFn = Callable[[str, object], float]
+
+
+def mc_reward(text: str, question) -> float:
+    return choice_reward(text, question.gold, len(question.options))
+
+
+# ---- the loss, as pure functions ------------------------------------------------------------------------------
+def group_advantages(rewards: torch.Tensor, clip: float, eps: float = 1e-4) -> torch.Tensor:
+    """(r - mean) / (std + eps) within one question's group [G], clamped to [-clip, clip]."""
+    std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+    return ((rewards - rewards.mean()) / (std + eps)).clamp(-clip, clip)
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                      clip_eps: float, loss_type: str = "token_mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO-clipped surrogate loss over actions [N, T] with per-row advantages [N]; returns (loss, clip fraction).
+
+    token_mean averages over all real actions of the group; sequence_mean averages within each row first.
+    """
+    mask = mask.float()
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    per_action = -torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    if loss_type == "token_mean":
+        loss = (per_action * mask).sum() / mask.sum().clamp(min=1)
+    else:
+        rows = mask.sum(1) > 0
+        loss = ((per_action * mask).sum(1)[rows] / mask.sum(1)[rows]).mean() if rows.any() else per_action.sum() * 0
+    clipped = ((ratio - 1).abs() > clip_eps).float()
+    return loss, (clipped * mask).sum() / mask.sum().clamp(min=1)
+
+
+def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: bool,
+                   reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities [N, 1 + A] of the control token (column 0) and answer tokens, with their mask.
+
+    One teacher-forced pass over the injected input; the control token's probability comes from the same pass
+    (the model is causal, so it equals the retrieval pass's). `reference` runs with the LoRA adapters disabled.
+    """
+    ctx = torch.enable_grad() if with_grad else torch.no_grad()
+    with ctx:
+        batch = model.build(questions, plan, answers)
+        if reference:
+            with model.reasoner.disable_adapter():
+                logits = model.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                        position_ids=batch.position_ids).logits
+        else:
+            logits = model.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                    position_ids=batch.position_ids).logits
+        n = logits.shape[0]
+        t_answer = model.cfg.grpo.temperature
+        cols = batch.answer_logit_columns()
+        ans_logp = torch.log_softmax(logits[:, cols].float() / t_answer, dim=-1)
+        ans = ans_logp.gather(-1, batch.answer_ids[..., None]).squeeze(-1)                     # [N, A]
+        ctrl = torch.zeros(n, device=logits.device)
+        ctrl_mask = torch.zeros(n, dtype=torch.bool, device=logits.device)
+        for i, cid in enumerate(plan.retrieved.control_ids):
+            if cid is not None:
+                col = batch.spans[i]["control"][0] - 1
+                lp = torch.log_softmax(logits[i, col].float() / model.cfg.retrieval.temperature, dim=-1)
+                ctrl = ctrl.index_put((torch.tensor([i], device=logits.device),), lp[cid].reshape(1))
+                ctrl_mask[i] = True
+        logp = torch.cat([ctrl[:, None], ans], dim=1)
+        mask = torch.cat([ctrl_mask[:, None], batch.answer_mask], dim=1)
+    return logp, mask
+
+
+@dataclass
+class Group:
+    """G rollouts of one question and everything the loss needs from them."""
+    questions: list           # the question repeated G times
+    plan: object
+    answers: list[list[int]]
+    texts: list[str]
+    rewards: torch.Tensor     # [G]
+    advantages: torch.Tensor  # [G]
+    old_logp: torch.Tensor    # [G, 1 + A]
+    mask: torch.Tensor        # [G, 1 + A]
+    old_policy_logp: torch.Tensor  # [G, Z]
+    counts: list[dict]
+
+
+def rollout(model, question, group_size: int, reward_fn: RewardFn, generator: torch.Generator) -> Group:
+    """Sample G rollouts of one question as one padded batch; score them; compute old log-probs once."""
+    cfg = model.cfg.grpo
+    was_training = model.training
+    model.eval()  # rollouts and old log-probs without dropout
+    qs = [question] * group_size
+    with torch.no_grad():
+        plan = model.plan(qs, sample=True, generator=generator)
+        batch = model.build(qs, plan)
+        gen = model.generate(batch, cfg.max_new_tokens, sample=True, temperature=cfg.temperature,
+                             generator=generator)
+        rewards = torch.tensor([reward_fn(t, question) for t in gen.texts])
+        old_logp, mask = token_logprobs(model, qs, plan, gen.tokens, with_grad=False)
+        old_policy, _ = model.policy_logprob(plan)
+    model.train(was_training)
+    return Group(qs, plan, gen.tokens, gen.texts, rewards, group_advantages(rewards, cfg.adv_clip),
+                 old_logp, mask, old_policy.detach(), batch.counts)
+
+
+def group_loss(model, g: Group) -> tuple[torch.Tensor, dict]:
+    """The GRPO loss of one group (see the module docstring) and its diagnostics."""
+    cfg = model.cfg
+    adv = g.advantages.to(model.device)
+    logp, mask = token_logprobs(model, g.questions, g.plan, g.answers, with_grad=True)
+    lm_loss, lm_clip = clipped_surrogate(logp, g.old_logp, adv, mask, cfg.grpo.clip_eps, cfg.grpo.loss_type)
+    loss = lm_loss
+    stats = {"lm_loss": lm_loss.item(), "clip_frac": lm_clip.item()}
+    if model.policy.trainable and model.memory == "latent":
+        plogp, entropy = model.policy_logprob(g.plan)
+        pmask = g.plan.retrieved.mask.to(model.device)
+        p_loss, p_clip = clipped_surrogate(plogp, g.old_policy_logp, adv, pmask, cfg.grpo.clip_eps,
+                                           cfg.grpo.loss_type)
+        ent = (entropy * pmask).sum() / pmask.sum().clamp(min=1)
+        loss = loss + p_loss - cfg.budget.entropy_coef * ent
+        stats.update(policy_loss=p_loss.item(), policy_clip_frac=p_clip.item(), policy_entropy=ent.item())
+    if cfg.grpo.kl_beta > 0:
+        ref, _ = token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False, reference=True)
+        diff = ref - logp
+        kl = ((diff.exp() - diff - 1) * mask).sum() / mask.sum().clamp(min=1)   # k3 estimator
+        loss = loss + cfg.grpo.kl_beta * kl
+        stats["kl"] = kl.item()
+    return loss, stats
+
+
+# ---- supervised warm-ups --------------------------------------------------------------------------------------
+def supervised_loss(model, questions) -> torch.Tensor:
+    """Cross-entropy on the gold answer tokens through the same injection path (greedy retrieval and budgets)."""
+    plan = model.plan(questions, sample=False)
+    answers = [model.answer_ids(q.gold) for q in questions]
+    logp, mask = token_logprobs(model, questions, plan, answers, with_grad=True)
+    return -(logp[:, 1:] * mask[:, 1:]).sum() / mask[:, 1:].sum()
+
+
+# ---- the trainer ----------------------------------------------------------------------------------------------
+class Trainer:
+    """Runs stage 0, stage 1 and GRPO with validation-based model selection, checkpoints and resume."""
+
+    def __init__(self, model, train_questions, val_questions, run_dir: str | Path, reward_fn: RewardFn = mc_reward,
+                 accelerator=None, evaluate_fn=None):
+        self.model, self.cfg = model, model.cfg
+        self.train_q, self.val_q = list(train_questions), list(val_questions)
+        if not self.train_q:
+            raise ValueError("no training questions")
+        self.dir = Path(run_dir)
+        self.reward_fn = reward_fn
+        self.acc = accelerator
+        self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+        self.evaluate_fn = evaluate_fn or (lambda qs: validation_accuracy(model, qs))
+        g = self.cfg.grpo
+        self.optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=g.lr, weight_decay=g.weight_decay)
+        per_epoch = math.ceil(len(self.train_q) / g.questions_per_step)
+        self.total_steps = g.epochs * per_epoch if g.max_steps <= 0 else min(g.max_steps, g.epochs * per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step, self.best, self.skipped = 0, -1.0, 0
+        self.log_path = self.dir / "train_log.jsonl"
+
+    def _lr_factor(self, step: int) -> float:
+        w = self.cfg.grpo.warmup_steps
+        if step < w:
+            return (step + 1) / w
+        progress = (step - w) / max(1, self.total_steps - w)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _log(self, record: dict) -> None:
+        if self.rank == 0:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.runtime.seed + epoch)
+        return torch.randperm(len(self.train_q), generator=g).tolist()
+
+    def _step_questions(self, step: int) -> list[tuple[int, object]]:
+        """(global index, question) of a step's questions; each process takes its share."""
+        k = self.cfg.grpo.questions_per_step
+        per_epoch = math.ceil(len(self.train_q) / k)
+        epoch, i = divmod(step, per_epoch)
+        idx = self._order(epoch)[i * k:(i + 1) * k]
+        return [(j, self.train_q[j]) for n, j in enumerate(idx) if n % self.world == self.rank]
+
+    # ---- gradient bookkeeping -------------------------------------------------------------------------------
+    def _apply_gradients(self) -> float | None:
+        """Average gradients over processes, skip non-finite ones, clip, step. Returns the grad norm or None."""
+        params = [p for p in self.model.trainable_parameters()]
+        if self.world > 1:
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+            flat = self.acc.reduce(flat, reduction="mean")
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad = flat[offset:offset + n].view_as(p).clone()
+                offset += n
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grpo.grad_clip)
+        if not torch.isfinite(norm):
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # ---- stages -----------------------------------------------------------------------------------------------
+    def supervised(self, steps: int, memory: str, tag: str) -> list[dict]:
+        """Stage 0 (memory='text') or stage 1 (memory='latent'): cross-entropy on the gold answers."""
+        if steps <= 0:
+            return []
+        model, g = self.model, self.cfg.grpo
+        previous, model.memory = model.memory, memory
+        opt = torch.optim.AdamW(model.trainable_parameters(), lr=g.sft_lr, weight_decay=g.weight_decay)
+        order = self._order(10_000 + len(tag))
+        history = []
+        model.train()
+        for step in range(steps):
+            start = (step * g.sft_batch_size) % len(order)
+            idx = (order + order)[start:start + g.sft_batch_size]
+            mine = [self.train_q[j] for n, j in enumerate(idx) if n % self.world == self.rank]
+            t0 = time.perf_counter()
+            loss = supervised_loss(model, mine)
+            loss.backward()
+            if self.world > 1:
+                for p in model.trainable_parameters():
+                    if p.grad is not None:
+                        p.grad = self.acc.reduce(p.grad, reduction="mean")
+            norm = torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), g.grad_clip)
+            if torch.isfinite(norm):
+                opt.step()
+            else:
+                self.skipped += 1
+            opt.zero_grad(set_to_none=True)
+            rec = {"stage": tag, "step": step, "loss": loss.item(), "grad_norm": float(norm),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            history.append(rec)
+            self._log(rec)
+        model.memory = previous
+        return history
+
+    def train_step(self) -> dict:
+        g = self.cfg.grpo
+        t0 = time.perf_counter()
+        groups = []
+        for j, q in self._step_questions(self.step):
+            gen = torch.Generator().manual_seed(self.cfg.runtime.seed * 1_000_003 + self.step * 10_007 + j)
+            groups.append(rollout(self.model, q, g.group_size, self.reward_fn, gen))
+        self.model.train()
+        norms, stats = [], {}
+        for _ in range(g.inner_passes):
+            for grp in groups:
+                loss, stats = group_loss(self.model, grp)
+                (loss / len(groups)).backward()
+            norm = self._apply_gradients()
+            norms.append(norm)
+        self.scheduler.step()
+        rewards = torch.cat([grp.rewards for grp in groups])
+        budgets = torch.cat([grp.plan.budgets.budgets[grp.plan.retrieved.mask.to(grp.plan.budgets.budgets.device)]
+                             .float().cpu() for grp in groups])
+        record = {
+            "stage": "grpo", "step": self.step, "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "accuracy": float(rewards.mean()), "mean_budget": float(budgets.mean()) if budgets.numel() else 0.0,
+            "soft_tokens": float(np.mean([c["memory"] for grp in groups for c in grp.counts])),
+            "grad_norm": norms[-1], "skipped_total": self.skipped, "lr": self.scheduler.get_last_lr()[0],
+            "seconds": round(time.perf_counter() - t0, 3), "processes": self.world, **stats,
+        }
+        self.step += 1
+        return record
+
+    def train(self, progress: bool = True) -> list[dict]:
+        """Stage 0 and 1 (when set and not resumed past them), then GRPO to total_steps with validation."""
+        from tqdm.auto import tqdm
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume()
+        g = self.cfg.grpo
+        if not resumed:
+            self.supervised(g.reader_warmup_steps, "text", "reader_warmup")
+            self.supervised(g.sft_steps, "latent", "sft")
+            self._validate()
+        history = []
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="GRPO", disable=not progress or self.rank != 0)
+        while self.step < self.total_steps:
+            record = self.train_step()
+            self._log(record)
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward_mean']:.2f}")
+            if self.step % g.eval_every == 0 or self.step == self.total_steps:
+                self._validate()
+        bar.close()
+        return history
+
+    def _validate(self) -> None:
+        acc = self.evaluate_fn(self.val_q) if self.val_q else float("nan")
+        self._log({"stage": "val", "step": self.step, "val_accuracy": acc})
+        if self.rank == 0:
+            if acc > self.best:  # model selection on validation only; the test split never enters training
+                self.best = acc
+                self.model.save(self.dir / "best")
+                write_json(self.dir / "best" / "selection.json", {"step": self.step, "val_accuracy": acc})
+            self.save_last()
+        if self.acc is not None:
+            self.acc.wait_for_everyone()
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save_last(self) -> Path:
+        """last/: model + optimizer, scheduler, step, best, RNG states; written aside, then swapped in."""
+        final = self.dir / "last"
+        tmp = self.dir / "last.tmp"
+        self.model.save(tmp)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "step": self.step, "best": self.best, "skipped": self.skipped,
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                            "numpy": np.random.get_state()}}, tmp / "trainer_state.pt")
+        old = self.dir / "last.old"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            import shutil
+            shutil.rmtree(old)
+        return final
+
+    def resume(self) -> bool:
+        """Continue from last/ if present (same weights as an uninterrupted run)."""
+        last = self.dir / "last"
+        if not (last / "trainer_state.pt").is_file():
+            return False
+        self.model.load(last)
+        state = torch.load(last / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best, self.skipped = state["step"], state["best"], state["skipped"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        return True
+
+
+def validation_accuracy(model, questions, batch_size: int | None = None) -> float:
+    """Greedy accuracy on `questions` (cfg.eval.max_questions caps the count)."""
+    cap = model.cfg.eval.max_questions
+    qs = questions[:cap] if cap > 0 else questions
+    bs = batch_size or model.cfg.eval.batch_size
+    correct = 0
+    for i in range(0, len(qs), bs):
+        correct += sum(o["correct"] for o in model.answer(qs[i:i + bs]))
+    return correct / max(1, len(qs))

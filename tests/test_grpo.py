@@ -1,0 +1,130 @@
+"""GRPO: the loss against a hand computation, a training run, resume equivalence, two processes = one."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from elasticmem_core import grpo
+from elasticmem_core.experiment import resolve, seed_everything
+from tinydata import QUESTIONS, tiny_bank, tiny_model
+
+NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
+
+
+def test_group_advantages_by_hand():
+    adv = grpo.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), clip=5.0)
+    expected = 0.5 / (math.sqrt(1 / 3) + 1e-4)  # unbiased std of (1, 0, 0, 1) is sqrt(1/3)
+    assert torch.allclose(adv, torch.tensor([expected, -expected, -expected, expected]))
+    assert torch.equal(grpo.group_advantages(torch.ones(4), clip=5.0), torch.zeros(4))   # no signal, no update
+    assert grpo.group_advantages(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), clip=2.0).max() == 2.0
+
+
+def test_clipped_surrogate_and_gradient_by_hand():
+    # ratio 1.25 (clipped at 1.2 for a positive advantage) and ratio 1.0
+    old = torch.log(torch.tensor([[0.4, 0.25]]))
+    logp = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_()
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, clip = grpo.clipped_surrogate(logp, old, torch.tensor([1.0]), mask, clip_eps=0.2)
+    assert loss.item() == pytest.approx(-(1.2 + 1.0) / 2)
+    assert clip.item() == pytest.approx(0.5)
+    loss.backward()
+    # the clipped branch is constant (zero gradient); d(-ratio * A)/dlogp = -ratio * A = -1, averaged over 2
+    assert torch.allclose(logp.grad, torch.tensor([[0.0, -0.5]]))
+    # a negative advantage takes the unclipped branch: -min(-1.25, -1.2) = 1.25, gradient 1.25 / 2
+    logp.grad = None
+    loss, _ = grpo.clipped_surrogate(logp, old, torch.tensor([-1.0]), mask, clip_eps=0.2)
+    assert loss.item() == pytest.approx((1.25 + 1.0) / 2)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[0.625, 0.5]]))
+    # sequence_mean averages within rows first; padding does not count
+    logp2 = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.9]]))
+    m2 = torch.tensor([[True, True], [True, False]])
+    loss, _ = grpo.clipped_surrogate(logp2, logp2, torch.tensor([1.0, 2.0]), m2, 0.2, "sequence_mean")
+    assert loss.item() == pytest.approx(-(1.0 + 2.0) / 2)
+    loss, _ = grpo.clipped_surrogate(logp2, logp2, torch.tensor([1.0, 2.0]), m2, 0.2, "token_mean")
+    assert loss.item() == pytest.approx(-(1.0 + 1.0 + 2.0) / 3)
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    return tiny_bank(tmp_path_factory.mktemp("bank"))
+
+
+def _train(bank, run_dir, *overrides, interrupt_at=None):
+    seed_everything(42)  # as experiment.start does: the same initial weights in every run
+    model = tiny_model(bank, "grpo.epochs=2", "grpo.max_steps=4", "grpo.eval_every=2", "grpo.questions_per_step=2", "grpo.lr=1e-3",
+                       "grpo.max_new_tokens=3", *overrides)
+    trainer = grpo.Trainer(model, QUESTIONS, QUESTIONS[:2], run_dir)
+    if interrupt_at is not None:
+        step = trainer.train_step
+
+        def failing():
+            if trainer.step == interrupt_at:
+                raise KeyboardInterrupt("simulated interruption")
+            return step()
+        trainer.train_step = failing
+    trainer.train(progress=False)
+    return model, trainer
+
+
+def test_training_logs_selects_on_validation_and_updates_every_part(bank, tmp_path):
+    model, trainer = _train(bank, tmp_path, "grpo.reader_warmup_steps=1", "grpo.sft_steps=1")
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    stages = [r["stage"] for r in records]
+    assert stages[:2] == ["reader_warmup", "sft"] and stages.count("grpo") == 4 and stages.count("val") == 3
+    step = next(r for r in records if r["stage"] == "grpo")
+    for key in ("reward_mean", "reward_std", "accuracy", "clip_frac", "policy_entropy", "mean_budget", "soft_tokens",
+                "grad_norm", "seconds", "lr"):
+        assert key in step
+    selection = json.loads((tmp_path / "best" / "selection.json").read_text())
+    best_val = max(r["val_accuracy"] for r in records if r["stage"] == "val")
+    assert selection["val_accuracy"] == best_val
+    assert (tmp_path / "last" / "trainer_state.pt").is_file() and not (tmp_path / "last.tmp").exists()
+    fresh = tiny_model(bank)
+    changed = {n for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters())
+               if p.requires_grad and not torch.equal(p, q)}
+    assert any("lora_" in n for n in changed)
+    assert any(n.startswith("projector.") for n in changed) and any(n.startswith("policy.") for n in changed)
+
+
+def test_non_finite_gradients_are_skipped_and_counted(bank, tmp_path):
+    model = tiny_model(bank, "grpo.max_steps=1")
+    trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path)
+    before = [p.detach().clone() for p in model.trainable_parameters()]
+    for p in model.trainable_parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    assert trainer._apply_gradients() is None and trainer.skipped == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.trainable_parameters()))
+
+
+def test_resume_reaches_the_same_weights(bank, tmp_path):
+    done, _ = _train(bank, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _train(bank, tmp_path / "b", interrupt_at=3)          # last/ was saved at step 2
+    resumed, trainer = _train(bank, tmp_path / "b")
+    assert trainer.step == 4
+    for (n, p), (_, q) in zip(done.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_two_processes_equal_one(bank, tmp_path):
+    """torchrun with two CPU processes splits each step's questions; parameters match one process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(resolve("tests"))}
+    worker = resolve("tests/grpo_mp_worker.py")
+    out = {}
+    for n in (1, 2):
+        target = tmp_path / f"p{n}.pt"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+               str(29610 + n), str(worker), str(bank.path), str(tmp_path / f"run{n}"), str(target)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[n] = torch.load(target)
+    assert out[2]["processes"] == 2 and out[1]["processes"] == 1
+    for name, p in out[1]["params"].items():
+        assert torch.allclose(p, out[2]["params"][name], atol=1e-5, rtol=1e-4), name
