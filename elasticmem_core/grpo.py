@@ -314,7 +314,8 @@ class Trainer:
         resumed = self.resume()
         g = self.cfg.grpo
         if not resumed:
-            self.supervised(g.reader_warmup_steps, "text", "reader_warmup")
+            if self.supervised(g.reader_warmup_steps, "text", "reader_warmup") and self.rank == 0:
+                self.model.save(self.dir / "reader")  # the warmed-up text reader, for the text baselines
             self.supervised(g.sft_steps, "latent", "sft")
             self._validate()
         history = []
