@@ -417,3 +417,43 @@ def describe(bank: Bank) -> dict[str, Any]:
 
 def stats_row(stats: BuildStats) -> dict[str, Any]:
     return {**asdict(stats), "chunks_per_s": round(stats.chunks_per_s, 2), "tokens_per_s": round(stats.tokens_per_s, 1)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    """Build the banks of every configured setting into <run>/banks/<setting>/, on all processes of a launch:
+
+        accelerate launch --multi_gpu --num_processes 4 -m elasticmem_core.bank -p params/paper/x.yaml --run-dir D
+
+    Notebook 01_build_bank then finds the complete banks in the same run folder and reuses them.
+    """
+    import argparse
+
+    from accelerate import Accelerator
+
+    from . import memorysuite
+    from .backbone import load_backbone
+    from .experiment import cache_dir, resolve
+    from .runner import resolve_params
+
+    parser = argparse.ArgumentParser(prog="python -m elasticmem_core.bank", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-p", "--params", default="params/mini.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--run-dir", default=None, help="run folder (default outputs/<runtime.run_name>)")
+    args = parser.parse_args(argv)
+    _, cfg = resolve_params(args.params, args.overrides)
+    accelerator = Accelerator(cpu=cfg.runtime.device == "cpu")
+    run_dir = resolve(args.run_dir) if args.run_dir else resolve(cfg.runtime.output_dir) / cfg.runtime.run_name
+    backbone = load_backbone(cfg.runtime.backbone, dtype=cfg.runtime.dtype, device=str(accelerator.device),
+                             cache_dir=cache_dir(cfg))
+    for setting in cfg.data.settings:
+        with accelerator.main_process_first():  # the main process generates MemorySuite-mini files, once
+            ds = memorysuite.load(setting, cfg, tokenizer=backbone.tokenizer, run_dir=run_dir)
+        built = build(ds.chunks(), backbone, cfg.bank, run_dir / "banks" / setting, accelerator=accelerator)
+        if accelerator.is_main_process:
+            print(f"{setting}: {describe(built)}; this process: {stats_row(built.build_stats)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -74,6 +74,19 @@ class DataConfig:
     chunk_max_tokens: int = _f(2048, "chunks longer than this (backbone tokens) are truncated, and counted")
     skip_bad_records: bool = _f(False, "skip malformed records (each listed in the load summary) instead of failing")
     mini: MiniConfig = field(default_factory=MiniConfig, metadata={"help": "MemorySuite-mini generator"})
+    alfworld_data: str | None = _f(None, "ALFWorld's data folder (json_2.1.1 with valid_seen/valid_unseen games); "
+                                         "None = $ALFWORLD_DATA when it holds them, else the offline game set")
+    alfworld_games_dir: str | None = _f(None, "offline ALFWorld game set folder; None = <mini folder>/alfworld-offline")
+    alfworld_seed: int = _f(42, "seed of the offline game set (rooms, goals, placement) and of the bank/GRPO cut")
+    alfworld_n_train: int = _f(120, "offline training games (bank + GRPO pool), task types in turn")
+    alfworld_n_seen: int = _f(36, "offline valid_seen games (training rooms and goal kinds)")
+    alfworld_n_unseen: int = _f(36, "offline valid_unseen games (new rooms, held-out object-receptacle goals)")
+    alfworld_bank_ratio: float = _f(0.8, "share of the successful training replays summarised into skill cards "
+                                         "(authors: 0.8); the rest are GRPO games")
+    alfworld_max_steps: int = _f(30, "steps per ALFWorld game before it ends as a failure")
+    alfworld_timeout_s: float = _f(240.0, "wall-clock seconds per ALFWorld game (policy included) before it ends "
+                                          "as a failure")
+    alfworld_history: int = _f(5, "last (action, observation) pairs in each ALFWorld prompt")
 
 
 @dataclass
@@ -150,6 +163,7 @@ class GRPOConfig:
     sft_lr: float = _f(5e-4, "learning rate of both supervised warm-ups")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
     tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
+    settings: list[str] = _f([], "settings 03_train trains, one model each (empty = every data.settings entry)")
 
 
 @dataclass
@@ -159,6 +173,20 @@ class EvalConfig:
     batch_size: int = _f(8, "questions answered per batch at evaluation")
     bootstrap: int = _f(1000, "bootstrap resamples for the 95% intervals")
     seeds: list[int] = _f([42], "training seeds (the paper reports means over 5)")
+    method: str = _f("elasticmem", "the method a params file describes: elasticmem | no_memory | full_context | "
+                                   "text_rag | lora_text_sft | lora_text_grpo (params/baselines/ select them)")
+    text_top_k: int = _f(0, "chunks the text-RAG baselines put in as text; 0 = retrieval.top_z (same Z as the method)")
+    context_window: int = _f(0, "full-context baseline window in tokens; 0 = the backbone's max_position_embeddings")
+    checkpoint: str = _f("", "checkpoint 04_evaluate loads ({setting} and {seed} are filled in); "
+                             "'' = <run>/train/<setting>/best")
+    baselines: list[str] = _f(["no_memory", "full_context", "text_rag_semantic", "text_rag_keys"],
+                              "params/baselines/<name>.yaml run by 02_baselines; the trained ones (lora_text_sft, "
+                              "lora_text_grpo, identity_projector) cost a training run per setting and seed")
+    ablations: list[str] = _f(["elasticmem_reference", "budget_uniform"],
+                              "params/ablations/<name>.yaml run by 05_ablations (each a training run per setting "
+                              "and seed; elasticmem_reference is the grid's unablated method)")
+    variant_steps: int = _f(0, "GRPO (or text SFT) steps of each trained baseline and ablation: -1 = as the grpo "
+                               "section says (paper, mini); 0 = untrained, a plumbing check (smoke); N = at most N")
 
 
 @dataclass
@@ -323,6 +351,8 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "projector.kind": (cfg.projector.kind, {"mlp", "identity"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
         "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
+        "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",
+                                          "lora_text_grpo"}),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -258,7 +258,9 @@ def _episode(rec: dict, task_type: str, game: str, where: str) -> Episode:
     steps = []
     for i, s in enumerate(get(rec, "steps", list, where)):
         w = f"{where} steps[{i}]"
-        steps.append(Step(action=get(s, "action", str, w), observation=get(s, "observation", str, w),
+        # the authors' replays start with the reset: action null, the first observation and its commands
+        action = "" if i == 0 and isinstance(s, dict) and s.get("action", "") is None else get(s, "action", str, w)
+        steps.append(Step(action=action, observation=get(s, "observation", str, w),
                           admissible_commands=get_str_list(s, "admissible_commands", w),
                           expert_plan=get_str_list(s, "expert_plan", w)))
     return Episode(episode_id=game, task_type=task_type, objective=get(rec, "objective", str, where),

@@ -1,0 +1,274 @@
+"""Baselines and ablations: variants of the method, each a params file, run and evaluated the same way.
+
+A variant is a params file in `params/baselines/` or `params/ablations/`, written as params/mini.yaml plus the keys
+that define it (so the file alone runs at mini scale). When a notebook runs a variant, only those defining keys (the
+file's differences from params/mini.yaml) are applied onto the run's own params: under smoke a variant runs at smoke
+sizes, under a paper file at paper sizes. `eval.method` says what a variant is:
+
+| eval.method     | memory                               | trained (eval.variant_steps)                        |
+|-----------------|--------------------------------------|-----------------------------------------------------|
+| no_memory       | none                                 | no                                                  |
+| full_context    | the whole memory as text, newest     | no; chunks that do not fit the window are dropped   |
+|                 | chunks kept within the window        | (oldest first) and counted per question             |
+| text_rag        | top-k chunks as text (retrieval.mode | no; semantic = the sentence embedder, frozen_state  |
+|                 | chooses the ranking)                 | = the bank's keys against the question's state      |
+| lora_text_sft   | retrieved chunks as text             | supervised (cross-entropy on the gold letter)       |
+| lora_text_grpo  | retrieved chunks as text             | GRPO (grpo.Trainer with model memory "text")        |
+| elasticmem      | soft tokens (the method)             | GRPO; ablations and the identity projector          |
+
+Every variant goes through ElasticMem's own retrieval and injection layout, so #Tok counts the same parts for
+every method. The untrained text readers (no_memory, full_context, text_rag) are also reported with the stage-0
+warmed-up reader (`<run>/train/<setting>/reader`, written by 03_train) where it exists, as `<name>+reader`.
+Results are files (evaluate.py): a variant whose results exist is neither retrained nor re-evaluated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import assemble
+from . import bank as bank_mod
+from . import evaluate
+from .config import Config, apply_overrides, from_sections, read_params
+from .experiment import resolve, seed_everything
+from .grpo import Trainer
+from .model import CHECKPOINT_META, ElasticMem, Plan
+from .budget import BudgetDecision
+from .retrieval import Retrieved, question_ids
+
+VARIANT_BASE = "params/mini.yaml"
+MEMORY = {"elasticmem": "latent", "no_memory": "none", "full_context": "text", "text_rag": "text",
+          "lora_text_sft": "text", "lora_text_grpo": "text"}
+TRAINED = ("elasticmem", "lora_text_sft", "lora_text_grpo")
+TEXT_READERS = ("no_memory", "full_context", "text_rag")  # also reported with the warmed-up reader
+
+
+# ---- variants as params files ---------------------------------------------------------------------------------
+def variant_file(kind: str, name: str) -> Path:
+    path = resolve(f"params/{kind}/{name}.yaml")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {kind[:-1]} params file (eval.{kind} names files in params/{kind}/)")
+    return path
+
+
+def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _leaves(val, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def variant_overrides(path: str | Path, base: str | Path = VARIANT_BASE) -> list[str]:
+    """The `section.key=value` overrides that define a variant: where its file differs from the base file."""
+    mine = _leaves(from_sections(str(path), **read_params(path)).to_dict())
+    theirs = _leaves(from_sections(str(base), **read_params(resolve(base))).to_dict())
+    return [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in mine.items() if theirs[k] != v]
+
+
+def variant_config(cfg: Config, path: str | Path, seed: int | None = None) -> Config:
+    """The run's params with a variant's defining keys applied (and its seed, its step cap, its text top-k)."""
+    overrides = variant_overrides(path)
+    v = from_sections(str(path), **apply_overrides(cfg.to_dict(), overrides))
+    if seed is not None:
+        v.runtime.seed = seed
+    steps = v.eval.variant_steps
+    if steps > 0:
+        v.grpo.max_steps = steps if v.grpo.max_steps <= 0 else min(steps, v.grpo.max_steps)
+    if v.eval.method == "text_rag" and v.eval.text_top_k > 0:
+        v.retrieval.top_z = v.eval.text_top_k
+    return v
+
+
+# ---- the full-context baseline --------------------------------------------------------------------------------
+class FullContext(ElasticMem):
+    """The whole memory as text in the ElasticMem layout: every chunk of the question's memory, chronological.
+
+    A memory longer than the window (eval.context_window or the backbone's max_position_embeddings, less the task
+    text and the answer tokens) keeps its newest chunks; the dropped chunks are counted per question.
+    """
+
+    def __init__(self, backbone, bank, cfg, chunk_texts):
+        super().__init__(backbone, bank, cfg, chunk_texts, memory="text")
+        self.window = cfg.eval.context_window or backbone.model.config.max_position_embeddings
+        self.dropped: dict[str, int] = {}
+
+    def plan(self, questions, sample: bool = False, generator=None) -> Plan:
+        kept = []
+        for q in questions:
+            task = len(question_ids(self.tokenizer, q.question, self.cfg.retrieval.chat_template)) + \
+                len(self.tail_ids(q))
+            room = self.window - task - self.cfg.grpo.max_new_tokens
+            rows, used = [], 0
+            for r in reversed(self.bank.rows(q.memory_id)):  # newest first
+                need = len(self._chunk_ids(r)) + 1  # its text and the "\n" separator
+                if used + need > room:
+                    break
+                rows.insert(0, r)
+                used += need
+            self.dropped[q.qid] = len(self.bank.rows(q.memory_id)) - len(rows)
+            kept.append(rows)
+        z = max(1, max(len(r) for r in kept))
+        rows = torch.full((len(questions), z), -1, dtype=torch.long)
+        for i, r in enumerate(kept):
+            rows[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        zeros = torch.zeros(len(questions), z)
+        retrieved = Retrieved(query=torch.zeros(len(questions), self.bank.hidden_size), control_ids=[None] * len(kept),
+                              control_logprob=torch.zeros(len(kept)), rows=rows, scores=zeros, mask=rows.ge(0))
+        return Plan(retrieved, BudgetDecision(torch.zeros_like(rows), zeros, zeros))
+
+    def answer(self, questions, max_new_tokens: int | None = None) -> list[dict]:
+        out = super().answer(questions, max_new_tokens)
+        for o in out:
+            o["truncated_chunks"] = self.dropped[o["qid"]]
+        return out
+
+
+# ---- models, banks, training ----------------------------------------------------------------------------------
+def build_model(cfg: Config, dataset, backbone, bank) -> ElasticMem:
+    """The model a variant's eval.method describes (LoRA is injected into `backbone` in place: `release` after)."""
+    if cfg.eval.method == "full_context":
+        return FullContext(backbone, bank, cfg, {c.chunk_id: c.text for c in dataset.chunks()})
+    return assemble.model_for(cfg, dataset, backbone, bank, memory=MEMORY[cfg.eval.method])
+
+
+def release(model: ElasticMem) -> None:
+    """Take the model's LoRA adapters out of the shared backbone again (the next model, or a bank build, needs it bare)."""
+    model.reasoner.unload()
+
+
+def bank_for(variant: Config, run_cfg: Config, dataset, backbone, run_dir: str | Path, progress: bool = True):
+    """The run's bank, or (a variant with other bank settings, e.g. the B_max sweep's N_c) a bank of its own."""
+    folder = assemble.bank_dir(run_dir, dataset.setting)
+    if variant.bank != run_cfg.bank:
+        diff = [f"{f.name}={getattr(variant.bank, f.name)}" for f in dataclasses.fields(variant.bank)
+                if getattr(variant.bank, f.name) != getattr(run_cfg.bank, f.name)]
+        folder = folder.with_name(f"{dataset.setting}@{','.join(diff)}")
+    return bank_mod.build(dataset.chunks(), backbone, variant.bank, folder, progress=progress)
+
+
+def reader_checkpoint(run_dir: str | Path, setting: str) -> Path | None:
+    """03_train's stage-0 warmed-up text reader for a setting, if it exists."""
+    path = Path(run_dir) / "train" / setting / "reader"
+    return path if (path / CHECKPOINT_META).is_file() else None
+
+
+def checkpoint_id(path: Path) -> str:
+    """A short content hash of a checkpoint (its adapter, projector and policy), recorded with each result."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".pt")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def sft_steps(cfg: Config, n_train: int) -> int:
+    """Supervised steps of the text-SFT baseline: eval.variant_steps, else grpo.sft_steps, else grpo.epochs over
+    the training questions (capped by grpo.max_steps)."""
+    if cfg.eval.variant_steps > 0:
+        return cfg.eval.variant_steps
+    if cfg.grpo.sft_steps > 0:
+        return cfg.grpo.sft_steps
+    steps = cfg.grpo.epochs * math.ceil(n_train / cfg.grpo.sft_batch_size)
+    return min(steps, cfg.grpo.max_steps) if cfg.grpo.max_steps > 0 else steps
+
+
+def train(model: ElasticMem, dataset, folder: Path, progress: bool = True) -> Path | None:
+    """Train a variant (resumable) and return the checkpoint to evaluate; None when eval.variant_steps is 0."""
+    cfg = model.cfg
+    if cfg.eval.variant_steps == 0 or cfg.eval.method not in TRAINED:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, dataset.split("train"), dataset.split("val"), folder)
+    if cfg.eval.method == "lora_text_sft":
+        done = folder / "sft"
+        if not (done / CHECKPOINT_META).is_file():
+            trainer.supervised(sft_steps(cfg, len(trainer.train_q)), "text", "text_sft")
+            model.save(done)
+        return done
+    trainer.train(progress)  # GRPO; resumes from last/, selects best/ on validation
+    return folder / "best"
+
+
+# ---- running a variant ----------------------------------------------------------------------------------------
+def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone, datasets: dict,
+                splits: list[str] | None = None, progress: bool = True) -> list[dict]:
+    """Evaluate one baseline or ablation on every setting (and seed, and reader), training it first if it trains.
+
+    Returns the results (reused from their files where they exist). Training folders:
+    `<run>/<kind>/<name>/<setting>/seed<seed>/`.
+    """
+    path = variant_file(kind, name)
+    splits = splits or ["test"]
+    results = []
+    for setting, ds in datasets.items():
+        method = variant_config(cfg, path).eval.method
+        seeds = cfg.eval.seeds if method in TRAINED else [cfg.runtime.seed]  # untrained: deterministic
+        reader = reader_checkpoint(run_dir, setting) if method in TEXT_READERS else None
+        for seed in seeds:
+            for with_reader in ([False, True] if reader else [False]):
+                v = variant_config(cfg, path, seed)
+                label = name + ("+reader" if with_reader else "")
+                meta = {"method": label, "kind": kind, "variant": f"params/{kind}/{name}.yaml",
+                        "overrides": variant_overrides(path), "setting": setting, "seed": seed,
+                        "backbone": backbone.identity,
+                        "reader": checkpoint_id(reader) if with_reader else None}
+                paths = {s: evaluate.result_path(run_dir, label, setting, s, seed) for s in splits}
+                saved = [evaluate.existing(paths[s], v, {**meta, "split": s}) for s in splits]
+                if all(r is not None for r in saved):
+                    results += saved
+                    continue
+                bank = bank_for(v, cfg, ds, backbone, run_dir, progress)
+                seed_everything(seed)
+                model = build_model(v, ds, backbone, bank)
+                try:
+                    if with_reader:
+                        model.load(reader)
+                    checkpoint = train(model, ds, Path(run_dir) / kind / name / setting / f"seed{seed}", progress)
+                    if checkpoint is not None:
+                        model.load(checkpoint)
+                    for s in splits:
+                        results.append(evaluate.evaluate(model.answer, ds.split(s), paths[s], {**meta, "split": s},
+                                                         v, bank, backbone.device, progress))
+                finally:
+                    release(model)
+    return results
+
+
+def run_checkpoint(cfg: Config, run_dir: str | Path, backbone, datasets: dict, splits: list[str],
+                   progress: bool = True) -> tuple[list[dict], dict[str, str]]:
+    """Evaluate the trained ElasticMem of each setting (eval.checkpoint, default <run>/train/<setting>/best).
+
+    A missing checkpoint is reported (second return value: setting -> message) and the UNTRAINED model is evaluated
+    instead, under the method name `elasticmem_untrained`, so that it can never pass for the trained one.
+    """
+    results, notes = [], {}
+    for setting, ds in datasets.items():
+        seed = cfg.runtime.seed
+        template = cfg.eval.checkpoint or str(Path(run_dir) / "train" / "{setting}" / "best")
+        ckpt = resolve(template.format(setting=setting, seed=seed))
+        found = (ckpt / CHECKPOINT_META).is_file()
+        if not found:
+            notes[setting] = f"no trained checkpoint at {ckpt}: evaluating the UNTRAINED model (elasticmem_untrained)"
+        label = "elasticmem" if found else "elasticmem_untrained"
+        meta = {"method": label, "kind": "method", "setting": setting, "seed": seed, "backbone": backbone.identity,
+                "checkpoint": str(ckpt) if found else None, "checkpoint_id": checkpoint_id(ckpt) if found else None}
+        paths = {s: evaluate.result_path(run_dir, label, setting, s, seed) for s in splits}
+        saved = [evaluate.existing(paths[s], cfg, {**meta, "split": s}) for s in splits]
+        if all(r is not None for r in saved):
+            results += saved
+            continue
+        bank = assemble.bank_for(cfg, ds, backbone, run_dir, progress=progress)
+        seed_everything(seed)
+        model = assemble.model_for(cfg, ds, backbone, bank)
+        try:
+            if found:
+                model.load(ckpt)
+            for s in splits:
+                results.append(evaluate.evaluate(model.answer, ds.split(s), paths[s], {**meta, "split": s}, cfg,
+                                                 bank, backbone.device, progress))
+        finally:
+            release(model)
+    return results, notes

@@ -1,0 +1,293 @@
+"""Evaluation: greedy answers on a split, the paper's metrics, intervals, paired comparisons and results files.
+
+    result = evaluate.evaluate(model.answer, questions, path, meta, cfg, bank=bank)   # or reused if `path` exists
+    table = evaluate.summary_table(evaluate.load_results(run_dir))
+
+Metrics (SPEC.md section 3): accuracy overall, per question type and per memory; #Tok per question = task text
+(question, control token, instruction, options) + injected memory (soft tokens, or text tokens, with their "\n"
+separators) + generated output tokens, counted by the one injection layout every method goes through, so the unit is
+the same for every method. Averages across settings are weighted by test-set size, as the paper's (which equals
+the accuracy pooled over all questions). Intervals: percentile bootstrap, 95%. Two methods on the same questions:
+a paired bootstrap of the accuracy difference and McNemar's exact test on the discordant pairs.
+
+Cost per question: wall time of its batch divided by the batch size, and peak memory: on CUDA the largest
+`torch.cuda.max_memory_allocated` during its batch (tensors only), on CPU the process's peak resident set size so
+far (`ru_maxrss`, a high-water mark of the whole process: model, bank and data included; it never goes down).
+
+One results file per method x setting x split x seed: `<run>/results/<method>/<setting>/<split>-seed<seed>.json`,
+with the resolved params, the environment (versions, git commit) and every per-question record. A file that exists
+for the same method, backbone and params is reused, not recomputed; one made with other params is an error.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Config
+from .experiment import environment, write_json
+
+# keys that do not change a result (where files go, threads, which notebooks run what), left out of the fingerprint
+_NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_threads", "chat_prompt", "max_new_tokens"),
+                       "eval": ("splits", "seeds", "bootstrap", "baselines", "ablations"), "grpo": ("settings",)}
+
+
+# The paper's reported numbers (SPEC.md section 4: Qwen2.5, the real MemorySuite), for tables that show them beside
+# ours, always labelled as the paper's. accuracy / #Tok; "weighted" = the size-weighted QA average.
+PAPER_QA = [
+    {"backbone": "Qwen2.5-3B", "method": "ElasticMem", "setting": "personamem-32k", "accuracy": 0.74},
+    {"backbone": "Qwen2.5-3B", "method": "ElasticMem", "setting": "personamem-128k", "accuracy": 0.77},
+    {"backbone": "Qwen2.5-3B", "method": "ElasticMem", "setting": "locomo-mc10", "accuracy": 0.74},
+    {"backbone": "Qwen2.5-3B", "method": "ElasticMem", "setting": "longmemeval-mc10", "accuracy": 0.68},
+    {"backbone": "Qwen2.5-3B", "method": "ElasticMem", "setting": "weighted", "accuracy": 0.742, "tok": 589},
+    {"backbone": "Qwen2.5-3B", "method": "MemGen (best baseline)", "setting": "weighted", "accuracy": 0.588, "tok": 291},
+    {"backbone": "Qwen2.5-7B", "method": "ElasticMem", "setting": "personamem-32k", "accuracy": 0.90},
+    {"backbone": "Qwen2.5-7B", "method": "ElasticMem", "setting": "personamem-128k", "accuracy": 0.84},
+    {"backbone": "Qwen2.5-7B", "method": "ElasticMem", "setting": "locomo-mc10", "accuracy": 0.84},
+    {"backbone": "Qwen2.5-7B", "method": "ElasticMem", "setting": "longmemeval-mc10", "accuracy": 0.76},
+    {"backbone": "Qwen2.5-7B", "method": "ElasticMem", "setting": "weighted", "accuracy": 0.832, "tok": 443},
+    {"backbone": "Qwen2.5-7B", "method": "MemGen (best baseline)", "setting": "weighted", "accuracy": 0.668, "tok": 291},
+    {"backbone": "Qwen2.5-7B", "method": "LoRA + text memory, SFT", "setting": "locomo-mc10", "accuracy": 0.599},
+    {"backbone": "Qwen2.5-7B", "method": "LoRA + text memory, GRPO", "setting": "locomo-mc10", "accuracy": 0.650},
+    {"backbone": "Qwen2.5-7B", "method": "identity projector", "setting": "locomo-mc10", "accuracy": 0.739},
+    {"backbone": "Qwen2.5-7B", "method": "ElasticMem (controlled)", "setting": "locomo-mc10", "accuracy": 0.841},
+]
+# which real setting a MemorySuite-mini setting imitates (for placing the paper's number beside ours)
+MINI_COUNTERPART = {"mini-personamem": "personamem-32k", "mini-locomo": "locomo-mc10",
+                    "mini-longmemeval": "longmemeval-mc10"}
+
+
+class ResultsError(RuntimeError):
+    """Results that cannot be reused or put in one table; the message names the file and what differs."""
+
+
+# ---- metrics on known inputs ----------------------------------------------------------------------------------
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (e.g. 0/1 correctness)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
+    means = x[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def weighted_average(values, weights) -> float:
+    """Average of per-setting values weighted by test-set size (the paper's cross-setting average)."""
+    v, w = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
+    return float((v * w).sum() / w.sum())
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs against 1/2."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    k = min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(a: list[dict], b: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Method A against method B on the same questions (records matched by qid)."""
+    ca, cb = {r["qid"]: bool(r["correct"]) for r in a}, {r["qid"]: bool(r["correct"]) for r in b}
+    if set(ca) != set(cb):
+        raise ResultsError(f"paired comparison needs the same questions: {len(set(ca) ^ set(cb))} qids differ")
+    qids = sorted(ca)
+    x = np.array([ca[q] for q in qids], dtype=float)
+    y = np.array([cb[q] for q in qids], dtype=float)
+    lo, hi = bootstrap_ci(x - y, n_boot, seed)
+    a_only, b_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    return {"n": len(qids), "accuracy_a": float(x.mean()), "accuracy_b": float(y.mean()),
+            "difference": float((x - y).mean()), "ci_low": lo, "ci_high": hi,
+            "a_only": a_only, "b_only": b_only, "p_mcnemar": mcnemar_exact(a_only, b_only)}
+
+
+def total_tokens(tokens: dict) -> int:
+    """#Tok of one question: task text + injected memory + output."""
+    return int(tokens["task_text"]) + int(tokens["memory"]) + int(tokens["output"])
+
+
+def summarize(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Accuracy with its interval, mean #Tok by part, and cost per question."""
+    correct = [float(r["correct"]) for r in records]
+    lo, hi = bootstrap_ci(correct, n_boot, seed)
+    part = lambda k: float(np.mean([r["tokens"][k] for r in records])) if records else float("nan")  # noqa: E731
+    return {"n": len(records), "accuracy": float(np.mean(correct)) if records else float("nan"),
+            "ci_low": lo, "ci_high": hi, "tok": float(np.mean([r["tok"] for r in records])) if records else float("nan"),
+            "task_text": part("task_text"), "memory": part("memory"), "output": part("output"),
+            "seconds_per_question": float(np.mean([r["seconds"] for r in records])) if records else float("nan"),
+            "peak_mb": float(max((r["peak_mb"] for r in records), default=float("nan"))),
+            "truncated_questions": sum(r.get("truncated_chunks", 0) > 0 for r in records)}
+
+
+# ---- answering a split ----------------------------------------------------------------------------------------
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def answer_questions(answer: Callable[[list], list[dict]], questions, batch_size: int, bank=None,
+                     device: torch.device | str = "cpu", progress: bool = True) -> list[dict]:
+    """Greedy answers in batches through `answer` (ElasticMem.answer or a baseline's), one record per question."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    records = []
+    for i in tqdm(range(0, len(questions), batch_size), desc="answer", disable=not progress, leave=False):
+        batch = questions[i:i + batch_size]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        outs = answer(batch)
+        seconds = (time.perf_counter() - t0) / len(batch)
+        peak = _peak_mb(device)
+        for q, o in zip(batch, outs):
+            evidence = [bank.row(c) for c in q.evidence] if bank is not None else []
+            records.append({**o, "question_type": q.question_type, "memory_id": q.memory_id, "split": q.split,
+                            "tok": total_tokens(o["tokens"]), "evidence_rows": evidence,
+                            "in_evidence": [r in evidence for r in o.get("rows", [])],
+                            "seconds": seconds, "peak_mb": peak})
+    return records
+
+
+# ---- results files --------------------------------------------------------------------------------------------
+def result_path(run_dir: str | Path, method: str, setting: str, split: str, seed: int) -> Path:
+    return Path(run_dir) / "results" / method / setting / f"{split}-seed{seed}.json"
+
+
+def fingerprint(cfg: Config, meta: dict) -> dict:
+    """What must agree for a saved result to be reused: method, setting, split, seed, backbone, params."""
+    params = cfg.to_dict()
+    for section, keys in _NOT_RESULT_SHAPING.items():
+        params[section] = {k: v for k, v in params[section].items() if k not in keys}
+    return {**meta, "params": params}
+
+
+def _differences(a, b, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{where}.{k}".strip("."))]
+    return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
+
+
+def existing(path: str | Path, cfg: Config, meta: dict) -> dict | None:
+    """The saved result at `path` if it was made by the same method, backbone and params; None if there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    diff = _differences(saved["fingerprint"], json.loads(json.dumps(fingerprint(cfg, meta), default=str)))
+    if diff:
+        raise ResultsError(f"{path} was made with other settings ({'; '.join(diff[:5])}); delete it to recompute, "
+                           f"or use another run folder")
+    return saved
+
+
+def evaluate(answer: Callable[[list], list[dict]], questions, path: str | Path, meta: dict, cfg: Config,
+             bank=None, device="cpu", progress: bool = True) -> dict:
+    """Answer `questions` and save the result at `path`, or reuse the result already saved there.
+
+    `meta` names the result: method, setting, split, seed, backbone (identity) and anything else that identifies it
+    (e.g. the checkpoint evaluated). Questions are capped by eval.max_questions.
+    """
+    saved = existing(path, cfg, meta)
+    if saved is not None:
+        return saved
+    cap = cfg.eval.max_questions
+    questions = list(questions)[:cap] if cap > 0 else list(questions)
+    records = answer_questions(answer, questions, cfg.eval.batch_size, bank, device, progress)
+    result = {**meta, "fingerprint": fingerprint(cfg, meta), "params": cfg.to_dict(), "environment": environment(),
+              "memory_measure": "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss",
+              "summary": summarize(records, cfg.eval.bootstrap, cfg.runtime.seed), "records": records}
+    write_json(path, result)
+    return json.loads(Path(path).read_text())  # exactly what a later reuse returns
+
+
+def load_results(run_dir: str | Path, methods: list[str] | None = None) -> list[dict]:
+    """Every results file of a run (optionally only some methods); refuses a mix of backbones."""
+    results = []
+    for f in sorted((Path(run_dir) / "results").glob("*/*/*.json")):
+        r = json.loads(f.read_text())
+        if methods is None or r["method"] in methods:
+            r["file"] = str(f)
+            results.append(r)
+    backbones = {r["backbone"] for r in results}
+    if len(backbones) > 1:
+        by = {b: next(r["file"] for r in results if r["backbone"] == b) for b in backbones}
+        raise ResultsError(f"results from different backbones in {run_dir}: " +
+                           "; ".join(f"{b} (e.g. {f})" for b, f in by.items()))
+    return results
+
+
+# ---- tidy tables ----------------------------------------------------------------------------------------------
+_KEYS = ("method", "setting", "split", "seed")
+
+
+def records_table(results: list[dict]) -> pd.DataFrame:
+    """One row per question and result: keys, correctness, #Tok by part, cost."""
+    rows = [{**{k: r[k] for k in _KEYS}, "qid": x["qid"], "question_type": x["question_type"],
+             "memory_id": x["memory_id"], "correct": bool(x["correct"]), "tok": x["tok"], **x["tokens"],
+             "truncated_chunks": x.get("truncated_chunks", 0), "seconds": x["seconds"], "peak_mb": x["peak_mb"]}
+            for r in results for x in r["records"]]
+    return pd.DataFrame(rows)
+
+
+def summary_table(results: list[dict]) -> pd.DataFrame:
+    """One row per results file: n, accuracy with its interval, #Tok by part, cost."""
+    return pd.DataFrame([{**{k: r[k] for k in _KEYS}, **r["summary"]} for r in results])
+
+
+def group_table(results: list[dict], by: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Accuracy per `by` (question_type or memory_id) within each result."""
+    rows = []
+    for r in results:
+        groups: dict[str, list] = {}
+        for x in r["records"]:
+            groups.setdefault(x[by], []).append(x)
+        for g, recs in sorted(groups.items()):
+            s = summarize(recs, n_boot, seed)
+            rows.append({**{k: r[k] for k in _KEYS}, by: g, "n": s["n"], "accuracy": s["accuracy"],
+                         "ci_low": s["ci_low"], "ci_high": s["ci_high"], "tok": s["tok"]})
+    return pd.DataFrame(rows)
+
+
+def overall_table(results: list[dict], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per method, split and seed: accuracy and #Tok averaged over settings weighted by test-set size, with the
+    pooled bootstrap interval (pooling all questions gives exactly the size-weighted average)."""
+    rows = []
+    keyed: dict[tuple, list] = {}
+    for r in results:
+        keyed.setdefault((r["method"], r["split"], r["seed"]), []).append(r)
+    for (method, split, seed_), rs in sorted(keyed.items()):
+        sizes = [r["summary"]["n"] for r in rs]
+        pooled = [x for r in rs for x in r["records"]]
+        lo, hi = bootstrap_ci([float(x["correct"]) for x in pooled], n_boot, seed)
+        rows.append({"method": method, "split": split, "seed": seed_, "settings": len(rs), "n": sum(sizes),
+                     "accuracy": weighted_average([r["summary"]["accuracy"] for r in rs], sizes),
+                     "ci_low": lo, "ci_high": hi, "tok": weighted_average([r["summary"]["tok"] for r in rs], sizes)})
+    return pd.DataFrame(rows)
+
+
+def save_tables(run_dir: str | Path, results: list[dict], n_boot: int = 1000, seed: int = 0) -> dict[str, Path]:
+    """Write the tidy tables as CSV into <run>/tables/; returns their paths."""
+    folder = Path(run_dir) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {"summary": summary_table(results), "overall": overall_table(results, n_boot, seed),
+              "by_question_type": group_table(results, "question_type", n_boot, seed),
+              "by_memory": group_table(results, "memory_id", n_boot, seed), "records": records_table(results)}
+    paths = {}
+    for name, df in tables.items():
+        paths[name] = folder / f"{name}.csv"
+        df.to_csv(paths[name], index=False)
+    return paths

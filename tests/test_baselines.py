@@ -1,0 +1,115 @@
+"""Every baseline and ablation runs on tiny-random, #Tok is counted the same way for each, results resume."""
+from __future__ import annotations
+
+import pytest
+
+from elasticmem_core import baselines, evaluate
+from elasticmem_core.experiment import resolve
+from elasticmem_core.memorysuite.records import Dataset, LoadSummary, Memory, Question
+from tinydata import CHUNKS, COLOURS, tiny_cfg
+
+QUESTIONS = [Question(f"q{i}", "What colour does the user like?", COLOURS[:4], "(a)", "fact", f"m{i % 2}",
+                      ("train", "val", "test")[i % 3], [f"m{i % 2}#0"]) for i in range(6)]
+MEMORIES = {m: Memory(m, [c for c in CHUNKS if c.memory_id == m]) for m in ("m0", "m1")}
+
+
+def dataset():
+    return {"tiny": Dataset("tiny", QUESTIONS, MEMORIES, LoadSummary("tiny"))}
+
+
+def cfg(*overrides):
+    return tiny_cfg("eval.max_questions=0", "grpo.max_steps=1", "grpo.group_size=2", "grpo.sft_batch_size=2",
+                    *overrides)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_backbone):
+    return tmp_path_factory.mktemp("run"), tiny_backbone
+
+
+def _records(results, method):
+    (r,) = [r for r in results if r["method"] == method]
+    return r["records"]
+
+
+def test_every_variant_file_differs_from_mini_only_in_its_defining_keys():
+    allowed = {"eval.method", "retrieval.mode", "projector.kind", "budget.policy", "budget.min_budget",
+               "budget.b_max", "bank.n_c"}
+    for kind in ("baselines", "ablations"):
+        for path in sorted(resolve(f"params/{kind}").glob("*.yaml")):
+            keys = {o.split("=")[0] for o in baselines.variant_overrides(path)}
+            assert keys <= allowed, f"{path.name} also changes {keys - allowed} (did params/mini.yaml change?)"
+
+
+@pytest.mark.parametrize("name", ["no_memory", "full_context", "text_rag_keys", "text_rag_semantic"])
+def test_untrained_baselines_run_and_count_tokens(run, name):
+    run_dir, backbone = run
+    (res,) = baselines.run_variant("baselines", name, cfg(), run_dir, backbone, dataset(), progress=False)
+    assert res["summary"]["n"] == 2 and not any("lora" in n for n, _ in backbone.model.named_parameters())
+    tok = backbone.tokenizer
+    for r in res["records"]:
+        chunk_tokens = [len(tok(CHUNKS[row].text, add_special_tokens=False)["input_ids"]) + 1 for row in r["rows"]
+                        if row >= 0]
+        expected = 0 if name == "no_memory" else sum(chunk_tokens)
+        assert r["tokens"]["memory"] == expected and r["tok"] == sum(r["tokens"].values())
+        if name == "full_context":  # the whole memory, chronological
+            assert [x for x in r["rows"] if x >= 0] == [i for i, c in enumerate(CHUNKS) if c.memory_id == r["memory_id"]]
+        if name.startswith("text_rag"):
+            assert len(r["rows"]) == 4  # Z of the smoke params
+
+
+def test_full_context_truncates_to_the_window_and_counts_it(run, tmp_path):
+    _, backbone = run
+    (res,) = baselines.run_variant("baselines", "full_context", cfg("eval.context_window=120"), tmp_path, backbone,
+                                   dataset(), progress=False)
+    for r in res["records"]:
+        assert r["truncated_chunks"] > 0 and r["tokens"]["memory"] > 0
+        assert r["tokens"]["task_text"] + r["tokens"]["memory"] + 5 <= 120
+        kept = [x for x in r["rows"] if x >= 0]
+        assert kept == [i for i, c in enumerate(CHUNKS) if c.memory_id == r["memory_id"]][-len(kept):]
+    assert res["summary"]["truncated_questions"] == 2
+
+
+@pytest.mark.parametrize("kind,name", [("baselines", "lora_text_sft"), ("baselines", "lora_text_grpo"),
+                                       ("baselines", "identity_projector"), ("ablations", "budget_uniform"),
+                                       ("ablations", "bmax_10")])
+def test_trained_variants_train_then_evaluate_and_resume(run, kind, name):
+    run_dir, backbone = run
+    c = cfg("eval.variant_steps=1")
+    results = baselines.run_variant(kind, name, c, run_dir, backbone, dataset(), progress=False)
+    (res,) = results
+    folder = run_dir / kind / name / "tiny" / "seed42"
+    assert (folder / ("sft" if name == "lora_text_sft" else "best")).is_dir()
+    records = res["records"]
+    if name.startswith("lora_text"):
+        assert all(r["tokens"]["memory"] > 0 for r in records)
+    else:  # soft tokens: the budget (capped by the chunk's cache) + 1 separator per kept chunk
+        v = baselines.variant_config(c, baselines.variant_file(kind, name))
+        cache_len = baselines.bank_for(v, c, dataset()["tiny"], backbone, run_dir, progress=False).cache_len
+        assert all(r["tokens"]["memory"] == sum(min(b, int(cache_len[x])) + 1 for x, b in zip(r["rows"], r["budgets"])
+                                                if b > 0) for r in records)
+    if name == "budget_uniform":
+        assert all(b == c.budget.uniform_budget for r in records for b in r["budgets"])
+    # a second run reuses the saved result: no training, identical numbers
+    assert baselines.run_variant(kind, name, c, run_dir, backbone, dataset(), progress=False) == results
+
+
+def test_text_baselines_are_reported_with_the_warmed_up_reader(run):
+    run_dir, backbone = run
+    c = cfg()
+    ds = dataset()
+    bank = baselines.bank_for(c, c, ds["tiny"], backbone, run_dir, progress=False)
+    model = baselines.build_model(baselines.variant_config(c, baselines.variant_file("baselines", "text_rag_keys")),
+                                  ds["tiny"], backbone, bank)
+    model.save(run_dir / "train" / "tiny" / "reader")
+    baselines.release(model)
+    results = baselines.run_variant("baselines", "text_rag_keys", c, run_dir, backbone, ds, progress=False)
+    assert sorted(r["method"] for r in results) == ["text_rag_keys", "text_rag_keys+reader"]
+    assert results[1]["reader"] is not None
+
+
+def test_checkpoint_evaluation_says_when_it_is_missing(run):
+    run_dir, backbone = run
+    results, notes = baselines.run_checkpoint(cfg(), run_dir, backbone, dataset(), ["val", "test"], progress=False)
+    assert [r["method"] for r in results] == ["elasticmem_untrained"] * 2 and "no trained checkpoint" in notes["tiny"]
+    assert evaluate.load_results(run_dir, ["elasticmem_untrained"])

@@ -1,0 +1,84 @@
+"""Evaluation metrics on known inputs, and results files: round trip, reuse, refusal of mismatched files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elasticmem_core import evaluate
+from elasticmem_core.memorysuite.records import Question
+from tinydata import tiny_cfg
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_degenerate_for_constants():
+    lo, hi = evaluate.bootstrap_ci([1, 0] * 50, n_boot=2000, seed=0)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.2, abs=0.05)  # 95% of a mean of 100 coin flips: +-0.1
+    assert evaluate.bootstrap_ci([1, 1, 1], n_boot=50) == (1.0, 1.0)
+
+
+def test_weighted_average_is_by_test_set_size():
+    assert evaluate.weighted_average([0.5, 1.0], [300, 100]) == pytest.approx(0.625)
+
+
+def test_mcnemar_and_paired_comparison():
+    assert evaluate.mcnemar_exact(0, 0) == 1.0
+    assert evaluate.mcnemar_exact(0, 6) == pytest.approx(2 / 64)  # all six discordant pairs favour one side
+    a = [{"qid": f"q{i}", "correct": i < 8} for i in range(10)]
+    b = [{"qid": f"q{i}", "correct": i < 2 or i == 9} for i in range(10)]
+    c = evaluate.paired_comparison(a, b, n_boot=500)
+    assert (c["accuracy_a"], c["accuracy_b"], c["a_only"], c["b_only"]) == (0.8, 0.3, 6, 1)
+    assert c["difference"] == pytest.approx(0.5) and c["ci_low"] <= 0.5 <= c["ci_high"]
+    assert c["p_mcnemar"] == pytest.approx(2 * 8 / 128)
+    with pytest.raises(evaluate.ResultsError, match="same questions"):
+        evaluate.paired_comparison(a, b[:5])
+
+
+QS = [Question(f"q{i}", "?", ["x", "y", "z", "w"], "(a)", "fact" if i % 2 else "pref", f"m{i % 3}", "test")
+      for i in range(7)]
+
+
+def fake_answer(batch):
+    """A deterministic answerer: right on even question numbers, 10 + 5 + 1 tokens each."""
+    return [{"qid": q.qid, "prediction": "(a)" if int(q.qid[1:]) % 2 == 0 else "(b)", "gold": q.gold,
+             "correct": int(q.qid[1:]) % 2 == 0, "tokens": {"task_text": 10, "memory": 5, "output": 1},
+             "rows": [0, 1], "budgets": [2, 0]} for q in batch]
+
+
+def test_results_round_trip_resume_and_refusal(tmp_path):
+    cfg = tiny_cfg("eval.max_questions=0", "eval.batch_size=3")
+    meta = {"method": "fake", "setting": "s", "split": "test", "seed": 42, "backbone": "b"}
+    path = evaluate.result_path(tmp_path, "fake", "s", "test", 42)
+    calls = []
+    answer = lambda batch: calls.append(len(batch)) or fake_answer(batch)  # noqa: E731
+    res = evaluate.evaluate(answer, QS, path, meta, cfg)
+    assert calls == [3, 3, 1]
+    s = res["summary"]
+    assert s["n"] == 7 and s["accuracy"] == pytest.approx(4 / 7) and s["tok"] == 16 and s["memory"] == 5
+    assert res["params"]["eval"]["batch_size"] == 3 and "versions" in res["environment"]
+    assert all(r["seconds"] >= 0 and r["peak_mb"] > 0 for r in res["records"])
+    # reused, not recomputed; identical to what was saved
+    again = evaluate.evaluate(answer, QS, path, meta, cfg)
+    assert calls == [3, 3, 1] and again == json.loads(path.read_text()) == res
+    assert evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3",
+                                                              "eval.baselines=[no_memory]")) == res  # not shaping
+    with pytest.raises(evaluate.ResultsError, match="grpo.lr"):
+        evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3", "grpo.lr=1"))
+    # tables: per type, per memory, pooled = size-weighted over settings
+    evaluate.evaluate(answer, QS[:4], evaluate.result_path(tmp_path, "fake", "t", "test", 42), {**meta, "setting": "t"},
+                      cfg)
+    results = evaluate.load_results(tmp_path)
+    overall = evaluate.overall_table(results).iloc[0]
+    assert overall["n"] == 11 and overall["accuracy"] == pytest.approx(6 / 11)
+    by_type = evaluate.group_table(results, "question_type").set_index(["setting", "question_type"])
+    assert by_type.loc[("s", "pref"), "accuracy"] == 1.0 and by_type.loc[("s", "fact"), "accuracy"] == 0.0
+    paths = evaluate.save_tables(tmp_path, results)
+    assert paths["records"].is_file() and len(evaluate.records_table(results)) == 11
+
+
+def test_results_from_two_backbones_are_not_mixed(tmp_path):
+    cfg = tiny_cfg()
+    for setting, backbone in (("s", "one"), ("t", "other")):
+        meta = {"method": "fake", "setting": setting, "split": "test", "seed": 42, "backbone": backbone}
+        evaluate.evaluate(fake_answer, QS[:2], evaluate.result_path(tmp_path, "fake", setting, "test", 42), meta, cfg)
+    with pytest.raises(evaluate.ResultsError, match="different backbones"):
+        evaluate.load_results(tmp_path)
