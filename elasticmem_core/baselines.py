@@ -1,9 +1,9 @@
 """Baselines and ablations: variants of the method, each a params file, run and evaluated the same way.
 
-A variant is a params file in `params/baselines/` or `params/ablations/`, written as params/mini.yaml plus the keys
-that define it (so the file alone runs at mini scale). When a notebook runs a variant, only those defining keys (the
-file's differences from params/mini.yaml) are applied onto the run's own params: under smoke a variant runs at smoke
-sizes, under a paper file at paper sizes. `eval.method` says what a variant is:
+A variant is an overlay file in `params/baselines/` or `params/ablations/`: only the keys that define it. When a
+notebook runs a variant, those keys are applied onto the run's own params: under smoke a variant runs at smoke
+sizes, under mini at mini sizes, under a paper file at paper sizes (alone: `elasticmem run NOTEBOOK -p
+params/mini.yaml -p params/ablations/<name>.yaml`). `eval.method` says what a variant is:
 
 | eval.method     | memory                               | trained (eval.variant_steps)                        |
 |-----------------|--------------------------------------|-----------------------------------------------------|
@@ -34,7 +34,7 @@ import torch
 from . import assemble
 from . import bank as bank_mod
 from . import evaluate
-from .config import Config, apply_overrides, from_sections, read_params
+from .config import Config, apply_overrides, from_sections, merge, read_params
 from .experiment import resolve, seed_everything
 from .grpo import Trainer
 from .model import CHECKPOINT_META, ElasticMem, Plan
@@ -62,11 +62,11 @@ def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def variant_overrides(path: str | Path, base: str | Path = VARIANT_BASE) -> list[str]:
-    """The `section.key=value` overrides that define a variant: where its file differs from the base file."""
-    mine = _leaves(from_sections(str(path), **read_params(path)).to_dict())
-    theirs = _leaves(from_sections(str(base), **read_params(resolve(base))).to_dict())
-    return [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in mine.items() if theirs[k] != v]
+def variant_overrides(path: str | Path) -> list[str]:
+    """The `section.key=value` overrides that define a variant: the keys its overlay file names (validated)."""
+    raw = read_params(path)
+    from_sections(str(path), **merge(read_params(resolve(VARIANT_BASE)), raw))  # names a bad key with the file
+    return [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in _leaves(raw).items()]
 
 
 def variant_config(cfg: Config, path: str | Path, seed: int | None = None) -> Config:

@@ -332,10 +332,23 @@ def apply_overrides(sections: dict[str, Any], overrides: list[str] | None) -> di
     return out
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Config from a params file (or the paper defaults when None) plus `section.key=value` overrides."""
-    sections = read_params(path) if path is not None else {}
-    return from_sections(str(path) if path else "<defaults>", **apply_overrides(sections, overrides))
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` on top of `base`, mapping by mapping (an overlay file names only the keys it changes)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load(path: str | Path | list | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from a params file, or several layered in order (a base, then overlays such as params/ablations/*),
+    or the paper defaults when None; then `section.key=value` overrides."""
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    sections: dict[str, Any] = {}
+    for p in paths:
+        sections = merge(sections, read_params(p))
+    source = " + ".join(str(p) for p in paths) or "<defaults>"
+    return from_sections(source, **apply_overrides(sections, overrides))
 
 
 def validate(cfg: Config, source: str = "<params>") -> None:

@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, ConfigError, apply_overrides, from_sections, read_params
+from .config import SECTIONS, ConfigError, load, read_params
 from .experiment import environment, repo_root, resolve, write_json, write_yaml
 
 NOTEBOOK_RE = re.compile(r"^\d\d_[\w-]+\.ipynb$")
+OVERLAYS = ("baselines", "ablations")  # params/<these>/ hold overlays: only the keys that define a variant
 
 
 class NotebookFailed(RuntimeError):
@@ -37,13 +38,12 @@ def numbered_notebooks(folder: str | Path = "notebooks") -> list[Path]:
     return sorted(p for p in resolve(folder).iterdir() if NOTEBOOK_RE.match(p.name))
 
 
-def resolve_params(params: str | Path | None, overrides: list[str] | None = None) -> tuple[dict[str, Any], Any]:
-    """Raw sections and the validated Config for a params file plus overrides (ConfigError names file and key)."""
-    source = str(params) if params else "<defaults>"
-    sections = read_params(resolve(params)) if params else {}
-    sections = apply_overrides(sections, overrides)
-    cfg = from_sections(source, **sections)
-    return sections, cfg
+def resolve_params(params, overrides: list[str] | None = None):
+    """The validated Config for a params file (or a list: a base, then overlays) plus overrides.
+
+    ConfigError names the file(s) and the key."""
+    paths = [] if not params else [params] if isinstance(params, (str, Path)) else list(params)
+    return load([resolve(p) for p in paths] or None, overrides)
 
 
 def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None, overrides: list[str] | None = None,
@@ -51,13 +51,13 @@ def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None,
     """Execute notebooks in order into one run folder; returns the folder. Raises NotebookFailed on a failing cell."""
     import papermill as pm
 
-    _, cfg = resolve_params(params, overrides)
+    cfg = resolve_params(params, overrides)
     folder = resolve(run_dir) if run_dir else resolve(cfg.runtime.output_dir) / cfg.runtime.run_name
     folder.mkdir(parents=True, exist_ok=True)
     resolved = cfg.to_dict()
     write_yaml(folder / "params.yaml", resolved)
     record: dict[str, Any] = {
-        "params_file": str(params) if params else None,
+        "params_files": [str(p) for p in ([params] if isinstance(params, (str, Path)) else params or [])],
         "overrides": list(overrides or []),
         "seed": cfg.runtime.seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -156,24 +156,29 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         if name == "run":
             p.add_argument("notebooks", nargs="+")
-        p.add_argument("-p", "--params", default="params/mini.yaml", help="params file (default params/mini.yaml)")
+        p.add_argument("-p", "--params", action="append", default=None,
+                       help="params file (default params/mini.yaml); repeat to layer overlays, e.g. "
+                            "-p params/mini.yaml -p params/ablations/budget_uniform.yaml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
         p.add_argument("--run-dir", default=None, help="run folder (default outputs/<runtime.run_name>)")
         p.add_argument("--log-output", action="store_true", help="stream cell output to this terminal")
     sub.add_parser("check-params", help="validate every params/**/*.yaml")
     sub.add_parser("sync-params", help="rewrite notebook parameters cells from params/smoke.yaml")
     args = parser.parse_args(argv)
+    if args.cmd in ("run", "reproduce") and not args.params:
+        args.params = ["params/mini.yaml"]
 
     try:
         if args.cmd in ("run", "reproduce"):
             nbs = args.notebooks if args.cmd == "run" else numbered_notebooks()
-            print(f"elasticmem: running {len(nbs)} notebook(s) with {args.params}", flush=True)
+            print(f"elasticmem: running {len(nbs)} notebook(s) with {' + '.join(args.params)}", flush=True)
             folder = run_notebooks(nbs, args.params, args.overrides, args.run_dir, args.log_output)
             print(f"elasticmem: done; run folder {folder}")
         elif args.cmd == "check-params":
             files = sorted(resolve("params").rglob("*.yaml"))
             for f in files:
-                resolve_params(f)
+                # overlays (baselines, ablations) are checked on top of the embedded default
+                resolve_params([resolve("params/mini.yaml"), f] if f.parent.name in OVERLAYS else f)
             print(f"elasticmem: {len(files)} params files valid")
         elif args.cmd == "sync-params":
             smoke = resolve("params/smoke.yaml")

@@ -10,7 +10,9 @@ from elasticmem_core.config import SECTIONS, ConfigError
 from elasticmem_core.experiment import resolve
 from elasticmem_core.runner import numbered_notebooks, parameters_source
 
-PARAMS = sorted(resolve("params").rglob("*.yaml"))
+ALL_PARAMS = sorted(resolve("params").rglob("*.yaml"))
+OVERLAYS = [p for p in ALL_PARAMS if p.parent.name in ("baselines", "ablations")]
+PARAMS = [p for p in ALL_PARAMS if p not in OVERLAYS]
 
 
 def test_defaults_are_the_papers():
@@ -33,6 +35,25 @@ def test_every_params_file_validates_and_names_every_section(path):
     # papermill replaces whole sections: a file that omitted one would silently keep the notebook's smoke values.
     assert set(raw) == set(SECTIONS), f"{path}: sections {sorted(raw)} != {sorted(SECTIONS)}"
     config.load(path)
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(resolve("params"))))
+def test_every_overlay_validates_on_each_base(path):
+    # only the reference row of the ablation grid is the unchanged method
+    assert config.read_params(path) or path.stem == "elasticmem_reference", f"{path}: an empty overlay"
+    for base in ("params/smoke.yaml", "params/mini.yaml", "params/paper/qwen2.5-3b-locomo-mc10.yaml"):
+        config.load([resolve(base), path])
+
+
+def test_layered_params_merge_section_by_section(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("budget:\n  policy: uniform\n")
+    cfg = config.load([resolve("params/mini.yaml"), overlay])
+    mini = config.load(resolve("params/mini.yaml"))
+    assert cfg.budget.policy == "uniform" and cfg.budget.b_max == mini.budget.b_max and cfg.lora == mini.lora
+    overlay.write_text("budget:\n  polcy: uniform\n")
+    with pytest.raises(ConfigError, match=r"mini.yaml \+ .*overlay.yaml: budget.polcy: unknown key"):
+        config.load([resolve("params/mini.yaml"), overlay])
 
 
 def test_paper_files_set_each_settings_top_z():
