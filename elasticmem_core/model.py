@@ -94,7 +94,12 @@ class ElasticMem(nn.Module):
 
     # ---- prompt pieces ------------------------------------------------------------------------------------------
     def tail_ids(self, question) -> list[int]:
-        text = f"\n{INSTRUCTION}\n{question.options_text()}\n{ANSWER_CUE}"
+        """The part after the memory: instruction + options + answer cue, or the item's own `tail_text()`
+        (an ALFWorld step: history, observation and admissible commands)."""
+        if hasattr(question, "tail_text"):
+            text = question.tail_text()
+        else:
+            text = f"\n{INSTRUCTION}\n{question.options_text()}\n{ANSWER_CUE}"
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def answer_ids(self, label: str) -> list[int]:
