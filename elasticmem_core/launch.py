@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         if acc.device.type == "cuda":
             backbone.model.to(acc.device)
             backbone.device = acc.device
-        dataset = assemble.load_setting(cfg, setting, backbone, run_dir)
+        with acc.main_process_first():  # MemorySuite-mini files are generated once, by process 0
+            dataset = assemble.load_setting(cfg, setting, backbone, run_dir)
         bank = assemble.bank_for(cfg, dataset, backbone, run_dir, accelerator=acc)
         if args.job == "train":
             from .grpo import Trainer
