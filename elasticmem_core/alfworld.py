@@ -18,6 +18,11 @@ Runs the real `alfworld` (0.4.2) + `textworld[pddl]` (1.7.0) environment code (o
   `alfworld_timeout_s` seconds each (a hung game ends, counted as a failure with its reason); the output is snapped
   to the admissible commands (rewards.snap_to_admissible); an output that matches none is sent as typed (the game
   answers "Nothing happens.") and counted in `invalid_actions`. #Tok per episode is summed over steps.
+- ElasticMem on ALFWorld: `step_items` (one `StepItem` per expert step of the GRPO games: question = objective,
+  tail = the step's prompt, gold = the expert action), `step_reward` (the expert-action reward), `step_accuracy`
+  (held-out exact match, the training monitor), `training_config` (G, tokens and epochs of data.alfworld_*),
+  `policy(model)` (greedy; retrieval and budgets once per episode), `evaluate_policy` (live success rate and #Tok per
+  episode, saved as an evaluate.py results file).
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +47,7 @@ from . import alfworld_games
 from .experiment import resolve
 from .memorysuite import loaders, splits
 from .memorysuite.records import Dataset, Episode
-from .rewards import snap_to_admissible
+from .rewards import expert_action_reward, snap_to_admissible
 
 log = logging.getLogger(__name__)
 
@@ -350,14 +355,17 @@ def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Pa
 def run_alfworld_generate(problems: Path, save_path: Path, seed: int) -> None:
     """ALFWorld's own `alfworld-generate` (planner expert), with its two traps avoided: `--end 100000` (the default
     -1 drops the last problem) and a separate `--save_path` (else it waits on input). Its goal sentence is drawn
-    with the global `random`, so the script runs with `random.seed(seed)`: the same files every time."""
+    with the global `random`, so the script runs with `random.seed(seed)`: the same files every time. Colours off:
+    it prints in termcolor's unknown "purple" (a KeyError in termcolor 3 wherever colour is on, as in a Jupyter
+    kernel, which sets FORCE_COLOR)."""
     from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
     script = Path(sys.executable).parent / "alfworld-generate"
     argv = [str(script), "--data_path", str(problems), "--save_path", str(save_path), "--end", "100000",
             "--expert_type", "planner", "--domain", ALFRED_PDDL_PATH, "--grammar", ALFRED_TWL2_PATH]
     code = (f"import random, runpy, sys; random.seed({seed}); sys.argv = {argv!r}; "
             f"runpy.run_path({str(script)!r}, run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "ANSI_COLORS_DISABLED": "1"})
     if done.returncode != 0:
         raise RuntimeError(f"alfworld-generate failed ({done.returncode}):\n{done.stderr[-2000:]}")
 
@@ -465,6 +473,87 @@ def turns(episode: Episode, history: int = 5) -> list[Turn]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# ElasticMem on ALFWorld: step items for training, the model as a policy
+@dataclass
+class StepItem:
+    """One step as an ElasticMem item (the authors' field mapping): the question is the objective, so retrieval
+    reads the objective and every step of an episode retrieves the same skill cards; the tail is the instruction
+    and the step's prompt; the gold is the expert action (None when playing)."""
+    qid: str                  # "<game id>#<step>"
+    question: str             # the objective
+    gold: str | None          # the expert action
+    question_type: str        # the task type
+    split: str
+    turn: Turn
+    memory_id: str = loaders.SKILL_BANK
+    options: list[str] = field(default_factory=list)   # none: the admissible commands are in the tail
+    evidence: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, turn: Turn, split: str = "play") -> "StepItem":
+        return cls(f"{turn.episode_id}#{turn.step}", turn.objective, turn.expert_action, turn.task_type, split, turn)
+
+    def tail_text(self) -> str:
+        """What follows the memory: instruction, history, observation, admissible commands, "Action:"."""
+        return f"\n{SYSTEM_INSTRUCTION}\n{self.turn.tail()}"
+
+
+def step_items(dataset: Dataset, split: str, history: int = 5) -> list[StepItem]:
+    """Every expert step of the `split` episodes ("train" | "val": the GRPO games) as a training item."""
+    return [StepItem.of(t, split) for e in dataset.episodes if e.split == split for t in turns(e, history)]
+
+
+def step_reward(text: str, item: StepItem) -> float:
+    """The GRPO reward: 1 if the output, snapped to the step's admissible commands, is the expert action."""
+    return expert_action_reward(text, item.turn.admissible, item.gold)
+
+
+def step_accuracy(model, items: list[StepItem], max_new_tokens: int | None = None) -> float:
+    """Exact match of greedy outputs (snapped) with the expert action on held-out steps: the training monitor
+    (`Trainer(evaluate_fn=...)`); eval.max_questions caps the steps, eval.batch_size batches them."""
+    cap, bs = model.cfg.eval.max_questions, model.cfg.eval.batch_size
+    items = items[:cap] if cap > 0 else items
+    hits = 0.0
+    for i in range(0, len(items), bs):
+        batch = items[i:i + bs]
+        hits += sum(step_reward(o["output"], q) for o, q in zip(model.answer(batch, max_new_tokens), batch))
+    return hits / max(1, len(items))
+
+
+def training_config(cfg):
+    """The config ALFWorld trains with: grpo.group_size, max_new_tokens and epochs replaced by the data.alfworld_*
+    values where those are set (the paper: G = 8, 16 tokens, 3 epochs; QA keeps 4, 5 and 10)."""
+    d, g = cfg.data, cfg.grpo
+    grpo = replace(g, group_size=d.alfworld_group_size or g.group_size,
+                   max_new_tokens=d.alfworld_max_new_tokens or g.max_new_tokens, epochs=d.alfworld_epochs or g.epochs)
+    return replace(cfg, grpo=grpo)
+
+
+def policy(model, max_new_tokens: int | None = None) -> Policy:
+    """ElasticMem (any memory mode) as a greedy ALFWorld policy. Retrieval and budgets are decided once per episode,
+    from the objective, at its first step, and reused at every later step (as in training, where every step item
+    of an episode retrieves from the same objective). Returns (text, #Tok by part) per step: task text + injected
+    memory + output. Build a fresh policy after the weights change."""
+    import torch
+
+    max_new_tokens = max_new_tokens or model.cfg.grpo.max_new_tokens
+    episode: dict = {}
+
+    @torch.no_grad()
+    def act(turn: Turn) -> tuple[str, dict[str, int]]:
+        item = StepItem.of(turn)
+        was_training = model.training
+        model.eval()
+        if turn.step == 1 or episode.get("id") != turn.episode_id:
+            episode.update(id=turn.episode_id, plan=model.plan([item], sample=False))
+        batch = model.build([item], episode["plan"])
+        text = model.generate(batch, max_new_tokens, sample=False).texts[0]
+        model.train(was_training)
+        return text, dict(batch.counts[0])
+    return act
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Evaluation
 @dataclass
 class EpisodeResult:
@@ -479,15 +568,17 @@ class EpisodeResult:
     invalid_actions: int
     seconds: float
     actions: list[str] = field(default_factory=list)
+    token_parts: dict[str, int] = field(default_factory=dict)  # #Tok by part when the policy reports them
 
 
-Policy = Callable[[Turn], "str | tuple[str, int]"]
+Policy = Callable[[Turn], "str | tuple[str, int | dict[str, int]]"]
 
 
 def play(game: EvalGame, act: Policy, max_steps: int = 30, timeout_s: float = 240.0, history: int = 5,
          count_tokens: Callable[[str], int] | None = None) -> EpisodeResult:
     """Play one game with `act`. `act(turn)` returns the generated text, or (text, #Tok of the call) when the
-    policy counts its own tokens (with injected memory); else #Tok = count_tokens(prompt) + count_tokens(text)."""
+    policy counts its own tokens (with injected memory; an int, or a dict by part such as {task_text, memory,
+    output}, summed per episode into `token_parts`); else #Tok = count_tokens(prompt) + count_tokens(text)."""
     start = time.monotonic()
     result = EpisodeResult(game.game_id, game.task_type, game.split, "", False, "step_limit", 0, 0, 0, 0.0)
     pairs: list[tuple[str, str]] = []
@@ -507,6 +598,10 @@ def play(game: EvalGame, act: Policy, max_steps: int = 30, timeout_s: float = 24
                 text, n_tok = out if isinstance(out, tuple) else (out, None)
                 if n_tok is None:
                     n_tok = count_tokens(turn.text()) + count_tokens(text) if count_tokens else 0
+                if isinstance(n_tok, dict):
+                    for part, n in n_tok.items():
+                        result.token_parts[part] = result.token_parts.get(part, 0) + n
+                    n_tok = sum(n_tok.values())
                 command = snap_to_admissible(text, state.admissible)
                 if command is None:
                     result.invalid_actions += 1
@@ -556,3 +651,46 @@ def summarize(results: list[EpisodeResult]) -> dict:
 
 def results_json(results: list[EpisodeResult]) -> list[dict]:
     return [asdict(r) for r in results]
+
+
+TOKEN_PARTS = ("task_text", "memory", "output")
+
+
+def episode_record(r: EpisodeResult, peak_mb: float) -> dict:
+    """An episode as a question record of evaluate.py (qid = game, correct = success, tok = #Tok of the episode,
+    tokens = its parts), so `evaluate.load_results` and the QA tables read ALFWorld results unchanged."""
+    rec = asdict(r)
+    parts = rec.pop("token_parts")
+    rec.update(qid=r.game_id, question_type=r.task_type, memory_id=loaders.SKILL_BANK, correct=r.success,
+               tok=r.tokens, tokens={k: parts.get(k, 0) for k in TOKEN_PARTS}, peak_mb=peak_mb)
+    return rec
+
+
+def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: dict, cfg, device="cpu",
+                    progress: bool = True) -> dict:
+    """Play `games` with `act` (a policy reporting #Tok by part, as `policy`) and save the result at `path`
+    (evaluate.result_path: one file per method x setting x split x seed, evaluate.py's format), or reuse the result
+    saved there by the same method, backbone and params. summary.accuracy is the success rate, with its bootstrap
+    95% interval; summary.tok the mean #Tok per episode; steps, invalid actions and end reasons are added."""
+    import torch
+
+    from . import evaluate as evaluation
+    from .experiment import environment, write_json
+
+    saved = evaluation.existing(path, cfg, meta)
+    if saved is not None:
+        return saved
+    results = evaluate(games, act, cfg, progress=progress)
+    peak = evaluation._peak_mb(torch.device(device))  # on CPU the process's high-water mark, as evaluate.py
+    records = [episode_record(r, peak) for r in results]
+    n = max(1, len(results))
+    summary = {**evaluation.summarize(records, cfg.eval.bootstrap, cfg.runtime.seed),
+               "steps_per_episode": sum(r.steps for r in results) / n,
+               "invalid_actions_per_episode": sum(r.invalid_actions for r in results) / n,
+               "reasons": dict(Counter(r.reason.split(":")[0] for r in results))}
+    result = {**meta, "fingerprint": evaluation.fingerprint(cfg, meta), "params": cfg.to_dict(),
+              "environment": environment(),
+              "memory_measure": "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss",
+              "summary": summary, "records": records}
+    write_json(path, result)
+    return json.loads(Path(path).read_text())  # exactly what a later reuse returns

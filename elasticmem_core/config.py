@@ -87,6 +87,10 @@ class DataConfig:
     alfworld_timeout_s: float = _f(240.0, "wall-clock seconds per ALFWorld game (policy included) before it ends "
                                           "as a failure")
     alfworld_history: int = _f(5, "last (action, observation) pairs in each ALFWorld prompt")
+    alfworld_group_size: int = _f(8, "GRPO group size G for ALFWorld (paper 8); 0 = grpo.group_size")
+    alfworld_max_new_tokens: int = _f(16, "tokens generated per ALFWorld step, training and play (paper 16); "
+                                          "0 = grpo.max_new_tokens")
+    alfworld_epochs: int = _f(3, "GRPO epochs over the ALFWorld training steps (paper 3); 0 = grpo.epochs")
 
 
 @dataclass

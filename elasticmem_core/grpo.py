@@ -184,6 +184,7 @@ class Trainer:
         if not self.train_q:
             raise ValueError("no training questions")
         self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.reward_fn = reward_fn
         self.acc = accelerator
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
@@ -322,7 +323,6 @@ class Trainer:
         """Stage 0 and 1 (when set and not resumed past them), then GRPO to total_steps with validation."""
         from tqdm.auto import tqdm
 
-        self.dir.mkdir(parents=True, exist_ok=True)
         resumed = self.resume()
         g = self.cfg.grpo
         if not resumed:
