@@ -76,8 +76,11 @@ def tokenize(backbone: Backbone, texts: Sequence[str], max_length: int) -> tuple
 
 @torch.no_grad()
 def encode(backbone: Backbone, token_ids: Sequence[Sequence[int]], n_c: int, batch_size: int,
-           padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           padding_side: str = "right", cache_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keys [N, H], content caches [N, n_c, H] (short ones left-padded with zeros) and cache_len [N], in input order.
+
+    Keys are always last-layer states (they meet the reasoner's last-layer query); the cache comes from `cache_layer`
+    (-1 = the last layer, as the paper; 0 = the input embeddings; k = the output of layer k).
 
     Length bucketing: sequences are sorted by length (longest first, so an out-of-memory shows at once) and batched.
     """
@@ -103,12 +106,15 @@ def encode(backbone: Backbone, token_ids: Sequence[Sequence[int]], n_c: int, bat
             ids[r, s:s + len(token_ids[i])] = torch.tensor(token_ids[i])
             mask[r, s:s + len(token_ids[i])] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens get 0..L-1 whatever the padding side
-        h = decoder(input_ids=ids.to(backbone.device), attention_mask=mask.to(backbone.device),
-                    position_ids=position_ids.to(backbone.device), use_cache=False).last_hidden_state.cpu()
+        out = decoder(input_ids=ids.to(backbone.device), attention_mask=mask.to(backbone.device),
+                      position_ids=position_ids.to(backbone.device), use_cache=False,
+                      output_hidden_states=cache_layer >= 0)
+        h = out.last_hidden_state.cpu()
+        c = out.hidden_states[cache_layer].cpu() if cache_layer >= 0 else h
         last = start + lens - 1                                           # [B]
         pos = last[:, None] + torch.arange(-n_c + 1, 1)[None, :]           # [B, n_c]: the last n_c positions
         real = pos >= start[:, None]                                       # False = before the chunk: padding
-        cache = h.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, hidden)) * real[..., None]
+        cache = c.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, hidden)) * real[..., None]
         keys[batch] = h[torch.arange(len(batch)), last]
         caches[batch] = cache
     return keys, caches, lengths.clamp(max=n_c)
@@ -125,7 +131,8 @@ def last_token_states(backbone: Backbone, texts: Sequence[str], cfg: BankConfig)
 def settings(backbone: Backbone, cfg: BankConfig) -> dict[str, Any]:
     """What the stored values depend on (besides the chunks); checked on load."""
     return {"format_version": FORMAT_VERSION, "backbone": backbone.identity, "hidden_size": backbone.hidden_size,
-            "n_c": cfg.n_c, "max_length": cfg.max_length, "storage_dtype": cfg.storage_dtype}
+            "n_c": cfg.n_c, "max_length": cfg.max_length, "storage_dtype": cfg.storage_dtype,
+            "cache_layer": cfg.cache_layer}
 
 
 def content_hash(chunks: Sequence[Chunk], setting: dict[str, Any]) -> str:
@@ -240,7 +247,7 @@ def build(chunks: Sequence[Chunk], backbone: Backbone, cfg: BankConfig, path: st
         empty = [chunks[a + j].chunk_id for j, x in enumerate(ids) if not x]
         if empty:
             raise BankError(f"chunk {empty[0]!r} has zero tokens after tokenization; it cannot be encoded")
-        keys, caches, cache_len = encode(backbone, ids, cfg.n_c, cfg.batch_size, cfg.padding_side)
+        keys, caches, cache_len = encode(backbone, ids, cfg.n_c, cfg.batch_size, cfg.padding_side, cfg.cache_layer)
         dtype = STORAGE_DTYPES[cfg.storage_dtype]
         _save_shard(path / _shard_name(s), {
             "keys": keys.to(dtype), "caches": caches.to(dtype), "cache_len": cache_len.to(torch.int32),

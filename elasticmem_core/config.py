@@ -105,6 +105,8 @@ class BankConfig:
     ivf_nlist: int = _f(64, "inverted lists of the approximate index")
     ivf_nprobe: int = _f(8, "lists probed by the approximate index")
     verify: bool = _f(True, "check each shard's sha256 when a bank is loaded (its size is always checked)")
+    cache_layer: int = _f(-1, "layer whose states form the content cache: -1 = the last (paper); 0 = the input "
+                              "embeddings, where a `residual` projector starts as exactly the text it replaces")
 
 
 @dataclass
@@ -130,7 +132,8 @@ class BudgetConfig:
 
 @dataclass
 class ProjectorConfig:
-    kind: str = _f("mlp", "mlp (Linear-GELU-Dropout-Linear-LayerNorm) | identity")
+    kind: str = _f("mlp", "mlp (Linear-GELU-Dropout-Linear-LayerNorm, paper) | identity (ablation) | residual "
+                          "(x + MLP(x), output layer zero-initialised: starts as the identity)")
     hidden: int = _f(2560, "projector inner width")
     dropout: float = _f(0.1, "projector dropout")
 
@@ -365,7 +368,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "bank.index": (cfg.bank.index, {"flat", "ivf"}),
         "retrieval.mode": (cfg.retrieval.mode, {"control_token", "frozen_state", "query_state", "semantic", "oracle"}),
         "budget.policy": (cfg.budget.policy, {"transformer", "uniform", "random", "mlp"}),
-        "projector.kind": (cfg.projector.kind, {"mlp", "identity"}),
+        "projector.kind": (cfg.projector.kind, {"mlp", "identity", "residual"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
         "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
         "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",

@@ -1,7 +1,10 @@
 """Projector: maps content-cache states into the reasoner's input-embedding space (the soft tokens).
 
 Paper: Linear(H, 2560) -> GELU -> Dropout(0.1) -> Linear(2560, H) -> LayerNorm. Sizes are read from the backbone
-(H is never hard-coded). `identity` is the ablation that feeds the cache states in unchanged.
+(H is never hard-coded). `identity` is the ablation that feeds the cache states in unchanged. `residual` (not in
+the paper) starts as the identity and learns a correction: with input-embedding caches (bank.cache_layer = 0) the
+latent memory then starts equal to the text it replaces, a remedy for small backbones where the paper's projector
+trained from scratch stays at chance (DESIGN.md).
 
 Why the LayerNorm gain starts at the embedding scale: a LayerNorm output has unit variance per dimension, while a
 reasoner's input embeddings are typically far smaller (SmolLM2: RMS ~0.07), so soft tokens at unit scale would
@@ -23,6 +26,13 @@ class Projector(nn.Module):
         self.hidden_size = hidden_size
         if kind == "identity":
             self.net = nn.Identity()
+        elif kind == "residual":
+            # x + MLP(x) with the output layer at zero: soft tokens start as the cache states themselves, so
+            # input-embedding caches (bank.cache_layer = 0) start as exactly the text tokens they replace
+            self.net = nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(inner, hidden_size))
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
         elif kind == "mlp":
             self.net = nn.Sequential(
                 nn.Linear(hidden_size, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, hidden_size),
@@ -31,14 +41,16 @@ class Projector(nn.Module):
             with torch.no_grad():
                 self.net[-1].weight.fill_(embedding_rms)
         else:
-            raise ValueError(f"projector.kind = {kind!r}; choose mlp or identity")
+            raise ValueError(f"projector.kind = {kind!r}; choose mlp, identity or residual")
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """[..., H] cache states -> [..., H] soft tokens (computed in the projector's dtype, returned in the input's)."""
         if self.kind == "identity":
             return states
         dtype = self.net[0].weight.dtype
-        return self.net(states.to(dtype)).to(states.dtype)
+        x = states.to(dtype)
+        out = x + self.net(x) if self.kind == "residual" else self.net(x)
+        return out.to(states.dtype)
 
 
 def embedding_rms(model) -> float:

@@ -213,3 +213,27 @@ def test_end_to_end_on_the_embedded_backbone(tmp_path):
     model = ElasticMem(backbone, bank, cfg)
     (out,) = model.answer(QUESTIONS[:1], max_new_tokens=3)
     assert 1 <= out["tokens"]["output"] <= 3 and out["tokens"]["memory"] > 0 and len(out["rows"]) == cfg.retrieval.top_z
+
+
+def test_input_embedding_caches_with_a_residual_projector_start_as_the_text(tmp_path):
+    """bank.cache_layer=0 + projector.kind=residual: at initialisation, a chunk's soft tokens ARE the embeddings of
+    its last b tokens (the latent memory starts as truncated text memory)."""
+    from elasticmem_core.projector import Projector
+
+    proj = Projector(64, 32, 0.0, "residual")
+    x = torch.randn(5, 64)
+    assert torch.equal(proj(x), x)
+    backbone = load_backbone("tiny-random")
+    cfg = _cfg("bank.cache_layer=0", "projector.kind=residual")
+    bank = bank_mod.build(CHUNKS, backbone, cfg.bank, tmp_path / "bank", progress=False)
+    assert bank.manifest["cache_layer"] == 0
+    table = backbone.model.get_input_embeddings().weight
+    model = ElasticMem(backbone, bank, cfg)
+    plan = model.plan(QUESTIONS[:1], sample=False)
+    plan.budgets.budgets[:] = 3
+    items = model.memory_items(plan)[0]
+    for row, soft in zip(plan.retrieved.rows[0].tolist(), items):
+        ids = backbone.tokenizer(CHUNKS[row].text)["input_ids"][-3:]
+        assert torch.allclose(soft, table[ids], atol=1e-6)
+    with pytest.raises(bank_mod.BankError, match="cache_layer"):  # a bank of other caches is refused
+        bank_mod.load(bank.path, load_backbone("tiny-random"), _cfg().bank)
