@@ -170,7 +170,8 @@ class GRPOConfig:
     sft_lr: float = _f(5e-4, "learning rate of both supervised warm-ups")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
     tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
-    settings: list[str] = _f([], "settings 03_train trains, one model each (empty = every data.settings entry)")
+    settings: list[str] = _f([], "settings trained (03, one model each) and compared (02, 04, 05); empty = every "
+                                 "data.settings entry")
 
 
 @dataclass
