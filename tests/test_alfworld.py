@@ -1,5 +1,6 @@
 """ALFWorld track on a tiny offline game set (8 games, made once per module): generation, expert replays, skill
-cards, training turns, live play with step limit and timeout. Skipped where the `alfworld` extra is not installed."""
+cards, training turns, live play with step limit and timeout; ElasticMem on it with the tiny random model (step
+items, reward, the policy, a GRPO run, live evaluation). Skipped where the `alfworld` extra is not installed."""
 import json
 import time
 
@@ -8,10 +9,14 @@ import pytest
 pytest.importorskip("alfworld")
 pytest.importorskip("textworld")
 
-from elasticmem_core import alfworld, alfworld_games  # noqa: E402
+from elasticmem_core import alfworld, alfworld_games, evaluate, grpo  # noqa: E402
+from elasticmem_core import bank as bank_mod  # noqa: E402
+from elasticmem_core.backbone import load_backbone  # noqa: E402
 from elasticmem_core.config import Config  # noqa: E402
 from elasticmem_core.memorysuite import loaders  # noqa: E402
+from elasticmem_core.model import ElasticMem  # noqa: E402
 from elasticmem_core.rewards import expert_action_reward  # noqa: E402
+from tinydata import tiny_cfg  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +127,81 @@ def test_timeout_ends_a_hung_game_with_a_reason(cfg):
     assert time.monotonic() - t < 4 and (r.success, r.reason) == (False, "timeout")
     s = alfworld.summarize([r])
     assert s["overall"]["n"] == 1 and s["overall"]["reasons"] == {"timeout": 1}
+
+
+# ---- ElasticMem on ALFWorld (tiny random model) ---------------------------------------------------------------
+def test_step_items_carry_the_objective_the_step_prompt_and_the_expert_action(ds):
+    items = alfworld.step_items(ds, "train", history=2)
+    episodes = [e for e in ds.episodes if e.split == "train"]
+    assert len(items) == sum(len(e.steps) - 1 for e in episodes)
+    for item, turn in zip(items, [t for e in episodes for t in alfworld.turns(e, history=2)]):
+        assert (item.question, item.gold, item.question_type) == (turn.objective, turn.expert_action, turn.task_type)
+        assert item.memory_id == loaders.SKILL_BANK and item.options == [] and item.split == "train"
+        assert item.qid == f"{turn.episode_id}#{turn.step}"
+        assert item.tail_text() == f"\n{alfworld.SYSTEM_INSTRUCTION}\n{turn.tail()}"
+        assert f"- {item.gold}\n" in item.tail_text() and item.tail_text().endswith("Action:")
+
+
+def test_step_reward_scores_the_snapped_output(ds):
+    item = next(i for i in alfworld.step_items(ds, "train") if i.gold.startswith("take "))
+    assert alfworld.step_reward(item.gold, item) == 1.0
+    assert alfworld.step_reward(f" {item.gold.upper()}.\nthen more text", item) == 1.0   # first line, snapped
+    other = next(c for c in item.turn.admissible if c.startswith("go to "))
+    assert alfworld.step_reward(other, item) == 0.0 and alfworld.step_reward("", item) == 0.0
+
+
+@pytest.fixture(scope="module")
+def model(ds, tmp_path_factory):
+    cfg = alfworld.training_config(tiny_cfg("grpo.max_steps=2", "grpo.eval_every=1"))
+    backbone = load_backbone("tiny-random")
+    bank = bank_mod.build(ds.chunks(), backbone, cfg.bank, tmp_path_factory.mktemp("bank"), progress=False)
+    return ElasticMem(backbone, bank, cfg, {c.chunk_id: c.text for c in ds.chunks()})
+
+
+def test_training_config_takes_alfworlds_group_tokens_and_epochs():
+    cfg = tiny_cfg("data.alfworld_group_size=3", "data.alfworld_max_new_tokens=0", "data.alfworld_epochs=2")
+    acfg = alfworld.training_config(cfg)
+    assert (acfg.grpo.group_size, acfg.grpo.max_new_tokens, acfg.grpo.epochs) == (3, cfg.grpo.max_new_tokens, 2)
+    assert Config().data.alfworld_group_size == 8 and Config().data.alfworld_max_new_tokens == 16
+
+
+def test_policy_retrieves_once_per_episode_and_reports_tokens(model, cfg, monkeypatch):
+    plans = []
+    plan = model.plan
+    monkeypatch.setattr(model, "plan", lambda qs, **kw: plans.append(qs[0].question) or plan(qs, **kw))
+    act = alfworld.policy(model, max_new_tokens=3)
+    games = [alfworld.eval_games(cfg, s)[0] for s in alfworld.EVAL_SPLITS]
+    results = [alfworld.play(g, act, max_steps=3) for g in games]
+    assert plans == [r.objective for r in results]             # one retrieval per episode, from its objective
+    for r in results:
+        assert r.steps == 3 and set(r.token_parts) == {"task_text", "memory", "output"}
+        assert r.tokens == sum(r.token_parts.values()) and r.token_parts["memory"] > 0
+        assert 3 <= r.token_parts["output"] <= 9
+
+
+def test_grpo_on_alfworld_step_items_runs(model, ds, tmp_path):
+    items = alfworld.step_items(ds, "train")
+    trainer = grpo.Trainer(model, items[2:], items[:2], tmp_path, reward_fn=alfworld.step_reward,
+                           evaluate_fn=lambda qs: alfworld.step_accuracy(model, qs))
+    trainer.train(progress=False)
+    records = [json.loads(line) for line in trainer.log_path.read_text().splitlines()]
+    assert [r["stage"] for r in records].count("grpo") == 2
+    assert all(0 <= r["val_accuracy"] <= 1 for r in records if r["stage"] == "val")
+    assert (tmp_path / "best" / "elasticmem.json").is_file()
+
+
+def test_live_evaluation_saves_success_and_tokens_per_episode(model, cfg, tmp_path, monkeypatch):
+    games = [alfworld.eval_games(cfg, s)[0] for s in alfworld.EVAL_SPLITS]
+    cfg2 = tiny_cfg("data.alfworld_max_steps=2")
+    meta = {"method": "elasticmem", "kind": "alfworld", "setting": "alfworld-offline", "split": "valid",
+            "seed": 42, "backbone": model.backbone.identity}
+    path = evaluate.result_path(tmp_path, "elasticmem", "alfworld-offline", "valid", 42)
+    result = alfworld.evaluate_policy(alfworld.policy(model, 2), games, path, meta, cfg2)
+    s = result["summary"]
+    assert s["n"] == 2 and 0 <= s["ci_low"] <= s["accuracy"] <= s["ci_high"] <= 1
+    assert s["tok"] > 0 and s["steps_per_episode"] <= 2 and sum(s["reasons"].values()) == 2
+    for x in result["records"]:
+        assert x["tok"] == sum(x["tokens"].values()) and x["correct"] == x["success"]
+    monkeypatch.setattr(alfworld, "play", lambda *a, **k: pytest.fail("a saved result is reused, not replayed"))
+    assert alfworld.evaluate_policy(alfworld.policy(model, 2), games, path, meta, cfg2) == result
+    assert len(evaluate.records_table(evaluate.load_results(tmp_path))) == 2
