@@ -23,6 +23,7 @@ teaches a small reader to read at all (SmolLM2-135M is at chance even with the r
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -80,11 +81,7 @@ def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: 
     ctx = torch.enable_grad() if with_grad else torch.no_grad()
     with ctx:
         batch = model.build(questions, plan, answers)
-        if reference:
-            with model.reasoner.disable_adapter():
-                logits = model.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                        position_ids=batch.position_ids).logits
-        else:
+        with model.reasoner.disable_adapter() if reference else contextlib.nullcontext():
             logits = model.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                     position_ids=batch.position_ids).logits
         n = logits.shape[0]
@@ -92,15 +89,16 @@ def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: 
         cols = batch.answer_logit_columns()
         ans_logp = torch.log_softmax(logits[:, cols].float() / t_answer, dim=-1)
         ans = ans_logp.gather(-1, batch.answer_ids[..., None]).squeeze(-1)                     # [N, A]
-        ctrl = torch.zeros(n, device=logits.device)
-        ctrl_mask = torch.zeros(n, dtype=torch.bool, device=logits.device)
+        ctrl, ctrl_mask = [], torch.zeros(n, dtype=torch.bool, device=logits.device)
         for i, cid in enumerate(plan.retrieved.control_ids):
-            if cid is not None:
-                col = batch.spans[i]["control"][0] - 1
-                lp = torch.log_softmax(logits[i, col].float() / model.cfg.retrieval.temperature, dim=-1)
-                ctrl = ctrl.index_put((torch.tensor([i], device=logits.device),), lp[cid].reshape(1))
-                ctrl_mask[i] = True
-        logp = torch.cat([ctrl[:, None], ans], dim=1)
+            if cid is None:
+                ctrl.append(logits.new_zeros((), dtype=torch.float32))
+                continue
+            col = batch.spans[i]["control"][0] - 1   # the logits one to the left predict the control token
+            lp = torch.log_softmax(logits[i, col].float() / model.cfg.retrieval.temperature, dim=-1)
+            ctrl.append(lp[cid])
+            ctrl_mask[i] = True
+        logp = torch.cat([torch.stack(ctrl)[:, None], ans], dim=1)
         mask = torch.cat([ctrl_mask[:, None], batch.answer_mask], dim=1)
     return logp, mask
 
