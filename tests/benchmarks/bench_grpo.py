@@ -8,17 +8,15 @@ Same questions, seed and model, in one run:
 - naive (the authors' way): the same step with each of the G rollouts run separately (batch 1) for sampling, old
   log-probs and the loss passes; advantages still normalised over the G.
 Steps alternate between the two modes (this shared CPU's speed drifts); the median seconds per step give the ratio.
-Peak memory: each mode once more in a fresh process, peak RSS minus RSS after setup.
+Peak memory: RSS sampled every 20 ms during each step, minus the RSS just before it (ru_maxrss cannot be used:
+setup - backbone conversion, bank build - already sets the process maximum).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -28,7 +26,8 @@ from elasticmem_core import backbone as bb
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def setup(params: str, group_size: int, folder: str):
@@ -61,10 +60,23 @@ def naive_step(trainer: grpo.Trainer) -> None:
     trainer.step += 1
 
 
-def timed(trainer, mode: str) -> float:
+def timed(trainer, mode: str) -> tuple[float, float]:
+    """Seconds of one step and its peak RSS above the RSS before it (MB)."""
+    base, peak, done = rss_mb(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     t0 = time.perf_counter()
     trainer.train_step() if mode == "grouped" else naive_step(trainer)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    return seconds, max(0.0, peak[0] - base)
 
 
 def main() -> None:
@@ -72,32 +84,21 @@ def main() -> None:
     ap.add_argument("--params", default="params/mini.yaml")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--peak-child", choices=["grouped", "naive"])
     args = ap.parse_args()
-    folder = tempfile.mkdtemp(prefix="bench_grpo_")
-    trainer = setup(args.params, args.group_size, folder)
-    if args.peak_child:
-        base = rss_mb()
-        for _ in range(2):
-            timed(trainer, args.peak_child)
-        print(json.dumps({"peak_mb": rss_mb() - base}))
-        return
+    trainer = setup(args.params, args.group_size, tempfile.mkdtemp(prefix="bench_grpo_"))
     timed(trainer, "grouped")  # warm-up (allocator, kernels)
-    times = {"grouped": [], "naive": []}
+    times, peaks = {"grouped": [], "naive": []}, {"grouped": [], "naive": []}
     for _ in range(args.steps):
         for mode in ("grouped", "naive"):
-            times[mode].append(timed(trainer, mode))
+            seconds, peak = timed(trainer, mode)
+            times[mode].append(seconds)
+            peaks[mode].append(peak)
     med = {m: statistics.median(t) for m, t in times.items()}
-    peaks = {}
-    for mode in ("grouped", "naive"):
-        out = subprocess.run([sys.executable, __file__, "--params", args.params, "--group-size",
-                              str(args.group_size), "--peak-child", mode], capture_output=True, text=True, check=True)
-        peaks[mode] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
     print(f"backbone {trainer.model.backbone.name}, G={args.group_size}, {args.steps} steps per mode, "
           f"torch threads {torch.get_num_threads()}")
     for mode in ("grouped", "naive"):
         print(f"  {mode:8s} median {med[mode]:7.2f} s/step  (all: {', '.join(f'{t:.2f}' for t in times[mode])})"
-              f"  peak +{peaks[mode]:.0f} MB")
+              f"  peak +{max(peaks[mode]):.0f} MB")
     print(f"  speed-up grouped vs naive: {med['naive'] / med['grouped']:.2f}x")
 
 
