@@ -5,10 +5,11 @@ Runs the real `alfworld` (0.4.2) + `textworld[pddl]` (1.7.0) environment code (o
 - `Game`: one game file through the same wrapper chain as `alfworld-generate` (PddlEnv, AlfredDemangler,
   AlfredInfos, AlfredExpert(planner)): observation, admissible commands, expert plan, reward, done.
 - `prepare(cfg)`: the game set. With ALFWorld's own data (`data.alfworld_data` or $ALFWORLD_DATA holding
-  json_2.1.1/valid_seen and valid_unseen) evaluation plays those games; otherwise the package writes ALFRED-format
-  problems (alfworld_games.py), turns them into games with `alfworld-generate`, and keeps only the games the expert
-  planner wins within the step limit (a rejected game is listed with its reason). Cached: skipped when the manifest
-  says the same params made it.
+  json_2.1.1/valid_seen and valid_unseen) evaluation plays those games, and when it holds json_2.1.1/train too the
+  replays and cards below are recorded on `data.alfworld_n_train` of its training games; otherwise the package
+  writes ALFRED-format problems (alfworld_games.py), turns them into games with `alfworld-generate`, and keeps only
+  the games the expert planner wins within the step limit (a rejected game is listed with its reason). Cached:
+  skipped when the manifest says the same params made it.
 - Expert replays in the authors' JSON format (SPEC §3; steps[0] is the reset: action null, the first observation),
   skill cards from a deterministic template (no paid API), a split file; `memorysuite.loaders.load_alfworld` reads
   them back. Evaluation games never get a skill card (checked).
@@ -21,8 +22,9 @@ Runs the real `alfworld` (0.4.2) + `textworld[pddl]` (1.7.0) environment code (o
 - ElasticMem on ALFWorld: `step_items` (one `StepItem` per expert step of the GRPO games: question = objective,
   tail = the step's prompt, gold = the expert action), `step_reward` (the expert-action reward), `step_accuracy`
   (held-out exact match, the training monitor), `training_config` (G, tokens and epochs of data.alfworld_*),
-  `policy(model)` (greedy; retrieval and budgets once per episode), `evaluate_policy` (live success rate and #Tok per
-  episode, saved as an evaluate.py results file).
+  `policy(model)` (greedy; retrieval, budgets and the prompt prefix's KV cache once per episode), `evaluate_policy`
+  (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results file),
+  `task_type_table` (success per task type of saved results).
 """
 from __future__ import annotations
 
@@ -256,10 +258,10 @@ def skill_card(task_type: str, gamefile: str, replay: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The game set
-def real_data_root(cfg) -> Path | None:
-    """ALFWorld's own data folder when it holds the evaluation games, else None."""
+def real_data_root(cfg, splits: tuple[str, ...] = EVAL_SPLITS) -> Path | None:
+    """ALFWorld's own data folder when it holds the games of `splits` (default: the evaluation games), else None."""
     root = cfg.data.alfworld_data or os.environ.get("ALFWORLD_DATA")
-    if root and all((Path(root) / "json_2.1.1" / s).is_dir() for s in EVAL_SPLITS):
+    if root and all((Path(root) / "json_2.1.1" / s).is_dir() for s in splits):
         return Path(root)
     return None
 
@@ -272,8 +274,20 @@ def games_dir(cfg, run_dir: str | Path | None = None) -> Path:
     return mini_root(cfg, run_dir) / "alfworld-offline"
 
 
-def _params(cfg) -> dict:
+def replays_dir(cfg, run_dir: str | Path | None = None) -> Path:
+    """Where `prepare` writes: the offline game set, or <mini folder>/alfworld-real for ALFWorld's own games."""
+    if real_data_root(cfg, alfworld_games.SPLITS) is None:
+        return games_dir(cfg, run_dir)
+    from .memorysuite import mini_root
+    return mini_root(cfg, run_dir) / "alfworld-real"
+
+
+def _params(cfg, real: Path | None) -> dict:
     d = cfg.data
+    if real is not None:  # the evaluation games are played where they lie: no counts, no rooms
+        return {"format": FORMAT_VERSION, "alfworld_data": str(real), "seed": d.alfworld_seed,
+                "n_train": d.alfworld_n_train, "bank_ratio": d.alfworld_bank_ratio,
+                "max_steps": d.alfworld_max_steps, "timeout_s": d.alfworld_timeout_s}
     return {"format": FORMAT_VERSION, "seed": d.alfworld_seed, "n_train": d.alfworld_n_train,
             "n_seen": d.alfworld_n_seen, "n_unseen": d.alfworld_n_unseen, "bank_ratio": d.alfworld_bank_ratio,
             "max_steps": d.alfworld_max_steps, "timeout_s": d.alfworld_timeout_s,
@@ -281,33 +295,45 @@ def _params(cfg) -> dict:
 
 
 def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Write, generate, verify and replay the offline game set (skipped when the same params made it)."""
-    root = games_dir(cfg, run_dir)
+    """Expert replays, skill cards and the split file (skipped when the same params made them). Offline: write,
+    generate and verify the game set, then replay every game. With ALFWorld's own data (json_2.1.1/train,
+    valid_seen and valid_unseen): the same replay and card code on `data.alfworld_n_train` of its training games
+    (0 = all); its evaluation games are played where they lie (`eval_games`)."""
+    real = real_data_root(cfg, alfworld_games.SPLITS)
+    root = replays_dir(cfg, run_dir)
     manifest_path = root / "manifest.json"
-    params = _params(cfg)
+    params = _params(cfg, real)
     if manifest_path.is_file():
         if json.loads(manifest_path.read_text()).get("params") == params:
             return root
         for sub in ("problems", "json_2.1.1", "alfworld"):  # alfworld-generate would reuse stale game files
             shutil.rmtree(root / sub, ignore_errors=True)
     elif root.is_dir() and any(root.iterdir()):
-        raise FileExistsError(f"{root}: not an offline ALFWorld game set made here (no manifest.json); "
-                              "give data.alfworld_games_dir an empty or new folder")
+        raise FileExistsError(f"{root}: not an ALFWorld replay folder made here (no manifest.json); "
+                              "give data.alfworld_games_dir (or data.mini_dir) an empty or new folder")
     d = cfg.data
     t0 = time.monotonic()
-    problems = root / "problems" / "json_2.1.1"
-    counts = {"train": d.alfworld_n_train, "valid_seen": d.alfworld_n_seen, "valid_unseen": d.alfworld_n_unseen}
-    folders = alfworld_games.write_problems(problems, counts, d.alfworld_seed)
-    t1 = time.monotonic()
-    run_alfworld_generate(problems, root / "json_2.1.1", d.alfworld_seed)
+    if real is None:
+        problems = root / "problems" / "json_2.1.1"
+        counts = {"train": d.alfworld_n_train, "valid_seen": d.alfworld_n_seen, "valid_unseen": d.alfworld_n_unseen}
+        folders = alfworld_games.write_problems(problems, counts, d.alfworld_seed)
+        t1 = time.monotonic()
+        run_alfworld_generate(problems, root / "json_2.1.1", d.alfworld_seed)
+        json_root = root / "json_2.1.1"
+        games = [(f.relative_to(problems), f / "traj_data.json") for f in folders]
+    else:
+        t1 = t0
+        json_root = real / "json_2.1.1"
+        games = [(t.parent.relative_to(json_root), t) for t in _real_train_games(real, d.alfworld_n_train,
+                                                                                  d.alfworld_seed)]
     t2 = time.monotonic()
 
+    # the expert's replay of every game (the same code for offline and real games)
     replays: dict[str, dict[str, dict]] = {s: {} for s in alfworld_games.SPLITS}
     rejected = []
-    for folder in _progress(folders, progress, "replaying the expert"):
-        rel = folder.relative_to(problems)
-        split, task_type = rel.parts[0], json.loads((folder / "traj_data.json").read_text())["task_type"]
-        gamefile = root / "json_2.1.1" / rel / "game.tw-pddl"
+    for rel, traj in _progress(games, progress, "replaying the expert"):
+        split, task_type = rel.parts[0], json.loads(traj.read_text())["task_type"]
+        gamefile = json_root / rel / "game.tw-pddl"
         game_id = f"json_2.1.1/{rel.as_posix()}/game.tw-pddl"
         record = replay_expert(gamefile, d.alfworld_max_steps, d.alfworld_timeout_s) if _solvable(gamefile) \
             else {"error": "alfworld-generate: the planner found no plan"}
@@ -328,28 +354,61 @@ def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Pa
     bank = set(order[:int(d.alfworld_bank_ratio * len(order))])
     cards = [skill_card(t, g, rec) for t, games in sorted(train.items()) for g, rec in sorted(games.items())
              if g in bank]
-    eval_games = {g for s in EVAL_SPLITS for games in replays[s].values() for g in games}
-    leaked = [c["gamefile"] for c in cards if c["gamefile"] in eval_games]
-    if leaked:
+    leaked = [c["gamefile"] for c in cards if not loaders.game_id(c["gamefile"]).startswith("train/")]
+    if leaked:  # evaluation games live in valid_seen/ and valid_unseen/ only
         raise RuntimeError(f"evaluation games got skill cards: {leaked[:3]}")
     fixed = {loaders.game_id(g): "bank" for g in bank}
     split = splits.PROCEDURES["alfworld_bank_seed42_val10"]([loaders.game_id(u) for u in units], fixed)
     _write_json(out / "expert_replays.json", train)
     _write_json(out / "skill_cards.json", cards)
-    for s in EVAL_SPLITS:
-        _write_json(out / f"eval_{s}.json", replays[s])
+    if real is None:  # real evaluation games are read from ALFWorld's folder
+        for s in EVAL_SPLITS:
+            _write_json(out / f"eval_{s}.json", replays[s])
     _write_json(out / "split.json", {
-        "setting": "alfworld-offline", "unit": "game", "source": "elasticmem_core.alfworld.prepare",
+        "setting": _setting(real), "unit": "game", "source": "elasticmem_core.alfworld.prepare",
         "expected": {k: len(v) for k, v in split.items()}, "expected_records": None, "procedure": None,
         "sha256": {}, "splits": split})
     _write_json(manifest_path, {
-        "params": params,
+        "params": params, "source": str(real) if real else "offline",
         "games": {s: dict(sorted(Counter(t for t, games in replays[s].items() for _ in games).items()))
-                  for s in alfworld_games.SPLITS},
+                  for s in alfworld_games.SPLITS if replays[s] or real is None},
         "rejected": rejected,
         "seconds": {"write_problems": round(t1 - t0, 2), "alfworld_generate": round(t2 - t1, 2),
                     "replay_expert": round(t3 - t2, 2)}})
     return root
+
+
+def _setting(real: Path | None) -> str:
+    return "alfworld-offline" if real is None else "alfworld-real"
+
+
+def _playable(traj: Path) -> bool:
+    """A game ALFWorld's text engine can play (as the authors and AlfredTWEnv: no movable or sliced objects)."""
+    return "movable" not in str(traj) and "Sliced" not in str(traj) and _solvable(traj.parent / "game.tw-pddl")
+
+
+def _real_train_games(real: Path, n: int, seed: int) -> list[Path]:
+    """The traj_data.json of `n` (0 = all) playable training games of ALFWorld's data: task types in turn (read
+    from the folder name), each type's games in an order shuffled by `seed`; a game file is read only when chosen."""
+    rng = random.Random(seed)
+    groups: dict[str, list[Path]] = {}
+    for traj in sorted((real / "json_2.1.1" / "train").glob("*/*/traj_data.json")):
+        groups.setdefault(traj.parent.parent.name.split("-")[0], []).append(traj)
+    queues = []
+    for task_type in TASK_TYPES:
+        rng.shuffle(groups.get(task_type, []))
+        queues.append(iter(groups.get(task_type, [])))
+    chosen: list[Path] = []
+    while queues and (n <= 0 or len(chosen) < n):
+        for q in list(queues):
+            if 0 < n <= len(chosen):
+                break
+            traj = next((t for t in q if _playable(t)), None)
+            if traj is None:
+                queues.remove(q)
+            else:
+                chosen.append(traj)
+    return chosen
 
 
 def run_alfworld_generate(problems: Path, save_path: Path, seed: int) -> None:
@@ -388,16 +447,20 @@ def _progress(items, show: bool, desc: str):
 
 
 def load(cfg, run_dir: str | Path | None = None) -> Dataset:
-    """Bank (skill cards) and GRPO episodes: the real set through memorysuite when its replays exist, else the
-    offline set (built if needed)."""
+    """Bank (skill cards) and GRPO episodes: the authors' replays and cards through memorysuite when they are in
+    data.data_dir/alfworld/; else replays and cards recorded here (`prepare`) on ALFWorld's own training games when
+    its data folder holds them, else on the offline game set (built if needed)."""
     from . import memorysuite
-    real = resolve(cfg.data.data_dir) / "alfworld" / "expert_replays.json"
-    if real.is_file():
+    authors = resolve(cfg.data.data_dir) / "alfworld" / "expert_replays.json"
+    if authors.is_file():
         return memorysuite.load("alfworld", cfg, run_dir=run_dir)
+    real = real_data_root(cfg, alfworld_games.SPLITS)
     folder = prepare(cfg, run_dir) / "alfworld"
     ds = loaders.load_alfworld(folder / "expert_replays.json", folder / "skill_cards.json", folder / "split.json",
-                               "alfworld-offline", cfg.data.skip_bad_records, run_dir)
-    ds.summary.notes.append(f"no ALFWorld replays under {real.parent}: using the offline game set in {folder.parent}")
+                               _setting(real), cfg.data.skip_bad_records, run_dir)
+    source = f"ALFWorld's training games in {real}" if real else "the offline game set"
+    ds.summary.notes.append(f"no authors' ALFWorld replays under {authors.parent}: expert replays and skill cards "
+                            f"recorded here on {source} ({folder.parent})")
     return ds
 
 
@@ -416,8 +479,8 @@ def eval_games(cfg, split: str, run_dir: str | Path | None = None) -> list[EvalG
         games = []
         for traj in sorted((real / "json_2.1.1" / split).glob("*/*/traj_data.json")):
             gamefile = traj.parent / "game.tw-pddl"
-            if "movable" in str(traj) or "Sliced" in str(traj) or not _solvable(gamefile):
-                continue  # not playable in ALFWorld's text engine (as the authors and AlfredTWEnv)
+            if not _playable(traj):
+                continue
             task_type = json.loads(traj.read_text())["task_type"]
             if task_type in TASK_TYPES:
                 games.append(EvalGame(gamefile, loaders.game_id(str(gamefile)), task_type, split))
@@ -532,8 +595,11 @@ def training_config(cfg):
 def policy(model, max_new_tokens: int | None = None) -> Policy:
     """ElasticMem (any memory mode) as a greedy ALFWorld policy. Retrieval and budgets are decided once per episode,
     from the objective, at its first step, and reused at every later step (as in training, where every step item
-    of an episode retrieves from the same objective). Returns (text, #Tok by part) per step: task text + injected
-    memory + output. Build a fresh policy after the weights change."""
+    of an episode retrieves from the same objective). The prompt's prefix (objective, control token, memory) is then
+    the same at every step: its KV cache is computed at the first step and reused, so a step runs only its tail
+    (history, observation, admissible commands) and the answer, with the same greedy output as the whole prompt.
+    Returns (text, #Tok by part) per step: task text + injected memory + output (#Tok counts the whole prompt at
+    every step, as the paper). Build a fresh policy after the weights or the memory mode change."""
     import torch
 
     max_new_tokens = max_new_tokens or model.cfg.grpo.max_new_tokens
@@ -544,10 +610,13 @@ def policy(model, max_new_tokens: int | None = None) -> Policy:
         item = StepItem.of(turn)
         was_training = model.training
         model.eval()
-        if turn.step == 1 or episode.get("id") != turn.episode_id:
+        new = turn.step == 1 or episode.get("id") != turn.episode_id
+        if new:
             episode.update(id=turn.episode_id, plan=model.plan([item], sample=False))
         batch = model.build([item], episode["plan"])
-        text = model.generate(batch, max_new_tokens, sample=False).texts[0]
+        if new:  # question + control token + memory are the same at every step: their KV cache is computed once
+            episode["prefix"] = model.prefill(batch, batch.spans[0]["tail"][0])
+        text = model.generate(batch, max_new_tokens, sample=False, prefix=episode["prefix"]).texts[0]
         model.train(was_training)
         return text, dict(batch.counts[0])
     return act
@@ -671,7 +740,8 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     """Play `games` with `act` (a policy reporting #Tok by part, as `policy`) and save the result at `path`
     (evaluate.result_path: one file per method x setting x split x seed, evaluate.py's format), or reuse the result
     saved there by the same method, backbone and params. summary.accuracy is the success rate, with its bootstrap
-    95% interval; summary.tok the mean #Tok per episode; steps, invalid actions and end reasons are added."""
+    95% interval; summary.tok the mean #Tok per episode; steps, invalid actions, end reasons and the same per
+    task type (summary.task_type) are added."""
     import torch
 
     from . import evaluate as evaluation
@@ -687,10 +757,26 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     summary = {**evaluation.summarize(records, cfg.eval.bootstrap, cfg.runtime.seed),
                "steps_per_episode": sum(r.steps for r in results) / n,
                "invalid_actions_per_episode": sum(r.invalid_actions for r in results) / n,
-               "reasons": dict(Counter(r.reason.split(":")[0] for r in results))}
+               "reasons": dict(Counter(r.reason.split(":")[0] for r in results)),
+               "task_type": summarize(results)["task_type"]}
     result = {**meta, "fingerprint": evaluation.fingerprint(cfg, meta), "params": cfg.to_dict(),
               "environment": environment(),
               "memory_measure": "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss",
               "summary": summary, "records": records}
     write_json(path, result)
     return json.loads(Path(path).read_text())  # exactly what a later reuse returns
+
+
+def task_type_table(results: list[dict]) -> list[dict]:
+    """Success per task type of saved `evaluate_policy` results, read from their episode records: per result
+    (method x split), {"method", "split", "task_type": {each task type and "overall": {n, successes, success}}}
+    (success None where the split has no game of that type)."""
+    rows = []
+    for r in results:
+        cells = {}
+        for task_type in (*TASK_TYPES, "overall"):
+            recs = [x for x in r["records"] if task_type in ("overall", x["task_type"])]
+            wins = sum(bool(x["success"]) for x in recs)
+            cells[task_type] = {"n": len(recs), "successes": wins, "success": wins / len(recs) if recs else None}
+        rows.append({"method": r["method"], "split": r["split"], "task_type": cells})
+    return rows

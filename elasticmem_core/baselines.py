@@ -18,7 +18,9 @@ params/mini.yaml -p params/ablations/<name>.yaml`). `eval.method` says what a va
 
 Every variant goes through ElasticMem's own retrieval and injection layout, so #Tok counts the same parts for
 every method. The untrained text readers (no_memory, full_context, text_rag) are also reported with the stage-0
-warmed-up reader (`<run>/train/<setting>/reader`, written by 03_train) where it exists, as `<name>+reader`.
+warmed-up reader (`<run>/train/<setting>/reader`, written by 03_train) where it exists, as `<name>+reader`; the
+trained variants (ablations, LoRA + text, identity projector) start from that reader's LoRA instead of repeating
+stage 0, so they differ from the method only in their defining keys (and the run saves stage 0's cost per variant).
 Results are files (evaluate.py): a variant whose results exist is neither retrained nor re-evaluated.
 """
 from __future__ import annotations
@@ -175,12 +177,17 @@ def sft_steps(cfg: Config, n_train: int) -> int:
     return min(steps, cfg.grpo.max_steps) if cfg.grpo.max_steps > 0 else steps
 
 
-def train(model: ElasticMem, dataset, folder: Path, progress: bool = True) -> Path | None:
-    """Train a variant (resumable) and return the checkpoint to evaluate; None when eval.variant_steps is 0."""
+def train(model: ElasticMem, dataset, folder: Path, progress: bool = True, reader: Path | None = None) -> Path | None:
+    """Train a variant (resumable) and return the checkpoint to evaluate; None when eval.variant_steps is 0.
+
+    With `reader` (03_train's stage-0 reader of this setting) the variant starts from its LoRA instead of
+    repeating stage 0: every trained variant then shares one warmed-up reader, as the method does."""
     cfg = model.cfg
     if cfg.eval.variant_steps == 0 or cfg.eval.method not in TRAINED:
         return None
     folder.mkdir(parents=True, exist_ok=True)
+    if reader is not None:
+        model.load(reader, parts=("lora",))
     trainer = Trainer(model, dataset.split("train"), dataset.split("val"), folder)
     if cfg.eval.method == "lora_text_sft":
         done = folder / "sft"
@@ -188,7 +195,7 @@ def train(model: ElasticMem, dataset, folder: Path, progress: bool = True) -> Pa
             trainer.supervised(sft_steps(cfg, len(trainer.train_q)), "text", "text_sft")
             model.save(done)
         return done
-    trainer.train(progress)  # GRPO; resumes from last/, selects best/ on validation
+    trainer.train(progress, reader_warmup=reader is None)  # GRPO; resumes from last/, selects best/ on validation
     return folder / "best"
 
 
@@ -207,6 +214,8 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
         method = variant_config(cfg, path).eval.method
         seeds = cfg.eval.seeds if method in TRAINED else [cfg.runtime.seed]  # untrained: deterministic
         reader = reader_checkpoint(run_dir, setting) if method in TEXT_READERS else None
+        # trained variants start from 03's warmed-up reader (if the run has one) rather than repeat stage 0
+        start = reader_checkpoint(run_dir, setting) if method in TRAINED and cfg.grpo.reader_warmup_steps > 0 else None
         for seed in seeds:
             for with_reader in ([False, True] if reader else [False]):
                 v = variant_config(cfg, path, seed)
@@ -214,7 +223,7 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
                 meta = {"method": label, "kind": kind, "variant": f"params/{kind}/{name}.yaml",
                         "overrides": variant_overrides(path), "setting": setting, "seed": seed,
                         "backbone": backbone.identity,
-                        "reader": checkpoint_id(reader) if with_reader else None}
+                        "reader": checkpoint_id(reader) if with_reader else checkpoint_id(start) if start else None}
                 paths = {s: evaluate.result_path(run_dir, label, setting, s, seed) for s in splits}
                 saved = [evaluate.existing(paths[s], v, {**meta, "split": s}) for s in splits]
                 if all(r is not None for r in saved):
@@ -226,7 +235,8 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
                 try:
                     if with_reader:
                         model.load(reader)
-                    checkpoint = train(model, ds, Path(run_dir) / kind / name / setting / f"seed{seed}", progress)
+                    checkpoint = train(model, ds, Path(run_dir) / kind / name / setting / f"seed{seed}", progress,
+                                       start)
                     if checkpoint is not None:
                         model.load(checkpoint)
                     for s in splits:

@@ -78,7 +78,8 @@ class DataConfig:
                                          "None = $ALFWORLD_DATA when it holds them, else the offline game set")
     alfworld_games_dir: str | None = _f(None, "offline ALFWorld game set folder; None = <mini folder>/alfworld-offline")
     alfworld_seed: int = _f(42, "seed of the offline game set (rooms, goals, placement) and of the bank/GRPO cut")
-    alfworld_n_train: int = _f(120, "offline training games (bank + GRPO pool), task types in turn")
+    alfworld_n_train: int = _f(120, "training games (bank + GRPO pool), task types in turn: offline ones, or with "
+                                    "ALFWorld's json_2.1.1/train that many of its games replayed here (0 = all)")
     alfworld_n_seen: int = _f(36, "offline valid_seen games (training rooms and goal kinds)")
     alfworld_n_unseen: int = _f(36, "offline valid_unseen games (new rooms, held-out object-receptacle goals)")
     alfworld_bank_ratio: float = _f(0.8, "share of the successful training replays summarised into skill cards "

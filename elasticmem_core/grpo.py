@@ -5,8 +5,10 @@ One training step (SPEC.md, "GRPO as the authors run it"; TRL's names):
     for each question of the step (split across processes):
         rollouts   : G samples of (control token, budgets, answer), evaluated as ONE padded batch
         rewards    : reward_fn(answer)                    -> advantages = (r - mean) / (std + eps), clamped
-        old logp   : control + answer tokens and budget actions, once per group (no grad, dropout off)
     for each inner pass (a full AdamW step each):
+        old logp   : at the first pass, the pass's own log-probs, detached: control + answer tokens and budget
+                     actions (exact: no weight has changed since the rollouts, and dropout is off; saves the
+                     separate no-grad forward pass, as TRL does)
         loss = clipped surrogate over control + answer tokens
              + clipped surrogate over budget actions
              - entropy_coef * policy entropy
@@ -112,14 +114,13 @@ class Group:
     texts: list[str]
     rewards: torch.Tensor     # [G]
     advantages: torch.Tensor  # [G]
-    old_logp: torch.Tensor    # [G, 1 + A]
-    mask: torch.Tensor        # [G, 1 + A]
-    old_policy_logp: torch.Tensor  # [G, Z]
     counts: list[dict]
+    old_logp: torch.Tensor | None = None         # [G, 1 + A], set by the first inner pass (or `score_old`)
+    old_policy_logp: torch.Tensor | None = None  # [G, Z]
 
 
 def rollout(model, question, group_size: int, reward_fn: RewardFn, generator: torch.Generator) -> Group:
-    """Sample G rollouts of one question as one padded batch; score them; compute old log-probs once."""
+    """Sample G rollouts of one question as one padded batch and score them."""
     cfg = model.cfg.grpo
     was_training = model.training
     model.eval()  # rollouts and old log-probs without dropout (dropout acts in the supervised stages only)
@@ -130,11 +131,15 @@ def rollout(model, question, group_size: int, reward_fn: RewardFn, generator: to
         gen = model.generate(batch, cfg.max_new_tokens, sample=True, temperature=cfg.temperature,
                              generator=generator)
         rewards = torch.tensor([reward_fn(t, question) for t in gen.texts])
-        old_logp, mask = token_logprobs(model, qs, plan, gen.tokens, with_grad=False)
-        old_policy, _ = model.policy_logprob(plan)
     model.train(was_training)
-    return Group(qs, plan, gen.tokens, gen.texts, rewards, group_advantages(rewards, cfg.adv_clip),
-                 old_logp, mask, old_policy.detach(), batch.counts)
+    return Group(qs, plan, gen.tokens, gen.texts, rewards, group_advantages(rewards, cfg.adv_clip), batch.counts)
+
+
+def score_old(model, g: Group) -> None:
+    """Old log-probs in a separate no-grad pass (the authors' way; the trainer takes them from its first pass)."""
+    with torch.no_grad():
+        g.old_logp = token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False)[0]
+        g.old_policy_logp = model.policy_logprob(g.plan)[0].detach()
 
 
 def group_loss(model, g: Group) -> tuple[torch.Tensor, dict]:
@@ -142,11 +147,15 @@ def group_loss(model, g: Group) -> tuple[torch.Tensor, dict]:
     cfg = model.cfg
     adv = g.advantages.to(model.device)
     logp, mask = token_logprobs(model, g.questions, g.plan, g.answers, with_grad=True)
+    if g.old_logp is None:  # first inner pass: the weights are still the rollouts' (see the module docstring)
+        g.old_logp = logp.detach()
     lm_loss, lm_clip = clipped_surrogate(logp, g.old_logp, adv, mask, cfg.grpo.clip_eps, cfg.grpo.loss_type)
     loss = lm_loss
     stats = {"lm_loss": lm_loss.item(), "clip_frac": lm_clip.item()}
     if model.policy.trainable and model.memory == "latent":
         plogp, entropy = model.policy_logprob(g.plan)
+        if g.old_policy_logp is None:
+            g.old_policy_logp = plogp.detach()
         pmask = g.plan.retrieved.mask.to(model.device)
         p_loss, p_clip = clipped_surrogate(plogp, g.old_policy_logp, adv, pmask, cfg.grpo.clip_eps,
                                            cfg.grpo.loss_type)
@@ -317,14 +326,15 @@ class Trainer:
         self.step += 1
         return record
 
-    def train(self, progress: bool = True) -> list[dict]:
-        """Stage 0 and 1 (when set and not resumed past them), then GRPO to total_steps with validation."""
+    def train(self, progress: bool = True, reader_warmup: bool = True) -> list[dict]:
+        """Stage 0 and 1 (when set and not resumed past them), then GRPO to total_steps with validation.
+        `reader_warmup=False` skips stage 0 (the caller loaded a warmed-up reader)."""
         from tqdm.auto import tqdm
 
         resumed = self.resume()
         g = self.cfg.grpo
         if not resumed:
-            if self.supervised(g.reader_warmup_steps, "text", "reader_warmup") and self.rank == 0:
+            if reader_warmup and self.supervised(g.reader_warmup_steps, "text", "reader_warmup") and self.rank == 0:
                 self.model.save(self.dir / "reader")  # the warmed-up text reader, for the text baselines
             self.supervised(g.sft_steps, "latent", "sft")
             self._validate()

@@ -14,6 +14,7 @@ trains with text memory, then the same LoRA continues with latent memory.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,12 +166,24 @@ class ElasticMem(nn.Module):
         return build_batch(rows, self.reasoner.get_input_embeddings(), self.newline_id, self.tokenizer.pad_token_id)
 
     # ---- 5: answers ---------------------------------------------------------------------------------------------
+    def prefill(self, batch: Batch, length: int):
+        """The KV cache of the first `length` columns of `batch`: a prompt prefix that later `generate(...,
+        prefix=)` calls share (an ALFWorld episode's question + control token + memory, the same at every step)."""
+        cols = slice(0, length)
+        return self.reasoner(inputs_embeds=batch.inputs_embeds[:, cols], attention_mask=batch.attention_mask[:, cols],
+                             position_ids=batch.position_ids[:, cols], use_cache=True, logits_to_keep=1).cache
+
     def generate(self, batch: Batch, max_new_tokens: int, sample: bool, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> Generation:
-        """Decode with a KV cache over inputs_embeds; stops at EOS or max_new_tokens."""
+                 generator: torch.Generator | None = None, prefix=None) -> Generation:
+        """Decode with a KV cache over inputs_embeds; stops at EOS or max_new_tokens. With `prefix` (`prefill` of
+        this batch's first columns, identical in every row: no left padding inside it), only the rest of the prompt
+        is run; the prefix cache is copied, never extended, so the next call can reuse it."""
         embed = self.reasoner.get_input_embeddings()
         mask, pos = batch.attention_mask, batch.position_ids
-        out = self.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+        start = 0 if prefix is None else prefix.get_seq_length()
+        out = self.reasoner(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=mask,
+                            position_ids=pos[:, start:], cache=None if prefix is None else copy.deepcopy(prefix),
+                            use_cache=True)
         b = mask.shape[0]
         tokens = [[] for _ in range(b)]
         logprobs = [[] for _ in range(b)]
@@ -229,8 +242,9 @@ class ElasticMem(nn.Module):
         (path / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
         return path
 
-    def load(self, path: str | Path) -> "ElasticMem":
-        """Load a checkpoint saved by `save`; refuses one from another backbone or hidden size."""
+    def load(self, path: str | Path, parts: tuple[str, ...] = ("lora", "projector", "policy")) -> "ElasticMem":
+        """Load a checkpoint saved by `save` (or only some of its `parts`, e.g. a warmed-up reader's LoRA);
+        refuses one from another backbone or hidden size."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -247,13 +261,18 @@ class ElasticMem(nn.Module):
         shaping = {"projector": ("kind", "hidden"), "lora": ("r", "alpha", "target_modules"),
                    "budget": ("policy", "hidden", "heads", "layers", "b_max", "min_budget")}
         for section, keys in shaping.items():
+            if {"projector": "projector", "lora": "lora", "budget": "policy"}[section] not in parts:
+                continue
             for key in keys:
                 was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)
                 if was != now:
                     raise CheckpointError(f"{path}: checkpoint has {section}.{key} = {was!r}, the current params "
                                           f"{now!r}; use the checkpoint's params")
-        adapter = path / "lora" / "adapter_model.safetensors"
-        set_peft_model_state_dict(self.reasoner, load_file(adapter, device=str(self.device)))
-        self.projector.load_state_dict(torch.load(path / "projector.pt", map_location=self.device))
-        self.policy.load_state_dict(torch.load(path / "policy.pt", map_location=self.device))
+        if "lora" in parts:
+            adapter = path / "lora" / "adapter_model.safetensors"
+            set_peft_model_state_dict(self.reasoner, load_file(adapter, device=str(self.device)))
+        if "projector" in parts:
+            self.projector.load_state_dict(torch.load(path / "projector.pt", map_location=self.device))
+        if "policy" in parts:
+            self.policy.load_state_dict(torch.load(path / "policy.pt", map_location=self.device))
         return self

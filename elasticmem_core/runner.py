@@ -26,7 +26,7 @@ from .config import SECTIONS, ConfigError, load, read_params
 from .experiment import environment, repo_root, resolve, write_json, write_yaml
 
 NOTEBOOK_RE = re.compile(r"^\d\d_[\w-]+\.ipynb$")
-OVERLAYS = ("baselines", "ablations")  # params/<these>/ hold overlays: only the keys that define a variant
+OVERLAYS = ("baselines", "ablations", "grids")  # params/<these>/ hold overlays: only the keys they change
 
 
 class NotebookFailed(RuntimeError):

@@ -1,10 +1,12 @@
 """ALFWorld track on a tiny offline game set (8 games, made once per module): generation, expert replays, skill
 cards, training turns, live play with step limit and timeout; ElasticMem on it with the tiny random model (step
 items, reward, the policy, a GRPO run, live evaluation). Skipped where the `alfworld` extra is not installed."""
+import copy
 import json
 import time
 
 import pytest
+import torch
 
 pytest.importorskip("alfworld")
 pytest.importorskip("textworld")
@@ -100,6 +102,36 @@ def test_turns_expand_a_trajectory(ds):
     assert f"Goal: {ep.objective}" in text and text.endswith("Action:")
 
 
+def test_a_real_data_folder_gets_its_training_replays_and_cards_recorded_here(cfg, tmp_path):
+    """ALFWorld's own folder (here the offline games, laid out as json_2.1.1/train, valid_seen, valid_unseen), no
+    authors' replays: the training games' replays and cards are recorded by playing the expert plan, as offline."""
+    real = alfworld.games_dir(cfg)
+    rcfg = copy.deepcopy(cfg)
+    d = rcfg.data
+    d.alfworld_data, d.mini_dir, d.data_dir = str(real), str(tmp_path), str(tmp_path / "no-authors-files")
+    d.alfworld_n_train, d.alfworld_bank_ratio = 4, 0.5
+    ds = alfworld.load(rcfg)
+    root = alfworld.replays_dir(rcfg)
+    assert root == tmp_path / "alfworld-real"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["source"] == str(real) and manifest["rejected"] == [] and manifest["games"]["train"]
+    recorded = json.loads((root / "alfworld" / "expert_replays.json").read_text())
+    offline = json.loads((real / "alfworld" / "expert_replays.json").read_text())
+    assert sorted(recorded) == sorted(alfworld.TASK_TYPES[:4])     # task types in turn
+    for task_type, games in recorded.items():
+        for g, rec in games.items():                             # the same expert replay as the offline path's
+            assert g.startswith("json_2.1.1/train/") and rec == offline[task_type][g]
+    cards = json.loads((root / "alfworld" / "skill_cards.json").read_text())
+    assert len(cards) == 2 and all(c["gamefile"].startswith("json_2.1.1/train/") for c in cards)
+    assert not (root / "alfworld" / "eval_valid_seen.json").exists()   # evaluation plays ALFWorld's folder
+    assert all(str(g.gamefile).startswith(str(real)) for s in alfworld.EVAL_SPLITS for g in alfworld.eval_games(rcfg, s))
+    assert ds.setting == "alfworld-real" and len(ds.episodes) == 4 and len(ds.chunks()) == 2
+    assert any("ALFWorld's training games" in note for note in ds.summary.notes)
+    t = time.monotonic()
+    alfworld.load(rcfg)
+    assert time.monotonic() - t < 1.0                            # cached by its params
+
+
 def _game(cfg, split="valid_seen"):
     return alfworld.eval_games(cfg, split)[0]
 
@@ -179,6 +211,54 @@ def test_policy_retrieves_once_per_episode_and_reports_tokens(model, cfg, monkey
         assert 3 <= r.token_parts["output"] <= 9
 
 
+def _uncached_policy(model, max_new_tokens):
+    """The policy without the prefix cache: the whole prompt at every step (the reference)."""
+    episode = {}
+
+    @torch.no_grad()
+    def act(turn):
+        item = alfworld.StepItem.of(turn)
+        if episode.get("id") != turn.episode_id:
+            episode.update(id=turn.episode_id, plan=model.plan([item], sample=False))
+        batch = model.build([item], episode["plan"])
+        return model.generate(batch, max_new_tokens, sample=False).texts[0], dict(batch.counts[0])
+    return act
+
+
+@pytest.mark.parametrize("memory", ["latent", "text", "none"])
+def test_policy_with_the_prefix_cache_plays_exactly_as_the_whole_prompt(model, cfg, memory):
+    def record(act, texts):
+        return lambda turn: (lambda out: texts.append(out[0]) or out)(act(turn))
+
+    model.memory = memory
+    model.eval()
+    try:
+        games = [alfworld.eval_games(cfg, s)[0] for s in alfworld.EVAL_SPLITS]
+        cached, whole = [], []
+        a = [alfworld.play(g, record(alfworld.policy(model, 4), cached), max_steps=3) for g in games]
+        b = [alfworld.play(g, record(_uncached_policy(model, 4), whole), max_steps=3) for g in games]
+    finally:
+        model.memory = "latent"
+    assert len(cached) == 6 and cached == whole   # the same greedy outputs at every step of both episodes
+    assert [(r.actions, r.tokens, r.token_parts) for r in a] == [(r.actions, r.tokens, r.token_parts) for r in b]
+    assert not [r.reason for r in a + b if r.reason.startswith("error")]   # play() turns a policy error into one
+
+
+def test_generate_with_a_prefix_matches_the_whole_prompt_and_keeps_the_prefix(model, ds):
+    item = alfworld.step_items(ds, "train")[3]
+    model.eval()
+    with torch.no_grad():
+        batch = model.build([item], model.plan([item], sample=False))
+        start = batch.spans[0]["tail"][0]
+        prefix = model.prefill(batch, start)
+        whole = model.generate(batch, 5, sample=False)
+        twice = [model.generate(batch, 5, sample=False, prefix=prefix) for _ in range(2)]
+    assert prefix.get_seq_length() == start > 0                   # reused, never extended
+    for gen in twice:
+        assert gen.tokens == whole.tokens
+        assert gen.logprob[0] == pytest.approx(whole.logprob[0], abs=1e-4)
+
+
 def test_grpo_on_alfworld_step_items_runs(model, ds, tmp_path):
     items = alfworld.step_items(ds, "train")
     trainer = grpo.Trainer(model, items[2:], items[:2], tmp_path, reward_fn=alfworld.step_reward,
@@ -202,6 +282,14 @@ def test_live_evaluation_saves_success_and_tokens_per_episode(model, cfg, tmp_pa
     assert s["tok"] > 0 and s["steps_per_episode"] <= 2 and sum(s["reasons"].values()) == 2
     for x in result["records"]:
         assert x["tok"] == sum(x["tokens"].values()) and x["correct"] == x["success"]
+    assert set(s["task_type"]) == {g.task_type for g in games} and sum(t["n"] for t in s["task_type"].values()) == 2
+    [row] = alfworld.task_type_table([result])
+    cells = row["task_type"]
+    assert (row["method"], row["split"]) == ("elasticmem", "valid") and list(cells) == [*alfworld.TASK_TYPES, "overall"]
+    assert cells["overall"]["n"] == 2 and cells["overall"]["success"] == s["accuracy"]
+    for task_type in alfworld.TASK_TYPES:
+        played = s["task_type"].get(task_type, {"n": 0, "successes": 0})
+        assert (cells[task_type]["n"], cells[task_type]["successes"]) == (played["n"], played["successes"])
     monkeypatch.setattr(alfworld, "play", lambda *a, **k: pytest.fail("a saved result is reused, not replayed"))
     assert alfworld.evaluate_policy(alfworld.policy(model, 2), games, path, meta, cfg2) == result
     assert len(evaluate.records_table(evaluate.load_results(tmp_path))) == 2

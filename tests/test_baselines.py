@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from elasticmem_core import baselines, evaluate
 from elasticmem_core.experiment import resolve
@@ -106,6 +107,26 @@ def test_text_baselines_are_reported_with_the_warmed_up_reader(run):
     results = baselines.run_variant("baselines", "text_rag_keys", c, run_dir, backbone, ds, progress=False)
     assert sorted(r["method"] for r in results) == ["text_rag_keys", "text_rag_keys+reader"]
     assert results[1]["reader"] is not None
+
+
+def test_trained_variants_start_from_the_warmed_up_reader(tmp_path, tiny_backbone):
+    import json
+
+    c = cfg("eval.variant_steps=1", "grpo.reader_warmup_steps=1")
+    ds = dataset()
+    model = baselines.build_model(c, ds["tiny"], tiny_backbone, baselines.bank_for(c, c, ds["tiny"], tiny_backbone,
+                                                                                 tmp_path, progress=False))
+    with torch.no_grad():  # a reader that differs from a fresh LoRA
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.add_(0.05)
+    model.save(tmp_path / "train" / "tiny" / "reader")
+    baselines.release(model)
+    (res,) = baselines.run_variant("ablations", "budget_uniform", c, tmp_path, tiny_backbone, ds, progress=False)
+    assert res["reader"] == baselines.checkpoint_id(tmp_path / "train" / "tiny" / "reader")
+    log = tmp_path / "ablations" / "budget_uniform" / "tiny" / "seed42" / "train_log.jsonl"
+    stages = {json.loads(line)["stage"] for line in log.read_text().splitlines()}
+    assert "reader_warmup" not in stages and "grpo" in stages  # stage 0 reused, not repeated
 
 
 def test_checkpoint_evaluation_says_when_it_is_missing(run):

@@ -158,6 +158,10 @@ def test_checkpoint_from_another_backbone_or_policy_shape_is_refused(tiny_bank, 
     with pytest.raises(CheckpointError, match="budget.hidden"):
         _model(tiny_bank, "budget.hidden=32").load(tmp_path / "ckpt2")
     _model(tiny_bank, "retrieval.top_z=2").load(tmp_path / "ckpt2")  # top_z may differ
+    # a reader's LoRA alone loads into a model whose policy has another shape (a trained ablation's start)
+    other = _model(tiny_bank, "budget.hidden=32").load(tmp_path / "ckpt2", parts=("lora",))
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(torch.equal(p, lora[n]) for n, p in other.named_parameters() if "lora_" in n)
 
 @pytest.mark.parametrize("mode", ["control_token", "frozen_state", "query_state", "oracle"])
 def test_retrieval_modes_run(tiny_bank, mode):

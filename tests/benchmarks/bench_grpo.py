@@ -50,6 +50,7 @@ def naive_step(trainer: grpo.Trainer) -> None:
     advantages = grpo.group_advantages(torch.cat([s.rewards for s in singles]), g.adv_clip)
     for s, a in zip(singles, advantages):
         s.advantages = a.reshape(1)
+        grpo.score_old(model, s)  # the authors compute old log-probs in their own pass
     model.eval()
     for _ in range(g.inner_passes):
         for s in singles:
