@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from elasticmem_core import config
+from elasticmem_core import config, runner
 from elasticmem_core.config import SECTIONS, ConfigError
 from elasticmem_core.experiment import resolve
 from elasticmem_core.runner import numbered_notebooks, parameters_source
 
 ALL_PARAMS = sorted(resolve("params").rglob("*.yaml"))
-OVERLAYS = [p for p in ALL_PARAMS if p.parent.name in ("baselines", "ablations")]
+OVERLAYS = [p for p in ALL_PARAMS if p.parent.name in runner.OVERLAYS]
 PARAMS = [p for p in ALL_PARAMS if p not in OVERLAYS]
 
 
