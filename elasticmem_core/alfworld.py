@@ -21,7 +21,8 @@ Runs the real `alfworld` (0.4.2) + `textworld[pddl]` (1.7.0) environment code (o
   answers "Nothing happens.") and counted in `invalid_actions`. #Tok per episode is summed over steps.
 - ElasticMem on ALFWorld: `step_items` (one `StepItem` per expert step of the GRPO games: question = objective,
   tail = the step's prompt, gold = the expert action), `step_reward` (the expert-action reward), `step_accuracy`
-  (held-out exact match, the training monitor), `training_config` (G, tokens and epochs of data.alfworld_*),
+  (held-out exact match, the training monitor), `training_config` (G, tokens and epochs of data.alfworld_*;
+  no stage-0 reader warm-up),
   `policy(model)` (greedy; retrieval, budgets and the prompt prefix's KV cache once per episode), `evaluate_policy`
   (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results file),
   `task_type_table` (success per task type of saved results).
@@ -314,6 +315,9 @@ def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Pa
     d = cfg.data
     t0 = time.monotonic()
     if real is None:
+        if d.alfworld_n_train < 1:
+            raise ValueError("data.alfworld_n_train = 0 means every game of ALFWorld's json_2.1.1/train, which is not "
+                             "here (no ALFWORLD_DATA): give the number of offline training games to make")
         problems = root / "problems" / "json_2.1.1"
         counts = {"train": d.alfworld_n_train, "valid_seen": d.alfworld_n_seen, "valid_unseen": d.alfworld_n_unseen}
         folders = alfworld_games.write_problems(problems, counts, d.alfworld_seed)

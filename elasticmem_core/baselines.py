@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from . import assemble
 from . import bank as bank_mod
 from . import evaluate
 from .config import Config, apply_overrides, from_sections, merge, read_params
-from .experiment import resolve, seed_everything
+from .experiment import resolve, seed_everything, write_json
 from .grpo import Trainer
 from .model import CHECKPOINT_META, ElasticMem, Plan
 from .budget import BudgetDecision
@@ -158,6 +159,24 @@ def reader_checkpoint(run_dir: str | Path, setting: str) -> Path | None:
     return path if (path / CHECKPOINT_META).is_file() else None
 
 
+def starting_reader(folder: Path, run_dir: str | Path, setting: str) -> Path | None:
+    """The stage-0 reader a trained variant's training folder starts from: 03's reader if the run has one when the
+    folder is first used, else None (the variant runs stage 0 itself). Recorded in `start.json`, so that 03 writing
+    its reader later (02 runs before 03) or a rerun never changes what a folder's training began with."""
+    record, reader = folder / "start.json", reader_checkpoint(run_dir, setting)
+    if not record.is_file():
+        write_json(record, {"reader": checkpoint_id(reader) if reader else None})
+        return reader
+    wanted = json.loads(record.read_text())["reader"]
+    if wanted is None:
+        return None
+    now = checkpoint_id(reader) if reader else None
+    if now != wanted:
+        raise evaluate.ResultsError(f"{folder} started from the stage-0 reader {wanted}, but {run_dir}/train/{setting}/"
+                                    f"reader is now {now}; delete {folder} and this variant's results to retrain it")
+    return reader
+
+
 def checkpoint_id(path: Path) -> str:
     """A short content hash of a checkpoint (its adapter, projector and policy), recorded with each result."""
     h = hashlib.sha256()
@@ -214,9 +233,11 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
         method = variant_config(cfg, path).eval.method
         seeds = cfg.eval.seeds if method in TRAINED else [cfg.runtime.seed]  # untrained: deterministic
         reader = reader_checkpoint(run_dir, setting) if method in TEXT_READERS else None
-        # trained variants start from 03's warmed-up reader (if the run has one) rather than repeat stage 0
-        start = reader_checkpoint(run_dir, setting) if method in TRAINED and cfg.grpo.reader_warmup_steps > 0 else None
         for seed in seeds:
+            folder = Path(run_dir) / kind / name / setting / f"seed{seed}"
+            # trained variants start from 03's warmed-up reader (if the run has one) rather than repeat stage 0
+            start = starting_reader(folder, run_dir, setting) \
+                if method in TRAINED and cfg.grpo.reader_warmup_steps > 0 else None
             for with_reader in ([False, True] if reader else [False]):
                 v = variant_config(cfg, path, seed)
                 label = name + ("+reader" if with_reader else "")
@@ -235,8 +256,7 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
                 try:
                     if with_reader:
                         model.load(reader)
-                    checkpoint = train(model, ds, Path(run_dir) / kind / name / setting / f"seed{seed}", progress,
-                                       start)
+                    checkpoint = train(model, ds, folder, progress, start)
                     if checkpoint is not None:
                         model.load(checkpoint)
                     for s in splits:

@@ -8,7 +8,7 @@ One training step (SPEC.md, "GRPO as the authors run it"; TRL's names):
     for each inner pass (a full AdamW step each):
         old logp   : at the first pass, the pass's own log-probs, detached: control + answer tokens and budget
                      actions (exact: no weight has changed since the rollouts, and dropout is off; saves the
-                     separate no-grad forward pass, as TRL does)
+                     separate no-grad forward pass that TRL runs when it makes several passes per batch)
         loss = clipped surrogate over control + answer tokens
              + clipped surrogate over budget actions
              - entropy_coef * policy entropy
@@ -123,7 +123,7 @@ def rollout(model, question, group_size: int, reward_fn: RewardFn, generator: to
     """Sample G rollouts of one question as one padded batch and score them."""
     cfg = model.cfg.grpo
     was_training = model.training
-    model.eval()  # rollouts and old log-probs without dropout (dropout acts in the supervised stages only)
+    model.eval()  # rollouts without dropout (dropout acts in the supervised stages only)
     qs = [question] * group_size
     with torch.no_grad():
         plan = model.plan(qs, sample=True, generator=generator)
@@ -137,6 +137,7 @@ def rollout(model, question, group_size: int, reward_fn: RewardFn, generator: to
 
 def score_old(model, g: Group) -> None:
     """Old log-probs in a separate no-grad pass (the authors' way; the trainer takes them from its first pass)."""
+    model.eval()
     with torch.no_grad():
         g.old_logp = token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False)[0]
         g.old_policy_logp = model.policy_logprob(g.plan)[0].detach()

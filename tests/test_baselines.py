@@ -129,6 +129,26 @@ def test_trained_variants_start_from_the_warmed_up_reader(tmp_path, tiny_backbon
     assert "reader_warmup" not in stages and "grpo" in stages  # stage 0 reused, not repeated
 
 
+def test_a_variant_keeps_the_start_it_was_trained_from(tmp_path, tiny_backbone):
+    # 02's trained baselines run before 03 writes its reader: they run stage 0 themselves, and stay so on a rerun
+    c = cfg("eval.variant_steps=1", "grpo.reader_warmup_steps=1")
+    ds = dataset()
+    first = baselines.run_variant("baselines", "identity_projector", c, tmp_path, tiny_backbone, ds, progress=False)
+    assert first[0]["reader"] is None
+    model = baselines.build_model(c, ds["tiny"], tiny_backbone,
+                                  baselines.bank_for(c, c, ds["tiny"], tiny_backbone, tmp_path, progress=False))
+    model.save(tmp_path / "train" / "tiny" / "reader")
+    baselines.release(model)
+    assert baselines.run_variant("baselines", "identity_projector", c, tmp_path, tiny_backbone, ds,
+                                 progress=False) == first
+    # a folder that started from a reader refuses another one
+    folder = tmp_path / "ablations" / "budget_uniform" / "tiny" / "seed42"
+    assert baselines.starting_reader(folder, tmp_path, "tiny") is not None
+    (tmp_path / "train" / "tiny" / "reader" / "policy.pt").write_bytes(b"changed")
+    with pytest.raises(evaluate.ResultsError, match="delete"):
+        baselines.starting_reader(folder, tmp_path, "tiny")
+
+
 def test_checkpoint_evaluation_says_when_it_is_missing(run):
     run_dir, backbone = run
     results, notes = baselines.run_checkpoint(cfg(), run_dir, backbone, dataset(), ["val", "test"], progress=False)
