@@ -95,6 +95,8 @@ class FullContext(ElasticMem):
     """
 
     def __init__(self, backbone, bank, cfg, chunk_texts):
+        # the whole memory goes in, nothing is retrieved: whatever retrieval.mode says, build no semantic index
+        cfg = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, mode="frozen_state"))
         super().__init__(backbone, bank, cfg, chunk_texts, memory="text")
         self.window = cfg.eval.context_window or backbone.model.config.max_position_embeddings
         self.dropped: dict[str, int] = {}
