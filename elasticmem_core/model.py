@@ -258,11 +258,9 @@ class ElasticMem(nn.Module):
                                   f"cannot load onto {self.backbone.identity} (H={self.backbone.hidden_size})")
         saved = from_sections(str(meta_file), **meta["config"])
         # settings that shape the weights must agree; top_z, sampling and loss settings need not
-        shaping = {"projector": ("kind", "hidden"), "lora": ("r", "alpha", "target_modules"),
-                   "budget": ("policy", "hidden", "heads", "layers", "b_max", "min_budget")}
-        for section, keys in shaping.items():
-            if {"projector": "projector", "lora": "lora", "budget": "policy"}[section] not in parts:
-                continue
+        shaping = {"projector": ("projector", ("kind", "hidden")), "lora": ("lora", ("r", "alpha", "target_modules")),
+                   "policy": ("budget", ("policy", "hidden", "heads", "layers", "b_max", "min_budget"))}
+        for section, keys in (shaping[part] for part in parts):  # only the parts loaded must agree
             for key in keys:
                 was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)
                 if was != now:
