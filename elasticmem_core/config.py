@@ -92,6 +92,9 @@ class DataConfig:
     alfworld_max_new_tokens: int = _f(16, "tokens generated per ALFWorld step, training and play (paper 16); "
                                           "0 = grpo.max_new_tokens")
     alfworld_epochs: int = _f(3, "GRPO epochs over the ALFWorld training steps (paper 3); 0 = grpo.epochs")
+    alfworld_max_train_steps: int = _f(0, "cap on ALFWorld GRPO steps; 0 = grpo.max_steps (a CPU-sized run caps it)")
+    alfworld_sft_steps: int = _f(-1, "ALFWorld stage-1 supervised steps on the expert actions; -1 = grpo.sft_steps, "
+                                     "0 = off")
 
 
 @dataclass
@@ -159,6 +162,7 @@ class GRPOConfig:
     adv_clip: float = _f(5.0, "advantages clamped to [-adv_clip, adv_clip]")
     loss_type: str = _f("token_mean", "token_mean | sequence_mean aggregation of the surrogate")
     lr: float = _f(2e-5, "AdamW learning rate")
+    policy_lr: float = _f(0.0, "AdamW learning rate of the budget policy in GRPO; 0 = grpo.lr (paper: one rate)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     grad_clip: float = _f(1.0, "gradient-norm clip")
     epochs: int = _f(10, "epochs over the training questions (QA 10, ALFWorld 3)")
@@ -383,6 +387,9 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: budget.min_budget must be 0 or 1, got {cfg.budget.min_budget}")
     if cfg.budget.b_max > cfg.bank.n_c:
         raise ConfigError(f"{source}: budget.b_max ({cfg.budget.b_max}) exceeds bank.n_c ({cfg.bank.n_c})")
+    if not cfg.budget.min_budget <= cfg.budget.uniform_budget <= cfg.budget.b_max:
+        raise ConfigError(f"{source}: budget.uniform_budget ({cfg.budget.uniform_budget}) is outside the budget levels "
+                          f"{cfg.budget.min_budget}..{cfg.budget.b_max} (budget.min_budget..budget.b_max)")
     for key in ("bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
                 "grpo.group_size", "grpo.questions_per_step", "budget.b_max"):
         sec, name = key.split(".")

@@ -197,6 +197,15 @@ def test_training_config_takes_alfworlds_group_tokens_and_epochs():
     assert Config().data.alfworld_group_size == 8 and Config().data.alfworld_max_new_tokens == 16
 
 
+def test_training_config_caps_alfworld_steps_separately_from_qa():
+    cfg = tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40", "data.alfworld_max_train_steps=3",
+                   "data.alfworld_sft_steps=0")
+    acfg = alfworld.training_config(cfg)
+    assert (acfg.grpo.max_steps, acfg.grpo.sft_steps) == (3, 0)
+    same = alfworld.training_config(tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40"))
+    assert (same.grpo.max_steps, same.grpo.sft_steps) == (40, 5)   # defaults: the grpo section decides
+
+
 def test_policy_retrieves_once_per_episode_and_reports_tokens(model, cfg, monkeypatch):
     plans = []
     plan = model.plan

@@ -93,6 +93,16 @@ def test_training_logs_selects_on_validation_and_updates_every_part(bank, tmp_pa
     assert any(n.startswith("projector.") for n in changed) and any(n.startswith("policy.") for n in changed)
 
 
+def test_policy_learning_rate_is_its_own_when_set(bank, tmp_path):
+    model = tiny_model(bank, "grpo.lr=1e-5", "grpo.policy_lr=1e-3")
+    groups = grpo.Trainer(model, QUESTIONS, [], tmp_path).optimizer.param_groups
+    policy = {id(p) for p in model.policy.parameters()}
+    assert [g["lr"] for g in groups] == [1e-5, 1e-3]
+    assert all(id(p) not in policy for p in groups[0]["params"]) and {id(p) for p in groups[1]["params"]} == policy
+    same = grpo.Trainer(tiny_model(bank, "grpo.lr=1e-5"), QUESTIONS, [], tmp_path / "b").optimizer.param_groups
+    assert [g["lr"] for g in same] == [1e-5, 1e-5]   # 0 = one rate for every part, as the paper
+
+
 def test_non_finite_gradients_are_skipped_and_counted(bank, tmp_path):
     model = tiny_model(bank, "grpo.max_steps=1")
     trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path)
