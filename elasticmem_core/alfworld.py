@@ -257,6 +257,36 @@ def skill_card(task_type: str, gamefile: str, replay: dict) -> dict:
             "summary": "\n".join(lines)}
 
 
+CARD_PROMPT = ("You write skill cards for a household robot. Summarise how the expert solved this task as a reusable "
+               "strategy in 150-300 words: the steps in order, where objects were found, and why the plan works.\n"
+               "Task type: {task_type}\nObjective: {objective}\nExpert actions:\n{actions}")
+
+
+def backbone_card(card: dict, replay: dict, backbone, max_new_tokens: int = 320) -> dict:
+    """`card` with its summary written by the local backbone (greedy, through its chat template) from the expert
+    trajectory, as the authors had Gemini write theirs. The first line (task type and objective) stays, so retrieval
+    keys on the same objective; an empty generation keeps the template text and says so in `written_by`."""
+    import torch
+
+    actions = "\n".join(f"{i}. {s['action']}" for i, s in enumerate(replay["steps"][1:], 1))
+    prompt = CARD_PROMPT.format(task_type=card["task_type"], objective=card["objective"], actions=actions)
+    tok = backbone.tokenizer
+    if tok.chat_template:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+    else:  # a test backbone without a chat template
+        ids = tok(prompt + "\n", return_tensors="pt")["input_ids"]
+    ids = ids.to(backbone.device)
+    with torch.no_grad():
+        out = backbone.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    head = card["summary"].split("\n", 1)[0]
+    if not text:
+        return {**card, "written_by": f"template (the backbone {backbone.identity} wrote nothing)"}
+    return {**card, "summary": f"{head}\n{text}", "written_by": f"backbone {backbone.identity}"}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The game set
 def real_data_root(cfg, splits: tuple[str, ...] = EVAL_SPLITS) -> Path | None:
@@ -288,11 +318,18 @@ def _params(cfg, real: Path | None) -> dict:
     if real is not None:  # the evaluation games are played where they lie: no counts, no rooms
         return {"format": FORMAT_VERSION, "alfworld_data": str(real), "seed": d.alfworld_seed,
                 "n_train": d.alfworld_n_train, "bank_ratio": d.alfworld_bank_ratio,
-                "max_steps": d.alfworld_max_steps, "timeout_s": d.alfworld_timeout_s}
-    return {"format": FORMAT_VERSION, "seed": d.alfworld_seed, "n_train": d.alfworld_n_train,
+                "max_steps": d.alfworld_max_steps, "timeout_s": d.alfworld_timeout_s, **_card_params(cfg)}
+    return {"format": FORMAT_VERSION, "seed": d.alfworld_seed, "n_train": d.alfworld_n_train, **_card_params(cfg),
             "n_seen": d.alfworld_n_seen, "n_unseen": d.alfworld_n_unseen, "bank_ratio": d.alfworld_bank_ratio,
             "max_steps": d.alfworld_max_steps, "timeout_s": d.alfworld_timeout_s,
             "seen_rooms": alfworld_games.SEEN_ROOMS, "unseen_rooms": alfworld_games.UNSEEN_ROOMS}
+
+
+def _card_params(cfg) -> dict:
+    """What decides the cards' text (recorded in the manifest, so a change rewrites them)."""
+    if cfg.data.alfworld_cards == "template":
+        return {}
+    return {"cards": cfg.data.alfworld_cards, "card_backbone": cfg.runtime.backbone}
 
 
 def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Path:
@@ -358,6 +395,11 @@ def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Pa
     bank = set(order[:int(d.alfworld_bank_ratio * len(order))])
     cards = [skill_card(t, g, rec) for t, games in sorted(train.items()) for g, rec in sorted(games.items())
              if g in bank]
+    if d.alfworld_cards == "backbone":  # the local model rewrites each card's summary (no API)
+        from .backbone import from_config
+        writer = from_config(cfg)
+        cards = [backbone_card(c, train[c["task_type"]][c["gamefile"]], writer)
+                 for c in _progress(cards, progress, "writing skill cards")]
     leaked = [c["gamefile"] for c in cards if not loaders.game_id(c["gamefile"]).startswith("train/")]
     if leaked:  # evaluation games live in valid_seen/ and valid_unseen/ only
         raise RuntimeError(f"evaluation games got skill cards: {leaked[:3]}")

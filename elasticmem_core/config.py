@@ -82,6 +82,8 @@ class DataConfig:
                                     "ALFWorld's json_2.1.1/train that many of its games replayed here (0 = all)")
     alfworld_n_seen: int = _f(36, "offline valid_seen games (training rooms and goal kinds)")
     alfworld_n_unseen: int = _f(36, "offline valid_unseen games (new rooms, held-out object-receptacle goals)")
+    alfworld_cards: str = _f("template", "who writes the skill cards: template (deterministic, from the expert "
+                                         "trajectory) | backbone (the configured local model summarises it; no API)")
     alfworld_bank_ratio: float = _f(0.8, "share of the successful training replays summarised into skill cards "
                                          "(authors: 0.8); the rest are GRPO games")
     alfworld_max_steps: int = _f(30, "steps per ALFWorld game before it ends as a failure")
@@ -375,6 +377,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "retrieval.mode": (cfg.retrieval.mode, {"control_token", "frozen_state", "query_state", "semantic", "oracle"}),
         "budget.policy": (cfg.budget.policy, {"transformer", "uniform", "random", "mlp"}),
         "projector.kind": (cfg.projector.kind, {"mlp", "identity", "residual"}),
+        "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
         "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
         "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",

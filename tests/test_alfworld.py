@@ -14,7 +14,7 @@ pytest.importorskip("textworld")
 from elasticmem_core import alfworld, alfworld_games, evaluate, grpo  # noqa: E402
 from elasticmem_core import bank as bank_mod  # noqa: E402
 from elasticmem_core.backbone import load_backbone  # noqa: E402
-from elasticmem_core.config import Config  # noqa: E402
+from elasticmem_core.config import Config, ConfigError  # noqa: E402
 from elasticmem_core.memorysuite import loaders  # noqa: E402
 from elasticmem_core.model import ElasticMem  # noqa: E402
 from elasticmem_core.rewards import expert_action_reward  # noqa: E402
@@ -64,6 +64,28 @@ def test_prepare_is_cached(cfg):
     t = time.monotonic()
     alfworld.prepare(cfg, progress=False)
     assert time.monotonic() - t < 1.0
+
+
+def test_backbone_writes_a_card_from_the_expert_trajectory(cfg, smol_backbone, tiny_backbone, monkeypatch):
+    root = alfworld.games_dir(cfg) / "alfworld"
+    cards = json.loads((root / "skill_cards.json").read_text())
+    replays = json.loads((root / "expert_replays.json").read_text())
+    card = cards[0]
+    replay = replays[card["task_type"]][card["gamefile"]]
+    out = alfworld.backbone_card(card, replay, smol_backbone, max_new_tokens=24)
+    assert {k: out[k] for k in ("task_type", "gamefile", "objective")} == \
+        {k: card[k] for k in ("task_type", "gamefile", "objective")}
+    assert out["summary"].split("\n")[0] == card["summary"].split("\n")[0]   # retrieval keys on the same head
+    assert out["written_by"].startswith("backbone smollm2") and out["summary"] != card["summary"]
+    # a writer that produces nothing keeps the template text, and says so
+    monkeypatch.setattr(tiny_backbone.model, "generate", lambda input_ids, **kw: input_ids)
+    kept = alfworld.backbone_card(card, replay, tiny_backbone)
+    assert kept["summary"] == card["summary"] and kept["written_by"].startswith("template (the backbone")
+    written = copy.deepcopy(cfg)
+    written.data.alfworld_cards = "backbone"
+    assert alfworld._params(written, None) != alfworld._params(cfg, None)   # new cards, not the cached template ones
+    with pytest.raises(ConfigError, match="data.alfworld_cards"):
+        tiny_cfg("data.alfworld_cards=gemini")
 
 
 def test_replays_round_trip_through_load_alfworld(ds, cfg):
