@@ -199,11 +199,13 @@ class Trainer:
         self.evaluate_fn = evaluate_fn or (lambda qs: validation_accuracy(model, qs))
         g = self.cfg.grpo
         # the budget policy may have its own learning rate (grpo.policy_lr): it starts from scratch, unlike the reader
-        policy = {id(p) for p in model.policy.parameters()}
-        params = model.trainable_parameters()
-        groups = [{"params": [p for p in params if id(p) not in policy], "lr": g.lr},
-                  {"params": [p for p in params if id(p) in policy], "lr": g.policy_lr or g.lr}]
-        self.optimizer = torch.optim.AdamW([x for x in groups if x["params"]], lr=g.lr, weight_decay=g.weight_decay)
+        groups = params = model.trainable_parameters()
+        if g.policy_lr > 0:
+            policy = {id(p) for p in model.policy.parameters()}
+            groups = [{"params": [p for p in params if id(p) not in policy], "lr": g.lr},
+                      {"params": [p for p in params if id(p) in policy], "lr": g.policy_lr}]
+            groups = [x for x in groups if x["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=g.lr, weight_decay=g.weight_decay)
         per_epoch = math.ceil(len(self.train_q) / g.questions_per_step)
         self.total_steps = g.epochs * per_epoch if g.max_steps <= 0 else min(g.max_steps, g.epochs * per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)

@@ -100,7 +100,7 @@ def test_policy_learning_rate_is_its_own_when_set(bank, tmp_path):
     assert [g["lr"] for g in groups] == [1e-5, 1e-3]
     assert all(id(p) not in policy for p in groups[0]["params"]) and {id(p) for p in groups[1]["params"]} == policy
     same = grpo.Trainer(tiny_model(bank, "grpo.lr=1e-5"), QUESTIONS, [], tmp_path / "b").optimizer.param_groups
-    assert [g["lr"] for g in same] == [1e-5, 1e-5]   # 0 = one rate for every part, as the paper
+    assert [g["lr"] for g in same] == [1e-5]   # 0 = one rate for every part, as the paper (one group: old resumes)
 
 
 def test_non_finite_gradients_are_skipped_and_counted(bank, tmp_path):
