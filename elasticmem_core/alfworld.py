@@ -632,8 +632,8 @@ def step_accuracy(model, items: list[StepItem], max_new_tokens: int | None = Non
 def training_config(cfg):
     """The config ALFWorld trains with: grpo.group_size, max_new_tokens, epochs, max_steps and sft_steps replaced by
     the data.alfworld_* values where those are set (the paper: G = 8, 16 tokens, 3 epochs; QA keeps 4, 5 and 10).
-    The QA stage-0 reader warm-up is not run here (grpo.reader_warmup_steps = 0): skill cards as text would cost ~1,200 tokens per item,
-    and stage 1 (grpo.sft_steps, on the expert actions) already teaches the action format."""
+    The QA stage-0 reader warm-up is not run here (grpo.reader_warmup_steps = 0): skill cards as text would cost
+    ~1,200 tokens per item, and stage 1 (grpo.sft_steps, on the expert actions) already teaches the action format."""
     d, g = cfg.data, cfg.grpo
     grpo = replace(g, group_size=d.alfworld_group_size or g.group_size, reader_warmup_steps=0,
                    max_new_tokens=d.alfworld_max_new_tokens or g.max_new_tokens, epochs=d.alfworld_epochs or g.epochs,
