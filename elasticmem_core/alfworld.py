@@ -266,21 +266,9 @@ def backbone_card(card: dict, replay: dict, backbone, max_new_tokens: int = 320)
     """`card` with its summary written by the local backbone (greedy, through its chat template) from the expert
     trajectory, as the authors had Gemini write theirs. The first line (task type and objective) stays, so retrieval
     keys on the same objective; an empty generation keeps the template text and says so in `written_by`."""
-    import torch
-
     actions = "\n".join(f"{i}. {s['action']}" for i, s in enumerate(replay["steps"][1:], 1))
     prompt = CARD_PROMPT.format(task_type=card["task_type"], objective=card["objective"], actions=actions)
-    tok = backbone.tokenizer
-    if tok.chat_template:
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-    else:  # a test backbone without a chat template
-        ids = tok(prompt + "\n", return_tensors="pt")["input_ids"]
-    ids = ids.to(backbone.device)
-    with torch.no_grad():
-        out = backbone.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    text = backbone.chat(prompt, max_new_tokens)
     head = card["summary"].split("\n", 1)[0]
     if not text:
         return {**card, "written_by": f"template (the backbone {backbone.identity} wrote nothing)"}
