@@ -269,6 +269,20 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
     return results
 
 
+def checkpoint_meta(cfg: Config, run_dir: str | Path, setting: str, backbone) -> tuple[Path, bool, dict]:
+    """The checkpoint evaluated as the trained ElasticMem of a setting (eval.checkpoint, default
+    <run>/train/<setting>/best), whether it exists, and the meta its results are saved under (03_train saves its
+    own evaluation of best/ under it, so 04_evaluate reuses it instead of answering the same questions again)."""
+    seed = cfg.runtime.seed
+    template = cfg.eval.checkpoint or str(Path(run_dir) / "train" / "{setting}" / "best")
+    ckpt = resolve(template.format(setting=setting, seed=seed))
+    found = (ckpt / CHECKPOINT_META).is_file()
+    meta = {"method": "elasticmem" if found else "elasticmem_untrained", "kind": "method", "setting": setting,
+            "seed": seed, "backbone": backbone.identity, "checkpoint": str(ckpt) if found else None,
+            "checkpoint_id": checkpoint_id(ckpt) if found else None}
+    return ckpt, found, meta
+
+
 def run_checkpoint(cfg: Config, run_dir: str | Path, backbone, datasets: dict, splits: list[str],
                    progress: bool = True) -> tuple[list[dict], dict[str, str]]:
     """Evaluate the trained ElasticMem of each setting (eval.checkpoint, default <run>/train/<setting>/best).
@@ -278,15 +292,10 @@ def run_checkpoint(cfg: Config, run_dir: str | Path, backbone, datasets: dict, s
     """
     results, notes = [], {}
     for setting, ds in datasets.items():
-        seed = cfg.runtime.seed
-        template = cfg.eval.checkpoint or str(Path(run_dir) / "train" / "{setting}" / "best")
-        ckpt = resolve(template.format(setting=setting, seed=seed))
-        found = (ckpt / CHECKPOINT_META).is_file()
+        ckpt, found, meta = checkpoint_meta(cfg, run_dir, setting, backbone)
         if not found:
             notes[setting] = f"no trained checkpoint at {ckpt}: evaluating the UNTRAINED model (elasticmem_untrained)"
-        label = "elasticmem" if found else "elasticmem_untrained"
-        meta = {"method": label, "kind": "method", "setting": setting, "seed": seed, "backbone": backbone.identity,
-                "checkpoint": str(ckpt) if found else None, "checkpoint_id": checkpoint_id(ckpt) if found else None}
+        label, seed = meta["method"], meta["seed"]
         paths = {s: evaluate.result_path(run_dir, label, setting, s, seed) for s in splits}
         saved = [evaluate.existing(paths[s], cfg, {**meta, "split": s}) for s in splits]
         if all(r is not None for r in saved):

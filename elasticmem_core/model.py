@@ -109,7 +109,7 @@ class ElasticMem(nn.Module):
 
     # ---- 1 + 2: retrieval and budgets ---------------------------------------------------------------------------
     def plan(self, questions, sample: bool, generator: torch.Generator | None = None) -> Plan:
-        retrieved = self.retriever(self.reasoner, questions, sample, generator)
+        retrieved = self.retriever(self.reasoner, questions, sample, generator, need_query=self.memory == "latent")
         keys = self._keys(retrieved.rows)
         with torch.no_grad():
             decision = self.policy.decide(retrieved.query.to(self.device), keys, retrieved.scores.to(self.device),
@@ -183,7 +183,7 @@ class ElasticMem(nn.Module):
         start = 0 if prefix is None else prefix.get_seq_length()
         out = self.reasoner(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=mask,
                             position_ids=pos[:, start:], cache=None if prefix is None else copy.deepcopy(prefix),
-                            use_cache=True)
+                            use_cache=True, logits_to_keep=1)  # only the next token's logits: the head is big
         b = mask.shape[0]
         tokens = [[] for _ in range(b)]
         logprobs = [[] for _ in range(b)]

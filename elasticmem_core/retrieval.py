@@ -71,12 +71,13 @@ def last_states(model, seqs: list[list[int]], pad_id: int, device, control: torc
     """
     ids, mask = _left_pad(seqs, pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, use_cache=True,
+                logits_to_keep=1)
     if control is None:
         return out.hidden_states[-1][:, -1], out.logits[:, -1]
     mask2 = torch.cat([mask, mask.new_ones(len(seqs), 1)], dim=1)
     out2 = model(input_ids=control[:, None], attention_mask=mask2, position_ids=pos[:, -1:] + 1,
-                 cache=out.cache, output_hidden_states=True, use_cache=False)
+                 cache=out.cache, output_hidden_states=True, use_cache=False, logits_to_keep=1)
     return out2.hidden_states[-1][:, -1], out.logits[:, -1]
 
 
@@ -118,7 +119,10 @@ class Retriever:
     def uses_control_token(self) -> bool:
         return self.cfg.mode == "control_token"
 
-    def __call__(self, reasoner, questions, sample: bool, generator: torch.Generator | None = None) -> Retrieved:
+    def __call__(self, reasoner, questions, sample: bool, generator: torch.Generator | None = None,
+                 need_query: bool = True) -> Retrieved:
+        """`need_query=False`: the caller has no budget policy to feed (text or no memory), so the modes that rank
+        without the reasoner's state (semantic, oracle) skip its forward pass and return a zero query."""
         device = next(p for p in reasoner.parameters()).device
         seqs = [question_ids(self.tokenizer, q.question, self.cfg.chat_template) for q in questions]
         b, mode = len(questions), self.cfg.mode
@@ -135,8 +139,10 @@ class Retriever:
             elif mode == "frozen_state":
                 with reasoner.disable_adapter():
                     query, _ = last_states(reasoner, seqs, self.pad_id, device)
-            else:  # query_state, semantic, oracle: the policy reads the adapted reasoner's question state
+            elif mode == "query_state" or need_query:  # the policy reads the adapted reasoner's question state
                 query, _ = last_states(reasoner, seqs, self.pad_id, device)
+            else:
+                query = torch.zeros(b, self.bank.hidden_size, device=device)
         rows, scores, masks = [], [], []
         for i, q in enumerate(questions):
             if mode == "oracle":

@@ -56,6 +56,31 @@ def bank(tmp_path_factory):
     return tiny_bank(tmp_path_factory.mktemp("bank"))
 
 
+def test_token_logprobs_equal_the_full_vocabulary_pass(bank):
+    """token_logprobs runs the vocabulary head on the action columns only; the log-probs are those of a full pass."""
+    seed_everything(0)
+    model = tiny_model(bank, *NO_DROPOUT, "grpo.temperature=0.7", "retrieval.temperature=1.3")
+    model.eval()
+    qs = QUESTIONS[:3]
+    plan = model.plan(qs, sample=True, generator=torch.Generator().manual_seed(0))
+    answers = [model.answer_ids(q.gold) for q in qs]
+    answers[0] = answers[0] + answers[0]  # answers of different lengths: right padding
+    logp, mask = grpo.token_logprobs(model, qs, plan, answers, with_grad=False)
+    batch = model.build(qs, plan, answers)
+    with torch.no_grad():
+        logits = model.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                position_ids=batch.position_ids).logits.float()
+    assert mask[:, 0].all() and mask.shape[1] == 1 + len(answers[0])
+    for i in range(len(qs)):
+        col = batch.spans[i]["control"][0] - 1
+        ctrl = torch.log_softmax(logits[i, col] / 1.3, -1)[plan.retrieved.control_ids[i]]
+        assert torch.allclose(logp[i, 0], ctrl, atol=1e-5)
+        for a in range(len(answers[i])):
+            want = torch.log_softmax(logits[i, batch.prompt_len - 1 + a] / 0.7, -1)[answers[i][a]]
+            assert mask[i, 1 + a] and torch.allclose(logp[i, 1 + a], want, atol=1e-5)
+        assert not mask[i, 1 + len(answers[i]):].any()
+
+
 def _train(bank, run_dir, *overrides, interrupt_at=None):
     seed_everything(42)  # as experiment.start does: the same initial weights in every run
     model = tiny_model(bank, "grpo.epochs=2", "grpo.max_steps=4", "grpo.eval_every=2", "grpo.questions_per_step=2", "grpo.lr=1e-3",
