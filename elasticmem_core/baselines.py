@@ -13,7 +13,8 @@ params/mini.yaml -p params/ablations/<name>.yaml`). `eval.method` says what a va
 | text_rag        | top-k chunks as text (retrieval.mode | no; semantic = the sentence embedder, frozen_state  |
 |                 | chooses the ranking)                 | = the bank's keys against the question's state      |
 | lora_text_sft   | retrieved chunks as text             | supervised (cross-entropy on the gold letter)       |
-| lora_text_grpo  | retrieved chunks as text             | GRPO (grpo.Trainer with model memory "text")        |
+| lora_text_grpo  | retrieved chunks as text             | GRPO (grpo.Trainer with model memory "text"); also  |
+|                 |                                      | at a higher LoRA rank (lora_text_grpo_high_rank)    |
 | elasticmem      | soft tokens (the method)             | GRPO; ablations and the identity projector          |
 
 Every variant goes through ElasticMem's own retrieval and injection layout, so #Tok counts the same parts for
@@ -237,9 +238,11 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
         reader = reader_checkpoint(run_dir, setting) if method in TEXT_READERS else None
         for seed in seeds:
             folder = Path(run_dir) / kind / name / setting / f"seed{seed}"
-            # trained variants start from 03's warmed-up reader (if the run has one) rather than repeat stage 0
+            # trained variants start from 03's warmed-up reader (if the run has one) rather than repeat stage 0;
+            # one with other LoRA shapes (the high-rank row) cannot load it and runs its own stage 0
             start = starting_reader(folder, run_dir, setting) \
-                if method in TRAINED and cfg.grpo.reader_warmup_steps > 0 else None
+                if method in TRAINED and cfg.grpo.reader_warmup_steps > 0 and \
+                variant_config(cfg, path).lora == cfg.lora else None
             for with_reader in ([False, True] if reader else [False]):
                 v = variant_config(cfg, path, seed)
                 label = name + ("+reader" if with_reader else "")

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,7 +31,7 @@ import pandas as pd
 import torch
 
 from .config import Config
-from .experiment import environment, write_json
+from .experiment import environment, peak_memory_mb, write_json
 
 # keys that do not change a result (where files go, threads, which notebooks run what), left out of the fingerprint
 _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_threads", "chat_prompt", "max_new_tokens"),
@@ -57,6 +55,8 @@ PAPER_QA = [
     {"backbone": "Qwen2.5-7B", "method": "MemGen (best baseline)", "setting": "weighted", "accuracy": 0.668, "tok": 291},
     {"backbone": "Qwen2.5-7B", "method": "LoRA + text memory, SFT", "setting": "locomo-mc10", "accuracy": 0.599},
     {"backbone": "Qwen2.5-7B", "method": "LoRA + text memory, GRPO", "setting": "locomo-mc10", "accuracy": 0.650},
+    {"backbone": "Qwen2.5-7B", "method": "higher-rank LoRA + text memory, GRPO", "setting": "locomo-mc10",
+     "accuracy": 0.682},
     {"backbone": "Qwen2.5-7B", "method": "identity projector", "setting": "locomo-mc10", "accuracy": 0.739},
     {"backbone": "Qwen2.5-7B", "method": "ElasticMem (controlled)", "setting": "locomo-mc10", "accuracy": 0.841},
 ]
@@ -131,13 +131,6 @@ def summarize(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
 
 
 # ---- answering a split ----------------------------------------------------------------------------------------
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def answer_questions(answer: Callable[[list], list[dict]], questions, batch_size: int, bank=None,
                      device: torch.device | str = "cpu", progress: bool = True) -> list[dict]:
     """Greedy answers in batches through `answer` (ElasticMem.answer or a baseline's), one record per question."""
@@ -152,7 +145,7 @@ def answer_questions(answer: Callable[[list], list[dict]], questions, batch_size
         t0 = time.perf_counter()
         outs = answer(batch)
         seconds = (time.perf_counter() - t0) / len(batch)
-        peak = _peak_mb(device)
+        peak = peak_memory_mb(device)
         for q, o in zip(batch, outs):
             evidence = [bank.row(c) for c in q.evidence] if bank is not None else []
             records.append({**o, "question_type": q.question_type, "memory_id": q.memory_id, "split": q.split,

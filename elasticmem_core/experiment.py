@@ -46,6 +46,19 @@ def cache_dir(cfg: Config) -> Path:
     return resolve(chosen)
 
 
+def peak_memory_mb(device) -> float:
+    """Peak memory so far: on CUDA `max_memory_allocated` (tensors only; reset it to measure a span), on CPU the
+    process's peak resident set size (`ru_maxrss`, a high-water mark of the whole process that never goes down)."""
+    import resource
+
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
 def seed_everything(seed: int) -> None:
     """One helper for every source of randomness the package uses."""
     import numpy as np

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .experiment import write_json
+from .experiment import peak_memory_mb, write_json
 from .rewards import choice_reward
 
 RewardFn = Callable[[str, object], float]
@@ -311,6 +311,8 @@ class Trainer:
 
     def train_step(self) -> dict:
         g = self.cfg.grpo
+        if self.model.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.model.device)  # the step's own peak (the GPU sizing figure)
         t0 = time.perf_counter()
         groups = []
         for j, q in self._step_questions(self.step):
@@ -336,7 +338,8 @@ class Trainer:
             "accuracy": float(rewards.mean()), "mean_budget": float(budgets.mean()) if budgets.numel() else 0.0,
             "soft_tokens": float(np.mean([c["memory"] for grp in groups for c in grp.counts])),
             "grad_norm": norms[-1], "skipped_total": self.skipped, "lr": self.scheduler.get_last_lr()[0],
-            "seconds": round(time.perf_counter() - t0, 3), "processes": self.world, **stats,
+            "seconds": round(time.perf_counter() - t0, 3), "peak_mb": round(peak_memory_mb(self.model.device), 1),
+            "processes": self.world, **stats,
         }
         self.step += 1
         return record

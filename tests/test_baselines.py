@@ -35,7 +35,7 @@ def _records(results, method):
 
 def test_every_variant_overlay_names_only_defining_keys():
     allowed = {"eval.method", "retrieval.mode", "projector.kind", "budget.policy", "budget.min_budget",
-               "budget.b_max", "budget.uniform_budget", "bank.n_c", "bank.cache_layer"}
+               "budget.b_max", "budget.uniform_budget", "bank.n_c", "bank.cache_layer", "lora.r", "lora.alpha"}
     for kind in ("baselines", "ablations"):
         for path in sorted(resolve(f"params/{kind}").glob("*.yaml")):
             keys = {o.split("=")[0] for o in baselines.variant_overrides(path)}
@@ -128,6 +128,26 @@ def test_trained_variants_start_from_the_warmed_up_reader(tmp_path, tiny_backbon
     log = tmp_path / "ablations" / "budget_uniform" / "tiny" / "seed42" / "train_log.jsonl"
     stages = {json.loads(line)["stage"] for line in log.read_text().splitlines()}
     assert "reader_warmup" not in stages and "grpo" in stages  # stage 0 reused, not repeated
+
+
+def test_a_higher_rank_variant_runs_its_own_stage_0(tmp_path, tiny_backbone):
+    # 03's reader has the run's LoRA rank: the high-rank row cannot start from it, so it warms up its own reader
+    import json
+
+    c = cfg("eval.variant_steps=1", "grpo.reader_warmup_steps=1")
+    ds = dataset()
+    model = baselines.build_model(c, ds["tiny"], tiny_backbone, baselines.bank_for(c, c, ds["tiny"], tiny_backbone,
+                                                                                 tmp_path, progress=False))
+    model.save(tmp_path / "train" / "tiny" / "reader")
+    baselines.release(model)
+    (res,) = baselines.run_variant("baselines", "lora_text_grpo_high_rank", c, tmp_path, tiny_backbone, ds,
+                                   progress=False)
+    assert res["reader"] is None and res["params"]["lora"]["r"] == 128
+    folder = tmp_path / "baselines" / "lora_text_grpo_high_rank" / "tiny" / "seed42"
+    stages = {json.loads(line)["stage"] for line in (folder / "train_log.jsonl").read_text().splitlines()}
+    assert {"reader_warmup", "grpo"} <= stages
+    ranks = {p.shape[0] for n, p in tiny_backbone.model.named_parameters() if "lora_A" in n}
+    assert not ranks  # released again: the backbone is bare for the next variant
 
 
 def test_a_variant_keeps_the_start_it_was_trained_from(tmp_path, tiny_backbone):

@@ -105,8 +105,9 @@ def test_training_logs_selects_on_validation_and_updates_every_part(bank, tmp_pa
     assert stages[:2] == ["reader_warmup", "sft"] and stages.count("grpo") == 4 and stages.count("val") == 3
     step = next(r for r in records if r["stage"] == "grpo")
     for key in ("reward_mean", "reward_std", "accuracy", "clip_frac", "policy_entropy", "mean_budget", "soft_tokens",
-                "grad_norm", "seconds", "lr"):
+                "grad_norm", "seconds", "lr", "peak_mb"):
         assert key in step
+    assert step["peak_mb"] > 100  # the process's peak RSS on CPU (the model is in memory): a real reading, not 0
     selection = json.loads((tmp_path / "best" / "selection.json").read_text())
     best_val = max(r["val_accuracy"] for r in records if r["stage"] == "val")
     assert selection["val_accuracy"] == best_val

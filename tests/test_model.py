@@ -184,6 +184,15 @@ def test_semantic_retrieval_ranks_chunk_texts(tiny_bank):
                        embedder=embedder, semantic_index=sem)
     plan = model.plan(QUESTIONS[:1], sample=False)
     assert plan.retrieved.mask.all() and plan.retrieved.scores[0, 0] >= plan.retrieved.scores[0, -1]
+    assert plan.retrieved.query.abs().sum() > 0  # latent memory: the policy reads the question's state
+    # text memory has no budget policy to feed: the same chunks, and the reasoner's question pass is skipped
+    model.memory = "text"
+    calls = []
+    hook = model.reasoner.register_forward_pre_hook(lambda *a: calls.append(1))
+    text_plan = model.plan(QUESTIONS[:1], sample=False)
+    hook.remove()
+    assert not calls and torch.equal(text_plan.retrieved.rows, plan.retrieved.rows)
+    assert not text_plan.retrieved.query.any()
 
 def test_z_larger_than_memory_takes_what_exists(tiny_bank):
     model = _model(tiny_bank, "retrieval.top_z=8", "budget.b_max=8")
