@@ -212,6 +212,14 @@ def load_results(run_dir: str | Path, methods: list[str] | None = None) -> list[
     results = []
     for f in sorted((Path(run_dir) / "results").glob("*/*/*.json")):
         r = json.loads(f.read_text())
+        # a file copied or renamed into another method's, setting's, split's or seed's place would enter the
+        # tables under the wrong label: its content must say what its path says
+        where = {"method": f.parent.parent.name, "setting": f.parent.name, "split": f.stem.rsplit("-seed", 1)[0],
+                 "seed": f.stem.rsplit("-seed", 1)[-1]}
+        for key, expected in where.items():
+            if str(r.get(key)) != expected:
+                raise ResultsError(f"{f}: field {key!r} is {r.get(key)!r}, but the file's place says {expected!r} "
+                                   f"(results/<method>/<setting>/<split>-seed<seed>.json); move it back or delete it")
         if methods is None or r["method"] in methods:
             r["file"] = str(f)
             results.append(r)

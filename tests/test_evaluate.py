@@ -82,3 +82,15 @@ def test_results_from_two_backbones_are_not_mixed(tmp_path):
         evaluate.evaluate(fake_answer, QS[:2], evaluate.result_path(tmp_path, "fake", setting, "test", 42), meta, cfg)
     with pytest.raises(evaluate.ResultsError, match="different backbones"):
         evaluate.load_results(tmp_path)
+
+
+def test_a_results_file_in_another_split_s_place_is_refused(tmp_path):
+    cfg = tiny_cfg()
+    meta = {"method": "fake", "setting": "s", "split": "val", "seed": 42, "backbone": "b"}
+    val = evaluate.result_path(tmp_path, "fake", "s", "val", 42)
+    evaluate.evaluate(fake_answer, QS[:2], val, meta, cfg)
+    assert len(evaluate.load_results(tmp_path)) == 1
+    test = evaluate.result_path(tmp_path, "fake", "s", "test", 42)
+    test.write_text(val.read_text())  # a validation result copied where the test result belongs
+    with pytest.raises(evaluate.ResultsError, match=r"test-seed42.json: field 'split' is 'val'"):
+        evaluate.load_results(tmp_path)

@@ -61,8 +61,8 @@ def naive_step(trainer: grpo.Trainer) -> None:
     trainer.step += 1
 
 
-def timed(trainer, mode: str) -> tuple[float, float]:
-    """Seconds of one step and its peak RSS above the RSS before it (MB)."""
+def measure(fn) -> tuple[float, float, object]:
+    """Seconds of fn(), its peak RSS above the RSS before it (MB, sampled every 20 ms), and its result."""
     base, peak, done = rss_mb(), [0.0], threading.Event()
 
     def sample():
@@ -73,11 +73,17 @@ def timed(trainer, mode: str) -> tuple[float, float]:
     sampler = threading.Thread(target=sample)
     sampler.start()
     t0 = time.perf_counter()
-    trainer.train_step() if mode == "grouped" else naive_step(trainer)
+    out = fn()
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
-    return seconds, max(0.0, peak[0] - base)
+    return seconds, max(0.0, peak[0] - base), out
+
+
+def timed(trainer, mode: str) -> tuple[float, float]:
+    """Seconds of one step and its peak RSS above the RSS before it (MB)."""
+    seconds, peak, _ = measure(trainer.train_step if mode == "grouped" else lambda: naive_step(trainer))
+    return seconds, peak
 
 
 def main() -> None:

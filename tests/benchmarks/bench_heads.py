@@ -12,7 +12,7 @@ Measured in one run, on the same batch and model, rounds interleaved (this share
 - greedy answers: `ElasticMem.answer` on 16 test questions (text and latent memory); baseline = the same call with
   `logits_to_keep` taken out of every reasoner call, so every column goes through the head.
 Both paths must agree: the largest log-prob difference and the number of differing answers are printed.
-Peak memory: RSS sampled every 10 ms during a call, minus the RSS just before it.
+Peak memory: RSS sampled every 20 ms during a call, minus the RSS just before it (bench_grpo.measure).
 """
 from __future__ import annotations
 
@@ -20,12 +20,10 @@ import argparse
 import contextlib
 import statistics
 import tempfile
-import threading
-import time
 
 import torch
 
-from bench_grpo import rss_mb
+from bench_grpo import measure
 from elasticmem_core import assemble, config, experiment, grpo
 from elasticmem_core import backbone as bb
 
@@ -57,24 +55,6 @@ class FullHead:
 
     def __exit__(self, *exc):
         self.model.reasoner.forward = self.forward
-
-
-def measure(fn) -> tuple[float, float, object]:
-    """Seconds, peak RSS above the start (MB), and fn's result."""
-    start, peak, stop = rss_mb(), [0.0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_mb())
-            time.sleep(0.01)
-    t = threading.Thread(target=sample)
-    t.start()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    stop.set()
-    t.join()
-    return seconds, max(0.0, peak[0] - start), out
 
 
 def main() -> None:
