@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import alfworld_games
-from .experiment import resolve
+from .experiment import peak_memory_mb, resolve
 from .memorysuite import loaders, splits
 from .memorysuite.records import Dataset, Episode
 from .rewards import expert_action_reward, snap_to_admissible
@@ -789,7 +789,7 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     if saved is not None:
         return saved
     results = evaluate(games, act, cfg, progress=progress)
-    peak = evaluation._peak_mb(torch.device(device))  # on CPU the process's high-water mark, as evaluate.py
+    peak = peak_memory_mb(device)  # on CPU the process's high-water mark, as evaluate.py
     records = [episode_record(r, peak) for r in results]
     n = max(1, len(results))
     summary = {**evaluation.summarize(records, cfg.eval.bootstrap, cfg.runtime.seed),
