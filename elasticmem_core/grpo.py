@@ -90,10 +90,10 @@ def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: 
                      for i, cid in enumerate(plan.retrieved.control_ids)]
         keep = sorted(set(cols) | {c for c in ctrl_cols if c is not None})
         at = {c: k for k, c in enumerate(keep)}
+        keep_ids = torch.tensor(keep, dtype=torch.long, device=model.device)
         with model.reasoner.disable_adapter() if reference else contextlib.nullcontext():
             logits = model.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                    position_ids=batch.position_ids,
-                                    logits_to_keep=torch.tensor(keep, device=model.device)).logits   # [N, K, V]
+                                    position_ids=batch.position_ids, logits_to_keep=keep_ids).logits   # [N, K, V]
         n = logits.shape[0]
         t_answer = model.cfg.grpo.temperature
         ans_logp = torch.log_softmax(logits[:, [at[c] for c in cols]].float() / t_answer, dim=-1)
