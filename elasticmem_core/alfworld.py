@@ -22,7 +22,8 @@ Runs the real `alfworld` (0.4.2) + `textworld[pddl]` (1.7.0) environment code (o
 - ElasticMem on ALFWorld: `step_items` (one `StepItem` per expert step of the GRPO games: question = objective,
   tail = the step's prompt, gold = the expert action), `step_reward` (the expert-action reward), `step_accuracy`
   (held-out exact match, the training monitor), `training_config` (G, tokens and epochs of data.alfworld_*;
-  no stage-0 reader warm-up),
+  no stage-0 reader warm-up), `train` (bank, step items, GRPO on the step reward with step-accuracy model
+  selection: the one training path of 06_alfworld and `launch.py train`),
   `policy(model)` (greedy; retrieval, budgets and the prompt prefix's KV cache once per episode), `evaluate_policy`
   (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results file),
   `task_type_table` (success per task type of saved results).
@@ -630,6 +631,40 @@ def training_config(cfg):
     return replace(cfg, grpo=grpo)
 
 
+def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool = True, dataset: Dataset | None = None,
+          bank=None):
+    """ElasticMem trained on ALFWorld, the one path of 06_alfworld and `launch.py train`: the config of
+    `training_config`, the skill-card bank (built once by the frozen `backbone`, before LoRA goes in), one item per
+    expert step of the GRPO games (`step_items`: train, and val for model selection), GRPO on `step_reward`,
+    validation by `step_accuracy`, checkpoints in experiment.train_dir(run_dir, dataset.setting, runtime.seed).
+    `dataset` / `bank`: the caller's, when it already has them (else loaded / built here). With an accelerate
+    `accelerator`, every process calls this; process 0 prepares the game set first. Returns the trained Trainer
+    (`trainer.model` is the model, its `best/` checkpoint in `trainer.dir`)."""
+    from contextlib import nullcontext
+
+    from . import assemble
+    from .experiment import train_dir
+    from .grpo import Trainer
+
+    acfg = training_config(cfg)
+    if dataset is None:
+        with accelerator.main_process_first() if accelerator is not None else nullcontext():
+            dataset = load(acfg, run_dir)  # the game set is generated once (cached by its params), by process 0
+    if bank is None:
+        bank = assemble.bank_for(acfg, dataset, backbone, run_dir, progress=progress, accelerator=accelerator)
+    h = acfg.data.alfworld_history
+    train_items, val_items = step_items(dataset, "train", h), step_items(dataset, "val", h)
+    if not val_items:
+        raise ValueError("no ALFWorld validation game: raise data.alfworld_n_train (validation = 10% of the GRPO "
+                         "games)")
+    model = assemble.model_for(acfg, dataset, backbone, bank)
+    trainer = Trainer(model, train_items, val_items, train_dir(run_dir, dataset.setting, acfg.runtime.seed),
+                      reward_fn=step_reward, accelerator=accelerator,
+                      evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
+    trainer.train(progress=progress)
+    return trainer
+
+
 def policy(model, max_new_tokens: int | None = None) -> Policy:
     """ElasticMem (any memory mode) as a greedy ALFWorld policy. Retrieval and budgets are decided once per episode,
     from the objective, at its first step, and reused at every later step (as in training, where every step item
@@ -783,7 +818,7 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     import torch
 
     from . import evaluate as evaluation
-    from .experiment import environment, write_json
+    from .experiment import code_version, environment, write_json
 
     saved = evaluation.existing(path, cfg, meta)
     if saved is not None:
@@ -798,7 +833,7 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
                "reasons": dict(Counter(r.reason.split(":")[0] for r in results)),
                "task_type": summarize(results)["task_type"]}
     result = {**meta, "fingerprint": evaluation.fingerprint(cfg, meta), "params": cfg.to_dict(),
-              "environment": environment(),
+              "code_version": code_version(), "environment": environment(),
               "memory_measure": "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss",
               "summary": summary, "records": records}
     write_json(path, result)

@@ -20,6 +20,8 @@ Storage, in one folder:
 The manifest records chunk ids, memory ids, storage dtype, backbone identity and hidden size, N_c, max_length, the
 content hash over chunks + settings, and each shard's rows, size and sha256. Shards are written under a temporary
 name and renamed, so a file with a shard's name is always complete. Loading is lazy (safetensors memory maps).
+Each shard is hashed once, when its build writes the manifest; a load checks every shard's presence and size, and
+the sha256 only when asked (`bank.verify: true`, `verify(path)`, `elasticmem verify-bank <folder>`).
 
 Several processes (accelerate) build disjoint shards of one bank: shard s is built by process s % num_processes.
 """
@@ -332,8 +334,19 @@ def load(path: str | Path, backbone: Backbone, cfg: BankConfig, chunks: Sequence
     if chunks is not None and manifest["content_hash"] != content_hash(chunks, expected):
         raise BankError(f"{path}: the bank was built from other chunks (content hash differs); rebuild it")
     bank = Bank(path, manifest)
-    bank.check(sha256=cfg.verify)
+    bank.check(sha256=cfg.verify)  # sizes always; the full sha256 (reads every shard) only when bank.verify asks
     return bank
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """The full check of a complete bank, on demand: every shard's size and sha256 against the manifest (the hashes
+    its build recorded). Raises BankError naming a missing or corrupt shard; returns {"shards", "bytes"} checked."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise BankError(f"{path}: no complete bank here, {MANIFEST} is missing")
+    bank = Bank(path, json.loads((path / MANIFEST).read_text()))
+    bank.check(sha256=True)
+    return {"shards": len(bank.manifest["shards"]), "bytes": bank.disk_bytes()}
 
 
 class Bank:
@@ -356,7 +369,8 @@ class Bank:
         return len(self.chunk_ids)
 
     def check(self, sha256: bool = True) -> None:
-        """Every shard present with its recorded size (and sha256): a missing or damaged shard is a clear error."""
+        """Every shard present with its recorded size (and, with `sha256`, its recorded hash: reads every shard):
+        a missing or damaged shard is a clear error."""
         for s in self.manifest["shards"]:
             f = self.path / s["file"]
             if not f.is_file():

@@ -19,10 +19,11 @@ params/mini.yaml -p params/ablations/<name>.yaml`). `eval.method` says what a va
 
 Every variant goes through ElasticMem's own retrieval and injection layout, so #Tok counts the same parts for
 every method. The untrained text readers (no_memory, full_context, text_rag) are also reported with the stage-0
-warmed-up reader (`<run>/train/<setting>/reader`, written by 03_train) where it exists, as `<name>+reader`; the
-trained variants (ablations, LoRA + text, identity projector) start from that reader's LoRA instead of repeating
-stage 0, so they differ from the method only in their defining keys (and the run saves stage 0's cost per variant).
-Results are files (evaluate.py): a variant whose results exist is neither retrained nor re-evaluated.
+warmed-up reader (`<run>/train/<setting>/seed<seed>/reader`, written by 03_train for runtime.seed) where it exists,
+as `<name>+reader`; the trained variants (ablations, LoRA + text, identity projector) start from that reader's LoRA
+instead of repeating stage 0, so they differ from the method only in their defining keys (and the run saves stage
+0's cost per variant). Results are files (evaluate.py): a variant whose results exist is neither retrained nor
+re-evaluated.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from . import assemble
 from . import bank as bank_mod
 from . import evaluate
 from .config import Config, apply_overrides, from_sections, merge, read_params
-from .experiment import resolve, seed_everything, write_json
+from .experiment import resolve, seed_everything, train_dir, write_json
 from .grpo import Trainer
 from .model import CHECKPOINT_META, ElasticMem, Plan
 from .budget import BudgetDecision
@@ -93,6 +94,10 @@ class FullContext(ElasticMem):
 
     A memory longer than the window (eval.context_window or the backbone's max_position_embeddings, less the task
     text and the answer tokens) keeps its newest chunks; the dropped chunks are counted per question.
+
+    A prompt longer than eval.full_context_batch_tokens is answered alone: a batch of one has no padding, so its
+    attention mask is all ones and SDPA runs causal without one, where a padded batch of B such prompts would
+    materialise a dense [B, 1, P, P] mask (8 GiB at B = 8, P = 32k). Shorter prompts are batched as given.
     """
 
     def __init__(self, backbone, bank, cfg, chunk_texts):
@@ -101,6 +106,7 @@ class FullContext(ElasticMem):
         super().__init__(backbone, bank, cfg, chunk_texts, memory="text")
         self.window = cfg.eval.context_window or backbone.model.config.max_position_embeddings
         self.dropped: dict[str, int] = {}
+        self.prompt_tokens: dict[str, int] = {}  # qid -> prompt length (task text + memory), set by plan()
 
     def plan(self, questions, sample: bool = False, generator=None) -> Plan:
         kept = []
@@ -116,6 +122,7 @@ class FullContext(ElasticMem):
                 rows.insert(0, r)
                 used += need
             self.dropped[q.qid] = len(self.bank.rows(q.memory_id)) - len(rows)
+            self.prompt_tokens[q.qid] = task + used
             kept.append(rows)
         z = max(1, max(len(r) for r in kept))
         rows = torch.full((len(questions), z), -1, dtype=torch.long)
@@ -127,7 +134,15 @@ class FullContext(ElasticMem):
         return Plan(retrieved, BudgetDecision(torch.zeros_like(rows), zeros, zeros))
 
     def answer(self, questions, max_new_tokens: int | None = None) -> list[dict]:
-        out = super().answer(questions, max_new_tokens)
+        """ElasticMem's greedy answers; prompts above eval.full_context_batch_tokens one at a time (see above)."""
+        self.plan(questions)  # prompt lengths: full context plans from token counts alone, no forward pass
+        limit = self.cfg.eval.full_context_batch_tokens
+        alone = [i for i, q in enumerate(questions) if self.prompt_tokens[q.qid] > limit] if len(questions) > 1 else []
+        rest = [i for i in range(len(questions)) if i not in alone]
+        out: list[dict] = [{}] * len(questions)
+        for group in ([rest] if rest else []) + [[i] for i in alone]:
+            for i, o in zip(group, super().answer([questions[i] for i in group], max_new_tokens)):
+                out[i] = o
         for o in out:
             o["truncated_chunks"] = self.dropped[o["qid"]]
         return out
@@ -156,17 +171,17 @@ def bank_for(variant: Config, run_cfg: Config, dataset, backbone, run_dir: str |
     return bank_mod.build(dataset.chunks(), backbone, variant.bank, folder, progress=progress)
 
 
-def reader_checkpoint(run_dir: str | Path, setting: str) -> Path | None:
-    """03_train's stage-0 warmed-up text reader for a setting, if it exists."""
-    path = Path(run_dir) / "train" / setting / "reader"
+def reader_checkpoint(run_dir: str | Path, setting: str, seed: int) -> Path | None:
+    """03_train's stage-0 warmed-up text reader for a setting and seed (runtime.seed), if it exists."""
+    path = train_dir(run_dir, setting, seed) / "reader"
     return path if (path / CHECKPOINT_META).is_file() else None
 
 
-def starting_reader(folder: Path, run_dir: str | Path, setting: str) -> Path | None:
+def starting_reader(folder: Path, run_dir: str | Path, setting: str, seed: int) -> Path | None:
     """The stage-0 reader a trained variant's training folder starts from: 03's reader if the run has one when the
     folder is first used, else None (the variant runs stage 0 itself). Recorded in `start.json`, so that 03 writing
     its reader later (02 runs before 03) or a rerun never changes what a folder's training began with."""
-    record, reader = folder / "start.json", reader_checkpoint(run_dir, setting)
+    record, reader = folder / "start.json", reader_checkpoint(run_dir, setting, seed)
     if not record.is_file():
         write_json(record, {"reader": checkpoint_id(reader) if reader else None})
         return reader
@@ -175,8 +190,9 @@ def starting_reader(folder: Path, run_dir: str | Path, setting: str) -> Path | N
         return None
     now = checkpoint_id(reader) if reader else None
     if now != wanted:
-        raise evaluate.ResultsError(f"{folder} started from the stage-0 reader {wanted}, but {run_dir}/train/{setting}/"
-                                    f"reader is now {now}; delete {folder} and this variant's results to retrain it")
+        raise evaluate.ResultsError(f"{folder} started from the stage-0 reader {wanted}, but "
+                                    f"{train_dir(run_dir, setting, seed) / 'reader'} is now {now}; delete {folder} "
+                                    f"and this variant's results to retrain it")
     return reader
 
 
@@ -210,7 +226,7 @@ def train(model: ElasticMem, dataset, folder: Path, progress: bool = True, reade
     folder.mkdir(parents=True, exist_ok=True)
     if reader is not None:
         model.load(reader, parts=("lora",))
-    trainer = Trainer(model, dataset.split("train"), dataset.split("val"), folder)
+    trainer = Trainer(model, dataset.split("train"), dataset.split("val"), folder, setting=dataset.setting)
     if cfg.eval.method == "lora_text_sft":
         done = folder / "sft"
         if not (done / CHECKPOINT_META).is_file():
@@ -235,12 +251,13 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
     for setting, ds in datasets.items():
         method = variant_config(cfg, path).eval.method
         seeds = cfg.eval.seeds if method in TRAINED else [cfg.runtime.seed]  # untrained: deterministic
-        reader = reader_checkpoint(run_dir, setting) if method in TEXT_READERS else None
+        # 03_train's reader is the run's (runtime.seed): every seed of a variant starts from that one reader
+        reader = reader_checkpoint(run_dir, setting, cfg.runtime.seed) if method in TEXT_READERS else None
         for seed in seeds:
             folder = Path(run_dir) / kind / name / setting / f"seed{seed}"
             # trained variants start from 03's warmed-up reader (if the run has one) rather than repeat stage 0;
             # one with other LoRA shapes (the high-rank row) cannot load it and runs its own stage 0
-            start = starting_reader(folder, run_dir, setting) \
+            start = starting_reader(folder, run_dir, setting, cfg.runtime.seed) \
                 if method in TRAINED and cfg.grpo.reader_warmup_steps > 0 and \
                 variant_config(cfg, path).lora == cfg.lora else None
             for with_reader in ([False, True] if reader else [False]):
@@ -274,11 +291,12 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
 
 def checkpoint_meta(cfg: Config, run_dir: str | Path, setting: str, backbone) -> tuple[Path, bool, dict]:
     """The checkpoint evaluated as the trained ElasticMem of a setting (eval.checkpoint, default
-    <run>/train/<setting>/best), whether it exists, and the meta its results are saved under (03_train saves its
-    own evaluation of best/ under it, so 04_evaluate reuses it instead of answering the same questions again)."""
+    <run>/train/<setting>/seed<seed>/best, seed = runtime.seed), whether it exists, and the meta its results are
+    saved under (03_train saves its own evaluation of best/ under it, so 04_evaluate reuses it instead of answering
+    the same questions again)."""
     seed = cfg.runtime.seed
-    template = cfg.eval.checkpoint or str(Path(run_dir) / "train" / "{setting}" / "best")
-    ckpt = resolve(template.format(setting=setting, seed=seed))
+    ckpt = resolve(cfg.eval.checkpoint.format(setting=setting, seed=seed) if cfg.eval.checkpoint
+                   else train_dir(run_dir, setting, seed) / "best")
     found = (ckpt / CHECKPOINT_META).is_file()
     meta = {"method": "elasticmem" if found else "elasticmem_untrained", "kind": "method", "setting": setting,
             "seed": seed, "backbone": backbone.identity, "checkpoint": str(ckpt) if found else None,
@@ -288,7 +306,8 @@ def checkpoint_meta(cfg: Config, run_dir: str | Path, setting: str, backbone) ->
 
 def run_checkpoint(cfg: Config, run_dir: str | Path, backbone, datasets: dict, splits: list[str],
                    progress: bool = True) -> tuple[list[dict], dict[str, str]]:
-    """Evaluate the trained ElasticMem of each setting (eval.checkpoint, default <run>/train/<setting>/best).
+    """Evaluate the trained ElasticMem of each setting (eval.checkpoint, default
+    <run>/train/<setting>/seed<seed>/best).
 
     A missing checkpoint is reported (second return value: setting -> message) and the UNTRAINED model is evaluated
     instead, under the method name `elasticmem_untrained`, so that it can never pass for the trained one.

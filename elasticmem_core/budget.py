@@ -9,7 +9,13 @@ a query token (a projection of the query state q) followed by one token per retr
 and the output at chunk token j is a categorical over the budget levels {min_budget .. B_max}. Because token j sees
 only tokens <= j and carries the previous choice, the log-probabilities of a given budget sequence come from ONE
 teacher-forced forward pass; sampling runs Z passes (Z is small). The rank encoding is sinusoidal, so no parameter
-depends on Z: a policy trained with Z=20 loads and runs with Z=10 (the authors' position table is sized by top_z).
+depends on Z: a policy trained with Z=20 loads and runs with Z=10.
+
+`budget.arch` chooses the network around that layout. `package` (the default): LayerNorm on q and k before their
+projections (LLM hidden states carry a few huge outlier dimensions), pre-LN Transformer layers and the sinusoidal
+ranks above. `authors` (what the authors' code runs): plain Linear projections of q and k, post-LN layers and a
+learned position table with one row per position (0 = the query token, j = chunk j), sized by retrieval.top_z, so
+that policy only runs, and only loads, at the top_z it was built for.
 
 Ablation variants (budget.policy): `uniform` (every chunk gets uniform_budget), `random` (uniform over the levels),
 `mlp` (the same per-chunk features, no attention across chunks and no previous choice).
@@ -22,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from . import sampling
 
 
 @dataclass
@@ -42,9 +50,12 @@ def rank_encoding(z: int, dim: int, device) -> torch.Tensor:
 
 
 class BudgetPolicy(nn.Module):
-    def __init__(self, hidden_size: int, cfg):
+    def __init__(self, hidden_size: int, cfg, top_z: int | None = None):
         super().__init__()
         self.kind = cfg.policy
+        self.arch = cfg.arch
+        if self.arch not in ("package", "authors"):
+            raise ValueError(f"budget.arch = {self.arch!r}; choose package or authors")
         self.min_budget, self.b_max = cfg.min_budget, cfg.b_max
         self.uniform_budget = cfg.uniform_budget
         self.levels = self.b_max - self.min_budget + 1
@@ -52,15 +63,26 @@ class BudgetPolicy(nn.Module):
             raise ValueError(f"budget.uniform_budget ({self.uniform_budget}) outside the levels "
                              f"{self.min_budget}..{self.b_max}")
         d = cfg.hidden
-        # Hidden states of LLMs carry a few huge outlier dimensions: normalise before projecting.
-        self.norm_q, self.norm_k = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
+        # Hidden states of LLMs carry a few huge outlier dimensions: normalise before projecting (authors: plain Linear)
+        if self.arch == "package":
+            self.norm_q, self.norm_k = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
+        else:
+            self.norm_q, self.norm_k = nn.Identity(), nn.Identity()
         self.proj_q, self.proj_k = nn.Linear(hidden_size, d), nn.Linear(hidden_size, d)
         self.proj_s = nn.Linear(1, d)
         self.prev = nn.Embedding(self.b_max + 2, d)   # budgets 0..B_max plus a start symbol
         self.seg = nn.Embedding(2, d)                 # 0 = query token, 1 = chunk token
         self.hidden = d
+        self.top_z = None
+        if self.kind == "transformer" and self.arch == "authors":
+            if top_z is None or top_z < 1:
+                raise ValueError("budget.arch = authors sizes the policy's position table by retrieval.top_z: "
+                                 f"pass top_z (got {top_z!r})")
+            self.top_z = top_z
+            self.positions = nn.Embedding(top_z + 1, d)   # 0 = the query token, 1..top_z = the chunks in rank order
         if self.kind == "transformer":
-            layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, cfg.dropout, batch_first=True,
+                                               norm_first=self.arch == "package")
             self.body = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         elif self.kind == "mlp":
             self.body = nn.Sequential(nn.Linear(2 * d, 4 * d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(4 * d, d))
@@ -81,7 +103,15 @@ class BudgetPolicy(nn.Module):
         if self.kind == "mlp":
             h = self.body(torch.cat([chunk, q[:, None].expand_as(chunk)], dim=-1))
             return self.head(h)
-        chunk = chunk + self.prev(prev_budgets) + self.seg.weight[1] + rank_encoding(z, self.hidden, keys.device)
+        if self.top_z is None:
+            ranks = rank_encoding(z, self.hidden, keys.device)
+        else:  # the authors' learned table: the query token at position 0, chunk j at position j
+            if z > self.top_z:
+                raise ValueError(f"{z} chunks per question, but this budget policy's position table (budget.arch = "
+                                 f"authors) was sized for retrieval.top_z = {self.top_z}")
+            q = q + self.positions.weight[0]
+            ranks = self.positions.weight[1:z + 1]
+        chunk = chunk + self.prev(prev_budgets) + self.seg.weight[1] + ranks
         x = torch.cat([(q + self.seg.weight[0])[:, None], chunk], dim=1)          # [B, 1+Z, d]
         causal = nn.Transformer.generate_square_subsequent_mask(z + 1, device=x.device, dtype=x.dtype)
         h = self.body(x, mask=causal, is_causal=True)
@@ -100,8 +130,8 @@ class BudgetPolicy(nn.Module):
             if self.kind == "uniform":
                 budgets = torch.full((b, z), self.uniform_budget, dtype=torch.long, device=scores.device)
             else:
-                budgets = torch.randint(self.min_budget, self.b_max + 1, (b, z), device=scores.device,
-                                        generator=generator)
+                budgets = sampling.integers(self.min_budget, self.b_max + 1, (b, z), scores.device, generator,
+                                            "random budget")
             return BudgetDecision(budgets.masked_fill(~mask, 0), zeros, zeros)
         budgets = torch.zeros(b, z, dtype=torch.long, device=scores.device)
         steps = range(z) if self.kind == "transformer" else [z - 1]  # the mlp policy decides all chunks at once
@@ -109,7 +139,7 @@ class BudgetPolicy(nn.Module):
             logits = self.logits(query, keys, scores, self._prev(budgets))
             dist = torch.distributions.Categorical(logits=logits.float())
             if sample:
-                u = torch.rand(logits.shape[:2], device=logits.device, generator=generator)
+                u = sampling.uniform(logits.shape[:2], logits.device, generator, "budget")
                 choice = (dist.probs.cumsum(-1) < u[..., None]).sum(-1).clamp(max=self.levels - 1)
             else:
                 choice = logits.argmax(-1)

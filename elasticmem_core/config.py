@@ -72,6 +72,9 @@ class DataConfig:
                                "(layout: elasticmem_core/memorysuite/README.md)")
     mini_dir: str | None = _f(None, "where MemorySuite-mini is written; None = <run folder>/data")
     chunk_max_tokens: int = _f(2048, "chunks longer than this (backbone tokens) are truncated, and counted")
+    prompt: str = _f("generic", "the QA prompt after the memory: generic (one instruction, the options, an 'Answer:' "
+                                "cue; package default, kept so earlier results stay comparable) | authors (a "
+                                "per-setting instruction chosen by the option count, the options, no cue)")
     skip_bad_records: bool = _f(False, "skip malformed records (each listed in the load summary) instead of failing")
     mini: MiniConfig = field(default_factory=MiniConfig, metadata={"help": "MemorySuite-mini generator"})
     alfworld_data: str | None = _f(None, "ALFWorld's data folder (json_2.1.1 with valid_seen/valid_unseen games); "
@@ -110,7 +113,9 @@ class BankConfig:
     index: str = _f("flat", "flat (exact inner product over normalised keys) | ivf (approximate)")
     ivf_nlist: int = _f(64, "inverted lists of the approximate index")
     ivf_nprobe: int = _f(8, "lists probed by the approximate index")
-    verify: bool = _f(True, "check each shard's sha256 when a bank is loaded (its size is always checked)")
+    verify: bool = _f(False, "also check each shard's sha256 when a bank is loaded (reads the whole bank: ~19 GB for "
+                             "a 7B LongMemEval bank); false = sizes only, the sha256 recorded at build is checked on "
+                             "demand (`elasticmem verify-bank <folder>`)")
     cache_layer: int = _f(-1, "layer whose states form the content cache: -1 = the last (paper); 0 = the input "
                               "embeddings, where a `residual` projector starts as exactly the text it replaces")
 
@@ -134,6 +139,9 @@ class BudgetConfig:
     min_budget: int = _f(0, "smallest budget level: 0 lets the policy drop a chunk (paper), 1 never drops (code)")
     uniform_budget: int = _f(10, "budget of every chunk under the uniform policy")
     entropy_coef: float = _f(0.001, "entropy bonus weight of the budget policy")
+    arch: str = _f("package", "package (LayerNorm on q and k, pre-LN layers, sinusoidal ranks: no weight depends on "
+                              "Z, so a checkpoint runs at any top_z) | authors (plain Linear inputs, post-LN layers, a "
+                              "learned rank table sized by retrieval.top_z)")
 
 
 @dataclass
@@ -142,6 +150,10 @@ class ProjectorConfig:
                           "(x + MLP(x), output layer zero-initialised: starts as the identity)")
     hidden: int = _f(2560, "projector inner width")
     dropout: float = _f(0.1, "projector dropout")
+    ln_gain_init: str = _f("embedding_rms", "start of the mlp projector's LayerNorm gain: embedding_rms (package "
+                                            "default: soft tokens start at the scale of the text embeddings, "
+                                            "not at unit scale far above them) | one (torch's default, the "
+                                            "authors')")
 
 
 @dataclass
@@ -162,7 +174,14 @@ class GRPOConfig:
     inner_passes: int = _f(2, "optimisation passes per rollout group")
     kl_beta: float = _f(0.0, "KL weight to the frozen base model (authors: 0, no reference model)")
     adv_clip: float = _f(5.0, "advantages clamped to [-adv_clip, adv_clip]")
-    loss_type: str = _f("token_mean", "token_mean | sequence_mean aggregation of the surrogate")
+    loss_type: str = _f("token_mean", "token_mean (pool the group's tokens; package default) | sequence_mean "
+                                      "(mean per rollout, then over G: the authors')")
+    train_mode_passes: bool = _f(False, "run rollouts and GRPO loss passes in train mode (dropout on), as the "
+                                        "authors; off: the surrogate's ratio compares the policy with itself")
+    backward: str = _f("group", "group (one forward/backward over all G rollouts) | rollout (one per rollout, the "
+                                "same gradient: activation memory of one rollout, for long prompts on one GPU)")
+    gradient_checkpointing: bool = _f(False, "recompute the reasoner's layer activations in the backward of the "
+                                             "loss passes (the same gradient, less activation memory, ~30% slower)")
     lr: float = _f(2e-5, "AdamW learning rate")
     policy_lr: float = _f(0.0, "AdamW learning rate of the budget policy in GRPO; 0 = grpo.lr (paper: one rate)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
@@ -192,8 +211,11 @@ class EvalConfig:
                                    "text_rag | lora_text_sft | lora_text_grpo (params/baselines/ select them)")
     text_top_k: int = _f(0, "chunks the text-RAG baselines put in as text; 0 = retrieval.top_z (same Z as the method)")
     context_window: int = _f(0, "full-context baseline window in tokens; 0 = the backbone's max_position_embeddings")
+    full_context_batch_tokens: int = _f(2048, "full-context prompts longer than this (tokens) are answered one at "
+                                             "a time (no padding: no [B, 1, P, P] attention mask); shorter ones in "
+                                             "batches of eval.batch_size")
     checkpoint: str = _f("", "checkpoint 04_evaluate loads ({setting} and {seed} are filled in); "
-                             "'' = <run>/train/<setting>/best")
+                             "'' = <run>/train/<setting>/seed<seed>/best")
     baselines: list[str] = _f(["no_memory", "full_context", "text_rag_semantic", "text_rag_keys"],
                               "params/baselines/<name>.yaml run by 02_baselines; the trained ones (lora_text_sft, "
                               "lora_text_grpo, identity_projector) cost a training run per setting and seed")
@@ -377,8 +399,12 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "retrieval.mode": (cfg.retrieval.mode, {"control_token", "frozen_state", "query_state", "semantic", "oracle"}),
         "budget.policy": (cfg.budget.policy, {"transformer", "uniform", "random", "mlp"}),
         "projector.kind": (cfg.projector.kind, {"mlp", "identity", "residual"}),
+        "projector.ln_gain_init": (cfg.projector.ln_gain_init, {"embedding_rms", "one"}),
+        "budget.arch": (cfg.budget.arch, {"package", "authors"}),
+        "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
         "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
+        "grpo.backward": (cfg.grpo.backward, {"group", "rollout"}),
         "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
         "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",
                                           "lora_text_grpo"}),

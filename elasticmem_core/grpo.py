@@ -1,6 +1,6 @@
 """GRPO: joint training of the reasoner's LoRA, the projector and the budget policy on the task reward.
 
-One training step (SPEC.md, "GRPO as the authors run it"; TRL's names):
+One training step (as the authors run it; TRL's names):
 
     for each question of the step (split across processes):
         rollouts   : G samples of (control token, budgets, answer), evaluated as ONE padded batch
@@ -26,6 +26,8 @@ teaches a small reader to read at all (SmolLM2-135M is at chance even with the r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -37,10 +39,17 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import sampling
 from .experiment import peak_memory_mb, write_json
+from .retrieval import control_logprobs
 from .rewards import choice_reward
 
 RewardFn = Callable[[str, object], float]
+RUN_IDENTITY = "run_identity.json"
+
+
+class RunMismatchError(RuntimeError):
+    """A training folder holds another run's checkpoints; the message names both."""
 
 
 def mc_reward(text: str, question) -> float:
@@ -55,22 +64,36 @@ def group_advantages(rewards: torch.Tensor, clip: float, eps: float = 1e-4) -> t
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                      clip_eps: float, loss_type: str = "token_mean") -> tuple[torch.Tensor, torch.Tensor]:
+                      clip_eps: float, loss_type: str = "token_mean", weights: torch.Tensor | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO-clipped surrogate loss over actions [N, T] with per-row advantages [N]; returns (loss, clip fraction).
 
     token_mean averages over all real actions of the group; sequence_mean averages within each row first.
+    `weights` [N] (from `row_weights` of the whole group) weighs each row's action sum instead: a pass over some of
+    a group's rows then gives exactly its share of the group's loss (the per-rollout backward).
     """
     mask = mask.float()
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
     per_action = -torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
-    if loss_type == "token_mean":
+    if weights is not None:
+        loss = ((per_action * mask).sum(1) * weights).sum()
+    elif loss_type == "token_mean":
         loss = (per_action * mask).sum() / mask.sum().clamp(min=1)
     else:
         rows = mask.sum(1) > 0
         loss = ((per_action * mask).sum(1)[rows] / mask.sum(1)[rows]).mean() if rows.any() else per_action.sum() * 0
     clipped = ((ratio - 1).abs() > clip_eps).float()
     return loss, (clipped * mask).sum() / mask.sum().clamp(min=1)
+
+
+def row_weights(counts: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """Weight [N] of each row's action sum in its group's loss, from the group's action counts per row [N]."""
+    counts = counts.float()
+    if loss_type == "token_mean":
+        return torch.ones_like(counts) / counts.sum().clamp(min=1)
+    rows = counts > 0
+    return torch.where(rows, 1.0 / (counts.clamp(min=1) * rows.sum().clamp(min=1)), torch.zeros_like(counts))
 
 
 def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: bool,
@@ -103,7 +126,9 @@ def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: 
             if col is None:
                 ctrl.append(logits.new_zeros((), dtype=torch.float32))
                 continue
-            lp = torch.log_softmax(logits[i, at[col]].float() / model.cfg.retrieval.temperature, dim=-1)
+            # the distribution the control token was sampled from: ordinary tokens only (retrieval.sample_control)
+            lp = control_logprobs(logits[i, at[col]], model.retriever.allowed(logits.shape[-1], logits.device),
+                                  model.cfg.retrieval.temperature)
             cid = plan.retrieved.control_ids[i]
             ctrl.append(lp[cid])
             ctrl_mask[i] = True
@@ -125,67 +150,168 @@ class Group:
     old_logp: torch.Tensor | None = None         # [G, 1 + A], set by the first inner pass (or `score_old`)
     old_policy_logp: torch.Tensor | None = None  # [G, Z]
 
+    def action_counts(self) -> torch.Tensor:
+        """Reasoner actions per rollout [G]: its control token (when sampled) and its answer tokens."""
+        return torch.tensor([len(a) + (c is not None) for a, c in zip(self.answers, self.plan.retrieved.control_ids)])
+
+
+def select_rows(obj, idx: list[int]):
+    """The rows `idx` of a batch dataclass (Plan, Retrieved, BudgetDecision): tensors and lists sliced alike."""
+    values = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, torch.Tensor):
+            v = v[torch.tensor(idx, dtype=torch.long, device=v.device)]
+        elif isinstance(v, list):
+            v = [v[i] for i in idx]
+        elif dataclasses.is_dataclass(v):
+            v = select_rows(v, idx)
+        values[f.name] = v
+    return type(obj)(**values)
+
+
+@contextlib.contextmanager
+def passes_mode(model, train: bool):
+    """Rollouts and loss passes in train mode (dropout on, grpo.train_mode_passes) or eval mode; restored after."""
+    was = model.training
+    model.train(train)
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
+def layer_checkpointing(model, on: bool):
+    """Gradient checkpointing of the reasoner's decoder layers (grpo.gradient_checkpointing), in any mode.
+
+    transformers checkpoints a layer only while that layer's own `training` flag is set; the flag is set on the
+    layers alone (not on their children), so dropout stays as the passes' mode says and the gradient is unchanged.
+    """
+    if not on:
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.reasoner.get_base_model()
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    flags = [m.training for m in layers]
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m, f in zip(layers, flags):
+            m.training = f
+        base.gradient_checkpointing_disable()
+
 
 def rollout(model, question, group_size: int, reward_fn: RewardFn, generator: torch.Generator) -> Group:
     """Sample G rollouts of one question as one padded batch and score them."""
     cfg = model.cfg.grpo
-    was_training = model.training
-    model.eval()  # rollouts without dropout (dropout acts in the supervised stages only)
     qs = [question] * group_size
-    with torch.no_grad():
+    # rollouts without dropout unless grpo.train_mode_passes (the authors sample in train mode)
+    with passes_mode(model, cfg.train_mode_passes), torch.no_grad():
         plan = model.plan(qs, sample=True, generator=generator)
         batch = model.build(qs, plan)
         gen = model.generate(batch, cfg.max_new_tokens, sample=True, temperature=cfg.temperature,
                              generator=generator)
         rewards = torch.tensor([reward_fn(t, question) for t in gen.texts])
-    model.train(was_training)
     return Group(qs, plan, gen.tokens, gen.texts, rewards, group_advantages(rewards, cfg.adv_clip), batch.counts)
 
 
 def score_old(model, g: Group) -> None:
     """Old log-probs in a separate no-grad pass (the authors' way; the trainer takes them from its first pass)."""
-    model.eval()
-    with torch.no_grad():
+    with passes_mode(model, model.cfg.grpo.train_mode_passes), torch.no_grad():
         g.old_logp = token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False)[0]
         g.old_policy_logp = model.policy_logprob(g.plan)[0].detach()
 
 
-def group_loss(model, g: Group) -> tuple[torch.Tensor, dict]:
-    """The GRPO loss of one group (see the module docstring) and its diagnostics."""
+def group_loss(model, g: Group, rows: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+    """The GRPO loss of one group (see the module docstring) and its diagnostics.
+
+    With `rows`, only those rollouts go through the reasoner and the loss returned is their exact share of the
+    group's loss (the group's normalisers are computed from its action counts): summing the shares of a partition
+    of the rollouts, each backpropagated on its own, gives the group's gradient (grpo.backward = rollout).
+    """
     cfg = model.cfg
-    adv = g.advantages.to(model.device)
-    logp, mask = token_logprobs(model, g.questions, g.plan, g.answers, with_grad=True)
-    if g.old_logp is None:  # first inner pass: the weights are still the rollouts' (see the module docstring)
+    whole = rows is None
+    rows = list(range(len(g.questions))) if whole else rows
+    sub = lambda t: t if whole else t[rows]  # noqa: E731
+    plan = g.plan if whole else select_rows(g.plan, rows)
+    adv = sub(g.advantages).to(model.device)
+    weights = None if whole else sub(row_weights(g.action_counts(), cfg.grpo.loss_type)).to(model.device)
+    logp, mask = token_logprobs(model, [g.questions[i] for i in rows], plan, [g.answers[i] for i in rows],
+                                with_grad=True)
+    if g.old_logp is None and whole:  # first inner pass: the weights are still the rollouts' (module docstring)
         g.old_logp = logp.detach()
-    lm_loss, lm_clip = clipped_surrogate(logp, g.old_logp, adv, mask, cfg.grpo.clip_eps, cfg.grpo.loss_type)
+    old = g.old_logp if whole else _old_rows(g, rows, logp)
+    lm_loss, lm_clip = clipped_surrogate(logp, old, adv, mask, cfg.grpo.clip_eps, cfg.grpo.loss_type, weights)
     loss = lm_loss
     stats = {"lm_loss": lm_loss.item(), "clip_frac": lm_clip.item()}
     if model.policy.trainable and model.memory == "latent":
-        plogp, entropy = model.policy_logprob(g.plan)
-        if g.old_policy_logp is None:
+        plogp, entropy = model.policy_logprob(plan)
+        if g.old_policy_logp is None and whole:
             g.old_policy_logp = plogp.detach()
-        pmask = g.plan.retrieved.mask.to(model.device)
-        p_loss, p_clip = clipped_surrogate(plogp, g.old_policy_logp, adv, pmask, cfg.grpo.clip_eps,
-                                           cfg.grpo.loss_type)
-        ent = (entropy * pmask).sum() / pmask.sum().clamp(min=1)
+        old_p = g.old_policy_logp if whole else _old_policy_rows(g, rows, plogp)
+        pmask = plan.retrieved.mask.to(model.device)
+        pweights = None
+        if not whole:
+            pweights = sub(row_weights(g.plan.retrieved.mask.sum(1), cfg.grpo.loss_type)).to(model.device)
+        p_loss, p_clip = clipped_surrogate(plogp, old_p, adv, pmask, cfg.grpo.clip_eps, cfg.grpo.loss_type, pweights)
+        ent = (entropy * pmask).sum() / (pmask.sum() if whole else g.plan.retrieved.mask.sum()).clamp(min=1)
         loss = loss + p_loss - cfg.budget.entropy_coef * ent
         stats.update(policy_loss=p_loss.item(), policy_clip_frac=p_clip.item(), policy_entropy=ent.item())
     if cfg.grpo.kl_beta > 0:
-        ref, _ = token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False, reference=True)
+        ref, _ = token_logprobs(model, [g.questions[i] for i in rows], plan, [g.answers[i] for i in rows],
+                                with_grad=False, reference=True)
         diff = ref - logp
-        kl = ((diff.exp() - diff - 1) * mask).sum() / mask.sum().clamp(min=1)   # k3 estimator
+        total = mask.sum() if whole else g.action_counts().sum().to(mask.device)
+        kl = ((diff.exp() - diff - 1) * mask).sum() / total.clamp(min=1)   # k3 estimator
         loss = loss + cfg.grpo.kl_beta * kl
         stats["kl"] = kl.item()
     return loss, stats
 
 
+def _old_rows(g: Group, rows: list[int], logp: torch.Tensor) -> torch.Tensor:
+    """Old log-probs of `rows` for a per-rollout pass; at the first inner pass they are this pass's own (detached).
+    Stored per row, trimmed to each row's real actions (a sub-batch pads its answers to its own length)."""
+    width = logp.shape[1]
+    if isinstance(g.old_logp, torch.Tensor):  # from `score_old`: padded to the whole group's answer length
+        return g.old_logp[rows][:, :width].to(logp.device)
+    if g.old_logp is None:
+        g.old_logp = [None] * len(g.questions)
+    for k, i in enumerate(rows):
+        if g.old_logp[i] is None:
+            g.old_logp[i] = logp[k].detach()
+    return torch.stack([torch.nn.functional.pad(g.old_logp[i][:width], (0, width - min(width, g.old_logp[i].shape[0])))
+                        for i in rows])
+
+
+def _old_policy_rows(g: Group, rows: list[int], plogp: torch.Tensor) -> torch.Tensor:
+    if isinstance(g.old_policy_logp, torch.Tensor):
+        return g.old_policy_logp[rows].to(plogp.device)
+    if g.old_policy_logp is None:
+        g.old_policy_logp = [None] * len(g.questions)
+    for k, i in enumerate(rows):
+        if g.old_policy_logp[i] is None:
+            g.old_policy_logp[i] = plogp[k].detach()
+    return torch.stack([g.old_policy_logp[i] for i in rows])
+
+
 # ---- supervised warm-ups --------------------------------------------------------------------------------------
-def supervised_loss(model, questions) -> torch.Tensor:
-    """Cross-entropy on the gold answer tokens through the same injection path (greedy retrieval and budgets)."""
+def supervised_loss(model, questions, reduction: str = "mean"):
+    """Cross-entropy on the gold answer tokens through the same injection path (greedy retrieval and budgets).
+    `reduction="sum"` returns (summed loss, answer-token count) instead, for a mean over several processes."""
+    if not questions:
+        zero = torch.zeros((), device=model.device)
+        return (zero, zero) if reduction == "sum" else zero
     plan = model.plan(questions, sample=False)
     answers = [model.answer_ids(q.gold) for q in questions]
     logp, mask = token_logprobs(model, questions, plan, answers, with_grad=True)
-    return -(logp[:, 1:] * mask[:, 1:]).sum() / mask[:, 1:].sum()
+    total, count = -(logp[:, 1:] * mask[:, 1:]).sum(), mask[:, 1:].sum()
+    return (total, count) if reduction == "sum" else total / count
 
 
 # ---- the trainer ----------------------------------------------------------------------------------------------
@@ -193,7 +319,7 @@ class Trainer:
     """Runs stage 0, stage 1 and GRPO with validation-based model selection, checkpoints and resume."""
 
     def __init__(self, model, train_questions, val_questions, run_dir: str | Path, reward_fn: RewardFn = mc_reward,
-                 accelerator=None, evaluate_fn=None):
+                 accelerator=None, evaluate_fn=None, setting: str | None = None):
         self.model, self.cfg = model, model.cfg
         self.train_q, self.val_q = list(train_questions), list(val_questions)
         if not self.train_q:
@@ -204,6 +330,9 @@ class Trainer:
         self.acc = accelerator
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         self.evaluate_fn = evaluate_fn or (lambda qs: validation_accuracy(model, qs))
+        self.setting = setting
+        if self.world > 1:
+            self._broadcast_weights()
         g = self.cfg.grpo
         # the budget policy may have its own learning rate (grpo.policy_lr): it starts from scratch, unlike the reader
         groups = params = model.trainable_parameters()
@@ -226,6 +355,18 @@ class Trainer:
                                                       project_dir=str(self.dir))
             self.tracker.init_trackers("elasticmem", config={"lr": g.lr, "group_size": g.group_size})
 
+    def _broadcast_weights(self) -> None:
+        """Every process starts from rank 0's trainable weights (not only from identical seeding)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            with torch.no_grad():
+                for p in self.model.trainable_parameters():
+                    dist.broadcast(p.data, src=0)
+
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.acc.reduce(t, reduction="sum") if self.world > 1 else t
+
     def _lr_factor(self, step: int) -> float:
         w = self.cfg.grpo.warmup_steps
         if step < w:
@@ -245,21 +386,23 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.runtime.seed + epoch)
         return torch.randperm(len(self.train_q), generator=g).tolist()
 
-    def _step_questions(self, step: int) -> list[tuple[int, object]]:
-        """(global index, question) of a step's questions; each process takes its share."""
+    def _step_questions(self, step: int) -> tuple[list[tuple[int, object]], int]:
+        """(global index, question) of this process's share of a step's questions, and the step's question count
+        over all processes (a process may get none: one question per step on two GPUs, a ragged last step)."""
         k = self.cfg.grpo.questions_per_step
         per_epoch = math.ceil(len(self.train_q) / k)
         epoch, i = divmod(step, per_epoch)
         idx = self._order(epoch)[i * k:(i + 1) * k]
-        return [(j, self.train_q[j]) for n, j in enumerate(idx) if n % self.world == self.rank]
+        return [(j, self.train_q[j]) for n, j in enumerate(idx) if n % self.world == self.rank], len(idx)
 
     # ---- gradient bookkeeping -------------------------------------------------------------------------------
     def _apply_gradients(self) -> float | None:
-        """Average gradients over processes, skip non-finite ones, clip, step. Returns the grad norm or None."""
+        """Sum gradients over processes (each loss is already divided by the step's global question count), skip
+        non-finite ones, clip, step. Returns the grad norm or None."""
         params = [p for p in self.model.trainable_parameters()]
         if self.world > 1:
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-            flat = self.acc.reduce(flat, reduction="mean")
+            flat = self.acc.reduce(flat, reduction="sum")
             offset = 0
             for p in params:
                 n = p.numel()
@@ -290,12 +433,15 @@ class Trainer:
             idx = (order + order)[start:start + g.sft_batch_size]
             mine = [self.train_q[j] for n, j in enumerate(idx) if n % self.world == self.rank]
             t0 = time.perf_counter()
-            loss = supervised_loss(model, mine)
-            loss.backward()
+            # a token mean over the whole batch, whichever process holds which question (one may hold none)
+            total, count = supervised_loss(model, mine, reduction="sum")
+            count = self._reduce_sum(count.detach().float())
+            if mine:
+                (total / count.clamp(min=1)).backward()
+            loss = self._reduce_sum(total.detach()) / count.clamp(min=1)
             if self.world > 1:
                 for p in model.trainable_parameters():
-                    if p.grad is not None:
-                        p.grad = self.acc.reduce(p.grad, reduction="mean")
+                    p.grad = self.acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
             norm = torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), g.grad_clip)
             if torch.isfinite(norm):
                 opt.step()
@@ -314,35 +460,53 @@ class Trainer:
         if self.model.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.model.device)  # the step's own peak (the GPU sizing figure)
         t0 = time.perf_counter()
+        mine, n_step = self._step_questions(self.step)
         groups = []
-        for j, q in self._step_questions(self.step):
-            gen = torch.Generator().manual_seed(self.cfg.runtime.seed * 1_000_003 + self.step * 10_007 + j)
+        for j, q in mine:
+            # seeded by (seed, step, question index): rollouts do not depend on how questions are split
+            gen = sampling.generator_for(self.model.device,
+                                         self.cfg.runtime.seed * 1_000_003 + self.step * 10_007 + j)
             groups.append(rollout(self.model, q, g.group_size, self.reward_fn, gen))
-        # The surrogate's ratio compares the policy with itself: dropout stays off here too, else the ratio
-        # is noise at the first pass (measured on mini: clip fraction 0.73 with dropout on, zero advantages).
-        self.model.eval()
-        norms, stats = [], {}
-        for _ in range(g.inner_passes):
-            for grp in groups:
-                loss, stats = group_loss(self.model, grp)
-                (loss / len(groups)).backward()
-            norm = self._apply_gradients()
-            norms.append(norm)
+        # The surrogate's ratio compares the policy with itself: dropout stays off here too unless
+        # grpo.train_mode_passes (measured on mini: clip fraction 0.73 with dropout on, zero advantages).
+        norms, stats = [], []
+        with passes_mode(self.model, g.train_mode_passes), layer_checkpointing(self.model, g.gradient_checkpointing):
+            for _ in range(g.inner_passes):
+                stats = []
+                for grp in groups:
+                    # each question weighs 1 / (the step's questions over all processes): the gradients are
+                    # summed over processes, so any split of the questions gives one process's gradient
+                    parts = [None] if g.backward == "group" else [[i] for i in range(len(grp.questions))]
+                    for rows in parts:
+                        loss, st = group_loss(self.model, grp, rows)
+                        (loss / n_step).backward()
+                        stats.append(st)
+                norms.append(self._apply_gradients())
         self.scheduler.step()
-        rewards = torch.cat([grp.rewards for grp in groups])
-        budgets = torch.cat([grp.plan.budgets.budgets[grp.plan.retrieved.mask.to(grp.plan.budgets.budgets.device)]
-                             .float().cpu() for grp in groups])
-        record = {
-            "stage": "grpo", "step": self.step, "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "accuracy": float(rewards.mean()), "mean_budget": float(budgets.mean()) if budgets.numel() else 0.0,
-            "soft_tokens": float(np.mean([c["memory"] for grp in groups for c in grp.counts])),
-            "grad_norm": norms[-1], "skipped_total": self.skipped, "lr": self.scheduler.get_last_lr()[0],
-            "seconds": round(time.perf_counter() - t0, 3), "peak_mb": round(peak_memory_mb(self.model.device), 1),
-            "processes": self.world, **stats,
-        }
+        record = {"stage": "grpo", "step": self.step, **self._step_stats(groups),
+                  "grad_norm": norms[-1], "skipped_total": self.skipped, "lr": self.scheduler.get_last_lr()[0],
+                  "seconds": round(time.perf_counter() - t0, 3), "peak_mb": round(peak_memory_mb(self.model.device), 1),
+                  "processes": self.world, "questions": n_step,
+                  **{k: float(np.mean([st[k] for st in stats])) for k in (stats[0] if stats else {})}}
         self.step += 1
         return record
+
+    def _step_stats(self, groups: list[Group]) -> dict:
+        """Reward and budget statistics of the step over all processes' rollouts."""
+        dev = self.model.device
+        rewards = torch.cat([grp.rewards.float() for grp in groups]) if groups else torch.zeros(0)
+        budgets = [grp.plan.budgets.budgets[grp.plan.retrieved.mask.to(grp.plan.budgets.budgets.device)].float().cpu()
+                   for grp in groups]
+        budgets = torch.cat(budgets) if budgets else torch.zeros(0)
+        memory = torch.tensor([float(c["memory"]) for grp in groups for c in grp.counts])
+        zero_adv = torch.tensor(float(sum(bool(grp.rewards.eq(grp.rewards[0]).all()) for grp in groups)))
+        sums = torch.stack([rewards.sum(), (rewards ** 2).sum(), torch.tensor(float(rewards.numel())),
+                            budgets.sum(), torch.tensor(float(budgets.numel())), memory.sum(), zero_adv]).to(dev)
+        r_sum, r_sq, n, b_sum, b_n, m_sum, zero = self._reduce_sum(sums).tolist()
+        mean = r_sum / max(n, 1)
+        std = math.sqrt(max(0.0, (r_sq - n * mean ** 2) / (n - 1))) if n > 1 else 0.0
+        return {"reward_mean": mean, "reward_std": std, "accuracy": mean, "mean_budget": b_sum / max(b_n, 1),
+                "soft_tokens": m_sum / max(n, 1), "zero_advantage_groups": int(zero)}
 
     def train(self, progress: bool = True, reader_warmup: bool = True) -> list[dict]:
         """Stage 0 and 1 (when set and not resumed past them), then GRPO to total_steps with validation.
@@ -400,8 +564,30 @@ class Trainer:
             shutil.rmtree(old)
         return final
 
+    def identity(self) -> dict:
+        """What a run folder's checkpoints belong to: a resume under anything else is refused."""
+        qids = ",".join(sorted(q.qid for q in self.train_q))
+        return {"seed": self.cfg.runtime.seed, "backbone": self.model.backbone.identity,
+                "setting": self.setting or "(not named)",
+                "train_questions": hashlib.sha256(qids.encode()).hexdigest()[:16]}
+
+    def _check_identity(self) -> None:
+        """Refuse to resume (or overwrite) the checkpoints of another seed, backbone, setting or training set."""
+        path = self.dir / RUN_IDENTITY
+        now = self.identity()
+        if path.is_file():
+            was = json.loads(path.read_text())
+            diff = [f"{k}: folder {was.get(k)!r}, this run {v!r}" for k, v in now.items() if was.get(k) != v]
+            if diff:
+                raise RunMismatchError(f"{self.dir} holds the training of another run ({'; '.join(diff)}); give this "
+                                       f"run its own folder (the seed is part of train/<setting>/seed<seed>) or "
+                                       f"delete the folder to start over")
+        elif self.rank == 0:
+            write_json(path, now)
+
     def resume(self) -> bool:
-        """Continue from last/ if present (same weights as an uninterrupted run)."""
+        """Continue from last/ if present (same weights as an uninterrupted run), only if it is this run's."""
+        self._check_identity()
         last = self.dir / "last"
         if not (last / "trainer_state.pt").is_file():
             return False

@@ -4,19 +4,23 @@
     accelerate launch --multi_gpu --num_processes 4 -m elasticmem_core.launch train -p params/paper/qwen2.5-7b-locomo-mc10.yaml
 
 `bank`: every process encodes a disjoint share of the shards of each setting's bank (bank.build).
-`train`: every process takes its share of each step's questions; gradients are averaged (grpo.Trainer).
-Results land in <runtime.output_dir>/<runtime.run_name>/ (banks/<setting>/, train/<setting>/), where
+`train`: every process takes its share of each step's questions; gradients are averaged (grpo.Trainer). The
+`alfworld` setting trains as 06_alfworld does (alfworld.train: expert-step items, the expert-action reward, model
+selection on step accuracy; its folders are named by the game set, e.g. train/alfworld-offline/seed<seed>/).
+Results land in <runtime.output_dir>/<runtime.run_name>/ (banks/<setting>/, train/<setting>/seed<seed>/), where
 notebooks 04, 05 and 07 read them. On CPU (tests), use `torchrun --nproc_per_node 2` instead of `accelerate launch
---cpu`, which starts a single process (DESIGN.md).
+--cpu`, which starts a single process.
 """
 from __future__ import annotations
 
 import argparse
 
-from . import assemble
+from . import alfworld, assemble
 from . import backbone as bb
-from .experiment import resolve, seed_everything, write_yaml
+from .experiment import resolve, seed_everything, train_dir, write_yaml
 from .runner import resolve_params
+
+ALFWORLD = "alfworld"  # the setting trained by alfworld.train (as 06_alfworld), not by the QA path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,15 +43,25 @@ def main(argv: list[str] | None = None) -> None:
         if acc.device.type == "cuda":
             backbone.model.to(acc.device)
             backbone.device = acc.device
-        with acc.main_process_first():  # MemorySuite-mini files are generated once, by process 0
-            dataset = assemble.load_setting(cfg, setting, backbone, run_dir)
+        if setting == ALFWORLD:  # step items, the expert-action reward and step accuracy: 06_alfworld's path
+            if args.job == "train":
+                trainer = alfworld.train(cfg, run_dir, backbone, accelerator=acc)
+                if acc.is_main_process:
+                    print(f"{setting}: {trainer.step} steps on {acc.num_processes} process(es); best validation "
+                          f"step accuracy {trainer.best:.3f}")
+                continue
+            with acc.main_process_first():  # the offline game set is generated once, by process 0
+                dataset = alfworld.load(cfg, run_dir)
+        else:
+            with acc.main_process_first():  # MemorySuite-mini files are generated once, by process 0
+                dataset = assemble.load_setting(cfg, setting, backbone, run_dir)
         bank = assemble.bank_for(cfg, dataset, backbone, run_dir, accelerator=acc)
         if args.job == "train":
             from .grpo import Trainer
 
             model = assemble.model_for(cfg, dataset, backbone, bank)
-            trainer = Trainer(model, dataset.split("train"), dataset.split("val"), run_dir / "train" / setting,
-                              accelerator=acc)
+            trainer = Trainer(model, dataset.split("train"), dataset.split("val"),
+                              train_dir(run_dir, setting, cfg.runtime.seed), accelerator=acc)
             trainer.train()
             if acc.is_main_process:
                 print(f"{setting}: {trainer.step} steps on {acc.num_processes} process(es); best validation "

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from . import projector as projector_mod
+from . import sampling
 from .budget import BudgetDecision, BudgetPolicy
 from .config import Config, from_sections
 from .index import MemoryIndex
-from .injection import ANSWER_CUE, INSTRUCTION, Batch, Row, build_batch
+from .injection import Batch, Row, build_batch, tail_text
 from .retrieval import Retrieved, Retriever, question_ids
 from .rewards import parse_answer
 
@@ -81,7 +82,7 @@ class ElasticMem(nn.Module):
         self._text_ids: dict[int, list[int]] = {}
         self.reasoner = add_lora(backbone.model, cfg.lora)
         self.projector = projector_mod.from_config(cfg.projector, backbone)
-        self.policy = BudgetPolicy(backbone.hidden_size, cfg.budget).to(backbone.device)
+        self.policy = BudgetPolicy(backbone.hidden_size, cfg.budget, cfg.retrieval.top_z).to(backbone.device)
         self.retriever = Retriever(cfg.retrieval, self.tokenizer, bank, MemoryIndex.from_bank(bank, cfg.bank),
                                    semantic_index, embedder)
         self.newline_id = self._single_token("\n")
@@ -95,12 +96,12 @@ class ElasticMem(nn.Module):
 
     # ---- prompt pieces ------------------------------------------------------------------------------------------
     def tail_ids(self, question) -> list[int]:
-        """The part after the memory: instruction + options + answer cue, or the item's own `tail_text()`
-        (an ALFWorld step: history, observation and admissible commands)."""
+        """The part after the memory: instruction + options (+ answer cue), as data.prompt says (injection.tail_text),
+        or the item's own `tail_text()` (an ALFWorld step: history, observation and admissible commands)."""
         if hasattr(question, "tail_text"):
             text = question.tail_text()
         else:
-            text = f"\n{INSTRUCTION}\n{question.options_text()}\n{ANSWER_CUE}"
+            text = tail_text(question.options_text(), len(question.options), self.cfg.data.prompt)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def answer_ids(self, label: str) -> list[int]:
@@ -192,7 +193,7 @@ class ElasticMem(nn.Module):
         eos = self.tokenizer.eos_token_id
         for _ in range(max_new_tokens):
             logp = torch.log_softmax(out.logits[:, -1].float() / (temperature if sample else 1.0), dim=-1)
-            nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1) if sample else logp.argmax(-1)
+            nxt = sampling.categorical(logp.exp(), generator, "answer token") if sample else logp.argmax(-1)
             for i in range(b):
                 if not done[i]:
                     tokens[i].append(int(nxt[i]))
@@ -257,15 +258,20 @@ class ElasticMem(nn.Module):
             raise CheckpointError(f"{path}: checkpoint of backbone {meta['backbone']} (H={meta['hidden_size']}) "
                                   f"cannot load onto {self.backbone.identity} (H={self.backbone.hidden_size})")
         saved = from_sections(str(meta_file), **meta["config"])
-        # settings that shape the weights must agree; top_z, sampling and loss settings need not
+        # settings that shape the weights must agree; top_z (unless budget.arch = authors), sampling and loss
+        # settings need not
         shaping = {"projector": ("projector", ("kind", "hidden")), "lora": ("lora", ("r", "alpha", "target_modules")),
-                   "policy": ("budget", ("policy", "hidden", "heads", "layers", "b_max", "min_budget"))}
+                   "policy": ("budget", ("policy", "arch", "hidden", "heads", "layers", "b_max", "min_budget"))}
         for section, keys in (shaping[part] for part in parts):  # only the parts loaded must agree
             for key in keys:
                 was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)
                 if was != now:
                     raise CheckpointError(f"{path}: checkpoint has {section}.{key} = {was!r}, the current params "
                                           f"{now!r}; use the checkpoint's params")
+        if "policy" in parts and self.policy.top_z is not None and saved.retrieval.top_z != self.policy.top_z:
+            raise CheckpointError(f"{path}: checkpoint's budget policy (budget.arch = authors) has a position table "
+                                  f"for retrieval.top_z = {saved.retrieval.top_z}, the current params "
+                                  f"{self.policy.top_z}; use the checkpoint's top_z")
         if "lora" in parts:
             adapter = path / "lora" / "adapter_model.safetensors"
             set_peft_model_state_dict(self.reasoner, load_file(adapter, device=str(self.device)))

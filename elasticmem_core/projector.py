@@ -4,13 +4,15 @@ Paper: Linear(H, 2560) -> GELU -> Dropout(0.1) -> Linear(2560, H) -> LayerNorm. 
 (H is never hard-coded). `identity` is the ablation that feeds the cache states in unchanged. `residual` (not in
 the paper) starts as the identity and learns a correction: with input-embedding caches (bank.cache_layer = 0) the
 latent memory then starts equal to the text it replaces, a remedy for small backbones where the paper's projector
-trained from scratch stays at chance (DESIGN.md).
+trained from scratch stays at chance (measured on SmolLM2-135M).
 
 Why the LayerNorm gain starts at the embedding scale: a LayerNorm output has unit variance per dimension, while a
 reasoner's input embeddings are typically far smaller (SmolLM2: RMS ~0.07), so soft tokens at unit scale would
 swamp the text around them. The gain is initialised to the RMS of the backbone's embedding matrix instead; the
 bias starts at zero but the output is never exactly zero (an all-zero soft token gives NaN gradients on
-llama-type models, see DESIGN.md), since a LayerNorm of a non-constant input has unit variance before the gain.
+llama-type models), since a LayerNorm of a non-constant input has unit variance before the gain.
+`projector.ln_gain_init: one` keeps torch's default gain of 1 instead, as the authors' code does (the paper files set
+it); the package default stays at the embedding RMS for the reason above.
 """
 from __future__ import annotations
 
@@ -60,5 +62,8 @@ def embedding_rms(model) -> float:
 
 
 def from_config(cfg_projector, backbone) -> Projector:
+    if cfg_projector.ln_gain_init not in ("embedding_rms", "one"):
+        raise ValueError(f"projector.ln_gain_init = {cfg_projector.ln_gain_init!r}; choose embedding_rms or one")
+    gain = embedding_rms(backbone.model) if cfg_projector.ln_gain_init == "embedding_rms" else 1.0
     return Projector(backbone.hidden_size, cfg_projector.hidden, cfg_projector.dropout, cfg_projector.kind,
-                     embedding_rms(backbone.model)).to(backbone.device)
+                     gain).to(backbone.device)

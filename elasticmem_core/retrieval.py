@@ -19,9 +19,11 @@ A memory with fewer than Z chunks yields what exists: the missing slots have row
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from . import sampling
 from .index import MemoryIndex
 
 
@@ -63,33 +65,43 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def last_states(model, seqs: list[list[int]], pad_id: int, device, control: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last-layer state at the last token of each sequence [B, H], and the next-token logits there [B, V].
+def last_states(model, seqs: list[list[int]], pad_id: int, device,
+                control: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Last-layer state at the last token of each sequence [B, H] and the next-token logits there [B, V].
 
-    With `control` [B], the control tokens are appended first (one extra step on the KV cache).
+    With `control` (next-token logits [B, V] -> control tokens [B]), the control tokens it picks are appended on the
+    question's KV cache (one extra position, the question is not run again) and the state returned is the one at
+    the control token; the third value is then the control tokens [B] (else None).
     """
     ids, mask = _left_pad(seqs, pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, use_cache=True,
-                logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=control is None,
+                use_cache=control is not None, logits_to_keep=1)
     if control is None:
-        return out.hidden_states[-1][:, -1], out.logits[:, -1]
+        return out.hidden_states[-1][:, -1], out.logits[:, -1], None
+    tok = control(out.logits[:, -1])
     mask2 = torch.cat([mask, mask.new_ones(len(seqs), 1)], dim=1)
-    out2 = model(input_ids=control[:, None], attention_mask=mask2, position_ids=pos[:, -1:] + 1,
+    out2 = model(input_ids=tok[:, None], attention_mask=mask2, position_ids=pos[:, -1:] + 1,
                  cache=out.cache, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-    return out2.hidden_states[-1][:, -1], out.logits[:, -1]
+    return out2.hidden_states[-1][:, -1], out.logits[:, -1], tok
+
+
+def control_logprobs(logits: torch.Tensor, allowed: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities [..., V] of the control token: a temperature-scaled softmax over ordinary tokens only
+    (-inf elsewhere). Sampling and the GRPO loss both use this one distribution."""
+    logits = logits.float().masked_fill(~allowed, float("-inf"))
+    return torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
 
 
 def sample_control(logits: torch.Tensor, allowed: torch.Tensor, sample: bool, temperature: float,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Control tokens [B] and their log-probabilities [B] under the (temperature-scaled) ordinary-token distribution."""
-    logits = logits.float().masked_fill(~allowed, float("-inf"))
-    logp = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
+    logp = control_logprobs(logits, allowed, temperature)
     if sample:
-        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+        tok = sampling.categorical(logp.exp(), generator, "control token")
     else:
-        tok = logits.argmax(-1)
+        tok = logp.argmax(-1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
@@ -115,6 +127,12 @@ class Retriever:
         self.pad_id = tokenizer.pad_token_id
         self._allowed: torch.Tensor | None = None
 
+    def allowed(self, vocab_size: int, device) -> torch.Tensor:
+        """[V] the ordinary-token mask of the control token (built once per vocabulary size and device)."""
+        if self._allowed is None or self._allowed.shape[0] != vocab_size or self._allowed.device != torch.device(device):
+            self._allowed = ordinary_token_mask(self.tokenizer, vocab_size, device)
+        return self._allowed
+
     @property
     def uses_control_token(self) -> bool:
         return self.cfg.mode == "control_token"
@@ -130,17 +148,20 @@ class Retriever:
         control_logprob = torch.zeros(b)
         with torch.no_grad():
             if mode == "control_token":
-                _, logits = last_states(reasoner, seqs, self.pad_id, device)
-                if self._allowed is None or self._allowed.shape[0] != logits.shape[-1]:
-                    self._allowed = ordinary_token_mask(self.tokenizer, logits.shape[-1], device)
-                tok, control_logprob = sample_control(logits, self._allowed, sample, self.cfg.temperature, generator)
-                query, _ = last_states(reasoner, seqs, self.pad_id, device, control=tok)
-                control_ids, control_logprob = tok.tolist(), control_logprob.cpu()
+                picked = {}
+
+                def control(logits):  # sampled between the question pass and the control-token pass
+                    tok, picked["logprob"] = sample_control(logits, self.allowed(logits.shape[-1], device), sample,
+                                                            self.cfg.temperature, generator)
+                    return tok
+
+                query, _, tok = last_states(reasoner, seqs, self.pad_id, device, control=control)
+                control_ids, control_logprob = tok.tolist(), picked["logprob"].cpu()
             elif mode == "frozen_state":
                 with reasoner.disable_adapter():
-                    query, _ = last_states(reasoner, seqs, self.pad_id, device)
+                    query, _, _ = last_states(reasoner, seqs, self.pad_id, device)
             elif mode == "query_state" or need_query:  # the policy reads the adapted reasoner's question state
-                query, _ = last_states(reasoner, seqs, self.pad_id, device)
+                query, _, _ = last_states(reasoner, seqs, self.pad_id, device)
             else:
                 query = torch.zeros(b, self.bank.hidden_size, device=device)
         rows, scores, masks = [], [], []

@@ -1,13 +1,16 @@
 """Notebook harness: run numbered notebooks headless through papermill with a params file, from any directory.
 
-    elasticmem run notebooks/00_setup.ipynb -p params/mini.yaml [--set grpo.epochs=2] [--run-dir outputs/x]
+    elasticmem run notebooks/00_setup.ipynb -p params/mini.yaml [--set grpo.epochs=2] [--run-dir outputs/x] [--fresh]
     elasticmem reproduce -p params/mini.yaml        # every numbered notebook, in order
     elasticmem check-params                         # validate every params file under params/
     elasticmem sync-params                          # rewrite each notebook's parameters cell from params/smoke.yaml
+    elasticmem verify-bank outputs/<run>/banks/<setting>   # every shard's sha256 against the bank's manifest
 
 The params are validated through the typed config before any kernel starts (papermill itself only warns on an
 unknown parameter). The run folder receives the executed notebooks, `params.yaml` (fully resolved), and
-`run.json` (params file, overrides, seed, versions, git commit, wall time per notebook, status). An executed
+`run.json` (params file, overrides, seed, versions, code version, wall time per notebook, status). Saved results
+whose params match are reused (evaluate.existing; one made by another code version with a loud warning); `--fresh`
+($ELASTICMEM_FRESH=1) recomputes and overwrites them instead. An executed
 notebook is written under a temporary name and renamed when it finished: a failed one is kept as
 `<name>.FAILED.ipynb`, never as a finished notebook, and the command exits non-zero naming the cell.
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SECTIONS, ConfigError, load, read_params
-from .experiment import environment, repo_root, resolve, write_json, write_yaml
+from .experiment import FRESH_ENV, code_version, environment, fresh, repo_root, resolve, write_json, write_yaml
 
 NOTEBOOK_RE = re.compile(r"^\d\d_[\w-]+\.ipynb$")
 OVERLAYS = ("baselines", "ablations", "grids")  # params/<these>/ hold overlays: only the keys they change
@@ -47,8 +50,24 @@ def resolve_params(params, overrides: list[str] | None = None):
 
 
 def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None, overrides: list[str] | None = None,
-                  run_dir: str | Path | None = None, log_output: bool = False) -> Path:
-    """Execute notebooks in order into one run folder; returns the folder. Raises NotebookFailed on a failing cell."""
+                  run_dir: str | Path | None = None, log_output: bool = False, fresh_results: bool = False) -> Path:
+    """Execute notebooks in order into one run folder; returns the folder. Raises NotebookFailed on a failing cell.
+
+    `fresh_results`: recompute saved results instead of reusing them ($ELASTICMEM_FRESH=1 for the kernels)."""
+    if not fresh_results:
+        return _run_notebooks(notebooks, params, overrides, run_dir, log_output)
+    before = os.environ.get(FRESH_ENV)
+    os.environ[FRESH_ENV] = "1"  # inherited by every kernel papermill starts
+    try:
+        return _run_notebooks(notebooks, params, overrides, run_dir, log_output)
+    finally:
+        if before is None:
+            os.environ.pop(FRESH_ENV, None)
+        else:
+            os.environ[FRESH_ENV] = before
+
+
+def _run_notebooks(notebooks, params, overrides, run_dir, log_output) -> Path:
     import papermill as pm
 
     cfg = resolve_params(params, overrides)
@@ -60,6 +79,8 @@ def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None,
         "params_files": [str(p) for p in ([params] if isinstance(params, (str, Path)) else params or [])],
         "overrides": list(overrides or []),
         "seed": cfg.runtime.seed,
+        "code_version": code_version(),
+        "fresh": fresh(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": environment(),
         "notebooks": [],
@@ -162,8 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
         p.add_argument("--run-dir", default=None, help="run folder (default outputs/<runtime.run_name>)")
         p.add_argument("--log-output", action="store_true", help="stream cell output to this terminal")
+        p.add_argument("--fresh", action="store_true",
+                       help=f"recompute and overwrite saved results instead of reusing them (sets {FRESH_ENV}=1 for "
+                            "the kernels); training still resumes from its checkpoints")
     sub.add_parser("check-params", help="validate every params/**/*.yaml")
     sub.add_parser("sync-params", help="rewrite notebook parameters cells from params/smoke.yaml")
+    p = sub.add_parser("verify-bank", help="check every shard of bank folder(s) against the sha256 its build recorded "
+                                           "(a normal load checks sizes only, unless bank.verify is true)")
+    p.add_argument("folders", nargs="+", metavar="BANK_FOLDER", help="e.g. outputs/<run>/banks/<setting>")
     args = parser.parse_args(argv)
     if args.cmd in ("run", "reproduce") and not args.params:
         args.params = ["params/mini.yaml"]
@@ -172,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in ("run", "reproduce"):
             nbs = args.notebooks if args.cmd == "run" else numbered_notebooks()
             print(f"elasticmem: running {len(nbs)} notebook(s) with {' + '.join(args.params)}", flush=True)
-            folder = run_notebooks(nbs, args.params, args.overrides, args.run_dir, args.log_output)
+            folder = run_notebooks(nbs, args.params, args.overrides, args.run_dir, args.log_output, args.fresh)
             print(f"elasticmem: done; run folder {folder}")
         elif args.cmd == "check-params":
             files = sorted(resolve("params").rglob("*.yaml"))
@@ -185,6 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             for nb in numbered_notebooks():
                 if sync_parameters(nb, smoke):
                     print(f"updated {nb.name}")
+        elif args.cmd == "verify-bank":
+            from .bank import BankError, verify
+
+            for folder in args.folders:
+                try:
+                    done = verify(resolve(folder))
+                except BankError as e:
+                    print(f"elasticmem: error: {e}", file=sys.stderr)
+                    return 1
+                print(f"elasticmem: {folder}: {done['shards']} shard(s), {done['bytes'] / 2**20:.1f} MiB, sizes and "
+                      f"sha256 as recorded")
     except (ConfigError, NotebookFailed, FileNotFoundError) as e:
         print(f"elasticmem: error: {e}", file=sys.stderr)
         return 1

@@ -348,3 +348,52 @@ def test_semantic_retrieval_over_skill_cards_plays(ds, cfg):
         assert result.steps == 2 and result.token_parts["memory"] > 0
     finally:
         model.reasoner.unload()
+
+
+def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_path, monkeypatch, capsys):
+    """`python -m elasticmem_core.launch train` on an ALFWorld params file takes 06's path (alfworld.train): GRPO on
+    expert-step items with the expert-action reward, model selection on step accuracy; not the QA path."""
+    from elasticmem_core import launch
+    from elasticmem_core.experiment import train_dir
+
+    calls = {"rollout": [], "validation": 0}
+    step_reward, step_accuracy = alfworld.step_reward, alfworld.step_accuracy
+    validating = []
+
+    def reward_spy(text, item):
+        assert isinstance(item, alfworld.StepItem)      # an expert step, never a multiple-choice question
+        r = step_reward(text, item)
+        if not validating:
+            calls["rollout"].append(r)
+        return r
+
+    def accuracy_spy(model, items, max_new_tokens=None):
+        validating.append(True)
+        try:
+            calls["validation"] += 1
+            return step_accuracy(model, items, max_new_tokens)
+        finally:
+            validating.pop()
+
+    monkeypatch.setattr(alfworld, "step_reward", reward_spy)
+    monkeypatch.setattr(alfworld, "step_accuracy", accuracy_spy)
+    # 12 training games: one skill card (bank_ratio 0.1), 11 GRPO games, one of them validation
+    launch.main(["train", "-p", "params/smoke.yaml", "--set", "runtime.backbone=tiny-random",
+                 "--set", "runtime.device=cpu", "--set", f"runtime.output_dir={tmp_path}",
+                 "--set", "runtime.run_name=launch-alfworld", "--set", "data.settings=[alfworld]",
+                 "--set", "grpo.settings=[]", "--set", f"data.alfworld_games_dir={tmp_path / 'games'}",
+                 "--set", "data.alfworld_n_train=12", "--set", "data.alfworld_bank_ratio=0.1",
+                 "--set", "data.alfworld_max_steps=30", "--set", "grpo.max_steps=2", "--set", "grpo.eval_every=2",
+                 "--set", "data.alfworld_sft_steps=0", "--set", "eval.max_questions=2"])
+    folder = train_dir(tmp_path / "launch-alfworld", "alfworld-offline", 42)
+    records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    grpo_records = [r for r in records if r["stage"] == "grpo"]
+    assert [r["step"] for r in grpo_records] == [0, 1]
+    group = 2                                            # data.alfworld_group_size of the smoke params
+    assert len(calls["rollout"]) == group * len(grpo_records)
+    for r, k in zip(grpo_records, range(0, len(calls["rollout"]), group)):
+        assert r["reward_mean"] == pytest.approx(sum(calls["rollout"][k:k + group]) / group)
+    val = [r for r in records if r["stage"] == "val"]
+    assert val and calls["validation"] == len(val) and all(0 <= r["val_accuracy"] <= 1 for r in val)
+    assert (folder / "best" / "elasticmem.json").is_file()
+    assert "alfworld: 2 steps" in capsys.readouterr().out

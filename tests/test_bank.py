@@ -137,16 +137,46 @@ def test_corrupt_or_missing_shard(tiny_backbone, tmp_path):
     B.build(sample_chunks(1, 7), tiny_backbone, cfg(), tmp_path, progress=False)
     shard = tmp_path / "shard-00001.safetensors"
     data = bytearray(shard.read_bytes())
-    data[-3] ^= 0xFF  # same size, one byte flipped
+    data[-3] ^= 0xFF  # same size, one byte flipped: only the sha256 check, asked for, sees it
     shard.write_bytes(bytes(data))
     with pytest.raises(B.BankError, match="shard-00001.*corrupt"):
-        B.load(tmp_path, tiny_backbone, cfg())
+        B.load(tmp_path, tiny_backbone, cfg(verify=True))
+    with pytest.raises(B.BankError, match="shard-00001.*corrupt"):
+        B.verify(tmp_path)
+    from elasticmem_core import runner
+    assert runner.main(["verify-bank", str(tmp_path)]) == 1
     shard.write_bytes(bytes(data[:-10]))
     with pytest.raises(B.BankError, match="shard-00001.*corrupt"):
-        B.load(tmp_path, tiny_backbone, cfg(verify=False))  # the size check needs no hashing
+        B.load(tmp_path, tiny_backbone, cfg())  # the default load checks sizes, which needs no hashing
     shard.unlink()
     with pytest.raises(B.BankError, match="shard-00001.*missing"):
         B.load(tmp_path, tiny_backbone, cfg())
+
+
+def test_shards_are_hashed_once_per_build_and_verified_on_demand(tiny_backbone, tmp_path, monkeypatch, capsys):
+    """The build hashes each shard once (the manifest's sha256); a default load, a cache-hit build and a load of
+    every later variant read no shard to hash; bank.verify / verify() / `elasticmem verify-bank` check them all."""
+    from elasticmem_core import runner
+
+    hashed = []
+    sha256_file = B.sha256_file
+    monkeypatch.setattr(B, "sha256_file", lambda path, *a: hashed.append(Path(path).name) or sha256_file(path, *a))
+    chunks = sample_chunks(1, 7)
+    bank = B.build(chunks, tiny_backbone, cfg(), tmp_path, progress=False)
+    shards = [s["file"] for s in bank.manifest["shards"]]
+    assert len(shards) == 2 and hashed == shards                      # once per shard, when the manifest is written
+    hashed.clear()
+    assert not B.BankConfig().verify                                  # the package default: sizes only
+    B.load(tmp_path, tiny_backbone, cfg(), chunks)
+    B.build(chunks, tiny_backbone, cfg(), tmp_path, progress=False)   # a cache hit loads
+    assert hashed == []
+    B.load(tmp_path, tiny_backbone, cfg(verify=True))
+    assert hashed == shards
+    assert B.verify(tmp_path) == {"shards": 2, "bytes": bank.disk_bytes()} and hashed == shards * 2
+    assert runner.main(["verify-bank", str(tmp_path)]) == 0 and hashed == shards * 3
+    assert "2 shard(s)" in capsys.readouterr().out
+    with pytest.raises(B.BankError, match="manifest.json is missing"):
+        B.verify(tmp_path / "nothing")
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_backbone, tmp_path, monkeypatch):

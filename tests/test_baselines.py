@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from elasticmem_core import baselines, evaluate
-from elasticmem_core.experiment import resolve
+from elasticmem_core.experiment import resolve, train_dir
 from elasticmem_core.memorysuite.records import Dataset, LoadSummary, Memory, Question
 from tinydata import CHUNKS, COLOURS, tiny_cfg
 
@@ -103,7 +103,7 @@ def test_text_baselines_are_reported_with_the_warmed_up_reader(run):
     bank = baselines.bank_for(c, c, ds["tiny"], backbone, run_dir, progress=False)
     model = baselines.build_model(baselines.variant_config(c, baselines.variant_file("baselines", "text_rag_keys")),
                                   ds["tiny"], backbone, bank)
-    model.save(run_dir / "train" / "tiny" / "reader")
+    model.save(train_dir(run_dir, "tiny", 42) / "reader")
     baselines.release(model)
     results = baselines.run_variant("baselines", "text_rag_keys", c, run_dir, backbone, ds, progress=False)
     assert sorted(r["method"] for r in results) == ["text_rag_keys", "text_rag_keys+reader"]
@@ -121,10 +121,10 @@ def test_trained_variants_start_from_the_warmed_up_reader(tmp_path, tiny_backbon
         for n, p in model.named_parameters():
             if "lora_" in n:
                 p.add_(0.05)
-    model.save(tmp_path / "train" / "tiny" / "reader")
+    model.save(train_dir(tmp_path, "tiny", 42) / "reader")
     baselines.release(model)
     (res,) = baselines.run_variant("ablations", "budget_uniform", c, tmp_path, tiny_backbone, ds, progress=False)
-    assert res["reader"] == baselines.checkpoint_id(tmp_path / "train" / "tiny" / "reader")
+    assert res["reader"] == baselines.checkpoint_id(train_dir(tmp_path, "tiny", 42) / "reader")
     log = tmp_path / "ablations" / "budget_uniform" / "tiny" / "seed42" / "train_log.jsonl"
     stages = {json.loads(line)["stage"] for line in log.read_text().splitlines()}
     assert "reader_warmup" not in stages and "grpo" in stages  # stage 0 reused, not repeated
@@ -138,7 +138,7 @@ def test_a_higher_rank_variant_runs_its_own_stage_0(tmp_path, tiny_backbone):
     ds = dataset()
     model = baselines.build_model(c, ds["tiny"], tiny_backbone, baselines.bank_for(c, c, ds["tiny"], tiny_backbone,
                                                                                  tmp_path, progress=False))
-    model.save(tmp_path / "train" / "tiny" / "reader")
+    model.save(train_dir(tmp_path, "tiny", 42) / "reader")
     baselines.release(model)
     (res,) = baselines.run_variant("baselines", "lora_text_grpo_high_rank", c, tmp_path, tiny_backbone, ds,
                                    progress=False)
@@ -158,16 +158,16 @@ def test_a_variant_keeps_the_start_it_was_trained_from(tmp_path, tiny_backbone):
     assert first[0]["reader"] is None
     model = baselines.build_model(c, ds["tiny"], tiny_backbone,
                                   baselines.bank_for(c, c, ds["tiny"], tiny_backbone, tmp_path, progress=False))
-    model.save(tmp_path / "train" / "tiny" / "reader")
+    model.save(train_dir(tmp_path, "tiny", 42) / "reader")
     baselines.release(model)
     assert baselines.run_variant("baselines", "identity_projector", c, tmp_path, tiny_backbone, ds,
                                  progress=False) == first
     # a folder that started from a reader refuses another one
     folder = tmp_path / "ablations" / "budget_uniform" / "tiny" / "seed42"
-    assert baselines.starting_reader(folder, tmp_path, "tiny") is not None
-    (tmp_path / "train" / "tiny" / "reader" / "policy.pt").write_bytes(b"changed")
+    assert baselines.starting_reader(folder, tmp_path, "tiny", 42) is not None
+    (train_dir(tmp_path, "tiny", 42) / "reader" / "policy.pt").write_bytes(b"changed")
     with pytest.raises(evaluate.ResultsError, match="delete"):
-        baselines.starting_reader(folder, tmp_path, "tiny")
+        baselines.starting_reader(folder, tmp_path, "tiny", 42)
 
 
 def test_checkpoint_evaluation_says_when_it_is_missing(run):
@@ -175,3 +175,67 @@ def test_checkpoint_evaluation_says_when_it_is_missing(run):
     results, notes = baselines.run_checkpoint(cfg(), run_dir, backbone, dataset(), ["val", "test"], progress=False)
     assert [r["method"] for r in results] == ["elasticmem_untrained"] * 2 and "no trained checkpoint" in notes["tiny"]
     assert evaluate.load_results(run_dir, ["elasticmem_untrained"])
+
+
+def test_the_method_s_training_folder_has_the_seed(tmp_path):
+    from types import SimpleNamespace
+
+    from elasticmem_core.model import CHECKPOINT_META
+
+    backbone = SimpleNamespace(identity="tiny")
+    assert train_dir(tmp_path, "tiny", 7) == tmp_path / "train" / "tiny" / "seed7"
+    ckpt, found, meta = baselines.checkpoint_meta(cfg("runtime.seed=7"), tmp_path, "tiny", backbone)
+    assert ckpt == tmp_path / "train" / "tiny" / "seed7" / "best" and not found and meta["seed"] == 7
+    ckpt, _, _ = baselines.checkpoint_meta(cfg("eval.checkpoint=/ckpt/{setting}/s{seed}"), tmp_path, "tiny", backbone)
+    assert str(ckpt) == "/ckpt/tiny/s42"
+    # 03's reader of seed 42 is not the reader of a run with another seed
+    (train_dir(tmp_path, "tiny", 42) / "reader").mkdir(parents=True)
+    (train_dir(tmp_path, "tiny", 42) / "reader" / CHECKPOINT_META).write_text("{}")
+    assert baselines.reader_checkpoint(tmp_path, "tiny", 42) == train_dir(tmp_path, "tiny", 42) / "reader"
+    assert baselines.reader_checkpoint(tmp_path, "tiny", 7) is None
+
+
+def test_full_context_answers_long_prompts_one_at_a_time(tmp_path):
+    """A padded batch of long prompts would build a dense [B, 1, P, P] attention mask (8 GiB at B = 8, P = 32k):
+    prompts above eval.full_context_batch_tokens go through the model alone, with no mask at all (all-ones mask:
+    SDPA runs causal); the answers are those of the batched path."""
+    from elasticmem_core.backbone import load_backbone
+    from elasticmem_core.model import ElasticMem
+    from tinydata import tiny_bank
+
+    bank = tiny_bank(tmp_path / "bank")
+    backbone = load_backbone("tiny-random")  # its own: LoRA goes into it in place
+    model = baselines.FullContext(backbone, bank, cfg("eval.batch_size=8"), {c.chunk_id: c.text for c in CHUNKS})
+    calls = []
+
+    def spy(module, args, kwargs):  # every pass through the first attention layer: rows, query length, its mask
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        calls.append((hidden.shape[0], hidden.shape[1], kwargs.get("attention_mask")))
+
+    try:
+        model.plan(QUESTIONS)
+        lengths = [model.prompt_tokens[q.qid] for q in QUESTIONS]
+        short, long_ = min(lengths), max(lengths)
+        assert short < long_ and lengths.count(long_) == 3       # m1's memory has one chunk more
+        assert max(lengths) <= model.cfg.eval.full_context_batch_tokens
+        reference = ElasticMem.answer(model, QUESTIONS)          # one padded batch of six
+        handle = backbone.model.model.layers[0].self_attn.register_forward_pre_hook(spy, with_kwargs=True)
+        try:
+            same = model.answer(QUESTIONS)                       # all short: the batched path, unchanged
+            assert [(b, n) for b, n, _ in calls if n > 1] == [(6, long_)]
+            assert calls[0][2] is not None and calls[0][2].shape[-2:] == (long_, long_)   # padded: a dense mask
+            calls.clear()
+            model.cfg.eval.full_context_batch_tokens = short     # the m1 prompts are now "long"
+            split = model.answer(QUESTIONS)
+        finally:
+            handle.remove()
+        prefill = [(b, n) for b, n, _ in calls if n > 1]
+        assert prefill == [(3, short)] + [(1, long_)] * 3        # the short ones batched, each long one alone
+        assert all(b == 1 for b, n, _ in calls if n > short)     # no batch of several rows holds a long prompt
+        assert all(mask is None for b, _, mask in calls if b == 1)   # and alone, no attention mask is built
+        for out in (same, split):
+            assert [(o["qid"], o["output"], o["prediction"], o["tokens"]) for o in out] == \
+                [(o["qid"], o["output"], o["prediction"], o["tokens"]) for o in reference]
+            assert all(o["truncated_chunks"] == 0 for o in out)
+    finally:
+        baselines.release(model)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -94,3 +95,41 @@ def test_a_results_file_in_another_split_s_place_is_refused(tmp_path):
     test.write_text(val.read_text())  # a validation result copied where the test result belongs
     with pytest.raises(evaluate.ResultsError, match=r"test-seed42.json: field 'split' is 'val'"):
         evaluate.load_results(tmp_path)
+
+
+def test_a_result_from_another_code_version_is_reused_loudly_and_fresh_recomputes(tmp_path, monkeypatch, capsys):
+    cfg = tiny_cfg()
+    meta = {"method": "fake", "setting": "s", "split": "test", "seed": 42, "backbone": "b"}
+    path = evaluate.result_path(tmp_path, "fake", "s", "test", 42)
+    calls = []
+    answer = lambda batch: calls.append(len(batch)) or fake_answer(batch)  # noqa: E731
+    res = evaluate.evaluate(answer, QS[:3], path, meta, cfg)
+    assert set(res["code_version"]) == {"commit", "dirty"}  # the real one, recorded in every result
+    now = {"commit": "c" * 40, "dirty": False}
+    monkeypatch.setattr(evaluate, "code_version", lambda: now)
+    other = {"commit": "0123abcd" * 5, "dirty": True}
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "code_version": other}))
+    calls.clear()
+    with pytest.warns(evaluate.CodeVersionWarning) as caught:
+        again = evaluate.evaluate(answer, QS[:3], path, meta, cfg)
+    assert calls == [] and again["code_version"] == other  # params equal: reused, not recomputed
+    (w,) = caught
+    msg = str(w.message)
+    assert str(path) in msg and other["commit"] in msg and now["commit"] in msg and "ELASTICMEM_FRESH=1" in msg
+    assert "--fresh" in msg and msg in capsys.readouterr().err  # on stderr too
+    # an older file, with no code version at all, also warns
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "code_version"}))
+    with pytest.warns(evaluate.CodeVersionWarning, match="unrecorded code version"):
+        evaluate.evaluate(answer, QS[:3], path, meta, cfg)
+    assert calls == []
+    # the one documented way to recompute: ELASTICMEM_FRESH=1 recomputes and overwrites
+    monkeypatch.setenv("ELASTICMEM_FRESH", "1")
+    recomputed = evaluate.evaluate(answer, QS[:3], path, meta, cfg)
+    assert calls == [3] and recomputed["code_version"] == now == json.loads(path.read_text())["code_version"]
+    # the same code version again: reused silently
+    monkeypatch.delenv("ELASTICMEM_FRESH")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate.evaluate(answer, QS[:3], path, meta, cfg) == recomputed
+    assert calls == [3]

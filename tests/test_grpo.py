@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from elasticmem_core import grpo
+from elasticmem_core import grpo, sampling
 from elasticmem_core.experiment import resolve, seed_everything
 from tinydata import QUESTIONS, tiny_bank, tiny_model
 
@@ -73,8 +73,12 @@ def test_token_logprobs_equal_the_full_vocabulary_pass(bank):
     assert mask[:, 0].all() and mask.shape[1] == 1 + len(answers[0])
     for i in range(len(qs)):
         col = batch.spans[i]["control"][0] - 1
-        ctrl = torch.log_softmax(logits[i, col] / 1.3, -1)[plan.retrieved.control_ids[i]]
-        assert torch.allclose(logp[i, 0], ctrl, atol=1e-5)
+        # scored under the distribution it was sampled from: ordinary tokens only, at the retrieval temperature
+        allowed = model.retriever.allowed(logits.shape[-1], logits.device)
+        assert not allowed.all()  # special tokens are excluded, so a full-vocabulary softmax would differ
+        ctrl = torch.log_softmax(logits[i, col].masked_fill(~allowed, float("-inf")) / 1.3, -1)
+        assert torch.allclose(logp[i, 0], ctrl[plan.retrieved.control_ids[i]], atol=1e-5)
+        assert torch.allclose(logp[i, 0], plan.retrieved.control_logprob[i], atol=1e-5)  # = its sampling-time value
         for a in range(len(answers[i])):
             want = torch.log_softmax(logits[i, batch.prompt_len - 1 + a] / 0.7, -1)[answers[i][a]]
             assert mask[i, 1 + a] and torch.allclose(logp[i, 1 + a], want, atol=1e-5)
@@ -139,6 +143,19 @@ def test_non_finite_gradients_are_skipped_and_counted(bank, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, model.trainable_parameters()))
 
 
+def test_two_runs_of_the_same_seed_agree_bit_for_bit(bank, tmp_path):
+    """On one machine a run is a function of its seed: stage 0, stage 1 and GRPO give identical weights and logs
+    (across machines CPU kernels differ in the last bits, which training compounds: README, run-to-run spread)."""
+    runs = [_train(bank, tmp_path / name, "grpo.reader_warmup_steps=2", "grpo.sft_steps=1") for name in "ab"]
+    for (n, p), (_, q) in zip(runs[0][0].named_parameters(), runs[1][0].named_parameters()):
+        assert torch.equal(p, q), n
+    logs = [[{k: v for k, v in json.loads(line).items() if k not in ("seconds", "peak_mb")}
+             for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()] for name in "ab"]
+    assert logs[0] == logs[1]
+    other = _train(bank, tmp_path / "c", "runtime.seed=7", "grpo.reader_warmup_steps=2", "grpo.sft_steps=1")[0]
+    assert any(not torch.equal(p, q) for p, q in zip(runs[0][0].parameters(), other.parameters()))
+
+
 def test_resume_reaches_the_same_weights(bank, tmp_path):
     done, _ = _train(bank, tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
@@ -149,18 +166,103 @@ def test_resume_reaches_the_same_weights(bank, tmp_path):
         assert torch.equal(p, q), n
 
 
-def test_two_processes_equal_one(bank, tmp_path):
-    """torchrun with two CPU processes splits each step's questions; parameters match one process."""
+@pytest.mark.parametrize("questions_per_step,n_questions,steps,sft_steps", [
+    ("2", "2", "2", "0"),   # each process one question per step
+    ("1", "2", "2", "1"),   # the authors' one question per step: process 1 gets none (and stage 0 at batch 1)
+    ("2", "3", "2", "0"),   # a ragged last step: 2 questions, then 1
+])
+def test_two_processes_equal_one(bank, tmp_path, questions_per_step, n_questions, steps, sft_steps):
+    """torchrun with two CPU processes splits each step's questions; parameters match one process, even when a
+    process gets no question and when the processes' initial weights differ (broadcast from rank 0)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(resolve("tests"))}
     worker = resolve("tests/grpo_mp_worker.py")
     out = {}
     for n in (1, 2):
         target = tmp_path / f"p{n}.pt"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
-               str(29610 + n), str(worker), str(bank.path), str(tmp_path / f"run{n}"), str(target)]
+               str(29610 + n), str(worker), str(bank.path), str(tmp_path / f"run{n}"), str(target),
+               questions_per_step, n_questions, steps, sft_steps]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[n] = torch.load(target)
     assert out[2]["processes"] == 2 and out[1]["processes"] == 1
     for name, p in out[1]["params"].items():
         assert torch.allclose(p, out[2]["params"][name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
+def test_per_rollout_backward_and_checkpointing_give_the_batched_gradient(bank, tmp_path, loss_type):
+    """grpo.backward=rollout (one backward per rollout) and grpo.gradient_checkpointing give the batched step's
+    gradients at every inner pass: the loss is an exact sum of per-rollout shares, and checkpointing recomputes the
+    same activations. (Gradients, not weights: AdamW turns float noise on a zero-gradient entry into a full step.)"""
+    grads = {}
+    for name, extra in [("group", ()), ("rollout", ("grpo.backward=rollout",)),
+                        ("checkpointing", ("grpo.gradient_checkpointing=true",))]:
+        seed_everything(42)
+        model = tiny_model(bank, *NO_DROPOUT, "grpo.max_steps=2", "grpo.questions_per_step=2", "grpo.lr=1e-3",
+                           "grpo.max_new_tokens=3", f"grpo.loss_type={loss_type}", *extra)
+        trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path / name)
+        seen, apply = [], trainer._apply_gradients
+        trainer._apply_gradients = lambda: seen.append(torch.cat([
+            (p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.trainable_parameters()
+        ]).clone()) or apply()
+        records = [trainer.train_step() for _ in range(2)]
+        assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in records)
+        grads[name] = seen
+    assert len(grads["group"]) == 4   # 2 steps x 2 inner passes
+    for other in ("rollout", "checkpointing"):
+        for a, b in zip(grads["group"], grads[other]):
+            assert (a - b).norm() <= 1e-4 * a.norm(), (other, float((a - b).norm() / a.norm()))
+
+
+def test_group_action_counts_equal_the_loss_mask(bank):
+    """The per-rollout backward's normalisers (counted from the rollouts) are the batched pass's mask counts."""
+    model = tiny_model(bank, *NO_DROPOUT, "grpo.max_new_tokens=3")
+    g = grpo.rollout(model, QUESTIONS[0], 4, grpo.mc_reward, sampling.generator_for(model.device, 0))
+    _, mask = grpo.token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False)
+    assert torch.equal(g.action_counts(), mask.sum(1).cpu())
+
+
+def test_resume_refuses_another_seed_or_setting(bank, tmp_path):
+    _train(bank, tmp_path)
+    for override, field in [("runtime.seed=7", "seed"), (None, "setting")]:
+        model = tiny_model(bank, "grpo.max_steps=4", *([override] if override else []))
+        trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path, setting="another" if field == "setting" else None)
+        with pytest.raises(grpo.RunMismatchError, match=f"{field}: folder .* this run"):
+            trainer.train(progress=False)
+
+
+def test_every_sampling_site_uses_the_model_device_generator(bank, tmp_path, monkeypatch):
+    """Each rollout's generator is made on the model's device, and every draw (control token, budgets, answer
+    tokens) goes through `sampling`, whose device check would stop a CPU generator on CUDA tensors."""
+    made, checked = [], []
+    real_gen, real_check = sampling.generator_for, sampling.check
+    monkeypatch.setattr(sampling, "generator_for", lambda device, seed: made.append(torch.device(device)) or
+                        real_gen(device, seed))
+    monkeypatch.setattr(sampling, "check", lambda gen, device, site: checked.append(
+        (site, gen.device, torch.device(device))) or real_check(gen, device, site))
+    for policy in ("transformer", "random"):
+        model = tiny_model(bank, "grpo.max_steps=1", "grpo.max_new_tokens=2", f"budget.policy={policy}")
+        grpo.Trainer(model, QUESTIONS, [], tmp_path / policy).train_step()
+        assert made and all(d == model.device for d in made)
+    sites = {site for site, _, _ in checked}
+    assert sites == {"control token", "budget", "random budget", "answer token"}, sites
+    assert all(g == d for _, g, d in checked)
+
+
+def test_a_generator_of_another_device_is_refused():
+    with pytest.raises(sampling.SamplingDeviceError, match="control token: generator on cpu cannot sample tensors "
+                                                           "on meta"):
+        sampling.categorical(torch.ones(2, 3, device="meta"), torch.Generator(), "control token")
+    assert sampling.categorical(torch.tensor([[0.0, 1.0]]), sampling.generator_for("cpu", 0), "x").tolist() == [1]
+
+
+def test_no_sampling_outside_the_sampling_module():
+    """Static guard: a new sampling site cannot bypass the device check."""
+    import re
+    from pathlib import Path
+
+    pattern = re.compile(r"torch\.(multinomial|rand|randint|randn|bernoulli|normal)\(|\.multinomial\(")
+    offenders = [f"{p.name}:{i}" for p in Path(resolve("elasticmem_core")).rglob("*.py") if p.name != "sampling.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, offenders

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -27,20 +28,24 @@ GOOD = ("from elasticmem_core import experiment\n"
         "                       projector=projector, lora=lora, grpo=grpo, eval=eval)\n"
         "import os\n"
         "experiment.write_json(run.path('seen.json'), {'seed': run.cfg.runtime.seed, 'epochs': run.cfg.grpo.epochs,\n"
-        "                      'cwd': os.getcwd()})")
+        "                      'cwd': os.getcwd(), 'fresh': os.environ.get('ELASTICMEM_FRESH')})")
 
 
 def test_run_writes_a_complete_run_folder(tmp_path, monkeypatch):
     nb = _notebook(tmp_path / "01_ok.ipynb", GOOD)
     monkeypatch.chdir(tmp_path)  # the launch directory must not matter
-    folder = runner.run_notebooks([nb], resolve("params/smoke.yaml"), ["grpo.epochs=3"], tmp_path / "run")
+    monkeypatch.delenv("ELASTICMEM_FRESH", raising=False)
+    folder = runner.run_notebooks([nb], resolve("params/smoke.yaml"), ["grpo.epochs=3"], tmp_path / "run",
+                                  fresh_results=True)
     seen = json.loads((folder / "seen.json").read_text())
     assert seen["epochs"] == 3 and seen["seed"] == 42
+    assert seen["fresh"] == "1" and "ELASTICMEM_FRESH" not in os.environ  # the kernels saw --fresh; restored after
     assert seen["cwd"] == str(resolve("."))  # kernels start in the repository root
     record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "ok" and record["overrides"] == ["grpo.epochs=3"]
     assert record["notebooks"][0]["status"] == "ok" and record["notebooks"][0]["seconds"] > 0
     assert {"versions", "git_commit", "process_count"} <= set(record["environment"])
+    assert set(record["code_version"]) == {"commit", "dirty"} and record["fresh"] is True
     assert record["environment"]["versions"]["torch"].startswith("2.13.0")
     assert yaml.safe_load((folder / "params.yaml").read_text())["grpo"]["epochs"] == 3
     assert (folder / "notebooks" / "01_ok.ipynb").is_file()
@@ -62,11 +67,29 @@ def test_bad_params_fail_before_any_kernel_starts(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grpo:\n  lr: fast\n")
     nb = _notebook(tmp_path / "03_never.ipynb", GOOD)
-    assert runner.main(["run", str(nb), "-p", str(bad), "--run-dir", str(tmp_path / "run")]) == 1
+    assert runner.main(["run", str(nb), "-p", str(bad), "--run-dir", str(tmp_path / "run"), "--fresh"]) == 1
     assert f"{bad}: grpo.lr: expected a number" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError):
         runner.resolve_params(bad)
+
+
+def test_plain_papermill_refuses_a_misspelled_section_in_the_first_cell(tmp_path):
+    # `papermill notebooks/00_setup.ipynb out.ipynb -f misspelled.yaml`: papermill itself only warns "Passed unknown
+    # parameter: gpro"; experiment.start (the first cell after the parameters) refuses it with the CLI's message
+    import papermill as pm
+
+    sections = read_params(resolve("params/smoke.yaml"))
+    sections["gpro"] = sections.pop("grpo")
+    bad = tmp_path / "misspelled.yaml"
+    bad.write_text(yaml.safe_dump(sections, sort_keys=False))
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(resolve("notebooks/00_setup.ipynb")), str(out), parameters=read_params(bad),
+                            kernel_name="python3", cwd=str(resolve(".")), progress_bar=False)
+    assert e.value.ename == "ConfigError"
+    assert e.value.evalue.startswith("<notebook parameters>: unknown section 'gpro'; sections are: runtime, data")
+    assert runner._describe(e.value, out).startswith("cell 2 (`from elasticmem_core import experiment`)")
 
 
 def test_sync_params_rewrites_a_stale_parameters_cell(tmp_path):

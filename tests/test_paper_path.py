@@ -1,0 +1,88 @@
+"""The paper's path, on CPU: every params/paper file trains 2 GRPO steps and evaluates, in bfloat16, on tiny-random.
+
+Each file's settings are kept (control-token retrieval, last-layer cache, MLP projector, the authors' trainer and
+prompt choices, Z, G, answer lengths); only the backbone (tiny-random), the data (the real-format fixtures in
+tests/fixtures, split by their own split files) and the step counts change. The device check that runs the same
+path on a GPU (tests/benchmarks/gpu_check.py, scripts/gpu_check.sh) runs here on CPU so that it cannot rot.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from elasticmem_core import assemble, config, evaluate, experiment, grpo
+from elasticmem_core import backbone as bb
+from elasticmem_core.memorysuite import splits
+
+FIX = Path(__file__).parent / "fixtures"
+PAPER = sorted(Path(experiment.resolve("params/paper")).glob("*.yaml"))
+QA = [p for p in PAPER if "alfworld" not in p.name]
+# fixture folder (tests/fixtures/<name>) of each real setting; PersonaMem-128K reads the 32K fixture under its names
+FIXTURE = {"personamem-32k": "personamem", "personamem-128k": "personamem", "locomo-mc10": "locomo-mc10",
+           "longmemeval-mc10": "longmemeval-mc10", "alfworld": "alfworld"}
+CPU_SIZED = ["runtime.backbone=tiny-random", "runtime.dtype=bfloat16", "runtime.device=cpu", "grpo.max_steps=2",
+             "grpo.eval_every=1", "eval.max_questions=2", "eval.batch_size=2", "eval.bootstrap=50"]
+
+
+@pytest.fixture()
+def fixture_data(tmp_path, monkeypatch):
+    """A data folder in the published layout, built from tests/fixtures; each setting split by its fixture's file."""
+    root = tmp_path / "data"
+    shutil.copytree(FIX, root)
+    for name in ("questions", "shared_contexts"):
+        src = next((root / "personamem").glob(f"{name}_32k.*"))
+        shutil.copy(src, src.with_name(src.name.replace("32k", "128k")))
+    monkeypatch.setattr(splits, "package_split_file", lambda setting: root / FIXTURE[setting] / "split.json")
+    return root
+
+
+def test_there_is_a_paper_file_per_backbone_and_setting():
+    names = {p.stem for p in PAPER}
+    for size in ("3b", "7b"):
+        for setting in ("personamem-32k", "personamem-128k", "locomo-mc10", "longmemeval-mc10", "alfworld"):
+            assert f"qwen2.5-{size}-{setting}" in names
+
+
+@pytest.mark.parametrize("params", QA, ids=lambda p: p.stem)
+def test_paper_file_trains_and_evaluates_in_bfloat16(params, fixture_data, tmp_path):
+    cfg = config.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}"])
+    assert cfg.retrieval.mode == "control_token" and cfg.bank.cache_layer == -1 and cfg.projector.kind == "mlp"
+    (setting,) = cfg.data.settings
+    experiment.seed_everything(cfg.runtime.seed)
+    backbone = bb.from_config(cfg)
+    assert backbone.dtype == torch.bfloat16
+    run_dir = tmp_path / cfg.runtime.run_name
+    dataset = assemble.load_setting(cfg, setting, backbone, run_dir)
+    bank = assemble.bank_for(cfg, dataset, backbone, run_dir, progress=False)
+    model = assemble.model_for(cfg, dataset, backbone, bank)
+    trainer = grpo.Trainer(model, dataset.split("train"), dataset.split("val"), run_dir / "train", setting=setting)
+    trainer.train(progress=False)
+    assert trainer.step == 2 and trainer.skipped == 0
+    steps = _grpo_records(trainer.log_path)
+    assert len(steps) == 2 and all(math.isfinite(r["lm_loss"]) for r in steps)
+    test = dataset.split("test")[:2]
+    summary = evaluate.evaluate(model.answer, test, run_dir / "test.json", {"method": "elasticmem", "setting": setting,
+                                "split": "test", "seed": cfg.runtime.seed, "backbone": backbone.identity}, cfg,
+                                progress=False)
+    assert len(summary["records"]) == len(test) > 0 and "accuracy" in summary["summary"]
+
+
+def _grpo_records(path):
+    import json
+
+    return [r for r in map(json.loads, Path(path).read_text().splitlines()) if r["stage"] == "grpo"]
+
+
+def test_device_check_runs_on_cpu():
+    """scripts/gpu_check.sh's script, on CPU with tiny-random: the same code as the GPU run."""
+    sys.path.insert(0, str(experiment.resolve("tests/benchmarks")))
+    import gpu_check
+
+    summary = gpu_check.main(["--device", "cpu", "--backbone", "tiny-random", "--steps", "2",
+                              "--params", str(experiment.resolve("params/smoke.yaml"))])
+    assert summary["skipped"] == 0 and summary["steps"] == 2 and summary["left_padding_rel_diff"] < 0.05
