@@ -624,7 +624,9 @@ def training_config(cfg):
     The QA stage-0 reader warm-up is not run here (grpo.reader_warmup_steps = 0): skill cards as text would cost
     ~1,200 tokens per item, and stage 1 (grpo.sft_steps, on the expert actions) already teaches the action format."""
     d, g = cfg.data, cfg.grpo
-    grpo = replace(g, group_size=d.alfworld_group_size or g.group_size, reader_warmup_steps=0,
+    # the task term of a step is the expert-action reward
+    terms = {("alfworld_step" if k == "task" else k): v for k, v in g.reward_terms.items()}
+    grpo = replace(g, group_size=d.alfworld_group_size or g.group_size, reader_warmup_steps=0, reward_terms=terms,
                    max_new_tokens=d.alfworld_max_new_tokens or g.max_new_tokens, epochs=d.alfworld_epochs or g.epochs,
                    max_steps=d.alfworld_max_train_steps or g.max_steps,
                    sft_steps=g.sft_steps if d.alfworld_sft_steps < 0 else d.alfworld_sft_steps)
@@ -659,7 +661,7 @@ def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool =
                          "games)")
     model = assemble.model_for(acfg, dataset, backbone, bank)
     trainer = Trainer(model, train_items, val_items, train_dir(run_dir, dataset.setting, acfg.runtime.seed),
-                      reward_fn=step_reward, accelerator=accelerator,
+                      accelerator=accelerator,
                       evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
     trainer.train(progress=progress)
     return trainer

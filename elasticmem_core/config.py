@@ -176,6 +176,16 @@ class GRPOConfig:
     adv_clip: float = _f(5.0, "advantages clamped to [-adv_clip, adv_clip]")
     loss_type: str = _f("token_mean", "token_mean (pool the group's tokens; package default) | sequence_mean "
                                       "(mean per rollout, then over G: the authors')")
+    reward_terms: dict[str, float] = _f({"task": 1.0}, "weighted reward terms by name (rewards.REWARD_TERMS): task "
+                                        "(answer correct, the paper's only term), alfworld_step (expert action; "
+                                        "ALFWorld uses it in place of task), token_price (-memory tokens / (Z x "
+                                        "B_max): its weight lambda is the reward given up for a full memory; beyond "
+                                        "the paper)")
+    advantage_norm: str = _f("std", "std ((r - mean) / std within a group: the paper) | mean (r - mean only: a "
+                                    "token price keeps its scale when every task reward of a group ties)")
+    policy_only: bool = _f(False, "GRPO trains the budget policy alone: reasoner and projector frozen, rollouts and "
+                                  "the policy's surrogate only, no backward through the LM (a fixed checkpoint's "
+                                  "allocation at a token price; beyond the paper)")
     train_mode_passes: bool = _f(False, "run rollouts and GRPO loss passes in train mode (dropout on), as the "
                                         "authors; off: the surrogate's ratio compares the policy with itself")
     backward: str = _f("group", "group (one forward/backward over all G rollouts) | rollout (one per rollout, the "
@@ -405,6 +415,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
         "grpo.backward": (cfg.grpo.backward, {"group", "rollout"}),
+        "grpo.advantage_norm": (cfg.grpo.advantage_norm, {"std", "mean"}),
         "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
         "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",
                                           "lora_text_grpo"}),
@@ -412,6 +423,15 @@ def validate(cfg: Config, source: str = "<params>") -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{source}: {key} = {value!r}; choose one of {', '.join(sorted(allowed))}")
+    from .rewards import check_reward_terms
+
+    try:
+        check_reward_terms(cfg.grpo.reward_terms)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    if cfg.grpo.policy_only and cfg.budget.policy not in ("transformer", "mlp"):
+        raise ConfigError(f"{source}: grpo.policy_only = true needs a trainable budget policy, but budget.policy = "
+                          f"{cfg.budget.policy!r} has no parameters (use transformer or mlp)")
     if cfg.budget.min_budget not in (0, 1):
         raise ConfigError(f"{source}: budget.min_budget must be 0 or 1, got {cfg.budget.min_budget}")
     if cfg.budget.b_max > cfg.bank.n_c:

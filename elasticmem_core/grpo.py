@@ -34,7 +34,6 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -42,9 +41,8 @@ import torch
 from . import sampling
 from .experiment import peak_memory_mb, write_json
 from .retrieval import control_logprobs
-from .rewards import choice_reward
+from .rewards import Rollout, WeightedReward, choice_reward
 
-RewardFn = Callable[[str, object], float]
 RUN_IDENTITY = "run_identity.json"
 
 
@@ -52,15 +50,19 @@ class RunMismatchError(RuntimeError):
     """A training folder holds another run's checkpoints; the message names both."""
 
 
-def mc_reward(text: str, question) -> float:
-    return choice_reward(text, question.gold, len(question.options))
-
-
 # ---- the loss, as pure functions ------------------------------------------------------------------------------
-def group_advantages(rewards: torch.Tensor, clip: float, eps: float = 1e-4) -> torch.Tensor:
-    """(r - mean) / (std + eps) within one question's group [G], clamped to [-clip, clip]."""
+def group_advantages(rewards: torch.Tensor, clip: float, eps: float = 1e-4, norm: str = "std") -> torch.Tensor:
+    """(r - mean) / (std + eps) within one question's group [G] (norm="mean": r - mean), clamped to [-clip, clip].
+
+    With "std", a group whose task rewards all tie keeps only the token price's differences, scaled up to unit
+    variance: however small lambda is, the cheapest rollouts then get advantage ~+1 (the collapse to the cheapest
+    budget that unnormalised costs are known for). "mean" keeps the price on the task reward's scale.
+    """
+    centred = rewards - rewards.mean()
+    if norm == "mean":
+        return centred.clamp(-clip, clip)
     std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
-    return ((rewards - rewards.mean()) / (std + eps)).clamp(-clip, clip)
+    return (centred / (std + eps)).clamp(-clip, clip)
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -147,6 +149,7 @@ class Group:
     rewards: torch.Tensor     # [G]
     advantages: torch.Tensor  # [G]
     counts: list[dict]
+    reward_parts: list[dict] = dataclasses.field(default_factory=list)  # per rollout: each reward term's value
     old_logp: torch.Tensor | None = None         # [G, 1 + A], set by the first inner pass (or `score_old`)
     old_policy_logp: torch.Tensor | None = None  # [G, Z]
 
@@ -207,8 +210,9 @@ def layer_checkpointing(model, on: bool):
         base.gradient_checkpointing_disable()
 
 
-def rollout(model, question, group_size: int, reward_fn: RewardFn, generator: torch.Generator) -> Group:
-    """Sample G rollouts of one question as one padded batch and score them."""
+def rollout(model, question, group_size: int, reward_fn, generator: torch.Generator) -> Group:
+    """Sample G rollouts of one question as one padded batch and score them with `reward_fn` (a
+    rewards.WeightedReward: weighted terms of the whole rollout)."""
     cfg = model.cfg.grpo
     qs = [question] * group_size
     # rollouts without dropout unless grpo.train_mode_passes (the authors sample in train mode)
@@ -217,8 +221,13 @@ def rollout(model, question, group_size: int, reward_fn: RewardFn, generator: to
         batch = model.build(qs, plan)
         gen = model.generate(batch, cfg.max_new_tokens, sample=True, temperature=cfg.temperature,
                              generator=generator)
-        rewards = torch.tensor([reward_fn(t, question) for t in gen.texts])
-    return Group(qs, plan, gen.tokens, gen.texts, rewards, group_advantages(rewards, cfg.adv_clip), batch.counts)
+        rows, budgets = plan.retrieved.rows.tolist(), plan.budgets.budgets.tolist()
+        parts = [reward_fn.parts(Rollout(question, t, rows[i], budgets[i], batch.counts[i],
+                                         model.cfg.retrieval.top_z, model.cfg.budget.b_max))
+                 for i, t in enumerate(gen.texts)]
+        rewards = torch.tensor([reward_fn.total(p) for p in parts])
+    return Group(qs, plan, gen.tokens, gen.texts, rewards,
+                 group_advantages(rewards, cfg.adv_clip, norm=cfg.advantage_norm), batch.counts, parts)
 
 
 def score_old(model, g: Group) -> None:
@@ -228,12 +237,13 @@ def score_old(model, g: Group) -> None:
         g.old_policy_logp = model.policy_logprob(g.plan)[0].detach()
 
 
-def group_loss(model, g: Group, rows: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+def group_loss(model, g: Group, rows: list[int] | None = None, lm: bool = True) -> tuple[torch.Tensor, dict]:
     """The GRPO loss of one group (see the module docstring) and its diagnostics.
 
     With `rows`, only those rollouts go through the reasoner and the loss returned is their exact share of the
     group's loss (the group's normalisers are computed from its action counts): summing the shares of a partition
     of the rollouts, each backpropagated on its own, gives the group's gradient (grpo.backward = rollout).
+    `lm=False` (grpo.policy_only): the budget policy's terms only; the reasoner is not run at all.
     """
     cfg = model.cfg
     whole = rows is None
@@ -242,14 +252,16 @@ def group_loss(model, g: Group, rows: list[int] | None = None) -> tuple[torch.Te
     plan = g.plan if whole else select_rows(g.plan, rows)
     adv = sub(g.advantages).to(model.device)
     weights = None if whole else sub(row_weights(g.action_counts(), cfg.grpo.loss_type)).to(model.device)
-    logp, mask = token_logprobs(model, [g.questions[i] for i in rows], plan, [g.answers[i] for i in rows],
-                                with_grad=True)
-    if g.old_logp is None and whole:  # first inner pass: the weights are still the rollouts' (module docstring)
-        g.old_logp = logp.detach()
-    old = g.old_logp if whole else _old_rows(g, rows, logp)
-    lm_loss, lm_clip = clipped_surrogate(logp, old, adv, mask, cfg.grpo.clip_eps, cfg.grpo.loss_type, weights)
-    loss = lm_loss
-    stats = {"lm_loss": lm_loss.item(), "clip_frac": lm_clip.item()}
+    loss, stats = torch.zeros((), device=model.device), {}
+    if lm:
+        logp, mask = token_logprobs(model, [g.questions[i] for i in rows], plan, [g.answers[i] for i in rows],
+                                    with_grad=True)
+        if g.old_logp is None and whole:  # first inner pass: the weights are still the rollouts' (module docstring)
+            g.old_logp = logp.detach()
+        old = g.old_logp if whole else _old_rows(g, rows, logp)
+        lm_loss, lm_clip = clipped_surrogate(logp, old, adv, mask, cfg.grpo.clip_eps, cfg.grpo.loss_type, weights)
+        loss = lm_loss
+        stats = {"lm_loss": lm_loss.item(), "clip_frac": lm_clip.item()}
     if model.policy.trainable and model.memory == "latent":
         plogp, entropy = model.policy_logprob(plan)
         if g.old_policy_logp is None and whole:
@@ -263,7 +275,7 @@ def group_loss(model, g: Group, rows: list[int] | None = None) -> tuple[torch.Te
         ent = (entropy * pmask).sum() / (pmask.sum() if whole else g.plan.retrieved.mask.sum()).clamp(min=1)
         loss = loss + p_loss - cfg.budget.entropy_coef * ent
         stats.update(policy_loss=p_loss.item(), policy_clip_frac=p_clip.item(), policy_entropy=ent.item())
-    if cfg.grpo.kl_beta > 0:
+    if cfg.grpo.kl_beta > 0 and lm:
         ref, _ = token_logprobs(model, [g.questions[i] for i in rows], plan, [g.answers[i] for i in rows],
                                 with_grad=False, reference=True)
         diff = ref - logp
@@ -318,7 +330,7 @@ def supervised_loss(model, questions, reduction: str = "mean"):
 class Trainer:
     """Runs stage 0, stage 1 and GRPO with validation-based model selection, checkpoints and resume."""
 
-    def __init__(self, model, train_questions, val_questions, run_dir: str | Path, reward_fn: RewardFn = mc_reward,
+    def __init__(self, model, train_questions, val_questions, run_dir: str | Path, reward_fn: WeightedReward | None = None,
                  accelerator=None, evaluate_fn=None, setting: str | None = None):
         self.model, self.cfg = model, model.cfg
         self.train_q, self.val_q = list(train_questions), list(val_questions)
@@ -326,7 +338,14 @@ class Trainer:
             raise ValueError("no training questions")
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.reward_fn = reward_fn
+        self.reward_fn = reward_fn or WeightedReward(self.cfg.grpo.reward_terms)
+        if self.cfg.grpo.policy_only:  # only the budget policy learns: freeze the rest before the optimizer sees it
+            if not (model.policy.trainable and model.memory == "latent"):
+                raise ValueError("grpo.policy_only needs latent memory and a trainable budget policy")
+            policy = {id(p) for p in model.policy.parameters()}
+            for p in model.parameters():
+                if id(p) not in policy:
+                    p.requires_grad_(False)
         self.acc = accelerator
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         self.evaluate_fn = evaluate_fn or (lambda qs: validation_accuracy(model, qs))
@@ -476,14 +495,16 @@ class Trainer:
                 for grp in groups:
                     # each question weighs 1 / (the step's questions over all processes): the gradients are
                     # summed over processes, so any split of the questions gives one process's gradient
-                    parts = [None] if g.backward == "group" else [[i] for i in range(len(grp.questions))]
+                    per_rollout = g.backward == "rollout" and not g.policy_only
+                    parts = [[i] for i in range(len(grp.questions))] if per_rollout else [None]
                     for rows in parts:
-                        loss, st = group_loss(self.model, grp, rows)
+                        loss, st = group_loss(self.model, grp, rows, lm=not g.policy_only)
                         (loss / n_step).backward()
                         stats.append(st)
                 norms.append(self._apply_gradients())
         self.scheduler.step()
-        record = {"stage": "grpo", "step": self.step, **self._step_stats(groups),
+        record = {"stage": "grpo", "phase": "policy_only" if g.policy_only else "joint", "step": self.step,
+                  **self._step_stats(groups),
                   "grad_norm": norms[-1], "skipped_total": self.skipped, "lr": self.scheduler.get_last_lr()[0],
                   "seconds": round(time.perf_counter() - t0, 3), "peak_mb": round(peak_memory_mb(self.model.device), 1),
                   "processes": self.world, "questions": n_step,
@@ -492,21 +513,41 @@ class Trainer:
         return record
 
     def _step_stats(self, groups: list[Group]) -> dict:
-        """Reward and budget statistics of the step over all processes' rollouts."""
-        dev = self.model.device
-        rewards = torch.cat([grp.rewards.float() for grp in groups]) if groups else torch.zeros(0)
-        budgets = [grp.plan.budgets.budgets[grp.plan.retrieved.mask.to(grp.plan.budgets.budgets.device)].float().cpu()
-                   for grp in groups]
-        budgets = torch.cat(budgets) if budgets else torch.zeros(0)
-        memory = torch.tensor([float(c["memory"]) for grp in groups for c in grp.counts])
-        zero_adv = torch.tensor(float(sum(bool(grp.rewards.eq(grp.rewards[0]).all()) for grp in groups)))
-        sums = torch.stack([rewards.sum(), (rewards ** 2).sum(), torch.tensor(float(rewards.numel())),
-                            budgets.sum(), torch.tensor(float(budgets.numel())), memory.sum(), zero_adv]).to(dev)
-        r_sum, r_sq, n, b_sum, b_n, m_sum, zero = self._reduce_sum(sums).tolist()
+        """Reward, accuracy (the task term), each reward term and the budgets of the step over all processes'
+        rollouts; budgets also split into the question's evidence chunks and the others where the data knows them."""
+        terms = list(self.reward_fn.terms)
+        chunk_ids = self.model.bank.chunk_ids
+        rewards, parts, budgets, evidence, other, memory, zero = [], [], [], [], [], [], 0.0
+        for grp in groups:
+            rewards += grp.rewards.float().tolist()
+            parts += [[p[t] for t in terms] for p in grp.reward_parts]
+            memory += [float(c["memory"]) for c in grp.counts]
+            zero += float(bool(grp.rewards.eq(grp.rewards[0]).all()))
+            gold = set(grp.questions[0].evidence) if getattr(grp.questions[0], "evidence", None) else None
+            for rs, bs in zip(grp.plan.retrieved.rows.tolist(), grp.plan.budgets.budgets.tolist()):
+                for r, b in zip(rs, bs):
+                    if r >= 0:
+                        budgets.append(b)
+                        if gold is not None:
+                            (evidence if chunk_ids[r] in gold else other).append(b)
+        t = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
+        r = t(rewards)
+        part_sums = t(parts).sum(0) if parts else torch.zeros(len(terms), dtype=torch.float64)
+        sums = torch.cat([torch.stack([r.sum(), (r ** 2).sum(), t([len(rewards)])[0], t(budgets).sum(),
+                                       t([len(budgets)])[0], t(memory).sum(), t([zero])[0], t(evidence).sum(),
+                                       t([len(evidence)])[0], t(other).sum(), t([len(other)])[0]]), part_sums])
+        total = self._reduce_sum(sums.to(self.model.device)).tolist()
+        r_sum, r_sq, n, b_sum, b_n, m_sum, zero, e_sum, e_n, o_sum, o_n = total[:11]
         mean = r_sum / max(n, 1)
         std = math.sqrt(max(0.0, (r_sq - n * mean ** 2) / (n - 1))) if n > 1 else 0.0
-        return {"reward_mean": mean, "reward_std": std, "accuracy": mean, "mean_budget": b_sum / max(b_n, 1),
-                "soft_tokens": m_sum / max(n, 1), "zero_advantage_groups": int(zero)}
+        by_term = {f"reward_{name}": v / max(n, 1) for name, v in zip(terms, total[11:])}
+        task = next((by_term[f"reward_{k}"] for k in ("task", "alfworld_step") if k in terms), mean)
+        out = {"reward_mean": mean, "reward_std": std, "accuracy": task, **by_term,
+               "mean_budget": b_sum / max(b_n, 1), "soft_tokens": m_sum / max(n, 1),
+               "zero_advantage_groups": int(zero)}
+        if e_n:
+            out.update(evidence_budget=e_sum / e_n, other_budget=o_sum / max(o_n, 1))
+        return out
 
     def train(self, progress: bool = True, reader_warmup: bool = True) -> list[dict]:
         """Stage 0 and 1 (when set and not resumed past them), then GRPO to total_steps with validation.

@@ -15,6 +15,7 @@ from elasticmem_core import alfworld, alfworld_games, evaluate, grpo  # noqa: E4
 from elasticmem_core import bank as bank_mod  # noqa: E402
 from elasticmem_core.backbone import load_backbone  # noqa: E402
 from elasticmem_core.config import Config, ConfigError  # noqa: E402
+from elasticmem_core.rewards import WeightedReward  # noqa: E402
 from elasticmem_core.experiment import seed_everything  # noqa: E402
 from elasticmem_core.memorysuite import loaders  # noqa: E402
 from elasticmem_core.model import ElasticMem  # noqa: E402
@@ -296,7 +297,7 @@ def test_generate_with_a_prefix_matches_the_whole_prompt_and_keeps_the_prefix(mo
 
 def test_grpo_on_alfworld_step_items_runs(model, ds, tmp_path):
     items = alfworld.step_items(ds, "train")
-    trainer = grpo.Trainer(model, items[2:], items[:2], tmp_path, reward_fn=alfworld.step_reward,
+    trainer = grpo.Trainer(model, items[2:], items[:2], tmp_path, reward_fn=WeightedReward({"alfworld_step": 1.0}),
                            evaluate_fn=lambda qs: alfworld.step_accuracy(model, qs))
     trainer.train(progress=False)
     records = [json.loads(line) for line in trainer.log_path.read_text().splitlines()]

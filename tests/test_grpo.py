@@ -12,6 +12,7 @@ import torch
 
 from elasticmem_core import grpo, sampling
 from elasticmem_core.experiment import resolve, seed_everything
+from elasticmem_core.rewards import WeightedReward
 from tinydata import QUESTIONS, tiny_bank, tiny_model
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
@@ -218,7 +219,7 @@ def test_per_rollout_backward_and_checkpointing_give_the_batched_gradient(bank, 
 def test_group_action_counts_equal_the_loss_mask(bank):
     """The per-rollout backward's normalisers (counted from the rollouts) are the batched pass's mask counts."""
     model = tiny_model(bank, *NO_DROPOUT, "grpo.max_new_tokens=3")
-    g = grpo.rollout(model, QUESTIONS[0], 4, grpo.mc_reward, sampling.generator_for(model.device, 0))
+    g = grpo.rollout(model, QUESTIONS[0], 4, WeightedReward({"task": 1.0}), sampling.generator_for(model.device, 0))
     _, mask = grpo.token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False)
     assert torch.equal(g.action_counts(), mask.sum(1).cpu())
 
@@ -266,3 +267,33 @@ def test_no_sampling_outside_the_sampling_module():
     offenders = [f"{p.name}:{i}" for p in Path(resolve("elasticmem_core")).rglob("*.py") if p.name != "sampling.py"
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, offenders
+
+
+def test_policy_only_trains_the_budget_policy_alone_without_the_reasoner_in_the_loss(bank, tmp_path, monkeypatch):
+    seed_everything(0)
+    model = tiny_model(bank, *NO_DROPOUT, "grpo.policy_only=true", "grpo.policy_lr=1e-2", "grpo.max_steps=2",
+                       "grpo.questions_per_step=2", "grpo.max_new_tokens=2",
+                       "grpo.reward_terms={task: 1.0, token_price: 0.5}")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path)
+    calls = []
+    real = grpo.token_logprobs
+    monkeypatch.setattr(grpo, "token_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    records = [trainer.train_step() for _ in range(2)]
+    assert not calls                                  # no teacher-forced pass through the reasoner
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("policy.") for n in changed)
+    assert {id(p) for p in trainer.optimizer.param_groups[0]["params"]} == {id(p) for p in model.policy.parameters()}
+    r = records[-1]
+    assert r["phase"] == "policy_only" and "policy_entropy" in r and "lm_loss" not in r
+    assert r["reward_token_price"] <= 0 and r["accuracy"] == r["reward_task"]
+    assert abs(r["reward_mean"] - (r["reward_task"] + 0.5 * r["reward_token_price"])) < 1e-9
+    assert r["evidence_budget"] >= 0 and r["other_budget"] >= 0  # the tiny questions name their evidence chunk
+
+
+def test_advantages_mean_norm_keeps_the_price_scale():
+    r = torch.tensor([1.0 - 0.01, 1.0 - 0.02, 1.0 - 0.03, 1.0 - 0.04])   # task ties; only the price differs
+    std = grpo.group_advantages(r, clip=5.0)
+    mean = grpo.group_advantages(r, clip=5.0, norm="mean")
+    assert std[0] > 1.0                                   # amplified to unit variance: the collapse risk
+    assert torch.allclose(mean, r - r.mean()) and mean.abs().max() < 0.02

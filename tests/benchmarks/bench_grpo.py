@@ -1,4 +1,5 @@
-"""Benchmark (a script, not collected by pytest): seconds per GRPO step, grouped vs naive rollouts, and peak memory.
+"""Benchmark (a script, not collected by pytest): seconds per GRPO step, grouped vs naive rollouts vs the policy-only
+phase (questions per minute), and peak memory.
 
     .venv/bin/python tests/benchmarks/bench_grpo.py [--params params/mini.yaml] [--steps 3] [--group-size 4]
 
@@ -7,7 +8,9 @@ Same questions, seed and model, in one run:
   batch (plan, generation, old log-probs and each inner pass's loss);
 - naive (the authors' way): the same step with each of the G rollouts run separately (batch 1) for sampling, old
   log-probs and the loss passes; advantages still normalised over the G.
-Steps alternate between the two modes (this shared CPU's speed drifts); the median seconds per step give the ratio.
+- policy_only (grpo.policy_only): the same rollouts, then only the budget policy's surrogate (no reasoner pass in
+  the loss, no backward through the LM); target: at least 3x the joint (grouped) step's questions per minute.
+Steps alternate between the modes (this shared CPU's speed drifts); the median seconds per step give the ratio.
 Peak memory: RSS sampled every 20 ms during each step, minus the RSS just before it (ru_maxrss cannot be used:
 setup - backbone conversion, bank build - already sets the process maximum).
 """
@@ -21,7 +24,7 @@ import time
 
 import torch
 
-from elasticmem_core import assemble, config, experiment, grpo
+from elasticmem_core import assemble, config, experiment, grpo, sampling
 from elasticmem_core import backbone as bb
 
 
@@ -30,9 +33,9 @@ def rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
-def setup(params: str, group_size: int, folder: str):
+def setup(params: str, group_size: int, folder: str, policy_only: bool = False):
     cfg = config.load(params, [f"grpo.group_size={group_size}", "grpo.questions_per_step=1",
-                               "data.settings=[mini-personamem]"])
+                               "data.settings=[mini-personamem]", f"grpo.policy_only={str(policy_only).lower()}"])
     experiment.seed_everything(cfg.runtime.seed)
     backbone = bb.from_config(cfg)
     dataset = assemble.load_setting(cfg, "mini-personamem", backbone, folder)
@@ -44,8 +47,8 @@ def setup(params: str, group_size: int, folder: str):
 def naive_step(trainer: grpo.Trainer) -> None:
     """train_step with every rollout of the group run on its own."""
     model, g = trainer.model, trainer.cfg.grpo
-    (j, q), = trainer._step_questions(trainer.step)
-    gen = torch.Generator().manual_seed(trainer.cfg.runtime.seed * 1_000_003 + trainer.step * 10_007 + j)
+    (j, q), = trainer._step_questions(trainer.step)[0]
+    gen = sampling.generator_for(model.device, trainer.cfg.runtime.seed * 1_000_003 + trainer.step * 10_007 + j)
     singles = [grpo.rollout(model, q, 1, trainer.reward_fn, gen) for _ in range(g.group_size)]
     advantages = grpo.group_advantages(torch.cat([s.rewards for s in singles]), g.adv_clip)
     for s, a in zip(singles, advantages):
@@ -82,7 +85,7 @@ def measure(fn) -> tuple[float, float, object]:
 
 def timed(trainer, mode: str) -> tuple[float, float]:
     """Seconds of one step and its peak RSS above the RSS before it (MB)."""
-    seconds, peak, _ = measure(trainer.train_step if mode == "grouped" else lambda: naive_step(trainer))
+    seconds, peak, _ = measure(lambda: naive_step(trainer) if mode == "naive" else trainer.train_step())
     return seconds, peak
 
 
@@ -92,21 +95,28 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--group-size", type=int, default=4)
     args = ap.parse_args()
-    trainer = setup(args.params, args.group_size, tempfile.mkdtemp(prefix="bench_grpo_"))
+    folder = tempfile.mkdtemp(prefix="bench_grpo_")
+    trainer = setup(args.params, args.group_size, folder)
+    # the policy-only phase (grpo.policy_only): its own model, whose reasoner and projector the trainer freezes
+    trainers = {"grouped": trainer, "naive": trainer, "policy_only": setup(args.params, args.group_size, folder, True)}
     timed(trainer, "grouped")  # warm-up (allocator, kernels)
-    times, peaks = {"grouped": [], "naive": []}, {"grouped": [], "naive": []}
+    timed(trainers["policy_only"], "policy_only")
+    modes = ("grouped", "naive", "policy_only")
+    times, peaks = {m: [] for m in modes}, {m: [] for m in modes}
     for _ in range(args.steps):
-        for mode in ("grouped", "naive"):
-            seconds, peak = timed(trainer, mode)
+        for mode in modes:
+            seconds, peak = timed(trainers[mode], mode)
             times[mode].append(seconds)
             peaks[mode].append(peak)
     med = {m: statistics.median(t) for m, t in times.items()}
     print(f"backbone {trainer.model.backbone.name}, G={args.group_size}, {args.steps} steps per mode, "
           f"torch threads {torch.get_num_threads()}")
-    for mode in ("grouped", "naive"):
-        print(f"  {mode:8s} median {med[mode]:7.2f} s/step  (all: {', '.join(f'{t:.2f}' for t in times[mode])})"
-              f"  peak +{max(peaks[mode]):.0f} MB")
+    for mode in modes:
+        print(f"  {mode:11s} median {med[mode]:7.2f} s/step = {60 / med[mode]:5.1f} questions/min  "
+              f"(all: {', '.join(f'{t:.2f}' for t in times[mode])})  peak +{max(peaks[mode]):.0f} MB")
     print(f"  speed-up grouped vs naive: {med['naive'] / med['grouped']:.2f}x")
+    print(f"  policy-only vs joint (grouped) step, questions per minute: {med['grouped'] / med['policy_only']:.2f}x "
+          f"(target >= 3x)")
 
 
 if __name__ == "__main__":
