@@ -18,7 +18,10 @@ learned position table with one row per position (0 = the query token, j = chunk
 that policy only runs, and only loads, at the top_z it was built for.
 
 Ablation variants (budget.policy): `uniform` (every chunk gets uniform_budget), `random` (uniform over the levels),
-`mlp` (the same per-chunk features, no attention across chunks and no previous choice).
+`mlp` (the same per-chunk features, no attention across chunks and no previous choice). Fixed rules a user tries
+first (no parameters, like uniform and random): `top_k_whole` (the budget.keep_top best-ranked chunks get B_max, a
+whole chunk: min(B_max, chunk length) real states; the rest min_budget, i.e. dropped when min_budget = 0) and
+`threshold` (b_j = B_max if s_j >= budget.score_threshold, else min_budget).
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import sampling
+
+FIXED_RULES = ("uniform", "random", "top_k_whole", "threshold")  # budget rules without parameters
 
 
 @dataclass
@@ -58,6 +63,9 @@ class BudgetPolicy(nn.Module):
             raise ValueError(f"budget.arch = {self.arch!r}; choose package or authors")
         self.min_budget, self.b_max = cfg.min_budget, cfg.b_max
         self.uniform_budget = cfg.uniform_budget
+        self.keep_top, self.score_threshold = cfg.keep_top, cfg.score_threshold
+        if self.keep_top < 1:
+            raise ValueError(f"budget.keep_top = {self.keep_top}; keep at least 1 chunk")
         self.levels = self.b_max - self.min_budget + 1
         if not self.min_budget <= self.uniform_budget <= self.b_max:
             raise ValueError(f"budget.uniform_budget ({self.uniform_budget}) outside the levels "
@@ -126,13 +134,8 @@ class BudgetPolicy(nn.Module):
         """Budgets for the retrieved chunks; `mask` [B, Z] is False where a memory had fewer than Z chunks."""
         b, z = scores.shape
         zeros = torch.zeros(b, z, device=scores.device)
-        if self.kind in ("uniform", "random"):
-            if self.kind == "uniform":
-                budgets = torch.full((b, z), self.uniform_budget, dtype=torch.long, device=scores.device)
-            else:
-                budgets = sampling.integers(self.min_budget, self.b_max + 1, (b, z), scores.device, generator,
-                                            "random budget")
-            return BudgetDecision(budgets.masked_fill(~mask, 0), zeros, zeros)
+        if self.kind in FIXED_RULES:
+            return BudgetDecision(self._fixed(scores, generator).masked_fill(~mask, 0), zeros, zeros)
         budgets = torch.zeros(b, z, dtype=torch.long, device=scores.device)
         steps = range(z) if self.kind == "transformer" else [z - 1]  # the mlp policy decides all chunks at once
         for j in steps:
@@ -152,9 +155,22 @@ class BudgetPolicy(nn.Module):
         logprob, entropy = self.evaluate(query, keys, scores, mask, budgets)
         return BudgetDecision(budgets, logprob.detach(), entropy.detach())
 
+    def _fixed(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Budgets [B, Z] of a rule without parameters; chunks arrive in rank order (scores high to low)."""
+        b, z = scores.shape
+        full = lambda keep: torch.where(keep, self.b_max, self.min_budget).long()  # noqa: E731
+        if self.kind == "uniform":
+            return torch.full((b, z), self.uniform_budget, dtype=torch.long, device=scores.device)
+        if self.kind == "random":
+            return sampling.integers(self.min_budget, self.b_max + 1, (b, z), scores.device, generator,
+                                     "random budget")
+        if self.kind == "top_k_whole":
+            return full(torch.arange(z, device=scores.device).lt(self.keep_top).expand(b, z))
+        return full(scores >= self.score_threshold)  # threshold
+
     def evaluate(self, query, keys, scores, mask, budgets) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy [B, Z] of given budgets in one teacher-forced pass (0 at padding chunks)."""
-        if self.kind in ("uniform", "random"):
+        if self.kind in FIXED_RULES:
             zeros = torch.zeros(budgets.shape, device=budgets.device)
             return zeros, zeros
         logp = F.log_softmax(self.logits(query, keys, scores, self._prev(budgets)).float(), dim=-1)

@@ -130,7 +130,8 @@ class RetrievalConfig:
 
 @dataclass
 class BudgetConfig:
-    policy: str = _f("transformer", "transformer | uniform | random | mlp")
+    policy: str = _f("transformer", "transformer | mlp (learned) | uniform | random | top_k_whole | threshold "
+                                    "(fixed rules, no parameters)")
     hidden: int = _f(256, "policy hidden size")
     heads: int = _f(4, "policy attention heads")
     layers: int = _f(2, "policy Transformer layers")
@@ -138,6 +139,10 @@ class BudgetConfig:
     b_max: int = _f(20, "largest budget B_max (soft tokens per chunk); must be <= bank.n_c")
     min_budget: int = _f(0, "smallest budget level: 0 lets the policy drop a chunk (paper), 1 never drops (code)")
     uniform_budget: int = _f(10, "budget of every chunk under the uniform policy")
+    keep_top: int = _f(1, "top_k_whole: the keep_top best-ranked chunks get B_max (whole), the rest min_budget "
+                          "(dropped at 0; 1 soft token at min_budget 1)")
+    score_threshold: float = _f(0.5, "threshold: chunks with retrieval score (cosine) >= this get B_max, the rest "
+                                     "min_budget (dropped at 0; 1 soft token at min_budget 1)")
     entropy_coef: float = _f(0.001, "entropy bonus weight of the budget policy")
     arch: str = _f("package", "package (LayerNorm on q and k, pre-LN layers, sinusoidal ranks: no weight depends on "
                               "Z, so a checkpoint runs at any top_z) | authors (plain Linear inputs, post-LN layers, a "
@@ -232,6 +237,10 @@ class EvalConfig:
     ablations: list[str] = _f(["elasticmem_reference", "budget_uniform"],
                               "params/ablations/<name>.yaml run by 05_ablations (each a training run per setting "
                               "and seed; elasticmem_reference is the grid's unablated method)")
+    frontier_uniform: list[int] = _f([4, 8, 12, 16, 24, 32, 48], "uniform budgets b of the accuracy-vs-memory-"
+                                     "tokens frontier (frontier.py; above budget.b_max skipped; no memory is always "
+                                     "a point)")
+    frontier_thresholds: list[float] = _f([0.3, 0.5], "retrieval-score thresholds of the frontier's threshold rule")
     variant_steps: int = _f(0, "GRPO (or text SFT) steps of each trained baseline and ablation: -1 = as the grpo "
                                "section says (paper, mini); 0 = untrained, a plumbing check (smoke); N = at most N")
 
@@ -407,7 +416,8 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "bank.storage_dtype": (cfg.bank.storage_dtype, {"bfloat16", "float16", "float32"}),
         "bank.index": (cfg.bank.index, {"flat", "ivf"}),
         "retrieval.mode": (cfg.retrieval.mode, {"control_token", "frozen_state", "query_state", "semantic", "oracle"}),
-        "budget.policy": (cfg.budget.policy, {"transformer", "uniform", "random", "mlp"}),
+        "budget.policy": (cfg.budget.policy, {"transformer", "uniform", "random", "mlp", "top_k_whole",
+                                              "threshold"}),
         "projector.kind": (cfg.projector.kind, {"mlp", "identity", "residual"}),
         "projector.ln_gain_init": (cfg.projector.ln_gain_init, {"embedding_rms", "one"}),
         "budget.arch": (cfg.budget.arch, {"package", "authors"}),
@@ -439,8 +449,10 @@ def validate(cfg: Config, source: str = "<params>") -> None:
     if not cfg.budget.min_budget <= cfg.budget.uniform_budget <= cfg.budget.b_max:
         raise ConfigError(f"{source}: budget.uniform_budget ({cfg.budget.uniform_budget}) is outside the budget levels "
                           f"{cfg.budget.min_budget}..{cfg.budget.b_max} (budget.min_budget..budget.b_max)")
+    if any(b < 0 for b in cfg.eval.frontier_uniform):
+        raise ConfigError(f"{source}: eval.frontier_uniform = {cfg.eval.frontier_uniform}: budgets must be >= 0")
     for key in ("bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
-                "grpo.group_size", "grpo.questions_per_step", "budget.b_max"):
+                "grpo.group_size", "grpo.questions_per_step", "budget.b_max", "budget.keep_top"):
         sec, name = key.split(".")
         if getattr(getattr(cfg, sec), name) < 1:
             raise ConfigError(f"{source}: {key} must be >= 1")

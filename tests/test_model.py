@@ -133,6 +133,28 @@ def test_policy_variants(variant):
     if variant == "uniform":
         assert d.budgets.eq(cfg.uniform_budget).all()
 
+def test_fixed_rules_top_k_whole_and_threshold_give_exact_budgets():
+    scores = torch.tensor([[0.9, 0.6, 0.4, 0.2], [0.7, 0.5, 0.1, 0.0]])
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])  # the second memory had only 3 chunks
+    q, k = torch.randn(2, 64), torch.randn(2, 4, 64)
+
+    def budgets(*overrides):
+        policy = BudgetPolicy(64, _cfg(*overrides).budget)  # smoke: B_max 8
+        d = policy.decide(q, k, scores, mask, sample=True)
+        assert not policy.trainable and d.logprob.eq(0).all() and d.entropy.eq(0).all()
+        return d.budgets.tolist()
+
+    assert budgets("budget.policy=top_k_whole") == [[8, 0, 0, 0], [8, 0, 0, 0]]
+    assert budgets("budget.policy=top_k_whole", "budget.keep_top=2") == [[8, 8, 0, 0], [8, 8, 0, 0]]
+    assert budgets("budget.policy=top_k_whole", "budget.keep_top=2", "budget.min_budget=1") == \
+        [[8, 8, 1, 1], [8, 8, 1, 0]]  # min_budget 1: "dropped" chunks keep one soft token; padding stays 0
+    assert budgets("budget.policy=threshold") == [[8, 8, 0, 0], [8, 8, 0, 0]]  # s >= 0.5
+    assert budgets("budget.policy=threshold", "budget.score_threshold=0.65", "budget.min_budget=1") == \
+        [[8, 1, 1, 1], [8, 1, 1, 0]]
+    with pytest.raises(config.ConfigError, match="budget.keep_top"):
+        _cfg("budget.policy=top_k_whole", "budget.keep_top=0")
+
+
 def test_evaluation_is_deterministic_and_checkpoint_round_trip_is_exact(tiny_bank, tmp_path):
     model = _model(tiny_bank)
     with torch.no_grad():  # move away from the identity LoRA start so the round trip means something

@@ -1,0 +1,334 @@
+"""The accuracy-vs-memory-tokens frontier of budget allocations on one checkpoint.
+
+Every point reads with the same reasoner (LoRA) and projector, on the same questions; only the budgets b_j that the
+Z retrieved chunks get differ:
+
+- fixed rules (`fixed_points`): no memory (b = 0), uniform b_j = b for b in eval.frontier_uniform (<= B_max), the top-1
+  and top-2 retrieved chunks whole (b_j = B_max for rank j <= k, else min_budget), a score threshold
+  (b_j = B_max if s_j >= t, else min_budget) for t in eval.frontier_thresholds, and random budgets;
+- learned points (`train_learned_point`): a fresh budget policy trained by GRPO alone (grpo.policy_only) on the
+  reward r = task - lambda x M / (Z x B_max) at a token price lambda, one point per lambda, over several seeds.
+
+Memory tokens per question M = the soft tokens injected, sum_j min(b_j, L_j) over the retrieved chunks (L_j = the
+chunk's real cached states, bank.cache_len), WITHOUT the one "\\n" separator each injected chunk also adds: the
+records' `tokens["memory"]` (the paper's #Tok part) is M + #{j: b_j > 0}. The token price's own M (rewards.token_price)
+counts the budgets, sum_j b_j, which is larger when b_j exceeds a chunk's length.
+
+A fixed rule dominates another when it is at least as accurate with no more memory tokens. The upper envelope of the
+fixed rules is E(m) = max {acc(p) : p fixed, M(p) <= m}; a learned point (m, a) beats every fixed rule at equal memory
+when a > E(m), tested by a paired difference on the same questions against the fixed point that attains E(m).
+
+    fixed = frontier.evaluate_fixed(model, test_q)
+    trainer = frontier.train_learned_point(model, train_q, val_q, folder, token_price=0.2, seed=0, steps=64)
+    records, diag = frontier.evaluate_point(model, test_q), frontier.diagnostics(model, test_q)  # the learned policy
+    learned = frontier.learned_point(0.2, [{"seed": 0, "records": records, "diagnostics": diag}], fixed)
+    uniform, heuristics = ([p for p in fixed if p["family"] == f] for f in ("uniform", "heuristics"))
+    frontier.write_pareto(run.path("metrics", "budget_pareto.json"), setting, "test", len(test_q), uniform,
+                          heuristics, [learned])
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import evaluate, grpo
+from .budget import FIXED_RULES, BudgetPolicy
+from .config import validate
+from .experiment import write_json
+
+TOP_K_WHOLE = (1, 2)          # the top-k-whole rules of the frontier
+POINT_FILE = "frontier_point.json"
+UNIFORM_KEYS = ("budget", "accuracy", "ci", "memory_tokens")
+HEURISTIC_KEYS = ("name", "accuracy", "ci", "memory_tokens")
+LEARNED_KEYS = ("token_price", "accuracy", "ci", "memory_tokens", "entropy", "entropy_uniform", "evidence_budget",
+                "other_budget", "drop_rate", "seeds")
+
+
+# ---- the fixed rules --------------------------------------------------------------------------------------------
+def fixed_points(cfg) -> list[dict]:
+    """The fixed rules a user compares first, each {"family" (uniform | heuristics), "name", "budget", "memory",
+    "overrides" (budget keys of its BudgetPolicy; None = no policy)}: no memory (budget 0, memory "none", the same
+    layout as every chunk dropped), uniform b in eval.frontier_uniform (0 < b <= B_max), top-1 and top-2 whole,
+    thresholds eval.frontier_thresholds, random."""
+    b_max, top_z = cfg.budget.b_max, cfg.retrieval.top_z
+    points = [{"family": "uniform", "name": "no memory", "budget": 0, "memory": "none", "overrides": None}]
+    points += [{"family": "uniform", "name": f"uniform {b}", "budget": b, "memory": "latent",
+                "overrides": {"policy": "uniform", "uniform_budget": b}}
+               for b in sorted(set(cfg.eval.frontier_uniform)) if 0 < b <= b_max]
+    heuristic = lambda name, **o: {"family": "heuristics", "name": name, "budget": None,  # noqa: E731
+                                   "memory": "latent", "overrides": o}
+    points += [heuristic(f"top-{k} whole", policy="top_k_whole", keep_top=k) for k in TOP_K_WHOLE if k <= top_z]
+    points += [heuristic(f"threshold {t:g}", policy="threshold", score_threshold=float(t))
+               for t in sorted(set(cfg.eval.frontier_thresholds))]
+    return points + [heuristic("random", policy="random")]
+
+
+def soft_tokens(record: dict, memory: str = "latent") -> int:
+    """M of one answered question: tokens["memory"] less one separator per injected chunk (b_j > 0; every chunk
+    has >= 1 cached state). 0 without memory."""
+    if memory == "none":
+        return 0
+    if memory != "latent":
+        raise ValueError(f"memory = {memory!r}: the frontier counts soft tokens (latent or none)")
+    injected = sum(1 for r, b in zip(record["rows"], record["budgets"]) if r >= 0 and b > 0)
+    return int(record["tokens"]["memory"]) - injected
+
+
+def _questions(questions) -> list:
+    questions = list(questions)
+    if not questions:
+        raise ValueError("no questions: the frontier needs at least one")
+    return questions
+
+
+def evaluate_point(model, questions, overrides: dict | None = None, memory: str = "latent",
+                   batch_size: int | None = None, seed: int = 0, progress: bool = False) -> list[dict]:
+    """Greedy records (evaluate.answer_questions) of `model` with its budget policy swapped for a fixed rule
+    BudgetPolicy(dataclasses.replace(cfg.budget, **overrides)), or its own policy when `overrides` is None; each
+    record gains "memory_tokens" (`soft_tokens`). The model's policy and memory mode are restored afterwards;
+    the random rule draws from torch's RNG seeded with `seed` (restored too)."""
+    questions = _questions(questions)
+    if memory not in ("latent", "none"):
+        raise ValueError(f"memory = {memory!r}; choose latent or none")
+    saved = model.policy, model.memory
+    try:
+        if overrides is not None:
+            rule = overrides.get("policy")
+            if rule not in FIXED_RULES:
+                raise ValueError(f"budget rule {rule!r} is not a fixed rule; choose one of {', '.join(FIXED_RULES)}")
+            try:
+                budget = dataclasses.replace(model.cfg.budget, **overrides)
+            except TypeError as e:
+                raise ValueError(f"bad budget overrides {overrides}: {e}") from None
+            model.policy = BudgetPolicy(model.bank.hidden_size, budget, model.cfg.retrieval.top_z).to(model.device)
+        model.memory = memory
+        cuda = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            records = evaluate.answer_questions(model.answer, questions, batch_size or model.cfg.eval.batch_size,
+                                                bank=model.bank, device=model.device, progress=progress)
+    finally:
+        model.policy, model.memory = saved
+    for r in records:
+        r["memory_tokens"] = soft_tokens(r, memory)
+    return records
+
+
+def point_summary(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """{"n", "accuracy", "ci": [low, high] (evaluate.summarize's 95% bootstrap), "memory_tokens": mean M}."""
+    s = evaluate.summarize(records, n_boot, seed)
+    return {"n": s["n"], "accuracy": s["accuracy"], "ci": [s["ci_low"], s["ci_high"]],
+            "memory_tokens": float(np.mean([r["memory_tokens"] for r in records]))}
+
+
+def evaluate_fixed(model, questions, points: list[dict] | None = None, n_boot: int | None = None,
+                   seed: int | None = None, progress: bool = False) -> list[dict]:
+    """Every fixed point (default `fixed_points(model.cfg)`) evaluated: the point with its summary and records."""
+    cfg = model.cfg
+    n_boot = cfg.eval.bootstrap if n_boot is None else n_boot
+    seed = cfg.runtime.seed if seed is None else seed
+    out = []
+    for p in fixed_points(cfg) if points is None else points:
+        records = evaluate_point(model, questions, p["overrides"], p["memory"], seed=seed, progress=progress)
+        out.append({**p, **point_summary(records, n_boot, seed), "records": records})
+    return out
+
+
+# ---- a learned point ------------------------------------------------------------------------------------------
+def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: float, seed: int, steps: int,
+                        questions_per_step: int | None = None, policy_lr: float | None = None,
+                        advantage_norm: str | None = None, select: str = "last", setting: str | None = None,
+                        progress: bool = False):
+    """Train a fresh budget policy (seeded by `seed`) on the model's current reasoner and projector: grpo.Trainer
+    with grpo.policy_only, reward_terms {task: 1, token_price: lambda}, `steps` GRPO steps, no warm-up stages.
+
+    advantage_norm defaults to "mean" when lambda > 0 (a std-normalised price collapses to the cheapest budget when
+    the task rewards of a group tie: docs/rewards.md), else to the params' value. `select`: "last" keeps the policy
+    after the last step (validation accuracy ignores the price), "best" loads best/ (the highest validation accuracy).
+    The model keeps the trained policy; its cfg and its parameters' requires_grad are restored. `folder` holds one
+    point (one price and seed): a finished run there is reused, one of another point is refused.
+    Returns the trainer (train_log.jsonl: policy_entropy, evidence_budget, other_budget per step).
+    """
+    train_q = _questions(train_q)
+    if token_price < 0:
+        raise ValueError(f"token_price = {token_price}: a price must be >= 0")
+    if steps < 1:
+        raise ValueError(f"steps = {steps}: train at least one step")
+    if select not in ("last", "best"):
+        raise ValueError(f"select = {select!r}; choose last or best")
+    if model.memory != "latent":
+        raise ValueError(f"a learned budget needs latent memory (model.memory = {model.memory!r})")
+    cfg = model.cfg
+    qps = questions_per_step or cfg.grpo.questions_per_step
+    g = dataclasses.replace(
+        cfg.grpo, policy_only=True, reward_terms={"task": 1.0, "token_price": float(token_price)},
+        advantage_norm=advantage_norm or ("mean" if token_price > 0 else cfg.grpo.advantage_norm),
+        policy_lr=cfg.grpo.policy_lr if policy_lr is None else policy_lr, questions_per_step=qps,
+        max_steps=steps, epochs=max(1, math.ceil(steps * qps / len(train_q))), eval_every=steps,
+        reader_warmup_steps=0, sft_steps=0)
+    kind = cfg.budget.policy if cfg.budget.policy in ("transformer", "mlp") else "transformer"
+    train_cfg = dataclasses.replace(cfg, grpo=g, budget=dataclasses.replace(cfg.budget, policy=kind),
+                                    runtime=dataclasses.replace(cfg.runtime, seed=seed))
+    validate(train_cfg, f"frontier point (token_price {token_price}, seed {seed})")
+    folder = Path(folder)
+    point = {"token_price": float(token_price), "seed": seed, "steps": steps, "policy": kind,
+             "advantage_norm": g.advantage_norm, "policy_lr": g.policy_lr, "questions_per_step": qps}
+    if (folder / POINT_FILE).is_file() and json.loads((folder / POINT_FILE).read_text()) != point:
+        raise ValueError(f"{folder} holds another frontier point ({(folder / POINT_FILE).read_text().strip()}); "
+                         f"give {point} its own folder")
+    write_json(folder / POINT_FILE, point)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = BudgetPolicy(model.bank.hidden_size, train_cfg.budget, cfg.retrieval.top_z).to(model.device)
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.cfg, model.policy = train_cfg, policy
+    try:
+        trainer = grpo.Trainer(model, train_q, list(val_q), folder, setting=setting)
+        trainer.train(progress=progress, reader_warmup=False)
+        if select == "best":
+            model.load(folder / "best", parts=("policy",))
+    finally:
+        model.cfg = dataclasses.replace(cfg, budget=train_cfg.budget)  # the params of the policy it now has
+        for p, flag in grads:
+            p.requires_grad_(flag)
+    return trainer
+
+
+def diagnostics(model, questions, batch_size: int | None = None) -> dict:
+    """What the model's budget policy does on `questions` (greedy plans, as at evaluation), over retrieved chunks:
+
+    entropy          mean H(pi(. | chunk j)) in nats (0 for a fixed rule)
+    entropy_uniform  ln(levels), levels = B_max - min_budget + 1: the entropy of a uniform choice
+    evidence_budget  mean b_j of the question's evidence chunks (q.evidence), other_budget of the rest (NaN if none)
+    drop_rate        share of chunks with b_j = 0
+    """
+    questions = _questions(questions)
+    if model.memory != "latent":
+        raise ValueError(f"budget diagnostics need latent memory (model.memory = {model.memory!r})")
+    bs = batch_size or model.cfg.eval.batch_size
+    entropy, evidence, other, budgets = [], [], [], []
+    with grpo.passes_mode(model, False), torch.no_grad():
+        for i in range(0, len(questions), bs):
+            batch = questions[i:i + bs]
+            plan = model.plan(batch, sample=False)
+            _, ent = model.policy_logprob(plan)
+            rows, mask = plan.retrieved.rows.tolist(), plan.retrieved.mask.tolist()
+            for q, rs, bs_, es, ms in zip(batch, rows, plan.budgets.budgets.tolist(), ent.tolist(), mask):
+                gold = set(getattr(q, "evidence", None) or ())
+                for r, b, e, m in zip(rs, bs_, es, ms):
+                    if m:
+                        entropy.append(e)
+                        budgets.append(b)
+                        (evidence if model.bank.chunk_ids[r] in gold else other).append(b)
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+    return {"entropy": mean(entropy), "entropy_uniform": math.log(model.policy.levels),
+            "evidence_budget": mean(evidence), "other_budget": mean(other),
+            "drop_rate": mean([float(b == 0) for b in budgets]), "chunks": len(budgets)}
+
+
+# ---- envelope and paired differences ----------------------------------------------------------------------------
+def upper_envelope(points: list[dict]) -> list[dict]:
+    """The fixed points no other dominates, by memory tokens: each more accurate than every cheaper one, so that
+    accuracy increases along it (ties in M: the more accurate)."""
+    out, best = [], -math.inf
+    for p in sorted(points, key=lambda p: (p["memory_tokens"], -p["accuracy"])):
+        if p["accuracy"] > best:
+            out.append(p)
+            best = p["accuracy"]
+    return out
+
+
+def envelope_at(points: list[dict], memory_tokens: float) -> dict | None:
+    """The point attaining E(m) = max {acc(p) : M(p) <= m} (the cheapest among ties); None if none is that cheap."""
+    within = [p for p in upper_envelope(points) if p["memory_tokens"] <= memory_tokens + 1e-9]
+    return within[-1] if within else None
+
+
+def vs_envelope(seed_records: dict, memory_tokens: float, fixed: list[dict], n_boot: int = 1000,
+                seed: int = 0) -> dict | None:
+    """A learned point ({seed: its records}) against the fixed point attaining E(memory_tokens), on the same
+    questions: per seed evaluate.paired_comparison; overall the difference of the seed-mean correctness per question,
+    d_i = mean_s c_{s,i} - c_{fixed,i}, its mean and 95% bootstrap interval over questions (one seed: exactly
+    paired_comparison's). None if no fixed point is that cheap."""
+    against = envelope_at(fixed, memory_tokens)
+    if against is None:
+        return None
+    per_seed = {s: evaluate.paired_comparison(r, against["records"], n_boot, seed) for s, r in seed_records.items()}
+    qids = sorted(r["qid"] for r in against["records"])
+    fixed_c = {r["qid"]: float(r["correct"]) for r in against["records"]}
+    correct = [{x["qid"]: float(x["correct"]) for x in rs} for rs in seed_records.values()]  # same qids: checked above
+    d = np.mean([[c[q] for q in qids] for c in correct], axis=0) - np.array([fixed_c[q] for q in qids])
+    lo, hi = evaluate.bootstrap_ci(d, n_boot, seed)
+    return {"against": against["name"], "against_accuracy": against["accuracy"],
+            "against_memory_tokens": against["memory_tokens"], "diff": float(d.mean()), "ci": [lo, hi],
+            "seeds": [{"seed": s, "diff": c["difference"], "ci": [c["ci_low"], c["ci_high"]],
+                       "p_mcnemar": c["p_mcnemar"]} for s, c in per_seed.items()]}
+
+
+def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None = None, n_boot: int = 1000,
+                  seed: int = 0) -> dict:
+    """One learned point from its seeds' runs [{"seed", "records" (evaluate_point), "diagnostics"}]: accuracy and
+    memory tokens = the means over seeds, ci = the bootstrap over questions of the seed-mean correctness,
+    diagnostics averaged over seeds, "seeds" per seed; "vs_envelope" against `fixed` when given."""
+    if not runs or len({r["seed"] for r in runs}) != len(runs):
+        raise ValueError(f"learned point at token_price {token_price}: needs runs of distinct seeds, got "
+                         f"{[r.get('seed') for r in runs]}")
+    per_seed = [{"seed": r["seed"], **point_summary(r["records"], n_boot, seed)} for r in runs]
+    qids = sorted(x["qid"] for x in runs[0]["records"])
+    by_qid = [{x["qid"]: float(x["correct"]) for x in r["records"]} for r in runs]
+    if any(sorted(b) != qids for b in by_qid):
+        raise ValueError(f"learned point at token_price {token_price}: its seeds answered different questions")
+    lo, hi = evaluate.bootstrap_ci(np.mean([[b[q] for q in qids] for b in by_qid], axis=0), n_boot, seed)
+    diag = {k: float(np.mean([r["diagnostics"][k] for r in runs]))
+            for k in ("entropy", "entropy_uniform", "evidence_budget", "other_budget", "drop_rate")}
+    point = {"token_price": float(token_price), "accuracy": float(np.mean([s["accuracy"] for s in per_seed])),
+             "ci": [lo, hi], "memory_tokens": float(np.mean([s["memory_tokens"] for s in per_seed])), **diag,
+             "seeds": [{k: s[k] for k in ("seed", "accuracy", "memory_tokens")} for s in per_seed]}
+    if fixed:
+        vs = vs_envelope({r["seed"]: r["records"] for r in runs}, point["memory_tokens"], fixed, n_boot, seed)
+        if vs is not None:
+            point["vs_envelope"] = vs
+    return point
+
+
+# ---- the results file -----------------------------------------------------------------------------------------
+def _clean(x):
+    """JSON-safe numbers: NaN -> None, numpy scalars -> float."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if math.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _entries(points: list[dict], keys: tuple[str, ...], kind: str, optional: tuple[str, ...] = ()) -> list[dict]:
+    out = []
+    for p in points:
+        missing = [k for k in keys if k not in p]
+        if missing:
+            raise ValueError(f"budget_pareto {kind} entry {p.get('name', p.get('token_price'))!r} lacks "
+                             f"{', '.join(missing)}")
+        out.append({k: p[k] for k in keys + tuple(k for k in optional if k in p)})
+    return out
+
+
+def write_pareto(path: str | Path, setting: str, split: str, n: int, uniform: list[dict], heuristics: list[dict],
+                 learned: list[dict]) -> Path:
+    """metrics/budget_pareto.json: {"setting", "split", "n", "uniform": [{budget, accuracy, ci, memory_tokens}],
+    "heuristics": [{name, accuracy, ci, memory_tokens}], "learned": [{token_price, accuracy, ci, memory_tokens,
+    entropy, entropy_uniform, evidence_budget, other_budget, drop_rate, seeds[, vs_envelope]}]}; points may carry
+    more (records), which are left out; NaN is written as null."""
+    body = {"setting": setting, "split": split, "n": int(n),
+            "uniform": _entries(uniform, UNIFORM_KEYS, "uniform"),
+            "heuristics": _entries(heuristics, HEURISTIC_KEYS, "heuristics"),
+            "learned": _entries(learned, LEARNED_KEYS, "learned", ("vs_envelope",))}
+    return write_json(path, _clean(body))

@@ -1,0 +1,154 @@
+"""The accuracy-vs-memory-tokens frontier on tiny-random: fixed rules, a learned point, the envelope, the JSON."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from elasticmem_core import evaluate, frontier
+from tinydata import QUESTIONS, tiny_bank, tiny_model
+
+NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    return tiny_bank(tmp_path_factory.mktemp("bank"))
+
+
+@pytest.fixture(scope="module")
+def model(bank):  # smoke sizes: Z = 4, B_max = 8, min_budget 0
+    return tiny_model(bank, *NO_DROPOUT, "eval.frontier_uniform=[2, 4, 8, 16]")
+
+
+@pytest.fixture(scope="module")
+def fixed(model):
+    return frontier.evaluate_fixed(model, QUESTIONS, n_boot=200, seed=0)
+
+
+def test_fixed_points_evaluate_and_uniform_memory_grows_with_b(model, fixed):
+    assert [p["name"] for p in fixed] == ["no memory", "uniform 2", "uniform 4", "uniform 8", "top-1 whole",
+                                          "top-2 whole", "threshold 0.3", "threshold 0.5", "random"]  # 16 > B_max
+    cache_len = model.bank.cache_len
+    for p in fixed:
+        assert len(p["records"]) == len(QUESTIONS) and 0 <= p["accuracy"] <= 1
+        assert p["ci"][0] <= p["accuracy"] <= p["ci"][1]
+    uniform = [p for p in fixed if p["family"] == "uniform"]
+    m = [p["memory_tokens"] for p in uniform]
+    assert m[0] == 0 and all(a < b for a, b in zip(m, m[1:])), m
+    for p in uniform[1:]:  # soft tokens = the real states injected, sum_j min(b, L_j); separators not counted
+        for r in p["records"]:
+            rows = [row for row in r["rows"] if row >= 0]
+            assert r["memory_tokens"] == sum(min(p["budget"], int(cache_len[row])) for row in rows)
+            assert r["tokens"]["memory"] == r["memory_tokens"] + len(rows)
+    assert model.policy.kind == "transformer" and model.memory == "latent"  # restored after each point
+
+
+def test_top1_whole_injects_soft_tokens_for_exactly_one_chunk(model, fixed):
+    b_max = model.cfg.budget.b_max
+    (top1,) = [p for p in fixed if p["name"] == "top-1 whole"]
+    for r in top1["records"]:
+        real = [b for row, b in zip(r["rows"], r["budgets"]) if row >= 0]
+        assert real[0] == b_max and not any(real[1:])
+        assert r["memory_tokens"] == min(b_max, int(model.bank.cache_len[r["rows"][0]])) > 0
+        assert r["tokens"]["memory"] == r["memory_tokens"] + 1  # one chunk, one separator
+
+
+def test_bad_input_is_refused(model, tmp_path):
+    with pytest.raises(ValueError, match="not a fixed rule"):
+        frontier.evaluate_point(model, QUESTIONS, {"policy": "top_3"})
+    with pytest.raises(ValueError, match="not a fixed rule"):
+        frontier.evaluate_point(model, QUESTIONS, {"policy": "transformer"})
+    with pytest.raises(ValueError, match="bad budget overrides"):
+        frontier.evaluate_point(model, QUESTIONS, {"policy": "threshold", "treshold": 0.2})
+    with pytest.raises(ValueError, match="no questions"):
+        frontier.evaluate_point(model, [])
+    with pytest.raises(ValueError, match="no questions"):
+        frontier.diagnostics(model, [])
+    with pytest.raises(ValueError, match="price must be >= 0"):
+        frontier.train_learned_point(model, QUESTIONS, [], tmp_path, token_price=-0.1, seed=0, steps=1)
+    with pytest.raises(ValueError, match="distinct seeds"):
+        frontier.learned_point(0.0, [])
+
+
+def test_learned_point_trains_the_policy_alone_and_reports_diagnostics(bank, tmp_path):
+    model = tiny_model(bank, *NO_DROPOUT)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("policy.")}
+    old_policy = model.policy
+    trainer = frontier.train_learned_point(model, QUESTIONS, QUESTIONS[:1], tmp_path / "p", token_price=0.5, seed=1,
+                                           steps=2, policy_lr=1e-2)
+    assert trainer.step == 2 and trainer.cfg.grpo.policy_only and trainer.cfg.grpo.advantage_norm == "mean"
+    assert trainer.cfg.grpo.reward_terms == {"task": 1.0, "token_price": 0.5}
+    steps = [json.loads(x) for x in trainer.log_path.read_text().splitlines()]
+    steps = [r for r in steps if r["stage"] == "grpo"]
+    assert len(steps) == 2 and all(r["phase"] == "policy_only" and "reward_token_price" in r for r in steps)
+    # a fresh policy learned; the reasoner and projector did not move and are trainable again
+    assert model.policy is not old_policy and not model.cfg.grpo.policy_only
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in before.items())
+    assert all(after[n].requires_grad for n in before if "lora_" in n)
+    d = frontier.diagnostics(model, QUESTIONS)
+    assert d["entropy_uniform"] == pytest.approx(math.log(9)) and 0 < d["entropy"] <= d["entropy_uniform"] + 1e-6
+    assert d["chunks"] == 3 * 4 and 0 <= d["drop_rate"] <= 1
+    assert 0 <= d["evidence_budget"] <= 8 and 0 <= d["other_budget"] <= 8
+    # the same point in the same folder is reused (no new step); another point there is refused
+    assert frontier.train_learned_point(model, QUESTIONS, QUESTIONS[:1], tmp_path / "p", 0.5, 1, 2,
+                                        policy_lr=1e-2).step == 2
+    with pytest.raises(ValueError, match="another frontier point"):
+        frontier.train_learned_point(model, QUESTIONS, QUESTIONS[:1], tmp_path / "p", 0.0, 1, 2, policy_lr=1e-2)
+
+
+def test_write_pareto_has_exactly_the_required_keys_and_types(fixed, tmp_path):
+    diag = {"entropy": 1.0, "entropy_uniform": 2.2, "evidence_budget": 6.0, "other_budget": 2.0, "drop_rate": 0.25}
+    runs = [{"seed": s, "records": fixed[i]["records"], "diagnostics": diag} for s, i in ((0, 2), (1, 4))]
+    learned = frontier.learned_point(0.2, runs, fixed, n_boot=200)
+    uniform, heuristics = ([p for p in fixed if p["family"] == f] for f in ("uniform", "heuristics"))
+    path = frontier.write_pareto(tmp_path / "metrics" / "budget_pareto.json", "tiny", "train", len(QUESTIONS),
+                                 uniform, heuristics, [learned])
+    data = json.loads(path.read_text())
+    assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned"} and data["n"] == 3
+    number = (int, float)
+    for e in data["uniform"]:
+        assert set(e) == {"budget", "accuracy", "ci", "memory_tokens"} and isinstance(e["budget"], int)
+    for e in data["heuristics"]:
+        assert set(e) == {"name", "accuracy", "ci", "memory_tokens"} and isinstance(e["name"], str)
+    for e in data["uniform"] + data["heuristics"]:
+        assert isinstance(e["accuracy"], number) and isinstance(e["memory_tokens"], number)
+        assert len(e["ci"]) == 2 and all(isinstance(c, number) for c in e["ci"])
+    (e,) = data["learned"]
+    assert set(e) == set(frontier.LEARNED_KEYS) | {"vs_envelope"}
+    assert e["accuracy"] == pytest.approx((fixed[2]["accuracy"] + fixed[4]["accuracy"]) / 2)
+    assert e["memory_tokens"] == pytest.approx((fixed[2]["memory_tokens"] + fixed[4]["memory_tokens"]) / 2)
+    assert [set(s) for s in e["seeds"]] == [{"seed", "accuracy", "memory_tokens"}] * 2
+    assert [s["seed"] for s in e["seeds"]] == [0, 1] and e["entropy"] == 1.0
+    assert {"against", "diff", "ci"} <= set(e["vs_envelope"]) and len(e["vs_envelope"]["ci"]) == 2
+    with pytest.raises(ValueError, match="lacks"):
+        frontier.write_pareto(tmp_path / "x.json", "tiny", "train", 3, [{"budget": 4}], [], [])
+
+
+def _points(*specs):
+    return [{"name": n, "memory_tokens": m, "accuracy": a} for n, m, a in specs]
+
+
+def test_envelope_and_paired_difference_on_hand_made_points():
+    # the shape of the issue's fresh-clone numbers: top-k whole above the uniform curve
+    pts = _points(("none", 0, 0.2), ("u4", 20, 0.21), ("u8", 36, 0.26), ("top1", 30, 0.475), ("u16", 68, 0.33),
+                  ("top2", 59, 0.59), ("u24", 95, 0.58), ("u32", 114, 0.66), ("u48", 119, 0.66))
+    assert [p["name"] for p in frontier.upper_envelope(pts)] == ["none", "u4", "top1", "top2", "u32"]
+    assert frontier.envelope_at(pts, 103)["name"] == "top2"
+    assert frontier.envelope_at(pts, 30)["name"] == "top1" and frontier.envelope_at(pts, 29.9)["name"] == "u4"
+    assert frontier.envelope_at(pts, 1000)["name"] == "u32"  # a tie at 0.66: the cheaper one
+    assert frontier.envelope_at(pts[1:], 10) is None
+    # paired difference against the envelope's point, on the same questions
+    rec = lambda correct: [{"qid": f"q{i}", "correct": bool(c)} for i, c in enumerate(correct)]  # noqa: E731
+    fixed = [{"name": "cheap", "memory_tokens": 10, "accuracy": 0.25, "records": rec([1, 0, 0, 0])},
+             {"name": "dear", "memory_tokens": 50, "accuracy": 1.0, "records": rec([1, 1, 1, 1])}]
+    one = frontier.vs_envelope({0: rec([1, 1, 0, 1])}, 20, fixed, n_boot=200)
+    ref = evaluate.paired_comparison(rec([1, 1, 0, 1]), fixed[0]["records"], 200, 0)
+    assert one["against"] == "cheap" and one["diff"] == pytest.approx(0.5) == ref["difference"]
+    assert one["ci"] == pytest.approx([ref["ci_low"], ref["ci_high"]])
+    two = frontier.vs_envelope({0: rec([1, 1, 0, 1]), 1: rec([1, 1, 1, 1])}, 20, fixed, n_boot=200)
+    assert two["diff"] == pytest.approx(0.625) and [s["diff"] for s in two["seeds"]] == [0.5, 0.75]
+    assert frontier.vs_envelope({0: rec([1, 1, 0, 1])}, 5, fixed) is None
