@@ -241,6 +241,14 @@ class EvalConfig:
                                      "tokens frontier (frontier.py; above budget.b_max skipped; no memory is always "
                                      "a point)")
     frontier_thresholds: list[float] = _f([0.3, 0.5], "retrieval-score thresholds of the frontier's threshold rule")
+    frontier: bool = _f(False, "05 measures the budget frontier on 03's checkpoint (costly: see README)")
+    frontier_prices: list[float] = _f([0.0, 0.2, 0.5], "token prices lambda of the frontier's learned points (one "
+                                      "policy-only GRPO run per price and seed)")
+    frontier_seeds: list[int] = _f([42, 43, 44], "seeds of each learned point's policy training (the point is "
+                                   "their mean, with the range)")
+    frontier_steps: int = _f(24, "policy-only GRPO steps per learned point")
+    frontier_questions_per_step: int = _f(4, "questions per policy-only GRPO step of a learned point")
+    frontier_policy_lr: float = _f(1e-3, "budget-policy learning rate of the learned points' GRPO")
     variant_steps: int = _f(0, "GRPO (or text SFT) steps of each trained baseline and ablation: -1 = as the grpo "
                                "section says (paper, mini); 0 = untrained, a plumbing check (smoke); N = at most N")
 
@@ -451,8 +459,18 @@ def validate(cfg: Config, source: str = "<params>") -> None:
                           f"{cfg.budget.min_budget}..{cfg.budget.b_max} (budget.min_budget..budget.b_max)")
     if any(b < 0 for b in cfg.eval.frontier_uniform):
         raise ConfigError(f"{source}: eval.frontier_uniform = {cfg.eval.frontier_uniform}: budgets must be >= 0")
+    if any(p < 0 for p in cfg.eval.frontier_prices):
+        raise ConfigError(f"{source}: eval.frontier_prices = {cfg.eval.frontier_prices}: a token price must be >= 0")
+    if cfg.eval.frontier and not (cfg.eval.frontier_prices and cfg.eval.frontier_seeds):
+        raise ConfigError(f"{source}: eval.frontier = true needs at least one eval.frontier_prices entry and one "
+                          f"eval.frontier_seeds entry")
+    if len(set(cfg.eval.frontier_seeds)) != len(cfg.eval.frontier_seeds):
+        raise ConfigError(f"{source}: eval.frontier_seeds = {cfg.eval.frontier_seeds}: seeds must be distinct")
+    if cfg.eval.frontier_policy_lr <= 0:
+        raise ConfigError(f"{source}: eval.frontier_policy_lr must be > 0, got {cfg.eval.frontier_policy_lr}")
     for key in ("bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
-                "grpo.group_size", "grpo.questions_per_step", "budget.b_max", "budget.keep_top"):
+                "grpo.group_size", "grpo.questions_per_step", "budget.b_max", "budget.keep_top",
+                "eval.frontier_steps", "eval.frontier_questions_per_step"):
         sec, name = key.split(".")
         if getattr(getattr(cfg, sec), name) < 1:
             raise ConfigError(f"{source}: {key} must be >= 1")

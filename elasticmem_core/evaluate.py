@@ -41,7 +41,9 @@ from .experiment import FRESH_ENV, code_version, environment, fresh, peak_memory
 # keys that do not change a result (where files go, threads, which notebooks run what), left out of the fingerprint
 _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_threads", "chat_prompt", "max_new_tokens"),
                        "eval": ("splits", "seeds", "bootstrap", "baselines", "ablations",
-                                "frontier_uniform", "frontier_thresholds"), "grpo": ("settings",)}
+                                "frontier_uniform", "frontier_thresholds", "frontier", "frontier_prices",
+                                "frontier_seeds", "frontier_steps", "frontier_questions_per_step",
+                                "frontier_policy_lr"), "grpo": ("settings",)}
 
 
 # The paper's reported numbers (Table 1: Qwen2.5, the real MemorySuite), for tables that show them beside

@@ -6,6 +6,8 @@ Z retrieved chunks get differ:
 - fixed rules (`fixed_points`): no memory (b = 0), uniform b_j = b for b in eval.frontier_uniform (<= B_max), the top-1
   and top-2 retrieved chunks whole (b_j = B_max for rank j <= k, else min_budget), a score threshold
   (b_j = B_max if s_j >= t, else min_budget) for t in eval.frontier_thresholds, and random budgets;
+- text RAG with the same reader (`evaluate_text`): the same checkpoint reading its retrieved chunks as text, its
+  memory counted in text tokens (another unit: a heuristics entry named TEXT_RAG, never on the envelope);
 - learned points (`train_learned_point`): a fresh budget policy trained by GRPO alone (grpo.policy_only) on the
   reward r = task - lambda x M / (Z x B_max) at a token price lambda, one point per lambda, over several seeds.
 
@@ -25,12 +27,17 @@ when a > E(m), tested by a paired difference on the same questions against the f
     uniform, heuristics = ([p for p in fixed if p["family"] == f] for f in ("uniform", "heuristics"))
     frontier.write_pareto(run.path("metrics", "budget_pareto.json"), setting, "test", len(test_q), uniform,
                           heuristics, [learned])
+
+or all of it, resumable, as 05_ablations runs it (`run_frontier`; eval.frontier_* give the prices, seeds and steps):
+
+    out = frontier.run_frontier(cfg, run.dir, setting, model, dataset, checkpoint)   # -> metrics/budget_pareto.json
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +46,7 @@ import torch
 from . import evaluate, grpo
 from .budget import FIXED_RULES, BudgetPolicy
 from .config import validate
-from .experiment import write_json
+from .experiment import code_version, environment, write_json
 
 TOP_K_WHOLE = (1, 2)          # the top-k-whole rules of the frontier
 POINT_FILE = "frontier_point.json"
@@ -47,6 +54,10 @@ UNIFORM_KEYS = ("budget", "accuracy", "ci", "memory_tokens")
 HEURISTIC_KEYS = ("name", "accuracy", "ci", "memory_tokens")
 LEARNED_KEYS = ("token_price", "accuracy", "ci", "memory_tokens", "entropy", "entropy_uniform", "evidence_budget",
                 "other_budget", "drop_rate", "seeds")
+# the same checkpoint reading its retrieved chunks as text: a heuristics entry whose memory tokens are TEXT tokens
+TEXT_RAG = "text RAG, same reader (memory tokens = text tokens)"
+# entries that are not budget rules on the soft-token axis: never on the fixed rules' envelope
+NOT_ON_ENVELOPE = ("random", TEXT_RAG)
 
 
 # ---- the fixed rules --------------------------------------------------------------------------------------------
@@ -332,3 +343,259 @@ def write_pareto(path: str | Path, setting: str, split: str, n: int, uniform: li
             "heuristics": _entries(heuristics, HEURISTIC_KEYS, "heuristics"),
             "learned": _entries(learned, LEARNED_KEYS, "learned", ("vs_envelope",))}
     return write_json(path, _clean(body))
+
+
+# ---- the whole frontier of one checkpoint, resumable (05_ablations) -------------------------------------------
+def evaluate_text(model, questions, batch_size: int | None = None, progress: bool = False) -> list[dict]:
+    """Greedy records of the same checkpoint reading its retrieved chunks as TEXT (model.memory = "text": the same
+    retrieval, every retrieved chunk whole, no budget policy): "text RAG with the same reader". Each record's
+    "memory_tokens" = the text tokens of its retrieved chunks (separators not counted, as for soft tokens): another
+    unit than a soft token, which is why this point is labelled and kept off the envelope."""
+    questions = _questions(questions)
+    saved = model.memory
+    model.memory = "text"
+    try:
+        records = evaluate.answer_questions(model.answer, questions, batch_size or model.cfg.eval.batch_size,
+                                            bank=model.bank, device=model.device, progress=progress)
+    finally:
+        model.memory = saved
+    for r in records:
+        r["memory_tokens"] = sum(len(model._chunk_ids(row)) for row in r["rows"] if row >= 0)
+    return records
+
+
+def envelope_rules(points: list[dict]) -> list[dict]:
+    """The fixed rules a learned point is compared with: no memory, uniform budgets, top-k whole, thresholds. Not
+    random budgets (one noisy draw, not a rule anyone deploys) and not text RAG (its memory is text tokens)."""
+    return [p for p in points if p.get("name") not in NOT_ON_ENVELOPE]
+
+
+def learned_folder(run_dir: str | Path, setting: str, token_price: float, seed: int) -> Path:
+    """Where one learned point trains: <run>/frontier/<setting>/price<lambda>/seed<seed>."""
+    return Path(run_dir) / "frontier" / setting / f"price{float(token_price):g}" / f"seed{seed}"
+
+
+def pareto_path(run_dir: str | Path, setting: str, settings: list[str]) -> Path:
+    """metrics/budget_pareto.json for a run with one trained setting; budget_pareto-<setting>.json with several."""
+    name = "budget_pareto.json" if len(settings) <= 1 else f"budget_pareto-{setting}.json"
+    return Path(run_dir) / "metrics" / name
+
+
+def training_summary(folder: str | Path) -> dict:
+    """What a learned point's policy-only GRPO did, from its train_log.jsonl: the steps, and the first and the last
+    step's policy entropy (nats), evidence and other budget, mean budget, task accuracy and token-price term of the
+    rollouts (a step logged twice across a resume counts once, the later); {} without a log."""
+    path = Path(folder) / "train_log.jsonl"
+    if not path.is_file():
+        return {}
+    by_step = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if r.get("stage") == "grpo":
+                by_step[r["step"]] = r
+    steps = [by_step[k] for k in sorted(by_step)]
+    if not steps:
+        return {"steps": 0}
+    out = {"steps": len(steps), "seconds": float(sum(r.get("seconds", 0.0) for r in steps)),
+           "zero_advantage_groups": int(sum(r.get("zero_advantage_groups", 0) for r in steps))}
+    for key in ("policy_entropy", "evidence_budget", "other_budget", "mean_budget", "accuracy", "reward_token_price"):
+        out[f"{key}_first"] = steps[0].get(key, float("nan"))
+        out[f"{key}_last"] = steps[-1].get(key, float("nan"))
+    return out
+
+
+def _saved(path: Path, cfg, meta: dict, body: dict) -> dict:
+    """Write a frontier evaluation the way evaluate.evaluate writes a result (fingerprint, code version), so that
+    evaluate.existing reuses it, refuses it under other params, or recomputes it under --fresh."""
+    write_json(path, {**meta, "fingerprint": evaluate.fingerprint(cfg, meta), "code_version": code_version(),
+                      "environment": environment(), **body})
+    return json.loads(path.read_text())
+
+
+def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpoint: str | Path,
+                 path: str | Path | None = None, split: str = "test", progress: bool = False,
+                 log=print) -> dict:
+    """The budget frontier of one trained checkpoint, written to `path` (default `pareto_path` for one setting):
+
+    1. the checkpoint (LoRA, projector, policy) is loaded into `model` (an ElasticMem of `dataset`'s bank);
+    2. every fixed rule (`fixed_points(cfg)`) and text RAG with the same reader (`evaluate_text`) on `split`
+       (capped by eval.max_questions, as every result), saved in <run>/frontier/<setting>/fixed-<split>.json;
+    3. per price in eval.frontier_prices and seed in eval.frontier_seeds, a fresh policy trained by policy-only GRPO
+       on the training split (`train_learned_point`: eval.frontier_steps steps of eval.frontier_questions_per_step
+       questions, policy lr eval.frontier_policy_lr; the last step's policy, no validation) in `learned_folder`,
+       then evaluated on `split` with its `diagnostics` (<folder>/<split>.json);
+    4. each learned point (the mean over its seeds) against the envelope of `envelope_rules` (`vs_envelope`), and
+       `write_pareto`.
+
+    Resumable: a saved evaluation is reused when its params and checkpoint match (evaluate.existing: another
+    params set is an error naming the key; --fresh recomputes), a finished training folder is reused without a
+    step, an interrupted one resumes from last/. A frontier folder measured on another checkpoint is refused.
+    Afterwards `model` has its own cfg, policy object and memory mode again, with the checkpoint reloaded.
+
+    Returns {"path", "pareto" (the file's content), "fixed", "text", "learned" (points with records),
+    "training" (per price and seed: `training_summary`, reused, seconds), "envelope" (names), "seconds"}.
+    """
+    from .baselines import checkpoint_id  # baselines does not import this module
+
+    e = cfg.eval
+    checkpoint = Path(checkpoint)
+    test_q = list(dataset.split(split))
+    test_q = _questions(test_q[:e.max_questions] if e.max_questions > 0 else test_q)
+    train_q = _questions(dataset.split("train"))
+    if not e.frontier_prices or not e.frontier_seeds:
+        raise ValueError("the frontier needs at least one token price (eval.frontier_prices) and one seed "
+                         "(eval.frontier_seeds)")
+    folder = Path(run_dir) / "frontier" / setting
+    ckpt_id = checkpoint_id(checkpoint)
+    base, base_file = {"checkpoint": str(checkpoint), "checkpoint_id": ckpt_id}, folder / "base.json"
+    if base_file.is_file():
+        was = json.loads(base_file.read_text())
+        if was.get("checkpoint_id") != ckpt_id:
+            raise evaluate.ResultsError(f"{folder} holds a frontier measured on checkpoint {was}, not on {base}: "
+                                        f"its learned policies read with another reader; delete {folder} to "
+                                        f"measure the frontier of this checkpoint")
+    else:
+        write_json(base_file, base)
+    n_boot, bseed = e.bootstrap, cfg.runtime.seed
+    meta = {"kind": "frontier", "setting": setting, "split": split, "backbone": model.backbone.identity,
+            "checkpoint_id": ckpt_id, "qids": [q.qid for q in test_q]}
+    saved_state = model.cfg, model.policy, model.memory
+    seconds, training, learned = {}, [], []
+    try:
+        model.load(checkpoint)
+        model.memory = "latent"
+        points = fixed_points(cfg)
+        fixed_meta = {**meta, "points": [{k: p[k] for k in ("name", "memory", "overrides")} for p in points]}
+        t0 = time.perf_counter()
+        got = evaluate.existing(folder / f"fixed-{split}.json", cfg, fixed_meta)
+        if got is None:
+            fixed = evaluate_fixed(model, test_q, points, n_boot, bseed, progress)
+            records = evaluate_text(model, test_q, progress=progress)
+            text = {"family": "heuristics", "name": TEXT_RAG, "budget": None, "memory": "text", "overrides": None,
+                    **point_summary(records, n_boot, bseed), "records": records}
+            got = _saved(folder / f"fixed-{split}.json", cfg, fixed_meta, {"fixed": fixed, "text": text})
+        fixed, text = got["fixed"], got["text"]
+        seconds["fixed rules and text RAG"] = round(time.perf_counter() - t0, 1)
+        log(f"{setting}: {len(fixed)} fixed rules and text RAG on {len(test_q)} {split} questions "
+            f"({seconds['fixed rules and text RAG']:.0f} s; 0 = reused)")
+        rules = envelope_rules(fixed)
+        for price in e.frontier_prices:
+            runs = []
+            for seed in e.frontier_seeds:
+                where = learned_folder(run_dir, setting, price, seed)
+                point_meta = {**meta, "token_price": float(price), "seed": seed, "steps": e.frontier_steps,
+                              "questions_per_step": e.frontier_questions_per_step, "policy_lr": e.frontier_policy_lr}
+                t0 = time.perf_counter()
+                got = evaluate.existing(where / f"{split}.json", cfg, point_meta)
+                reused = got is not None
+                if got is None:
+                    model.cfg, model.policy = saved_state[0], saved_state[1]
+                    model.load(checkpoint, parts=("lora", "projector"))  # the reader every point shares
+                    train_learned_point(model, train_q, [], where, price, seed, e.frontier_steps,
+                                        e.frontier_questions_per_step, e.frontier_policy_lr, setting=setting,
+                                        progress=progress)
+                    records = evaluate_point(model, test_q, seed=bseed, progress=progress)
+                    got = _saved(where / f"{split}.json", cfg, point_meta,
+                                 {"records": records, "diagnostics": diagnostics(model, test_q)})
+                took = round(time.perf_counter() - t0, 1)
+                seconds[f"price {float(price):g}, seed {seed}"] = took
+                runs.append({"seed": seed, "records": got["records"], "diagnostics": got["diagnostics"]})
+                training.append({"token_price": float(price), "seed": seed, "reused": reused, "seconds": took,
+                                 **training_summary(where)})
+                log(f"{setting}: learned point price {float(price):g} seed {seed}: "
+                    f"{'reused' if reused else 'trained and evaluated'} ({took:.0f} s)")
+            learned.append(learned_point(price, runs, rules, n_boot, bseed))
+        uniform = [p for p in fixed if p["family"] == "uniform"]
+        heuristics = [p for p in fixed if p["family"] == "heuristics"] + [text]
+        out = write_pareto(path or pareto_path(run_dir, setting, [setting]), setting, split, len(test_q), uniform,
+                           heuristics, learned)
+    finally:
+        model.cfg, model.policy, model.memory = saved_state
+        model.load(checkpoint)  # the checkpoint's own policy (and reader) again
+    return {"path": out, "pareto": json.loads(out.read_text()), "fixed": fixed, "text": text, "learned": learned,
+            "training": training, "envelope": [p["name"] for p in upper_envelope(rules)], "seconds": seconds}
+
+
+# ---- reading budget_pareto.json (05 and 07) ----------------------------------------------------------------------
+def _fixed_entries(data: dict) -> list[dict]:
+    """The file's uniform and heuristics entries, each named (uniform: "no memory" or "uniform <b>") with a family."""
+    out = [{"family": "uniform", "name": "no memory" if e["budget"] == 0 else f"uniform {e['budget']}", **e}
+           for e in data["uniform"]]
+    return out + [{"family": "text" if e["name"] == TEXT_RAG else "heuristics", **e} for e in data["heuristics"]]
+
+
+def pareto_table(data: dict):
+    """One row per point of a budget_pareto.json (a pandas DataFrame): family, name, memory tokens, accuracy and
+    its 95% interval, whether it is on the fixed rules' envelope; learned points also their seed range, diagnostics
+    and the paired difference against the envelope's point at their memory tokens."""
+    import pandas as pd
+
+    fixed = _fixed_entries(data)
+    envelope = {p["name"] for p in upper_envelope(envelope_rules(fixed))}
+    rows = [{"family": p["family"], "name": p["name"], "memory_tokens": p["memory_tokens"],
+             "accuracy": p["accuracy"], "ci_low": p["ci"][0], "ci_high": p["ci"][1],
+             "on_envelope": p["name"] in envelope} for p in fixed]
+    for p in data["learned"]:
+        acc = [s["accuracy"] for s in p["seeds"]]
+        vs = p.get("vs_envelope") or {}
+        rows.append({"family": "learned", "name": f"learned, price {p['token_price']:g}",
+                     "memory_tokens": p["memory_tokens"], "accuracy": p["accuracy"], "ci_low": p["ci"][0],
+                     "ci_high": p["ci"][1], "on_envelope": False, "seeds": len(acc), "seed_accuracy_min": min(acc),
+                     "seed_accuracy_max": max(acc), "entropy": p["entropy"], "entropy_uniform": p["entropy_uniform"],
+                     "evidence_budget": p["evidence_budget"], "other_budget": p["other_budget"],
+                     "drop_rate": p["drop_rate"], "vs_envelope": vs.get("against"), "diff": vs.get("diff"),
+                     "diff_ci_low": (vs.get("ci") or [None])[0], "diff_ci_high": (vs.get("ci") or [None, None])[1]})
+    return pd.DataFrame(rows)
+
+
+def plot_pareto(data: dict, ax=None):
+    """Accuracy (95% intervals) against memory tokens per question from a budget_pareto.json: uniform budgets
+    (b = 0 is no memory), top-k whole and thresholds, random budgets, text RAG with the same reader (x = its text
+    tokens), the fixed rules' upper envelope as a step line, and each learned point (mean over seeds, its interval,
+    and its seeds' range in accuracy and in memory tokens)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        ax = plt.subplots(figsize=(8, 5))[1]
+    fixed = _fixed_entries(data)
+
+    def draw(points, fmt, label, **kw):
+        if points:
+            x = [p["memory_tokens"] for p in points]
+            y = [p["accuracy"] for p in points]
+            yerr = [[p["accuracy"] - (p["ci"][0] if p["ci"][0] is not None else p["accuracy"]) for p in points],
+                    [(p["ci"][1] if p["ci"][1] is not None else p["accuracy"]) - p["accuracy"] for p in points]]
+            ax.errorbar(x, y, yerr=yerr, fmt=fmt, capsize=3, label=label, **kw)
+
+    uniform = sorted([p for p in fixed if p["family"] == "uniform"], key=lambda p: p["memory_tokens"])
+    draw(uniform, "o-", "uniform b (b = 0: no memory)", color="C0")
+    for p in uniform:
+        ax.annotate(str(p["budget"]), (p["memory_tokens"], p["accuracy"]), xytext=(3, -10),
+                    textcoords="offset points", fontsize=7, color="C0")
+    rules = [p for p in fixed if p["family"] == "heuristics" and p["name"] not in NOT_ON_ENVELOPE]
+    draw(rules, "s", "top-k whole, score threshold", color="C1")
+    for p in rules:
+        ax.annotate(p["name"], (p["memory_tokens"], p["accuracy"]), xytext=(4, 4), textcoords="offset points",
+                    fontsize=7, color="C1")
+    draw([p for p in fixed if p["name"] == "random"], "x", "random budgets (not on the envelope)", color="grey")
+    draw([p for p in fixed if p["family"] == "text"], "D", "text RAG, same reader (x = TEXT tokens)", color="C2")
+    env = upper_envelope(envelope_rules(fixed))
+    right = max([p["memory_tokens"] for p in fixed] + [p["memory_tokens"] for p in data["learned"]] + [1.0])
+    if env:
+        ax.step([p["memory_tokens"] for p in env] + [right], [p["accuracy"] for p in env] + [env[-1]["accuracy"]],
+                where="post", color="black", lw=1, ls="--", label="envelope of the fixed rules")
+    for i, p in enumerate(data["learned"]):
+        m, a = p["memory_tokens"], p["accuracy"]
+        draw([p], "*", "learned policy (mean over seeds)" if i == 0 else None, color="C3", ms=12)
+        xs, ys = [s["memory_tokens"] for s in p["seeds"]], [s["accuracy"] for s in p["seeds"]]
+        ax.plot([min(xs), max(xs)], [a, a], color="C3", lw=4, alpha=0.35,
+                label="seed range" if i == 0 else None)
+        ax.plot([m, m], [min(ys), max(ys)], color="C3", lw=4, alpha=0.35)
+        ax.plot(xs, ys, ".", color="C3", alpha=0.6)
+        ax.annotate(f"λ = {p['token_price']:g}", (m, a), xytext=(6, 4), textcoords="offset points", fontsize=8,
+                    color="C3")
+    ax.set(xlabel="memory tokens per question (soft tokens; text RAG: text tokens)", ylabel="accuracy",
+           title=f"{data['setting']}, {data['split']} (n = {data['n']}): the budget frontier")
+    ax.legend(fontsize=7, loc="best")
+    return ax

@@ -152,3 +152,83 @@ def test_envelope_and_paired_difference_on_hand_made_points():
     two = frontier.vs_envelope({0: rec([1, 1, 0, 1]), 1: rec([1, 1, 1, 1])}, 20, fixed, n_boot=200)
     assert two["diff"] == pytest.approx(0.625) and [s["diff"] for s in two["seeds"]] == [0.5, 0.75]
     assert frontier.vs_envelope({0: rec([1, 1, 0, 1])}, 5, fixed) is None
+
+
+class _Data:
+    """A dataset of the tiny questions: every split is QUESTIONS."""
+    setting = "tiny"
+
+    def split(self, name):
+        return list(QUESTIONS)
+
+
+def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path, monkeypatch):
+    model = tiny_model(bank, *NO_DROPOUT, "eval.frontier_uniform=[4, 8]", "eval.frontier_prices=[0.0, 0.5]",
+                       "eval.frontier_seeds=[1, 2]", "eval.frontier_steps=1", "eval.frontier_questions_per_step=2",
+                       "eval.frontier_policy_lr=0.01", "eval.bootstrap=100")
+    checkpoint = model.save(tmp_path / "ckpt")
+    own_policy, own_cfg = model.policy, model.cfg
+    out = frontier.run_frontier(model.cfg, tmp_path / "run", "tiny", model, _Data(), checkpoint, log=lambda *a: None)
+    assert out["path"] == tmp_path / "run" / "metrics" / "budget_pareto.json"
+    data = json.loads(out["path"].read_text())
+    assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned"}
+    assert (data["setting"], data["split"], data["n"]) == ("tiny", "test", 3)
+    assert [e["budget"] for e in data["uniform"]] == [0, 4, 8]
+    names = [e["name"] for e in data["heuristics"]]
+    assert names == ["top-1 whole", "top-2 whole", "threshold 0.3", "threshold 0.5", "random", frontier.TEXT_RAG]
+    for e in data["uniform"]:
+        assert set(e) == set(frontier.UNIFORM_KEYS)
+    for e in data["heuristics"]:
+        assert set(e) == set(frontier.HEURISTIC_KEYS)
+    assert [e["token_price"] for e in data["learned"]] == [0.0, 0.5]
+    for e in data["learned"]:
+        assert set(e) - {"vs_envelope"} == set(frontier.LEARNED_KEYS)
+        assert [s["seed"] for s in e["seeds"]] == [1, 2]
+    # text RAG's memory tokens are the retrieved chunks' text tokens; the envelope leaves it and random out
+    (text,) = [e for e in data["heuristics"] if e["name"] == frontier.TEXT_RAG]
+    assert text["memory_tokens"] == pytest.approx(sum(
+        sum(len(model._chunk_ids(r)) for r in x["rows"] if r >= 0) for x in out["text"]["records"]) / 3)
+    assert not set(out["envelope"]) & set(frontier.NOT_ON_ENVELOPE)
+    for e in data["learned"]:
+        if "vs_envelope" in e:
+            assert e["vs_envelope"]["against"] not in frontier.NOT_ON_ENVELOPE
+    # every point trained its one step into its own folder; the model has its own policy and cfg back
+    for price in (0.0, 0.5):
+        for seed in (1, 2):
+            where = frontier.learned_folder(tmp_path / "run", "tiny", price, seed)
+            assert where == tmp_path / "run" / "frontier" / "tiny" / f"price{price:g}" / f"seed{seed}"
+            assert (where / "last" / "trainer_state.pt").is_file() and (where / "test.json").is_file()
+    assert [t["steps"] for t in out["training"]] == [1] * 4 and not any(t["reused"] for t in out["training"])
+    assert model.policy is own_policy and model.cfg is own_cfg and model.memory == "latent"
+    saved_policy = torch.load(checkpoint / "policy.pt")
+    assert all(torch.equal(v, saved_policy[k]) for k, v in model.policy.state_dict().items())
+    table = frontier.pareto_table(data)
+    assert len(table) == 3 + 6 + 2 and table.on_envelope.any()
+    # a second call reuses every point: nothing trains, the file is the same
+    logs = {p: p.read_text() for p in (tmp_path / "run" / "frontier").rglob("train_log.jsonl")}
+    monkeypatch.setattr(frontier, "train_learned_point", lambda *a, **k: pytest.fail("a finished point retrained"))
+    again = frontier.run_frontier(model.cfg, tmp_path / "run", "tiny", model, _Data(), checkpoint,
+                                  log=lambda *a: None)
+    assert all(t["reused"] for t in again["training"]) and json.loads(again["path"].read_text()) == data
+    assert {p: p.read_text() for p in logs} == logs
+    # a frontier folder of another checkpoint is refused
+    with torch.no_grad():
+        next(model.projector.parameters()).add_(1.0)
+    other = model.save(tmp_path / "other")
+    with pytest.raises(evaluate.ResultsError, match="another reader"):
+        frontier.run_frontier(model.cfg, tmp_path / "run", "tiny", model, _Data(), other, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.frontier_prices=[0.0, -0.2]", "eval.frontier_prices .* must be >= 0"),
+    ("eval.frontier_seeds=[]", "needs at least one eval.frontier_prices entry and one eval.frontier_seeds"),
+    ("eval.frontier_seeds=[1, 1]", "seeds must be distinct"),
+    ("eval.frontier_steps=0", "eval.frontier_steps must be >= 1"),
+    ("eval.frontier_policy_lr=0", "eval.frontier_policy_lr must be > 0"),
+])
+def test_bad_frontier_params_are_refused_naming_the_key(override, message):
+    from elasticmem_core import config
+    from tinydata import tiny_cfg
+
+    with pytest.raises(config.ConfigError, match=message):
+        tiny_cfg("eval.frontier=true", override)
