@@ -72,18 +72,6 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=10)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo_root(), capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def code_version() -> dict[str, Any]:
     """The code a result was made with: {"commit": the git commit or None, "dirty": whether tracked or untracked
     files differ from it (None when unknown)}. Saved in every results file and in run.json; evaluate.existing warns
@@ -98,6 +86,12 @@ def code_version() -> dict[str, Any]:
         return {"commit": out.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+
+
+def git_commit() -> str | None:
+    """The commit as one string ("<sha>+dirty" for a dirty tree), for run metadata."""
+    v = code_version()
+    return None if v["commit"] is None else v["commit"] + ("+dirty" if v["dirty"] else "")
 
 
 FRESH_ENV = "ELASTICMEM_FRESH"
