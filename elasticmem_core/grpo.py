@@ -258,7 +258,7 @@ def group_loss(model, g: Group, rows: list[int] | None = None, lm: bool = True) 
                                     with_grad=True)
         if g.old_logp is None and whole:  # first inner pass: the weights are still the rollouts' (module docstring)
             g.old_logp = logp.detach()
-        old = g.old_logp if whole else _old_rows(g, rows, logp)
+        old = g.old_logp if whole else _old_rows(g, "old_logp", rows, logp)
         lm_loss, lm_clip = clipped_surrogate(logp, old, adv, mask, cfg.grpo.clip_eps, cfg.grpo.loss_type, weights)
         loss = lm_loss
         stats = {"lm_loss": lm_loss.item(), "clip_frac": lm_clip.item()}
@@ -266,7 +266,7 @@ def group_loss(model, g: Group, rows: list[int] | None = None, lm: bool = True) 
         plogp, entropy = model.policy_logprob(plan)
         if g.old_policy_logp is None and whole:
             g.old_policy_logp = plogp.detach()
-        old_p = g.old_policy_logp if whole else _old_policy_rows(g, rows, plogp)
+        old_p = g.old_policy_logp if whole else _old_rows(g, "old_policy_logp", rows, plogp)
         pmask = plan.retrieved.mask.to(model.device)
         pweights = None
         if not whole:
@@ -286,30 +286,21 @@ def group_loss(model, g: Group, rows: list[int] | None = None, lm: bool = True) 
     return loss, stats
 
 
-def _old_rows(g: Group, rows: list[int], logp: torch.Tensor) -> torch.Tensor:
-    """Old log-probs of `rows` for a per-rollout pass; at the first inner pass they are this pass's own (detached).
-    Stored per row, trimmed to each row's real actions (a sub-batch pads its answers to its own length)."""
-    width = logp.shape[1]
-    if isinstance(g.old_logp, torch.Tensor):  # from `score_old`: padded to the whole group's answer length
-        return g.old_logp[rows][:, :width].to(logp.device)
-    if g.old_logp is None:
-        g.old_logp = [None] * len(g.questions)
+def _old_rows(g: Group, field: str, rows: list[int], now: torch.Tensor) -> torch.Tensor:
+    """Old log-probs (`field`: old_logp [., 1 + A] or old_policy_logp [., Z]) of `rows` for a per-rollout pass; at
+    the first inner pass they are this pass's own (`now`, detached). Stored per row, trimmed or padded to this
+    pass's width (a sub-batch pads its answers to its own length; the policy's width is always Z)."""
+    width, stored = now.shape[1], getattr(g, field)
+    if isinstance(stored, torch.Tensor):  # from `score_old`: padded to the whole group's answer length
+        return stored[rows][:, :width].to(now.device)
+    if stored is None:
+        stored = [None] * len(g.questions)
+        setattr(g, field, stored)
     for k, i in enumerate(rows):
-        if g.old_logp[i] is None:
-            g.old_logp[i] = logp[k].detach()
-    return torch.stack([torch.nn.functional.pad(g.old_logp[i][:width], (0, width - min(width, g.old_logp[i].shape[0])))
+        if stored[i] is None:
+            stored[i] = now[k].detach()
+    return torch.stack([torch.nn.functional.pad(stored[i][:width], (0, width - min(width, stored[i].shape[0])))
                         for i in rows])
-
-
-def _old_policy_rows(g: Group, rows: list[int], plogp: torch.Tensor) -> torch.Tensor:
-    if isinstance(g.old_policy_logp, torch.Tensor):
-        return g.old_policy_logp[rows].to(plogp.device)
-    if g.old_policy_logp is None:
-        g.old_policy_logp = [None] * len(g.questions)
-    for k, i in enumerate(rows):
-        if g.old_policy_logp[i] is None:
-            g.old_policy_logp[i] = plogp[k].detach()
-    return torch.stack([g.old_policy_logp[i] for i in rows])
 
 
 # ---- supervised warm-ups --------------------------------------------------------------------------------------
