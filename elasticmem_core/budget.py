@@ -22,6 +22,10 @@ Ablation variants (budget.policy): `uniform` (every chunk gets uniform_budget), 
 first (no parameters, like uniform and random): `top_k_whole` (the budget.keep_top best-ranked chunks get B_max, a
 whole chunk: min(B_max, chunk length) real states; the rest min_budget, i.e. dropped when min_budget = 0) and
 `threshold` (b_j = B_max if s_j >= budget.score_threshold, else min_budget).
+
+The oracle-feature policy (`budget.sees_evidence`, beyond the paper, for the budget frontier only): each chunk token
+also carries e_j = 1 if chunk j is one of the question's gold evidence chunks, x_j += evid[e_j]. No deployable policy
+has that flag; what it learns bounds what a policy can learn from its real inputs (q, k_j, s_j, ranks).
 """
 from __future__ import annotations
 
@@ -64,6 +68,9 @@ class BudgetPolicy(nn.Module):
         self.min_budget, self.b_max = cfg.min_budget, cfg.b_max
         self.uniform_budget = cfg.uniform_budget
         self.keep_top, self.score_threshold = cfg.keep_top, cfg.score_threshold
+        self.sees_evidence = bool(getattr(cfg, "sees_evidence", False))
+        if self.sees_evidence and self.kind in FIXED_RULES:
+            raise ValueError(f"budget.sees_evidence needs a learned policy (transformer or mlp), not {self.kind!r}")
         if self.keep_top < 1:
             raise ValueError(f"budget.keep_top = {self.keep_top}; keep at least 1 chunk")
         self.levels = self.b_max - self.min_budget + 1
@@ -80,6 +87,8 @@ class BudgetPolicy(nn.Module):
         self.proj_s = nn.Linear(1, d)
         self.prev = nn.Embedding(self.b_max + 2, d)   # budgets 0..B_max plus a start symbol
         self.seg = nn.Embedding(2, d)                 # 0 = query token, 1 = chunk token
+        if self.sees_evidence:
+            self.evid = nn.Embedding(2, d)            # 0 = not evidence, 1 = a gold evidence chunk (the oracle's flag)
         self.hidden = d
         self.top_z = None
         if self.kind == "transformer" and self.arch == "authors":
@@ -102,11 +111,17 @@ class BudgetPolicy(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------------
     def logits(self, query: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor,
-               prev_budgets: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, Z, levels]; prev_budgets[:, j] is the budget chosen for chunk j-1."""
+               prev_budgets: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits [B, Z, levels]; prev_budgets[:, j] is the budget chosen for chunk j-1; `evidence`
+        [B, Z] (0/1) only for the oracle-feature policy."""
         dt = self.proj_q.weight.dtype
         q = self.proj_q(self.norm_q(query.to(dt)))                               # [B, d]
         chunk = self.proj_k(self.norm_k(keys.to(dt))) + self.proj_s(scores.to(dt)[..., None])  # [B, Z, d]
+        if self.sees_evidence:
+            if evidence is None:
+                raise ValueError("the oracle-feature budget policy (budget.sees_evidence) needs the evidence flags "
+                                 "of the retrieved chunks (ElasticMem.plan computes them from question.evidence)")
+            chunk = chunk + self.evid(evidence.long().to(chunk.device))
         z = keys.shape[1]
         if self.kind == "mlp":
             h = self.body(torch.cat([chunk, q[:, None].expand_as(chunk)], dim=-1))
@@ -130,8 +145,10 @@ class BudgetPolicy(nn.Module):
         return torch.cat([start, budgets[:, :-1]], dim=1)
 
     def decide(self, query: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
-               sample: bool, generator: torch.Generator | None = None) -> BudgetDecision:
-        """Budgets for the retrieved chunks; `mask` [B, Z] is False where a memory had fewer than Z chunks."""
+               sample: bool, generator: torch.Generator | None = None,
+               evidence: torch.Tensor | None = None) -> BudgetDecision:
+        """Budgets for the retrieved chunks; `mask` [B, Z] is False where a memory had fewer than Z chunks;
+        `evidence` [B, Z] only for the oracle-feature policy."""
         b, z = scores.shape
         zeros = torch.zeros(b, z, device=scores.device)
         if self.kind in FIXED_RULES:
@@ -139,7 +156,7 @@ class BudgetPolicy(nn.Module):
         budgets = torch.zeros(b, z, dtype=torch.long, device=scores.device)
         steps = range(z) if self.kind == "transformer" else [z - 1]  # the mlp policy decides all chunks at once
         for j in steps:
-            logits = self.logits(query, keys, scores, self._prev(budgets))
+            logits = self.logits(query, keys, scores, self._prev(budgets), evidence)
             dist = torch.distributions.Categorical(logits=logits.float())
             if sample:
                 u = sampling.uniform(logits.shape[:2], logits.device, generator, "budget")
@@ -152,7 +169,7 @@ class BudgetPolicy(nn.Module):
             else:
                 budgets = level
         budgets = budgets.masked_fill(~mask, 0)
-        logprob, entropy = self.evaluate(query, keys, scores, mask, budgets)
+        logprob, entropy = self.evaluate(query, keys, scores, mask, budgets, evidence)
         return BudgetDecision(budgets, logprob.detach(), entropy.detach())
 
     def _fixed(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -168,12 +185,12 @@ class BudgetPolicy(nn.Module):
             return full(torch.arange(z, device=scores.device).lt(self.keep_top).expand(b, z))
         return full(scores >= self.score_threshold)  # threshold
 
-    def evaluate(self, query, keys, scores, mask, budgets) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, query, keys, scores, mask, budgets, evidence=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy [B, Z] of given budgets in one teacher-forced pass (0 at padding chunks)."""
         if self.kind in FIXED_RULES:
             zeros = torch.zeros(budgets.shape, device=budgets.device)
             return zeros, zeros
-        logp = F.log_softmax(self.logits(query, keys, scores, self._prev(budgets)).float(), dim=-1)
+        logp = F.log_softmax(self.logits(query, keys, scores, self._prev(budgets), evidence).float(), dim=-1)
         level = (budgets - self.min_budget).clamp(0, self.levels - 1)
         chosen = logp.gather(-1, level[..., None]).squeeze(-1)
         entropy = -(logp.exp() * logp).sum(-1)

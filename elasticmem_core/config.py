@@ -143,6 +143,9 @@ class BudgetConfig:
                           "(dropped at 0; 1 soft token at min_budget 1)")
     score_threshold: float = _f(0.5, "threshold: chunks with retrieval score (cosine) >= this get B_max, the rest "
                                      "min_budget (dropped at 0; 1 soft token at min_budget 1)")
+    sees_evidence: bool = _f(False, "oracle-feature policy (beyond the paper; the budget frontier's upper bound): each "
+                                    "chunk token also carries whether the chunk is gold evidence, which no deployed "
+                                    "policy knows; needs questions with an evidence field")
     entropy_coef: float = _f(0.001, "entropy bonus weight of the budget policy")
     arch: str = _f("package", "package (LayerNorm on q and k, pre-LN layers, sinusoidal ranks: no weight depends on "
                               "Z, so a checkpoint runs at any top_z) | authors (plain Linear inputs, post-LN layers, a "
@@ -249,6 +252,11 @@ class EvalConfig:
     frontier_steps: int = _f(24, "policy-only GRPO steps per learned point")
     frontier_questions_per_step: int = _f(4, "questions per policy-only GRPO step of a learned point")
     frontier_policy_lr: float = _f(1e-3, "budget-policy learning rate of the learned points' GRPO")
+    frontier_oracle_prices: list[float] = _f([0.0], "token prices of the oracle-feature policy (budget.sees_evidence: "
+                                             "it also sees each chunk's evidence flag), trained like a learned point "
+                                             "over eval.frontier_seeds: the bound on what a policy can learn; [] = none")
+    frontier_probe: bool = _f(True, "the frontier also fits linear probes: can the policy's inputs (query state, "
+                                    "keys, scores, ranks) tell an evidence chunk from the others?")
     variant_steps: int = _f(0, "GRPO (or text SFT) steps of each trained baseline and ablation: -1 = as the grpo "
                                "section says (paper, mini); 0 = untrained, a plumbing check (smoke); N = at most N")
 
@@ -459,8 +467,12 @@ def validate(cfg: Config, source: str = "<params>") -> None:
                           f"{cfg.budget.min_budget}..{cfg.budget.b_max} (budget.min_budget..budget.b_max)")
     if any(b < 0 for b in cfg.eval.frontier_uniform):
         raise ConfigError(f"{source}: eval.frontier_uniform = {cfg.eval.frontier_uniform}: budgets must be >= 0")
-    if any(p < 0 for p in cfg.eval.frontier_prices):
-        raise ConfigError(f"{source}: eval.frontier_prices = {cfg.eval.frontier_prices}: a token price must be >= 0")
+    for key in ("frontier_prices", "frontier_oracle_prices"):
+        if any(p < 0 for p in getattr(cfg.eval, key)):
+            raise ConfigError(f"{source}: eval.{key} = {getattr(cfg.eval, key)}: a token price must be >= 0")
+    if cfg.budget.sees_evidence and cfg.budget.policy not in ("transformer", "mlp"):
+        raise ConfigError(f"{source}: budget.sees_evidence = true needs a learned budget policy (transformer or mlp), "
+                          f"not budget.policy = {cfg.budget.policy!r}")
     if cfg.eval.frontier and not (cfg.eval.frontier_prices and cfg.eval.frontier_seeds):
         raise ConfigError(f"{source}: eval.frontier = true needs at least one eval.frontier_prices entry and one "
                           f"eval.frontier_seeds entry")

@@ -9,7 +9,11 @@ Z retrieved chunks get differ:
 - text RAG with the same reader (`evaluate_text`): the same checkpoint reading its retrieved chunks as text, its
   memory counted in text tokens (another unit: a heuristics entry named TEXT_RAG, never on the envelope);
 - learned points (`train_learned_point`): a fresh budget policy trained by GRPO alone (grpo.policy_only) on the
-  reward r = task - lambda x M / (Z x B_max) at a token price lambda, one point per lambda, over several seeds.
+  reward r = task - lambda x M / (Z x B_max) at a token price lambda, one point per lambda, over several seeds;
+- oracle points: the same training of an oracle-feature policy (budget.sees_evidence: it also sees whether each
+  chunk is gold evidence), the bound on what a policy can learn from its inputs;
+- the relevance probe (`relevance_probe`): linear probes of whether the policy's inputs (query state, keys, retrieval
+  scores, ranks) tell the evidence chunks from the others, when a learned policy does not learn to.
 
 Memory tokens per question M = the soft tokens injected, sum_j min(b_j, L_j) over the retrieved chunks (L_j = the
 chunk's real cached states, bank.cache_len), WITHOUT the one "\\n" separator each injected chunk also adds: the
@@ -54,6 +58,15 @@ UNIFORM_KEYS = ("budget", "accuracy", "ci", "memory_tokens")
 HEURISTIC_KEYS = ("name", "accuracy", "ci", "memory_tokens")
 LEARNED_KEYS = ("token_price", "accuracy", "ci", "memory_tokens", "entropy", "entropy_uniform", "evidence_budget",
                 "other_budget", "drop_rate", "seeds")
+# the probe's feature sets, each a function of (LN(q) [n, H], LN(k) [n, H], s [n], rank one-hot [n, Z])
+PROBE_FEATURES = {
+    "score": lambda q, k, s, r: s[:, None],
+    "rank": lambda q, k, s, r: r,
+    "score + rank": lambda q, k, s, r: torch.cat([s[:, None], r], 1),
+    "key": lambda q, k, s, r: k,
+    "query x key": lambda q, k, s, r: torch.cat([q * k, (q * k).sum(1, keepdim=True)], 1),
+    "all policy inputs": lambda q, k, s, r: torch.cat([q, k, q * k, s[:, None], r], 1),
+}
 # the same checkpoint reading its retrieved chunks as text: a heuristics entry whose memory tokens are TEXT tokens
 TEXT_RAG = "text RAG, same reader (memory tokens = text tokens)"
 # entries that are not budget rules on the soft-token axis: never on the fixed rules' envelope
@@ -154,9 +167,10 @@ def evaluate_fixed(model, questions, points: list[dict] | None = None, n_boot: i
 def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: float, seed: int, steps: int,
                         questions_per_step: int | None = None, policy_lr: float | None = None,
                         advantage_norm: str | None = None, select: str = "last", setting: str | None = None,
-                        progress: bool = False):
+                        progress: bool = False, sees_evidence: bool = False):
     """Train a fresh budget policy (seeded by `seed`) on the model's current reasoner and projector: grpo.Trainer
-    with grpo.policy_only, reward_terms {task: 1, token_price: lambda}, `steps` GRPO steps, no warm-up stages.
+    with grpo.policy_only, reward_terms {task: 1, token_price: lambda}, `steps` GRPO steps, no warm-up stages;
+    `sees_evidence` trains the oracle-feature policy instead (budget.sees_evidence).
 
     advantage_norm defaults to "mean" when lambda > 0 (a std-normalised price collapses to the cheapest budget when
     the task rewards of a group tie: docs/rewards.md), else to the params' value. `select`: "last" keeps the policy
@@ -183,12 +197,15 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
         max_steps=steps, epochs=max(1, math.ceil(steps * qps / len(train_q))), eval_every=steps,
         reader_warmup_steps=0, sft_steps=0)
     kind = cfg.budget.policy if cfg.budget.policy in ("transformer", "mlp") else "transformer"
-    train_cfg = dataclasses.replace(cfg, grpo=g, budget=dataclasses.replace(cfg.budget, policy=kind),
+    train_cfg = dataclasses.replace(cfg, grpo=g, budget=dataclasses.replace(cfg.budget, policy=kind,
+                                                                            sees_evidence=bool(sees_evidence)),
                                     runtime=dataclasses.replace(cfg.runtime, seed=seed))
     validate(train_cfg, f"frontier point (token_price {token_price}, seed {seed})")
     folder = Path(folder)
     point = {"token_price": float(token_price), "seed": seed, "steps": steps, "policy": kind,
              "advantage_norm": g.advantage_norm, "policy_lr": g.policy_lr, "questions_per_step": qps}
+    if sees_evidence:
+        point["sees_evidence"] = True
     if (folder / POINT_FILE).is_file() and json.loads((folder / POINT_FILE).read_text()) != point:
         raise ValueError(f"{folder} holds another frontier point ({(folder / POINT_FILE).read_text().strip()}); "
                          f"give {point} its own folder")
@@ -240,6 +257,123 @@ def diagnostics(model, questions, batch_size: int | None = None) -> dict:
     return {"entropy": mean(entropy), "entropy_uniform": math.log(model.policy.levels),
             "evidence_budget": mean(evidence), "other_budget": mean(other),
             "drop_rate": mean([float(b == 0) for b in budgets]), "chunks": len(budgets)}
+
+
+# ---- can the policy's inputs tell evidence from the rest? --------------------------------------------------------
+def probe_data(model, questions, batch_size: int | None = None) -> dict:
+    """The policy's inputs for every retrieved chunk of `questions` (greedy retrieval, as at evaluation):
+    {"q", "k" (layer-normalised, [n, H]), "s" [n], "rank" (one-hot [n, Z]), "y" (1 = gold evidence) [n],
+    "question" (index of its question) [n]}."""
+    questions = _questions(questions)
+    bs = batch_size or model.cfg.eval.batch_size
+    z = model.cfg.retrieval.top_z
+    qs, ks, ss, ranks, ys, owner = [], [], [], [], [], []
+    norm = lambda x: torch.nn.functional.layer_norm(x.float(), x.shape[-1:])  # noqa: E731  (what the policy does)
+    saved = model.memory
+    model.memory = "latent"  # the query state is only computed for latent memory
+    try:
+        with grpo.passes_mode(model, False), torch.no_grad():
+            for i in range(0, len(questions), bs):
+                batch = questions[i:i + bs]
+                r = model.retriever(model.reasoner, batch, False, None, need_query=True)
+                keys = model._keys(r.rows).cpu()
+                for b, q in enumerate(batch):
+                    gold = set(getattr(q, "evidence", None) or ())
+                    for j in range(r.rows.shape[1]):
+                        row = int(r.rows[b, j])
+                        if row < 0:
+                            continue
+                        qs.append(norm(r.query[b].cpu()))
+                        ks.append(norm(keys[b, j]))
+                        ss.append(float(r.scores[b, j]))
+                        ranks.append(torch.nn.functional.one_hot(torch.tensor(min(j, z - 1)), z).float())
+                        ys.append(float(model.bank.chunk_ids[row] in gold))
+                        owner.append(i + b)
+    finally:
+        model.memory = saved
+    return {"q": torch.stack(qs), "k": torch.stack(ks), "s": torch.tensor(ss), "rank": torch.stack(ranks),
+            "y": torch.tensor(ys), "question": np.array(owner)}
+
+
+def auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney; ties count half); NaN without both classes."""
+    pos, neg = scores[y > 0.5], scores[y <= 0.5]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-regularised logistic regression by L-BFGS (features standardised by the caller): weights, bias."""
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def relevance_probe(train: dict, val: dict, test: dict, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1), n_boot: int = 1000,
+                    seed: int = 0) -> dict:
+    """Linear probes (logistic regression) of "is this retrieved chunk gold evidence?" from each PROBE_FEATURES set
+    of the policy's inputs (`probe_data` of the training, validation and test questions): fitted on train, the L2
+    weight chosen by validation AUC, reported on test: AUC with a 95% bootstrap interval over test questions, and
+    top1 = how often the chunk the probe ranks first in a question is evidence (questions with evidence retrieved).
+    The retrieval's own order gives "top1" of rank 1 ("rank" features). A probe near AUC 0.5 says the policy cannot
+    see relevance in that input; a good probe with a flat policy says the GRPO signal, not the input, is short."""
+    rng = np.random.default_rng(seed)
+    ytr, yva, yte = train["y"], val["y"], test["y"].numpy()
+    tq = test["question"]
+    with_evidence = sorted({int(i) for i, y in zip(tq, yte) if y > 0.5})
+    out = {"n_train_chunks": int(len(ytr)), "n_test_chunks": int(len(yte)),
+           "evidence_rate_test": float(yte.mean()), "questions_with_evidence_retrieved": len(with_evidence),
+           "probes": []}
+    groups = {int(i): np.flatnonzero(tq == i) for i in np.unique(tq)}
+    for name, feats in PROBE_FEATURES.items():
+        f = [feats(d["q"], d["k"], d["s"], d["rank"]) for d in (train, val, test)]
+        mu, sd = f[0].mean(0), f[0].std(0).clamp_min(1e-6)
+        xtr, xva, xte = ((x - mu) / sd for x in f)
+        best = None
+        for l2 in l2_grid:
+            w, b = _fit_logistic(xtr, ytr, l2)
+            a = auc((xva @ w + b).numpy(), yva.numpy()) if len(yva) else float("nan")
+            if best is None or (not math.isnan(a) and (math.isnan(best[0]) or a > best[0])):
+                best = (a, l2, w, b)
+        _, l2, w, b = best
+        p = (xte @ w + b).numpy()
+        qids = list(groups)
+        boots = []
+        for _ in range(n_boot):
+            idx = np.concatenate([groups[qids[i]] for i in rng.integers(0, len(qids), len(qids))])
+            boots.append(auc(p[idx], yte[idx]))
+        boots = [x for x in boots if not math.isnan(x)]
+        top1 = [float(yte[groups[i][np.argmax(p[groups[i]])]] > 0.5) for i in with_evidence]
+        out["probes"].append({"features": name, "dims": int(xtr.shape[1]), "l2": l2, "val_auc": best[0],
+                              "auc": auc(p, yte), "ci": [float(np.percentile(boots, 2.5)),
+                                                         float(np.percentile(boots, 97.5))] if boots else None,
+                              "top1": float(np.mean(top1)) if top1 else float("nan")})
+    out["rank1_is_evidence"] = float(np.mean([yte[groups[i][0]] > 0.5 for i in with_evidence])) \
+        if with_evidence else float("nan")
+    return out
+
+
+def probe_table(data: dict):
+    """The probe of a budget_pareto.json as a DataFrame (features, dims, AUC [95% interval], top1); None without."""
+    import pandas as pd
+
+    probe = data.get("probe")
+    if not probe:
+        return None
+    return pd.DataFrame([{"features": p["features"], "dims": p["dims"], "test AUC": round(p["auc"], 3),
+                          "95% CI": f"[{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]" if p["ci"] else "",
+                          "top-1 is evidence": round(p["top1"], 3)} for p in probe["probes"]])
 
 
 # ---- envelope and paired differences ----------------------------------------------------------------------------
@@ -333,15 +467,20 @@ def _entries(points: list[dict], keys: tuple[str, ...], kind: str, optional: tup
 
 
 def write_pareto(path: str | Path, setting: str, split: str, n: int, uniform: list[dict], heuristics: list[dict],
-                 learned: list[dict]) -> Path:
+                 learned: list[dict], oracle: list[dict] | None = None, probe: dict | None = None) -> Path:
     """metrics/budget_pareto.json: {"setting", "split", "n", "uniform": [{budget, accuracy, ci, memory_tokens}],
     "heuristics": [{name, accuracy, ci, memory_tokens}], "learned": [{token_price, accuracy, ci, memory_tokens,
-    entropy, entropy_uniform, evidence_budget, other_budget, drop_rate, seeds[, vs_envelope]}]}; points may carry
-    more (records), which are left out; NaN is written as null."""
+    entropy, entropy_uniform, evidence_budget, other_budget, drop_rate, seeds[, vs_envelope]}]}, plus "oracle" (the
+    oracle-feature policy's points, the learned points' keys) and "probe" (`relevance_probe`) when given; points may
+    carry more (records), which are left out; NaN is written as null."""
     body = {"setting": setting, "split": split, "n": int(n),
             "uniform": _entries(uniform, UNIFORM_KEYS, "uniform"),
             "heuristics": _entries(heuristics, HEURISTIC_KEYS, "heuristics"),
             "learned": _entries(learned, LEARNED_KEYS, "learned", ("vs_envelope",))}
+    if oracle:
+        body["oracle"] = _entries(oracle, LEARNED_KEYS, "oracle", ("vs_envelope",))
+    if probe:
+        body["probe"] = probe
     return write_json(path, _clean(body))
 
 
@@ -370,9 +509,11 @@ def envelope_rules(points: list[dict]) -> list[dict]:
     return [p for p in points if p.get("name") not in NOT_ON_ENVELOPE]
 
 
-def learned_folder(run_dir: str | Path, setting: str, token_price: float, seed: int) -> Path:
-    """Where one learned point trains: <run>/frontier/<setting>/price<lambda>/seed<seed>."""
-    return Path(run_dir) / "frontier" / setting / f"price{float(token_price):g}" / f"seed{seed}"
+def learned_folder(run_dir: str | Path, setting: str, token_price: float, seed: int, oracle: bool = False) -> Path:
+    """Where one learned point trains: <run>/frontier/<setting>/price<lambda>/seed<seed> (oracle-price<lambda>/...
+    for the oracle-feature policy)."""
+    return Path(run_dir) / "frontier" / setting / f"{'oracle-' if oracle else ''}price{float(token_price):g}" / \
+        f"seed{seed}"
 
 
 def pareto_path(run_dir: str | Path, setting: str, settings: list[str]) -> Path:
@@ -421,11 +562,13 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
     1. the checkpoint (LoRA, projector, policy) is loaded into `model` (an ElasticMem of `dataset`'s bank);
     2. every fixed rule (`fixed_points(cfg)`) and text RAG with the same reader (`evaluate_text`) on `split`
        (capped by eval.max_questions, as every result), saved in <run>/frontier/<setting>/fixed-<split>.json;
-    3. per price in eval.frontier_prices and seed in eval.frontier_seeds, a fresh policy trained by policy-only GRPO
-       on the training split (`train_learned_point`: eval.frontier_steps steps of eval.frontier_questions_per_step
+    3. the relevance probe (eval.frontier_probe; `relevance_probe` fitted on train, chosen on val, reported on
+       `split`), saved in <run>/frontier/<setting>/probe-<split>.json;
+    4. per price in eval.frontier_prices (and, with the oracle-feature policy, eval.frontier_oracle_prices) and seed
+       in eval.frontier_seeds, a fresh policy trained by policy-only GRPO on the training split (`train_learned_point`: eval.frontier_steps steps of eval.frontier_questions_per_step
        questions, policy lr eval.frontier_policy_lr; the last step's policy, no validation) in `learned_folder`,
        then evaluated on `split` with its `diagnostics` (<folder>/<split>.json);
-    4. each learned point (the mean over its seeds) against the envelope of `envelope_rules` (`vs_envelope`), and
+    5. each learned point (the mean over its seeds) against the envelope of `envelope_rules` (`vs_envelope`), and
        `write_pareto`.
 
     Resumable: a saved evaluation is reused when its params and checkpoint match (evaluate.existing: another
@@ -480,12 +623,29 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
         log(f"{setting}: {len(fixed)} fixed rules and text RAG on {len(test_q)} {split} questions "
             f"({seconds['fixed rules and text RAG']:.0f} s; 0 = reused)")
         rules = envelope_rules(fixed)
-        for price in e.frontier_prices:
+        probe = None
+        if e.frontier_probe:
+            t0 = time.perf_counter()
+            probe_meta = {**meta, "probe": list(PROBE_FEATURES)}
+            got = evaluate.existing(folder / f"probe-{split}.json", cfg, probe_meta)
+            if got is None:
+                data = [probe_data(model, qs) for qs in (train_q, list(dataset.split("val")) or train_q, test_q)]
+                got = _saved(folder / f"probe-{split}.json", cfg, probe_meta,
+                             {"probe": relevance_probe(*data, n_boot=n_boot, seed=bseed)})
+            probe = got["probe"]
+            seconds["relevance probe"] = round(time.perf_counter() - t0, 1)
+            log(f"{setting}: relevance probe ({seconds['relevance probe']:.0f} s; 0 = reused): test AUC " +
+                ", ".join(f"{p['features']} {p['auc']:.2f}" for p in probe["probes"]))
+        oracle = []
+        for price, is_oracle in [(p, False) for p in e.frontier_prices] + [(p, True) for p in e.frontier_oracle_prices]:
+            kind = "oracle-feature point" if is_oracle else "learned point"
             runs = []
             for seed in e.frontier_seeds:
-                where = learned_folder(run_dir, setting, price, seed)
+                where = learned_folder(run_dir, setting, price, seed, is_oracle)
                 point_meta = {**meta, "token_price": float(price), "seed": seed, "steps": e.frontier_steps,
                               "questions_per_step": e.frontier_questions_per_step, "policy_lr": e.frontier_policy_lr}
+                if is_oracle:
+                    point_meta["sees_evidence"] = True
                 t0 = time.perf_counter()
                 got = evaluate.existing(where / f"{split}.json", cfg, point_meta)
                 reused = got is not None
@@ -494,27 +654,27 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                     model.load(checkpoint, parts=("lora", "projector"))  # the reader every point shares
                     train_learned_point(model, train_q, [], where, price, seed, e.frontier_steps,
                                         e.frontier_questions_per_step, e.frontier_policy_lr, setting=setting,
-                                        progress=progress)
+                                        progress=progress, sees_evidence=is_oracle)
                     records = evaluate_point(model, test_q, seed=bseed, progress=progress)
                     got = _saved(where / f"{split}.json", cfg, point_meta,
                                  {"records": records, "diagnostics": diagnostics(model, test_q)})
                 took = round(time.perf_counter() - t0, 1)
-                seconds[f"price {float(price):g}, seed {seed}"] = took
+                seconds[f"{'oracle ' if is_oracle else ''}price {float(price):g}, seed {seed}"] = took
                 runs.append({"seed": seed, "records": got["records"], "diagnostics": got["diagnostics"]})
-                training.append({"token_price": float(price), "seed": seed, "reused": reused, "seconds": took,
-                                 **training_summary(where)})
-                log(f"{setting}: learned point price {float(price):g} seed {seed}: "
+                training.append({"token_price": float(price), "oracle": is_oracle, "seed": seed, "reused": reused,
+                                 "seconds": took, **training_summary(where)})
+                log(f"{setting}: {kind} price {float(price):g} seed {seed}: "
                     f"{'reused' if reused else 'trained and evaluated'} ({took:.0f} s)")
-            learned.append(learned_point(price, runs, rules, n_boot, bseed))
+            (oracle if is_oracle else learned).append(learned_point(price, runs, rules, n_boot, bseed))
         uniform = [p for p in fixed if p["family"] == "uniform"]
         heuristics = [p for p in fixed if p["family"] == "heuristics"] + [text]
         out = write_pareto(path or pareto_path(run_dir, setting, [setting]), setting, split, len(test_q), uniform,
-                           heuristics, learned)
+                           heuristics, learned, oracle, probe)
     finally:
         model.cfg, model.policy, model.memory = saved_state
         model.load(checkpoint)  # the checkpoint's own policy (and reader) again
     return {"path": out, "pareto": json.loads(out.read_text()), "fixed": fixed, "text": text, "learned": learned,
-            "training": training, "envelope": [p["name"] for p in upper_envelope(rules)], "seconds": seconds}
+            "oracle": oracle, "probe": probe, "training": training, "envelope": [p["name"] for p in upper_envelope(rules)], "seconds": seconds}
 
 
 # ---- reading budget_pareto.json (05 and 07) ----------------------------------------------------------------------
@@ -536,10 +696,11 @@ def pareto_table(data: dict):
     rows = [{"family": p["family"], "name": p["name"], "memory_tokens": p["memory_tokens"],
              "accuracy": p["accuracy"], "ci_low": p["ci"][0], "ci_high": p["ci"][1],
              "on_envelope": p["name"] in envelope} for p in fixed]
-    for p in data["learned"]:
+    for family, p in [("learned", p) for p in data["learned"]] + [("oracle", p) for p in data.get("oracle") or []]:
         acc = [s["accuracy"] for s in p["seeds"]]
         vs = p.get("vs_envelope") or {}
-        rows.append({"family": "learned", "name": f"learned, price {p['token_price']:g}",
+        label = "learned" if family == "learned" else "oracle-feature (sees evidence)"
+        rows.append({"family": family, "name": f"{label}, price {p['token_price']:g}",
                      "memory_tokens": p["memory_tokens"], "accuracy": p["accuracy"], "ci_low": p["ci"][0],
                      "ci_high": p["ci"][1], "on_envelope": False, "seeds": len(acc), "seed_accuracy_min": min(acc),
                      "seed_accuracy_max": max(acc), "entropy": p["entropy"], "entropy_uniform": p["entropy_uniform"],
@@ -581,20 +742,26 @@ def plot_pareto(data: dict, ax=None):
     draw([p for p in fixed if p["name"] == "random"], "x", "random budgets (not on the envelope)", color="grey")
     draw([p for p in fixed if p["family"] == "text"], "D", "text RAG, same reader (x = TEXT tokens)", color="C2")
     env = upper_envelope(envelope_rules(fixed))
-    right = max([p["memory_tokens"] for p in fixed] + [p["memory_tokens"] for p in data["learned"]] + [1.0])
+    trained = [("learned", p) for p in data["learned"]] + [("oracle", p) for p in data.get("oracle") or []]
+    right = max([p["memory_tokens"] for p in fixed] + [p["memory_tokens"] for _, p in trained] + [1.0])
     if env:
         ax.step([p["memory_tokens"] for p in env] + [right], [p["accuracy"] for p in env] + [env[-1]["accuracy"]],
                 where="post", color="black", lw=1, ls="--", label="envelope of the fixed rules")
-    for i, p in enumerate(data["learned"]):
+    first = set()
+    for family, p in trained:
         m, a = p["memory_tokens"], p["accuracy"]
-        draw([p], "*", "learned policy (mean over seeds)" if i == 0 else None, color="C3", ms=12)
+        color, marker = ("C3", "*") if family == "learned" else ("C4", "P")
+        label = None if family in first else ("learned policy (mean over seeds)" if family == "learned" else
+                                              "oracle-feature policy (sees the evidence flag)")
+        draw([p], marker, label, color=color, ms=12 if family == "learned" else 9)
         xs, ys = [s["memory_tokens"] for s in p["seeds"]], [s["accuracy"] for s in p["seeds"]]
-        ax.plot([min(xs), max(xs)], [a, a], color="C3", lw=4, alpha=0.35,
-                label="seed range" if i == 0 else None)
-        ax.plot([m, m], [min(ys), max(ys)], color="C3", lw=4, alpha=0.35)
-        ax.plot(xs, ys, ".", color="C3", alpha=0.6)
-        ax.annotate(f"λ = {p['token_price']:g}", (m, a), xytext=(6, 4), textcoords="offset points", fontsize=8,
-                    color="C3")
+        ax.plot([min(xs), max(xs)], [a, a], color=color, lw=4, alpha=0.35,
+                label="seed range" if not first else None)
+        first.add(family)
+        ax.plot([m, m], [min(ys), max(ys)], color=color, lw=4, alpha=0.35)
+        ax.plot(xs, ys, ".", color=color, alpha=0.6)
+        ax.annotate(f"{'oracle ' if family == 'oracle' else ''}λ = {p['token_price']:g}", (m, a), xytext=(6, 4),
+                    textcoords="offset points", fontsize=8, color=color)
     ax.set(xlabel="memory tokens per question (soft tokens; text RAG: text tokens)", ylabel="accuracy",
            title=f"{data['setting']}, {data['split']} (n = {data['n']}): the budget frontier")
     ax.legend(fontsize=7, loc="best")

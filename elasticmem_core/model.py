@@ -54,6 +54,7 @@ class Plan:
     """What a rollout decided before answering: the retrieval and the budgets."""
     retrieved: Retrieved
     budgets: BudgetDecision
+    evidence: torch.Tensor | None = None   # [B, Z] gold-evidence flags, only for an oracle-feature budget policy
 
 
 @dataclass
@@ -112,10 +113,23 @@ class ElasticMem(nn.Module):
     def plan(self, questions, sample: bool, generator: torch.Generator | None = None) -> Plan:
         retrieved = self.retriever(self.reasoner, questions, sample, generator, need_query=self.memory == "latent")
         keys = self._keys(retrieved.rows)
+        evidence = self.evidence_flags(questions, retrieved.rows) if self.policy.sees_evidence else None
         with torch.no_grad():
             decision = self.policy.decide(retrieved.query.to(self.device), keys, retrieved.scores.to(self.device),
-                                          retrieved.mask.to(self.device), sample, generator)
-        return Plan(retrieved, decision)
+                                          retrieved.mask.to(self.device), sample, generator, evidence)
+        return Plan(retrieved, decision, evidence)
+
+    def evidence_flags(self, questions, rows: torch.Tensor) -> torch.Tensor:
+        """[B, Z] long: 1 where the retrieved row is one of the question's gold evidence chunks (q.evidence)."""
+        flags = torch.zeros(rows.shape, dtype=torch.long)
+        for i, (q, rs) in enumerate(zip(questions, rows.tolist())):
+            gold = set(getattr(q, "evidence", None) or ())
+            if not gold:
+                raise ValueError(f"question {getattr(q, 'qid', i)!r} has no evidence field: the oracle-feature "
+                                 f"budget policy (budget.sees_evidence) needs each question's gold evidence chunks")
+            for j, r in enumerate(rs):
+                flags[i, j] = int(r >= 0 and self.bank.chunk_ids[r] in gold)
+        return flags.to(self.device)
 
     def _keys(self, rows: torch.Tensor) -> torch.Tensor:
         """Bank keys of retrieved rows [B, Z, H] (zeros at missing slots)."""
@@ -129,7 +143,7 @@ class ElasticMem(nn.Module):
         """Differentiable log-probabilities and entropy [B, Z] of the plan's budgets (one teacher-forced pass)."""
         r = plan.retrieved
         return self.policy.evaluate(r.query.to(self.device), self._keys(r.rows), r.scores.to(self.device),
-                                    r.mask.to(self.device), plan.budgets.budgets)
+                                    r.mask.to(self.device), plan.budgets.budgets, plan.evidence)
 
     # ---- 3 + 4: soft tokens and injection -----------------------------------------------------------------------
     def memory_items(self, plan: Plan) -> list[list]:
@@ -261,7 +275,8 @@ class ElasticMem(nn.Module):
         # settings that shape the weights must agree; top_z (unless budget.arch = authors), sampling and loss
         # settings need not
         shaping = {"projector": ("projector", ("kind", "hidden")), "lora": ("lora", ("r", "alpha", "target_modules")),
-                   "policy": ("budget", ("policy", "arch", "hidden", "heads", "layers", "b_max", "min_budget"))}
+                   "policy": ("budget", ("policy", "arch", "hidden", "heads", "layers", "b_max", "min_budget",
+                                         "sees_evidence"))}
         for section, keys in (shaping[part] for part in parts):  # only the parts loaded must agree
             for key in keys:
                 was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)

@@ -1,9 +1,11 @@
 """The accuracy-vs-memory-tokens frontier on tiny-random: fixed rules, a learned point, the envelope, the JSON."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -171,7 +173,7 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     out = frontier.run_frontier(model.cfg, tmp_path / "run", "tiny", model, _Data(), checkpoint, log=lambda *a: None)
     assert out["path"] == tmp_path / "run" / "metrics" / "budget_pareto.json"
     data = json.loads(out["path"].read_text())
-    assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned"}
+    assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned", "oracle", "probe"}
     assert (data["setting"], data["split"], data["n"]) == ("tiny", "test", 3)
     assert [e["budget"] for e in data["uniform"]] == [0, 4, 8]
     names = [e["name"] for e in data["heuristics"]]
@@ -192,18 +194,27 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     for e in data["learned"]:
         if "vs_envelope" in e:
             assert e["vs_envelope"]["against"] not in frontier.NOT_ON_ENVELOPE
+    # the oracle-feature policy (eval.frontier_oracle_prices defaults to [0.0]) is a point of the same shape
+    assert [e["token_price"] for e in data["oracle"]] == [0.0]
+    assert set(data["oracle"][0]) - {"vs_envelope"} == set(frontier.LEARNED_KEYS)
+    assert [p["features"] for p in data["probe"]["probes"]] == list(frontier.PROBE_FEATURES)
+    assert data["probe"]["n_test_chunks"] == 3 * 4
     # every point trained its one step into its own folder; the model has its own policy and cfg back
-    for price in (0.0, 0.5):
+    for price, oracle in ((0.0, False), (0.5, False), (0.0, True)):
         for seed in (1, 2):
-            where = frontier.learned_folder(tmp_path / "run", "tiny", price, seed)
-            assert where == tmp_path / "run" / "frontier" / "tiny" / f"price{price:g}" / f"seed{seed}"
+            where = frontier.learned_folder(tmp_path / "run", "tiny", price, seed, oracle)
+            name = f"{'oracle-' if oracle else ''}price{price:g}"
+            assert where == tmp_path / "run" / "frontier" / "tiny" / name / f"seed{seed}"
             assert (where / "last" / "trainer_state.pt").is_file() and (where / "test.json").is_file()
-    assert [t["steps"] for t in out["training"]] == [1] * 4 and not any(t["reused"] for t in out["training"])
+    assert json.loads((frontier.learned_folder(tmp_path / "run", "tiny", 0.0, 1, True) / frontier.POINT_FILE)
+                      .read_text())["sees_evidence"] is True
+    assert [t["steps"] for t in out["training"]] == [1] * 6 and not any(t["reused"] for t in out["training"])
     assert model.policy is own_policy and model.cfg is own_cfg and model.memory == "latent"
     saved_policy = torch.load(checkpoint / "policy.pt")
     assert all(torch.equal(v, saved_policy[k]) for k, v in model.policy.state_dict().items())
     table = frontier.pareto_table(data)
-    assert len(table) == 3 + 6 + 2 and table.on_envelope.any()
+    assert len(table) == 3 + 6 + 2 + 1 and table.on_envelope.any() and (table.family == "oracle").sum() == 1
+    assert len(frontier.probe_table(data)) == len(frontier.PROBE_FEATURES)
     # a second call reuses every point: nothing trains, the file is the same
     logs = {p: p.read_text() for p in (tmp_path / "run" / "frontier").rglob("train_log.jsonl")}
     monkeypatch.setattr(frontier, "train_learned_point", lambda *a, **k: pytest.fail("a finished point retrained"))
@@ -219,8 +230,58 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
         frontier.run_frontier(model.cfg, tmp_path / "run", "tiny", model, _Data(), other, log=lambda *a: None)
 
 
+def test_oracle_feature_policy_sees_the_evidence_flag(bank):
+    """budget.sees_evidence: the plan carries the gold-evidence flags of the retrieved rows, the policy's logits
+    depend on them (and only such a policy has the extra weights), and a question without evidence is refused."""
+    model = tiny_model(bank, *NO_DROPOUT, "budget.sees_evidence=true")
+    plan = model.plan(QUESTIONS, sample=False)
+    gold = [[int(r >= 0 and model.bank.chunk_ids[r] in q.evidence) for r in rs]
+            for q, rs in zip(QUESTIONS, plan.retrieved.rows.tolist())]
+    assert plan.evidence.tolist() == gold and any(map(any, gold)) and not all(map(all, gold))
+    r = plan.retrieved
+    args = (r.query, model._keys(r.rows), r.scores, model.policy._prev(plan.budgets.budgets))
+    with torch.no_grad():
+        model.policy.evid.weight[1].add_(3.0)
+        assert not torch.allclose(model.policy.logits(*args, plan.evidence),
+                                  model.policy.logits(*args, torch.zeros_like(plan.evidence)))
+    logp, _ = model.policy_logprob(plan)
+    assert logp.shape == plan.budgets.budgets.shape
+    with pytest.raises(ValueError, match="needs the evidence flags"):
+        model.policy.logits(*args)
+    no_evidence = [dataclasses.replace(QUESTIONS[0], evidence=[])]
+    with pytest.raises(ValueError, match="has no evidence field"):
+        model.plan(no_evidence, sample=False)
+    assert not hasattr(tiny_model(bank, *NO_DROPOUT).policy, "evid")
+    from elasticmem_core import config
+    from tinydata import tiny_cfg
+    with pytest.raises(config.ConfigError, match="budget.sees_evidence = true needs a learned budget policy"):
+        tiny_cfg("budget.sees_evidence=true", "budget.policy=uniform")
+
+
+def test_relevance_probe_finds_a_planted_signal_and_not_a_missing_one():
+    """The probe's AUC is near 1 for a feature that carries the label and near 0.5 for one that does not."""
+    g = torch.Generator().manual_seed(0)
+
+    def data(n_q):
+        n, h, z = n_q * 4, 16, 4
+        y = torch.zeros(n)
+        y[torch.arange(n_q) * 4 + torch.randint(0, 4, (n_q,), generator=g)] = 1.0
+        k = torch.randn(n, h, generator=g)
+        k[:, 0] += 3 * y                                           # the key carries relevance
+        return {"q": torch.randn(n, h, generator=g), "k": k, "s": torch.randn(n, generator=g),  # the score does not
+                "rank": torch.nn.functional.one_hot(torch.arange(n) % z, z).float(), "y": y,
+                "question": (torch.arange(n) // 4).numpy()}
+    out = frontier.relevance_probe(data(120), data(40), data(60), n_boot=100)
+    by = {p["features"]: p for p in out["probes"]}
+    assert by["key"]["auc"] > 0.9 and by["key"]["ci"][0] > 0.8 and by["key"]["top1"] > 0.8
+    assert abs(by["score"]["auc"] - 0.5) < 0.15 and by["score"]["ci"][0] < 0.5 < by["score"]["ci"][1]
+    assert out["n_test_chunks"] == 240 and out["evidence_rate_test"] == pytest.approx(0.25)
+    assert frontier.auc(np.array([0.1, 0.9, 0.5]), np.array([0, 1, 0])) == 1.0
+
+
 @pytest.mark.parametrize("override, message", [
     ("eval.frontier_prices=[0.0, -0.2]", "eval.frontier_prices .* must be >= 0"),
+    ("eval.frontier_oracle_prices=[-1.0]", "eval.frontier_oracle_prices .* must be >= 0"),
     ("eval.frontier_seeds=[]", "needs at least one eval.frontier_prices entry and one eval.frontier_seeds"),
     ("eval.frontier_seeds=[1, 1]", "seeds must be distinct"),
     ("eval.frontier_steps=0", "eval.frontier_steps must be >= 1"),
