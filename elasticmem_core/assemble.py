@@ -26,10 +26,12 @@ def bank_for(cfg: Config, dataset, backbone: Backbone, run_dir: str | Path, prog
                           progress=progress, accelerator=accelerator)
 
 
-def model_for(cfg: Config, dataset, backbone: Backbone, bank, memory: str = "latent") -> ElasticMem:
-    """ElasticMem around `backbone` (LoRA is injected into it in place: build banks first)."""
+def model_for(cfg: Config, dataset, backbone: Backbone, bank, memory: str = "latent",
+              with_embedder: bool = False) -> ElasticMem:
+    """ElasticMem around `backbone` (LoRA is injected into it in place: build banks first). The sentence embedder
+    and its chunk index come with semantic retrieval, the kl retrieval loss (its teacher) or `with_embedder`."""
     embedder = semantic = None
-    if cfg.retrieval.mode == "semantic":
+    if cfg.retrieval.mode == "semantic" or cfg.retrieval.aux_loss == "kl" or with_embedder:
         from .embedder import SentenceEmbedder
         from .index import MemoryIndex
 

@@ -126,6 +126,13 @@ class RetrievalConfig:
     top_z: int = _f(20, "chunks retrieved per question (Z)")
     temperature: float = _f(1.0, "control-token sampling temperature in training (argmax at evaluation)")
     chat_template: bool = _f(False, "wrap the question in the chat template before the control token (authors: no)")
+    aux_loss: str = _f("none", "auxiliary retrieval loss on the state retrieval ranks with (retrieval_loss.py): "
+                               "none (the paper's runs) | kl (toward the sentence embedder's scores, the authors' "
+                               "off-by-default aux loss) | contrastive (on the gold evidence chunks, where known)")
+    aux_weight: float = _f(0.0, "weight of retrieval.aux_loss beside the GRPO loss (authors: aux_lambda, 0 in every "
+                                "script); the retrieval warm-up (grpo.retrieval_warmup_steps) uses it unweighted")
+    aux_temperature: float = _f(0.05, "temperature tau of the auxiliary loss: softmax(cos / tau) for student and "
+                                      "teacher")
 
 
 @dataclass
@@ -210,6 +217,10 @@ class GRPOConfig:
     eval_every: int = _f(100, "validate every N steps (model selection on validation only)")
     reader_warmup_steps: int = _f(0, "stage 0: LoRA SFT steps with the retrieved memory as TEXT (0 = off, as the "
                                      "paper); teaches a small reader to read before latent memory is trained")
+    retrieval_warmup_steps: int = _f(0, "retrieval warm-up steps after stage 0: retrieval.aux_loss alone, a forward "
+                                        "and backward over the question and the control token (0 = off, as the "
+                                        "paper)")
+    retrieval_warmup_lr: float = _f(1e-3, "LoRA learning rate of the retrieval warm-up")
     sft_steps: int = _f(0, "stage 1 supervised warm-up steps (latent memory, gold answer) before GRPO (0 = off)")
     sft_lr: float = _f(5e-4, "learning rate of both supervised warm-ups")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
@@ -255,6 +266,10 @@ class EvalConfig:
     frontier_oracle_prices: list[float] = _f([0.0], "token prices of the oracle-feature policy (budget.sees_evidence: "
                                              "it also sees each chunk's evidence flag), trained like a learned point "
                                              "over eval.frontier_seeds: the bound on what a policy can learn; [] = none")
+    retrieval_study: bool = _f(False, "05 measures recall@Z and accuracy of each retrieval mode on the run's "
+                                      "checkpoints (retrieval_study.py; needs the retrieval_control_token_warmup "
+                                      "ablation for its 'after GRPO' row)")
+    retrieval_seeds: list[int] = _f([42, 43, 44], "seeds (data orders) of the retrieval study's warm-up runs")
     frontier_probe: bool = _f(True, "the frontier also fits linear probes: can the policy's inputs (query state, "
                                     "keys, scores, ranks) tell an evidence chunk from the others?")
     variant_steps: int = _f(0, "GRPO (or text SFT) steps of each trained baseline and ablation: -1 = as the grpo "
@@ -470,6 +485,17 @@ def validate(cfg: Config, source: str = "<params>") -> None:
     for key in ("frontier_prices", "frontier_oracle_prices"):
         if any(p < 0 for p in getattr(cfg.eval, key)):
             raise ConfigError(f"{source}: eval.{key} = {getattr(cfg.eval, key)}: a token price must be >= 0")
+    if cfg.retrieval.aux_loss != "none" or cfg.retrieval.aux_weight or cfg.grpo.retrieval_warmup_steps:
+        from .retrieval_loss import check_aux_loss
+        try:
+            check_aux_loss(cfg.retrieval.aux_loss, cfg.retrieval.mode)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        if cfg.retrieval.aux_loss == "none":
+            raise ConfigError(f"{source}: retrieval.aux_weight / grpo.retrieval_warmup_steps need a "
+                              f"retrieval.aux_loss (kl or contrastive), not none")
+        if cfg.retrieval.aux_weight < 0 or cfg.retrieval.aux_temperature <= 0:
+            raise ConfigError(f"{source}: retrieval.aux_weight must be >= 0 and retrieval.aux_temperature > 0")
     if cfg.budget.sees_evidence and cfg.budget.policy not in ("transformer", "mlp"):
         raise ConfigError(f"{source}: budget.sees_evidence = true needs a learned budget policy (transformer or mlp), "
                           f"not budget.policy = {cfg.budget.policy!r}")

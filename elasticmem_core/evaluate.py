@@ -43,7 +43,7 @@ _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_t
                        "eval": ("splits", "seeds", "bootstrap", "baselines", "ablations",
                                 "frontier_uniform", "frontier_thresholds", "frontier", "frontier_prices",
                                 "frontier_seeds", "frontier_steps", "frontier_questions_per_step",
-                                "frontier_policy_lr", "frontier_oracle_prices", "frontier_probe"), "grpo": ("settings",)}
+                                "frontier_policy_lr", "frontier_oracle_prices", "frontier_probe", "retrieval_study", "retrieval_seeds"), "grpo": ("settings",)}
 
 
 # The paper's reported numbers (Table 1: Qwen2.5, the real MemorySuite), for tables that show them beside

@@ -20,8 +20,10 @@ processes (accelerate) gives the same gradient as one process. Sampling uses a g
 question index), so rollouts do not depend on how questions are split.
 
 Stage 0 (optional, `grpo.reader_warmup_steps`): supervised LoRA training with the retrieved memory as TEXT, which
-teaches a small reader to read at all (SmolLM2-135M is at chance even with the right chunk as text). Stage 1
-(optional, `grpo.sft_steps`): the same supervised loss through the latent path. Both use `supervised()`.
+teaches a small reader to read at all (SmolLM2-135M is at chance even with the right chunk as text). The retrieval
+warm-up (optional, `grpo.retrieval_warmup_steps`): LoRA trained on the auxiliary retrieval loss alone
+(retrieval_loss.py), which retrieval.aux_weight also adds to every GRPO step. Stage 1 (optional, `grpo.sft_steps`):
+the same supervised loss as stage 0 through the latent path. Stages 0 and 1 use `supervised()`.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import sampling
+from . import retrieval_loss, sampling
 from .experiment import peak_memory_mb, write_json
 from .retrieval import control_logprobs
 from .rewards import Rollout, WeightedReward, choice_reward
@@ -465,6 +467,40 @@ class Trainer:
         model.memory = previous
         return history
 
+    def retrieval_warmup(self, steps: int) -> list[dict]:
+        """LoRA on retrieval.aux_loss alone (batches of grpo.sft_batch_size questions, lr grpo.retrieval_warmup_lr):
+        a forward and backward over each question and its control token, no memory, no answer."""
+        if steps <= 0:
+            return []
+        model, g = self.model, self.cfg.grpo
+        opt = torch.optim.AdamW(model.trainable_parameters(), lr=g.retrieval_warmup_lr, weight_decay=g.weight_decay)
+        order = self._order(20_000)
+        history = []
+        with passes_mode(model, False):
+            for step in range(steps):
+                start = (step * g.sft_batch_size) % len(order)
+                idx = (order + order)[start:start + g.sft_batch_size]
+                mine = [self.train_q[j] for n, j in enumerate(idx) if n % self.world == self.rank]
+                t0 = time.perf_counter()
+                loss, stats = retrieval_loss.aux_loss(model, mine)
+                if mine:
+                    (loss * len(mine) / len(idx)).backward()  # a mean over the batch, summed over processes
+                if self.world > 1:
+                    for p in model.trainable_parameters():
+                        p.grad = self.acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
+                norm = torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), g.grad_clip)
+                if torch.isfinite(norm):
+                    opt.step()
+                else:
+                    self.skipped += 1
+                opt.zero_grad(set_to_none=True)
+                rec = {"stage": "retrieval_warmup", "step": step, "loss": stats.get("aux_retrieval_loss"),
+                       **{k: v for k, v in stats.items() if k.startswith("recall")}, "grad_norm": float(norm),
+                       "seconds": round(time.perf_counter() - t0, 3)}
+                history.append(rec)
+                self._log(rec)
+        return history
+
     def train_step(self) -> dict:
         g = self.cfg.grpo
         if self.model.device.type == "cuda":
@@ -479,7 +515,7 @@ class Trainer:
             groups.append(rollout(self.model, q, g.group_size, self.reward_fn, gen))
         # The surrogate's ratio compares the policy with itself: dropout stays off here too unless
         # grpo.train_mode_passes (measured on mini: clip fraction 0.73 with dropout on, zero advantages).
-        norms, stats = [], []
+        norms, stats, aux_stats = [], [], {}
         with passes_mode(self.model, g.train_mode_passes), layer_checkpointing(self.model, g.gradient_checkpointing):
             for _ in range(g.inner_passes):
                 stats = []
@@ -492,6 +528,11 @@ class Trainer:
                         loss, st = group_loss(self.model, grp, rows, lm=not g.policy_only)
                         (loss / n_step).backward()
                         stats.append(st)
+                aux = self.cfg.retrieval.aux_weight > 0 and not g.policy_only
+                if aux and mine:  # the auxiliary retrieval loss of the step's questions, on the same 1 / n_step scale
+                    loss, st = retrieval_loss.aux_loss(self.model, [q for _, q in mine])
+                    (self.cfg.retrieval.aux_weight * loss * len(mine) / n_step).backward()
+                    aux_stats = st
                 norms.append(self._apply_gradients())
         self.scheduler.step()
         record = {"stage": "grpo", "phase": "policy_only" if g.policy_only else "joint", "step": self.step,
@@ -499,7 +540,7 @@ class Trainer:
                   "grad_norm": norms[-1], "skipped_total": self.skipped, "lr": self.scheduler.get_last_lr()[0],
                   "seconds": round(time.perf_counter() - t0, 3), "peak_mb": round(peak_memory_mb(self.model.device), 1),
                   "processes": self.world, "questions": n_step,
-                  **{k: float(np.mean([st[k] for st in stats])) for k in (stats[0] if stats else {})}}
+                  **{k: float(np.mean([st[k] for st in stats])) for k in (stats[0] if stats else {})}, **aux_stats}
         self.step += 1
         return record
 
@@ -550,6 +591,8 @@ class Trainer:
         if not resumed:
             if reader_warmup and self.supervised(g.reader_warmup_steps, "text", "reader_warmup") and self.rank == 0:
                 self.model.save(self.dir / "reader")  # the warmed-up text reader, for the text baselines
+            if self.retrieval_warmup(g.retrieval_warmup_steps) and self.rank == 0:
+                self.model.save(self.dir / "retrieval_warmup")  # the reader after the retrieval warm-up (recall)
             self.supervised(g.sft_steps, "latent", "sft")
             self._validate()
         history = []

@@ -105,6 +105,20 @@ def sample_control(logits: torch.Tensor, allowed: torch.Tensor, sample: bool, te
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
+def control_token_states(model, tokenizer, texts, chat_template: bool = False, batch_size: int = 16) -> torch.Tensor:
+    """The last-layer state at the greedy control token after each text [N, H]: the paper's query with `model`'s
+    weights (the base model: the control token before any training, as 01 measures it)."""
+    device = next(model.parameters()).device
+    allowed = ordinary_token_mask(tokenizer, model.get_output_embeddings().weight.shape[0], device)
+    greedy = lambda logits: sample_control(logits, allowed, False, 1.0)[0]  # noqa: E731
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            seqs = [question_ids(tokenizer, t, chat_template) for t in texts[i:i + batch_size]]
+            out.append(last_states(model, seqs, tokenizer.pad_token_id, device, control=greedy)[0].float().cpu())
+    return torch.cat(out)
+
+
 def pad_topz(scores: torch.Tensor, rows: torch.Tensor, top_z: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad one question's (scores [z], rows [z]) to Z slots; returns scores, rows, mask."""
     z = rows.shape[0]

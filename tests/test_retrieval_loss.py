@@ -1,0 +1,152 @@
+"""The auxiliary retrieval loss and recall@Z on tiny-random: gradients reach LoRA through the control-token state, the
+warm-up lowers the loss and finds the evidence, the teacher is the real sentence embedder, bad params are refused."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from elasticmem_core import config, grpo, retrieval_loss
+from elasticmem_core.embedder import SentenceEmbedder
+from elasticmem_core.index import MemoryIndex
+from tinydata import CHUNKS, QUESTIONS, tiny_bank, tiny_cfg, tiny_model
+
+NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    return tiny_bank(tmp_path_factory.mktemp("bank"))
+
+
+def test_contrastive_loss_reaches_lora_through_the_control_token_state(bank):
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive")
+    loss, stats = retrieval_loss.aux_loss(model, QUESTIONS)
+    assert loss.requires_grad and loss.item() > 0 and 0 <= stats["recall@4"] <= 1
+    loss.backward()
+    lora = [p for n, p in model.reasoner.named_parameters() if "lora_B" in n]
+    lora_a = [p for n, p in model.reasoner.named_parameters() if "lora_A" in n]
+    # lora_B starts at zero, so only it gets a gradient at the first step (dL/dA = B^T ... = 0)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in lora_a)
+    assert all(p.grad is None for p in model.projector.parameters())  # memory is not read: only retrieval learns
+    # the trainable state is the one retrieval ranks with: the same cosine order as the retriever's greedy pass
+    with torch.no_grad():
+        q = retrieval_loss.query_state(model, QUESTIONS[:1])
+    got = model.retriever(model.reasoner, QUESTIONS[:1], False)
+    assert torch.allclose(q, got.query, atol=1e-4)
+
+
+def test_retrieval_warmup_lowers_the_loss_and_finds_the_evidence(bank, tmp_path):
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive", "retrieval.top_z=1",
+                       "grpo.retrieval_warmup_steps=25", "grpo.retrieval_warmup_lr=0.01", "grpo.sft_batch_size=3")
+    before = retrieval_loss.recall_at(model, QUESTIONS, "control_token", zs=(1,))[1]
+    trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path)
+    history = trainer.retrieval_warmup(25)
+    assert len(history) == 25 and history[-1]["loss"] < 0.5 * history[0]["loss"]
+    after = retrieval_loss.recall_at(model, QUESTIONS, "control_token", zs=(1,))[1]
+    assert sum(after) == len(QUESTIONS) and sum(after) > sum(before)
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["retrieval_warmup"] * 25 and "recall@1" in log[0]
+
+
+def test_kl_teacher_is_the_sentence_embedders_scores(bank):
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=kl", "retrieval.aux_temperature=0.1")
+    with pytest.raises(ValueError, match="needs the sentence embedder"):
+        retrieval_loss.aux_loss(model, QUESTIONS)
+    emb = SentenceEmbedder()
+    model.retriever.embedder = emb
+    model.retriever.semantic_index = MemoryIndex(emb.encode([c.text for c in CHUNKS]), [c.memory_id for c in CHUNKS])
+    loss, _ = retrieval_loss.aux_loss(model, QUESTIONS[:1])
+    # by hand: KL(softmax(t / tau) || softmax(cos(q, k) / tau)) over the question's memory
+    rows = model.retriever.index.memory_rows(QUESTIONS[0].memory_id)
+    with torch.no_grad():
+        q = torch.nn.functional.normalize(retrieval_loss.query_state(model, QUESTIONS[:1])[0], dim=-1)
+    student = torch.log_softmax(torch.from_numpy(model.retriever.index.keys[rows]) @ q / 0.1, -1)
+    t = torch.from_numpy(model.retriever.semantic_index.keys[rows]) @ emb.encode([QUESTIONS[0].question])[0]
+    p = torch.softmax(t / 0.1, -1)
+    assert loss.item() == pytest.approx(float((p * (p.log() - student)).sum()), rel=1e-3)
+    # the teacher's recall: semantic ranking through the same recall function
+    sem = retrieval_loss.recall_at(model, QUESTIONS, "semantic", zs=(1, 4))
+    assert set(sem) == {1, 4} and all(0 <= x <= 1 for x in sem[4])
+
+
+def test_recall_of_oracle_and_random(bank):
+    model = tiny_model(bank, *NO_DROPOUT)
+    assert retrieval_loss.recall_at(model, QUESTIONS, "oracle", zs=(1, 2))[1] == [1.0] * 3
+    rnd = retrieval_loss.recall_at(model, QUESTIONS, "random", zs=(1, 8))
+    assert rnd[1] == [1 / 6, 1 / 7, 1 / 6] and rnd[8] == [1.0] * 3
+    assert model.retriever.cfg.mode == tiny_cfg().retrieval.mode  # the mode is restored
+
+
+def test_aux_loss_in_grpo_steps_is_logged(bank, tmp_path):
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive", "retrieval.aux_weight=0.5")
+    trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path)
+    record = trainer.train_step()
+    assert record["aux_retrieval_loss"] > 0 and "recall@4" in record
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["retrieval.aux_loss=cosine"], "retrieval.aux_loss = 'cosine'; choose none or one of kl, contrastive"),
+    (["retrieval.aux_loss=kl", "retrieval.mode=semantic"], "does not rank with a trainable state"),
+    (["retrieval.aux_weight=0.1"], "need a retrieval.aux_loss"),
+    (["grpo.retrieval_warmup_steps=4"], "need a retrieval.aux_loss"),
+    (["retrieval.aux_loss=kl", "retrieval.aux_temperature=0"], "aux_temperature > 0"),
+])
+def test_bad_aux_params_are_refused_naming_the_key(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        tiny_cfg(*overrides)
+
+
+class _Data:
+    """A dataset of the tiny questions: every split is QUESTIONS."""
+    setting = "tiny"
+
+    def split(self, name):
+        return list(QUESTIONS)
+
+
+def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_path):
+    from elasticmem_core import retrieval_study
+    from elasticmem_core.experiment import train_dir
+
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive", "grpo.retrieval_warmup_steps=2",
+                       "eval.retrieval_seeds=[1, 2]", "eval.bootstrap=50", "grpo.sft_batch_size=2")
+    emb = SentenceEmbedder()
+    model.retriever.embedder = emb
+    model.retriever.semantic_index = MemoryIndex(emb.encode([c.text for c in CHUNKS]), [c.memory_id for c in CHUNKS])
+    reader = model.save(train_dir(tmp_path, "tiny", model.cfg.runtime.seed) / "reader")
+    logs = []
+    out = retrieval_study.run_retrieval_study(model.cfg, tmp_path, "tiny", model, _Data(), log=logs.append)
+    data = json.loads((tmp_path / "metrics" / "retrieval.json").read_text())
+    assert {"setting", "split", "n", "recall", "accuracy"} <= set(data) and data["n"] == 3
+    modes = list(dict.fromkeys(r["mode"] for r in data["recall"]))
+    assert modes == ["random", "semantic", "frozen_state", "query_state", retrieval_study.UNTRAINED,
+                     retrieval_study.WARMED]  # no ablation checkpoint: no "after GRPO" row, and the log says so
+    assert any("no retrieval_control_token_warmup checkpoint" in x for x in logs)
+    assert {r["z"] for r in data["recall"]} == set(retrieval_loss.RECALL_ZS)
+    warm = [r for r in data["recall"] if r["mode"] == retrieval_study.WARMED]
+    assert all([s["seed"] for s in r["seeds"]] == [1, 2] for r in warm)
+    assert all(r["ci"][0] <= r["recall"] <= r["ci"][1] for r in data["recall"])
+    assert [a["mode"] for a in data["accuracy"]] == list(retrieval_study.ACCURACY_MODES)
+    # each seed's warm-up trained its own LoRA from the reader: the checkpoints differ from the reader
+    from elasticmem_core.baselines import checkpoint_id
+    ids = {checkpoint_id(tmp_path / "retrieval" / "tiny" / f"warmup-seed{s}") for s in (1, 2)}
+    assert checkpoint_id(reader) not in ids
+    assert len(retrieval_study.recall_table(data)) == 6
+    # a second call reuses every piece (nothing retrains: the warm-up logs keep their length)
+    log = tmp_path / "retrieval" / "tiny" / "warmup-seed1-log" / "train_log.jsonl"
+    n = len(log.read_text().splitlines())
+    again = retrieval_study.run_retrieval_study(model.cfg, tmp_path, "tiny", model, _Data(), log=logs.append)
+    assert again["data"] == data and len(log.read_text().splitlines()) == n
+
+
+def test_control_token_states_are_the_retrievers_query(bank):
+    """01's untrained control-token query is the state the retriever ranks with (greedy control token)."""
+    from elasticmem_core.retrieval import control_token_states
+
+    model = tiny_model(bank, *NO_DROPOUT)
+    got = control_token_states(model.reasoner, model.tokenizer, [q.question for q in QUESTIONS], batch_size=2)
+    want = model.retriever(model.reasoner, QUESTIONS, False).query
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
