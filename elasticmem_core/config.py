@@ -496,6 +496,8 @@ def validate(cfg: Config, source: str = "<params>") -> None:
                               f"retrieval.aux_loss (kl or contrastive), not none")
         if cfg.retrieval.aux_weight < 0 or cfg.retrieval.aux_temperature <= 0:
             raise ConfigError(f"{source}: retrieval.aux_weight must be >= 0 and retrieval.aux_temperature > 0")
+    if cfg.eval.retrieval_study and not cfg.eval.retrieval_seeds:
+        raise ConfigError(f"{source}: eval.retrieval_study = true needs at least one eval.retrieval_seeds entry")
     if cfg.budget.sees_evidence and cfg.budget.policy not in ("transformer", "mlp"):
         raise ConfigError(f"{source}: budget.sees_evidence = true needs a learned budget policy (transformer or mlp), "
                           f"not budget.policy = {cfg.budget.policy!r}")

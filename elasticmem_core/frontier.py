@@ -195,7 +195,7 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
         advantage_norm=advantage_norm or ("mean" if token_price > 0 else cfg.grpo.advantage_norm),
         policy_lr=cfg.grpo.policy_lr if policy_lr is None else policy_lr, questions_per_step=qps,
         max_steps=steps, epochs=max(1, math.ceil(steps * qps / len(train_q))), eval_every=steps,
-        reader_warmup_steps=0, sft_steps=0)
+        reader_warmup_steps=0, sft_steps=0, retrieval_warmup_steps=0)
     kind = cfg.budget.policy if cfg.budget.policy in ("transformer", "mlp") else "transformer"
     train_cfg = dataclasses.replace(cfg, grpo=g, budget=dataclasses.replace(cfg.budget, policy=kind,
                                                                             sees_evidence=bool(sees_evidence)),
@@ -371,9 +371,10 @@ def probe_table(data: dict):
     probe = data.get("probe")
     if not probe:
         return None
-    return pd.DataFrame([{"features": p["features"], "dims": p["dims"], "test AUC": round(p["auc"], 3),
+    r3 = lambda x: None if x is None else round(x, 3)  # noqa: E731  (NaN is stored as null)
+    return pd.DataFrame([{"features": p["features"], "dims": p["dims"], "test AUC": r3(p["auc"]),
                           "95% CI": f"[{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]" if p["ci"] else "",
-                          "top-1 is evidence": round(p["top1"], 3)} for p in probe["probes"]])
+                          "top-1 is evidence": r3(p["top1"])} for p in probe["probes"]])
 
 
 # ---- envelope and paired differences ----------------------------------------------------------------------------
@@ -624,9 +625,14 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
             f"({seconds['fixed rules and text RAG']:.0f} s; 0 = reused)")
         rules = envelope_rules(fixed)
         probe = None
-        if e.frontier_probe:
+        # the oracle-feature policy and the probe need the gold evidence (mini knows it; most real loaders do not)
+        with_evidence = any(getattr(q, "evidence", None) for q in test_q) and \
+            any(getattr(q, "evidence", None) for q in train_q)
+        if not with_evidence and (e.frontier_probe or e.frontier_oracle_prices):
+            log(f"{setting}: its questions carry no gold evidence: no oracle-feature points and no relevance probe")
+        if e.frontier_probe and with_evidence:
             t0 = time.perf_counter()
-            probe_meta = {**meta, "probe": list(PROBE_FEATURES)}
+            probe_meta = {**meta, "probe": list(PROBE_FEATURES), "bootstrap": n_boot}
             got = evaluate.existing(folder / f"probe-{split}.json", cfg, probe_meta)
             if got is None:
                 data = [probe_data(model, qs) for qs in (train_q, list(dataset.split("val")) or train_q, test_q)]
@@ -637,7 +643,8 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
             log(f"{setting}: relevance probe ({seconds['relevance probe']:.0f} s; 0 = reused): test AUC " +
                 ", ".join(f"{p['features']} {p['auc']:.2f}" for p in probe["probes"]))
         oracle = []
-        for price, is_oracle in [(p, False) for p in e.frontier_prices] + [(p, True) for p in e.frontier_oracle_prices]:
+        oracle_prices = e.frontier_oracle_prices if with_evidence else []
+        for price, is_oracle in [(p, False) for p in e.frontier_prices] + [(p, True) for p in oracle_prices]:
             kind = "oracle-feature point" if is_oracle else "learned point"
             runs = []
             for seed in e.frontier_seeds:

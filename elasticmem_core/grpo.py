@@ -473,7 +473,9 @@ class Trainer:
         if steps <= 0:
             return []
         model, g = self.model, self.cfg.grpo
-        opt = torch.optim.AdamW(model.trainable_parameters(), lr=g.retrieval_warmup_lr, weight_decay=g.weight_decay)
+        # only LoRA moves the query state: the projector and policy stay out (no weight decay on them either)
+        lora = [p for n, p in model.reasoner.named_parameters() if "lora_" in n and p.requires_grad]
+        opt = torch.optim.AdamW(lora, lr=g.retrieval_warmup_lr, weight_decay=g.weight_decay)
         order = self._order(20_000)
         history = []
         with passes_mode(model, False):
@@ -486,9 +488,9 @@ class Trainer:
                 if mine:
                     (loss * len(mine) / len(idx)).backward()  # a mean over the batch, summed over processes
                 if self.world > 1:
-                    for p in model.trainable_parameters():
+                    for p in lora:
                         p.grad = self.acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
-                norm = torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), g.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(lora, g.grad_clip)
                 if torch.isfinite(norm):
                     opt.step()
                 else:

@@ -44,11 +44,12 @@ def _kl(student_logp: torch.Tensor, teacher: torch.Tensor | None, gold: torch.Te
 
 def _contrastive(student_logp: torch.Tensor, teacher, gold: torch.Tensor | None, tau: float):
     if gold is None or not bool(gold.any()):
-        raise ValueError("retrieval.aux_loss = contrastive needs questions whose gold evidence is in their memory")
+        return None  # no gold evidence in this question's memory: it adds nothing (aux_loss skips it)
     return -torch.logsumexp(student_logp[gold], dim=0)
 
 
 # name -> (student log-probs over the memory [n], teacher cosines [n] or None, gold mask [n] or None, tau) -> loss
+# (None: the question adds nothing)
 AUX_LOSSES: dict[str, Callable] = {"kl": _kl, "contrastive": _contrastive}
 
 
@@ -83,7 +84,8 @@ def query_state(model, questions, mode: str | None = None) -> torch.Tensor:
 
 
 def aux_loss(model, questions, kind: str | None = None, tau: float | None = None) -> tuple[torch.Tensor, dict]:
-    """The mean auxiliary retrieval loss over `questions` (differentiable) and {"aux_retrieval_loss",
+    """The mean auxiliary retrieval loss over `questions` (differentiable; contrastive skips questions without
+    gold evidence in their memory, and refuses a batch with none) and {"aux_retrieval_loss", "aux_questions",
     "recall@<Z>"} of the student's greedy ranking (recall over questions whose evidence is known)."""
     cfg = model.cfg.retrieval
     kind, tau = kind or cfg.aux_loss, tau or cfg.aux_temperature
@@ -106,12 +108,17 @@ def aux_loss(model, questions, kind: str | None = None, tau: float | None = None
             teacher = torch.from_numpy(semantic.keys[rows]).to(q.device) @ teacher_q[i].to(q.device)
         gold_ids = set(getattr(x, "evidence", None) or ())
         gold = torch.tensor([model.bank.chunk_ids[r] in gold_ids for r in rows], device=q.device) if gold_ids else None
-        losses.append(AUX_LOSSES[kind](logp, teacher, gold, tau))
+        loss = AUX_LOSSES[kind](logp, teacher, gold, tau)
+        if loss is not None:
+            losses.append(loss)
         if gold is not None and bool(gold.any()):
             z = min(cfg.top_z, len(rows))
             top = logp.topk(z).indices
             recalls.append(float(gold[top].sum() / gold.sum()))
-    stats = {"aux_retrieval_loss": float(torch.stack(losses).mean().detach())}
+    if not losses:
+        raise ValueError(f"retrieval.aux_loss = {kind}: none of the {len(questions)} questions has its gold evidence "
+                         f"in its memory (contrastive needs an evidence field)")
+    stats = {"aux_retrieval_loss": float(torch.stack(losses).mean().detach()), "aux_questions": len(losses)}
     if recalls:
         stats[f"recall@{cfg.top_z}"] = float(np.mean(recalls))
     return torch.stack(losses).mean(), stats

@@ -11,7 +11,9 @@ On the test split (05_ablations with eval.retrieval_study), for one trained sett
   the warm-up): only the retrieval differs, the reader, projector and budget policy are the same.
 
 Written to metrics/retrieval.json: {"setting", "split", "n", "recall": [{"mode", "z", "recall", "ci", "seeds"?}],
-"accuracy": [{"mode", "accuracy", "ci", "memory_tokens"}], "checkpoint"}; every piece is saved and reused like a result.
+"accuracy": [{"mode", "accuracy", "ci", "memory_tokens"}], "checkpoint", "paired_control_token_minus": {mode:
+{"difference", "ci"}}}; every piece is saved (named by the checkpoint it measured) and reused like a result, and a
+warm-up folder records what made it (reader, seed, steps, loss), so that one of other params is retrained.
 """
 from __future__ import annotations
 
@@ -92,13 +94,15 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
     recall, accuracy, seconds = [], [], {}
 
     def recall_of(checkpoint: Path, modes, tag: str) -> dict:
-        m = {**meta, "checkpoint_id": checkpoint_id(checkpoint), "modes": list(modes)}
+        ckid = checkpoint_id(checkpoint)
+        m = {**meta, "checkpoint_id": ckid, "modes": list(modes)}
 
         def compute():
             model.load(checkpoint)
             return {mode: {str(z): v for z, v in recall_at(model, questions, mode, RECALL_ZS).items()}
                     for mode in modes}
-        got = _cached(folder / f"recall-{tag}-{split}.json", cfg, m, compute)
+        # named by the checkpoint: another checkpoint in the same role gets its own file, never a clash
+        got = _cached(folder / f"recall-{tag}-{ckid}-{split}.json", cfg, m, compute)
         return {mode: {int(z): v for z, v in got[mode].items()} for mode in modes}
 
     t0 = time.perf_counter()
@@ -112,9 +116,19 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
     for s in e.retrieval_seeds:
         t0 = time.perf_counter()
         where = folder / f"warmup-seed{s}"
+        g, r = cfg.grpo, cfg.retrieval
+        made = {"reader": checkpoint_id(reader), "seed": s, "steps": g.retrieval_warmup_steps,
+                "lr": g.retrieval_warmup_lr, "batch_size": g.sft_batch_size, "aux_loss": r.aux_loss,
+                "aux_temperature": r.aux_temperature, "mode": r.mode}
+        if (where / "warmup.json").is_file() and json.loads((where / "warmup.json").read_text()) != made:
+            log(f"{setting}: {where} was warmed up otherwise ({(where / 'warmup.json').read_text().strip()}): "
+                f"retraining it")
+            import shutil
+            shutil.rmtree(where)
+            shutil.rmtree(folder / f"warmup-seed{s}-log", ignore_errors=True)
         if s == seed0 and (variant_dir / "retrieval_warmup").is_dir():
             where = variant_dir / "retrieval_warmup"   # the variant's own warm-up (same reader, steps and seed)
-        elif not (where / "elasticmem.json").is_file():
+        elif not (where / "warmup.json").is_file():
             model.load(reader)
             train_q = list(dataset.split("train"))
             c = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, seed=s))
@@ -125,6 +139,7 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
             finally:
                 model.cfg = saved_cfg
             model.save(where)
+            write_json(where / "warmup.json", made)  # what made it: a warm-up of other params is retrained
         warmed[s] = recall_of(where, ("control_token",), f"warmup-seed{s}")["control_token"]
         seconds[f"warm-up seed {s}"] = round(time.perf_counter() - t0, 1)
         log(f"{setting}: retrieval warm-up seed {s}: recall@4 {np.mean(warmed[s][4]):.3f} "
@@ -148,7 +163,7 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
     def compute_accuracy():
         model.load(evaluated)
         return {mode: accuracy_with(model, questions, mode) for mode in ACCURACY_MODES}
-    records = _cached(folder / f"accuracy-{split}.json", cfg, m, compute_accuracy)
+    records = _cached(folder / f"accuracy-{m['checkpoint_id']}-{split}.json", cfg, m, compute_accuracy)
     for mode in ACCURACY_MODES:
         s = evaluate.summarize(records[mode], n_boot, seed0)
         accuracy.append({"mode": mode, "accuracy": s["accuracy"], "ci": [s["ci_low"], s["ci_high"]],

@@ -279,6 +279,22 @@ def test_relevance_probe_finds_a_planted_signal_and_not_a_missing_one():
     assert frontier.auc(np.array([0.1, 0.9, 0.5]), np.array([0, 1, 0])) == 1.0
 
 
+def test_run_frontier_without_evidence_has_no_oracle_and_no_probe(bank, tmp_path):
+    bare = [dataclasses.replace(q, evidence=[]) for q in QUESTIONS]
+
+    class Bare(_Data):
+        def split(self, name):
+            return list(bare)
+    model = tiny_model(bank, *NO_DROPOUT, "eval.frontier_uniform=[4]", "eval.frontier_prices=[0.0]",
+                       "eval.frontier_seeds=[1]", "eval.frontier_steps=1", "eval.frontier_questions_per_step=2",
+                       "eval.bootstrap=50")
+    logs = []
+    out = frontier.run_frontier(model.cfg, tmp_path / "run", "tiny", model, Bare(), model.save(tmp_path / "ckpt"),
+                                log=logs.append)
+    assert set(out["pareto"]) == {"setting", "split", "n", "uniform", "heuristics", "learned"}
+    assert any("no gold evidence" in x for x in logs) and out["oracle"] == [] and out["probe"] is None
+
+
 @pytest.mark.parametrize("override, message", [
     ("eval.frontier_prices=[0.0, -0.2]", "eval.frontier_prices .* must be >= 0"),
     ("eval.frontier_oracle_prices=[-1.0]", "eval.frontier_oracle_prices .* must be >= 0"),

@@ -107,7 +107,7 @@ class _Data:
         return list(QUESTIONS)
 
 
-def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_path):
+def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_path, monkeypatch):
     from elasticmem_core import retrieval_study
     from elasticmem_core.experiment import train_dir
 
@@ -140,6 +140,13 @@ def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_p
     n = len(log.read_text().splitlines())
     again = retrieval_study.run_retrieval_study(model.cfg, tmp_path, "tiny", model, _Data(), log=logs.append)
     assert again["data"] == data and len(log.read_text().splitlines()) == n
+    # a warm-up made with other params is never reused, not even under --fresh (which recomputes the results but
+    # would otherwise find the old warm-up folder): it is retrained
+    import dataclasses
+    monkeypatch.setenv("ELASTICMEM_FRESH", "1")
+    other = dataclasses.replace(model.cfg, grpo=dataclasses.replace(model.cfg.grpo, retrieval_warmup_steps=3))
+    retrieval_study.run_retrieval_study(other, tmp_path, "tiny", model, _Data(), log=logs.append)
+    assert any("warmed up otherwise" in x for x in logs) and len(log.read_text().splitlines()) == 3
 
 
 def test_control_token_states_are_the_retrievers_query(bank):
@@ -150,3 +157,15 @@ def test_control_token_states_are_the_retrievers_query(bank):
     got = control_token_states(model.reasoner, model.tokenizer, [q.question for q in QUESTIONS], batch_size=2)
     want = model.retriever(model.reasoner, QUESTIONS, False).query
     assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
+
+
+def test_contrastive_skips_questions_without_evidence_and_refuses_a_batch_of_them(bank):
+    import dataclasses
+
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive")
+    bare = dataclasses.replace(QUESTIONS[0], evidence=[])
+    loss, stats = retrieval_loss.aux_loss(model, [bare, QUESTIONS[1]])
+    assert stats["aux_questions"] == 1
+    assert loss.item() == pytest.approx(retrieval_loss.aux_loss(model, [QUESTIONS[1]])[0].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="none of the 1 questions has its gold evidence"):
+        retrieval_loss.aux_loss(model, [bare])
