@@ -230,6 +230,27 @@ class GRPOConfig:
 
 
 @dataclass
+class AlignConfig:
+    steps: int = _f(0, "alignment steps between the reader warm-up and GRPO (alignment.py; 0 = off, as the paper): "
+                       "the projector learns to make the content cache readable before any task reward")
+    objectives: dict[str, float] = _f({"reconstruction": 1.0}, "weighted alignment losses by name "
+                                      "(alignment.OBJECTIVES): reconstruction (regenerate a chunk's text from its "
+                                      "last b soft tokens; ICAE), self_distill (KL from the answer distribution "
+                                      "with the retrieved chunks as text to the one with them as latent memory; "
+                                      "xRAG), answer (cross-entropy on the gold answer with latent memory)")
+    lr: float = _f(1e-3, "learning rate of the alignment stage (a projector pretraining rate, far above GRPO's)")
+    train_lora: bool = _f(False, "LoRA learns in the alignment stage too (false: the projector alone)")
+    batch_size: int = _f(8, "chunks (reconstruction) and questions (self_distill, answer) per alignment step")
+    b_min: int = _f(2, "smallest b: soft tokens per chunk, drawn uniformly from align.b_min..align.b_max each step")
+    b_max: int = _f(0, "largest b; 0 = budget.b_max (must be <= bank.n_c)")
+    max_text_tokens: int = _f(64, "reconstruction target: at most this many of the chunk's first text tokens, "
+                                  "then EOS")
+    cue: str = _f("Repeat the text above.", "text between a chunk's soft tokens and its regenerated text")
+    kl_temperature: float = _f(1.0, "temperature tau of self_distill (the loss is scaled by tau^2)")
+    save_every: int = _f(50, "alignment steps between resumable saves (<train dir>/align.partial/)")
+
+
+@dataclass
 class EvalConfig:
     splits: list[str] = _f(["val", "test"], "splits evaluated")
     max_questions: int = _f(0, "evaluate at most this many questions per split; 0 = all")
@@ -286,6 +307,7 @@ class Config:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -496,6 +518,21 @@ def validate(cfg: Config, source: str = "<params>") -> None:
                               f"retrieval.aux_loss (kl or contrastive), not none")
         if cfg.retrieval.aux_weight < 0 or cfg.retrieval.aux_temperature <= 0:
             raise ConfigError(f"{source}: retrieval.aux_weight must be >= 0 and retrieval.aux_temperature > 0")
+    if cfg.align.steps:
+        from .alignment import check_objectives
+        try:
+            check_objectives(cfg.align.objectives)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        hi = cfg.align.b_max or cfg.budget.b_max
+        if not 1 <= cfg.align.b_min <= hi <= cfg.bank.n_c:
+            raise ConfigError(f"{source}: align.b_min..align.b_max = {cfg.align.b_min}..{hi} (align.b_max 0 = "
+                              f"budget.b_max) must lie within 1..bank.n_c = {cfg.bank.n_c}")
+        if cfg.align.lr <= 0 or cfg.align.kl_temperature <= 0 or cfg.align.save_every < 1:
+            raise ConfigError(f"{source}: align.lr and align.kl_temperature must be > 0, align.save_every >= 1")
+        if cfg.projector.kind == "identity" and not cfg.align.train_lora:
+            raise ConfigError(f"{source}: align.steps > 0 with projector.kind = identity and align.train_lora = "
+                              f"false: nothing would learn")
     if cfg.eval.retrieval_study and not cfg.eval.retrieval_seeds:
         raise ConfigError(f"{source}: eval.retrieval_study = true needs at least one eval.retrieval_seeds entry")
     if cfg.budget.sees_evidence and cfg.budget.policy not in ("transformer", "mlp"):
@@ -510,7 +547,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: eval.frontier_policy_lr must be > 0, got {cfg.eval.frontier_policy_lr}")
     for key in ("bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
                 "grpo.group_size", "grpo.questions_per_step", "budget.b_max", "budget.keep_top",
-                "eval.frontier_steps", "eval.frontier_questions_per_step"):
+                "eval.frontier_steps", "eval.frontier_questions_per_step", "align.batch_size"):
         sec, name = key.split(".")
         if getattr(getattr(cfg, sec), name) < 1:
             raise ConfigError(f"{source}: {key} must be >= 1")

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import retrieval_loss, sampling
+from . import alignment, retrieval_loss, sampling
 from .experiment import peak_memory_mb, write_json
 from .retrieval import control_logprobs
 from .rewards import Rollout, WeightedReward, choice_reward
@@ -503,6 +503,11 @@ class Trainer:
                 self._log(rec)
         return history
 
+    def align(self, progress: bool = True) -> list[dict]:
+        """The alignment stage (align.steps; alignment.py): the projector learns to make the cache readable.
+        Resumable in <dir>/align.partial/, finished in <dir>/align/ (reused under the same recipe)."""
+        return alignment.run(self.model, self.train_q, self.dir, self._log, progress, save=self.rank == 0)
+
     def train_step(self) -> dict:
         g = self.cfg.grpo
         if self.model.device.type == "cuda":
@@ -595,6 +600,7 @@ class Trainer:
                 self.model.save(self.dir / "reader")  # the warmed-up text reader, for the text baselines
             if self.retrieval_warmup(g.retrieval_warmup_steps) and self.rank == 0:
                 self.model.save(self.dir / "retrieval_warmup")  # the reader after the retrieval warm-up (recall)
+            self.align(progress)
             self.supervised(g.sft_steps, "latent", "sft")
             self._validate()
         history = []

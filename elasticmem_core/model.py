@@ -274,15 +274,16 @@ class ElasticMem(nn.Module):
         saved = from_sections(str(meta_file), **meta["config"])
         # settings that shape the weights must agree; top_z (unless budget.arch = authors), sampling and loss
         # settings need not
-        shaping = {"projector": ("projector", ("kind", "hidden")), "lora": ("lora", ("r", "alpha", "target_modules")),
-                   "policy": ("budget", ("policy", "arch", "hidden", "heads", "layers", "b_max", "min_budget",
-                                         "sees_evidence"))}
-        for section, keys in (shaping[part] for part in parts):  # only the parts loaded must agree
-            for key in keys:
-                was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)
-                if was != now:
-                    raise CheckpointError(f"{path}: checkpoint has {section}.{key} = {was!r}, the current params "
-                                          f"{now!r}; use the checkpoint's params")
+        # a projector is trained on one cache layer's states: it refuses another layer's
+        shaping = {"projector": [("projector", "kind"), ("projector", "hidden"), ("bank", "cache_layer")],
+                   "lora": [("lora", k) for k in ("r", "alpha", "target_modules")],
+                   "policy": [("budget", k) for k in ("policy", "arch", "hidden", "heads", "layers", "b_max",
+                                                      "min_budget", "sees_evidence")]}
+        for section, key in (pair for part in parts for pair in shaping[part]):  # only the parts loaded must agree
+            was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)
+            if was != now:
+                raise CheckpointError(f"{path}: checkpoint has {section}.{key} = {was!r}, the current params "
+                                      f"{now!r}; use the checkpoint's params")
         if "policy" in parts and self.policy.top_z is not None and saved.retrieval.top_z != self.policy.top_z:
             raise CheckpointError(f"{path}: checkpoint's budget policy (budget.arch = authors) has a position table "
                                   f"for retrieval.top_z = {saved.retrieval.top_z}, the current params "

@@ -1,0 +1,173 @@
+"""The alignment stage on tiny-random: the reconstruction layout, the self-distillation teacher, what learns, resume
+and reuse, and the refusals (a bank of another cache layer, a projector of another layer, b outside 1..N_c)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from elasticmem_core import alignment, config
+from elasticmem_core import bank as bank_mod
+from elasticmem_core.backbone import load_backbone
+from elasticmem_core.model import CheckpointError
+from tinydata import CHUNKS, QUESTIONS, tiny_cfg, tiny_model
+
+NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
+# input-embedding cache long enough for a whole tiny chunk, residual projector: soft tokens start as the text
+EMBED = ("bank.n_c=48", "bank.cache_layer=0", "budget.b_max=48", "projector.kind=residual")
+
+
+@pytest.fixture(scope="module")
+def embed_bank(tmp_path_factory):
+    return bank_mod.build(CHUNKS, load_backbone("tiny-random"), tiny_cfg(*EMBED).bank,
+                          tmp_path_factory.mktemp("bank0"), progress=False)
+
+
+def lora_state(model):
+    return {n: p.detach().clone() for n, p in model.reasoner.named_parameters() if "lora_" in n}
+
+
+def test_reconstruction_batch_puts_b_soft_tokens_before_the_cue_and_teacher_forces_the_text(embed_bank):
+    model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=1", "align.max_text_tokens=5")
+    rows, budgets = [0, 3], [2, 7]
+    b = alignment.reconstruction_batch(model, rows, budgets)
+    cue = model.tokenizer(model.cfg.align.cue, add_special_tokens=False)["input_ids"]
+    for i, (r, k) in enumerate(zip(rows, budgets)):
+        s, e = b.spans[i]["memory"]
+        assert e - s == k + 1  # b soft tokens and their separator
+        # residual projector at init + input-embedding cache: the soft tokens are the chunk's last b token embeddings
+        want = model.bank.cache(r, last=k)
+        assert torch.allclose(b.inputs_embeds[i, s:s + k], want, atol=1e-6)
+        t0, t1 = b.spans[i]["tail"]
+        assert t1 - t0 == len(cue)
+        text = model._chunk_ids(r)[:5] + [model.tokenizer.eos_token_id]
+        assert b.answer_ids[i, b.answer_mask[i]].tolist() == text
+
+
+def test_self_distill_is_zero_when_latent_memory_is_exactly_the_text(embed_bank):
+    # one retrieved chunk, b = its text length: the last b input embeddings are the text's own embeddings (the bank
+    # tokenizes with special tokens, which only precede the text), so the latent pass is the text pass
+    model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "retrieval.top_z=1", "align.steps=1")
+    model.eval()
+    q = QUESTIONS[0]
+    row = int(model.plan([q], sample=False).retrieved.rows[0, 0])
+    n = len(model._chunk_ids(row))
+    exact = alignment.AlignBatch(rows=[], chunk_budgets=[], questions=[q], budget=n)
+    assert alignment.self_distill(model, exact).item() == pytest.approx(0.0, abs=1e-5)
+    s, t, _, mask = alignment.question_passes(model, exact)
+    assert torch.allclose(s, t, atol=1e-4) and mask.sum() > 1
+    short = alignment.AlignBatch(rows=[], chunk_budgets=[], questions=[q], budget=2)
+    assert alignment.self_distill(model, short).item() > 1e-4  # two tokens of the chunk: another distribution
+    assert alignment.answer(model, short).item() > 0
+
+
+def test_the_stage_trains_the_projector_alone_and_lowers_the_reconstruction_loss(embed_bank, tmp_path):
+    # every training chunk each step at a fixed b, no dropout: without a gradient into the projector the loss would
+    # not move (a random 2-layer model hardly reads its input: the loss falls only ~0.1 nats from ~5.97)
+    model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=25", "align.lr=0.01", "align.batch_size=16",
+                       "align.b_min=8", "align.b_max=8")
+    lora, proj = lora_state(model), [p.detach().clone() for p in model.projector.parameters()]
+    history = alignment.run(model, QUESTIONS, tmp_path, progress=False)
+    assert history[-1]["reconstruction"] < history[0]["reconstruction"] - 0.05
+    assert all(torch.equal(v, lora_state(model)[k]) for k, v in lora.items())  # align.train_lora = false
+    assert any(not torch.equal(a, b) for a, b in zip(proj, model.projector.parameters()))
+    recipe = json.loads((tmp_path / "align" / "align.json").read_text())
+    assert recipe["recipe"]["cache_layer"] == 0 and recipe["steps"] == 25
+    # only the training questions' memories are reconstructed
+    assert set(alignment.training_rows(model, QUESTIONS[:1])) == set(model.bank.rows(QUESTIONS[0].memory_id))
+
+
+def test_every_weighted_objective_is_logged_with_its_b(embed_bank, tmp_path):
+    model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=3", "align.batch_size=4", "align.b_min=2",
+                       "align.b_max=8", "align.objectives={reconstruction: 1.0, self_distill: 0.5, answer: 0.5}")
+    log = []
+    history = alignment.run(model, QUESTIONS, tmp_path, log.append, progress=False)
+    assert len(history) == 3 and log == history
+    for h in history:
+        assert {"loss", "reconstruction", "self_distill", "answer", "b_chunks", "grad_norm"} <= set(h)
+        assert h["loss"] == pytest.approx(h["reconstruction"] + 0.5 * h["self_distill"] + 0.5 * h["answer"], rel=1e-5)
+        assert 2 <= h["b_questions"] <= 8 and 2 <= h["b_chunks"] <= 8
+
+
+def test_train_lora_moves_lora(embed_bank, tmp_path):
+    model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=2", "align.lr=0.01", "align.train_lora=true")
+    lora = lora_state(model)
+    alignment.run(model, QUESTIONS, tmp_path, progress=False)
+    assert any(not torch.equal(v, lora_state(model)[k]) for k, v in lora.items() if "lora_B" in k)
+
+
+def test_an_interrupted_stage_resumes_to_the_weights_of_an_uninterrupted_one(embed_bank, tmp_path, monkeypatch):
+    args = (*EMBED, *NO_DROPOUT, "align.steps=6", "align.save_every=2", "align.lr=0.01", "align.batch_size=3")
+    torch.manual_seed(0)
+    whole = tiny_model(embed_bank, *args)
+    alignment.run(whole, QUESTIONS, tmp_path / "whole", progress=False)
+
+    torch.manual_seed(0)
+    model = tiny_model(embed_bank, *args)
+    calls = {"n": 0}
+    real = alignment.OBJECTIVES["reconstruction"]
+
+    def dies_at_step_5(m, b):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(m, b)
+
+    monkeypatch.setitem(alignment.OBJECTIVES, "reconstruction", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        alignment.run(model, QUESTIONS, tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut" / "align.partial" / "align_state.pt").is_file()
+    monkeypatch.setitem(alignment.OBJECTIVES, "reconstruction", real)
+    torch.manual_seed(0)
+    again = tiny_model(embed_bank, *args)  # a fresh process: the same reader, then the saved state
+    history = alignment.run(again, QUESTIONS, tmp_path / "cut", progress=False)
+    assert [h["step"] for h in history] == [4, 5] and not (tmp_path / "cut" / "align.partial").exists()
+    for a, b in zip(whole.projector.parameters(), again.projector.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_finished_stage_is_reused_only_under_its_recipe(embed_bank, tmp_path):
+    args = (*EMBED, *NO_DROPOUT, "align.steps=2", "align.lr=0.01")
+    torch.manual_seed(0)
+    first = tiny_model(embed_bank, *args)
+    assert len(alignment.run(first, QUESTIONS, tmp_path, progress=False)) == 2
+    torch.manual_seed(0)
+    same = tiny_model(embed_bank, *args)
+    assert alignment.run(same, QUESTIONS, tmp_path, progress=False) == []  # reused, and loaded
+    for a, b in zip(first.projector.parameters(), same.projector.parameters()):
+        assert torch.equal(a, b)
+    torch.manual_seed(0)
+    other = tiny_model(embed_bank, *args[:-1], "align.lr=0.02")
+    assert len(alignment.run(other, QUESTIONS, tmp_path, progress=False)) == 2  # another recipe: retrained
+
+
+def test_bad_alignment_input_is_refused_naming_file_and_key(embed_bank, tmp_path):
+    # a bank of another cache layer than the params ask for
+    model = tiny_model(embed_bank, "bank.n_c=48", "bank.cache_layer=-1", "budget.b_max=48", "projector.kind=residual",
+                       "align.steps=1")
+    with pytest.raises(ValueError, match=r"cache_layer = 0.*bank.cache_layer = -1"):
+        alignment.run(model, QUESTIONS, tmp_path, progress=False)
+    # a projector trained on another layer
+    aligned = tiny_model(embed_bank, *EMBED)
+    aligned.save(tmp_path / "layer0")
+    with pytest.raises(CheckpointError, match=r"layer0.*bank.cache_layer = 0"):
+        model.load(tmp_path / "layer0", parts=("projector",))
+    # b outside 1..N_c, unknown objective, weights summing to nothing
+    for override, message in (("align.b_max=49", r"align.b_max.*bank.n_c = 48"),
+                              ("align.b_min=0", r"align.b_min"),
+                              ("align.objectives={rebuild: 1.0}", r"align.objectives: unknown objective 'rebuild'"),
+                              ("align.objectives={reconstruction: 0.0}", r"sum to nothing")):
+        with pytest.raises(config.ConfigError, match=message):
+            tiny_cfg(*EMBED, "align.steps=1", override)
+
+
+def test_the_trainer_runs_alignment_between_the_reader_warmup_and_grpo(embed_bank, tmp_path):
+    from elasticmem_core import grpo
+
+    model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=2", "grpo.reader_warmup_steps=1",
+                       "grpo.sft_steps=0", "grpo.max_steps=1", "grpo.group_size=2", "grpo.sft_batch_size=2")
+    grpo.Trainer(model, QUESTIONS, QUESTIONS[:1], tmp_path).train(progress=False)
+    stages = [json.loads(x)["stage"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert stages[:3] == ["reader_warmup", "align", "align"] and stages.index("val") > 2
+    assert (tmp_path / "align" / "align.json").is_file() and (tmp_path / "reader").is_dir()
