@@ -293,6 +293,19 @@ class EvalConfig:
     retrieval_seeds: list[int] = _f([42, 43, 44], "seeds (data orders) of the retrieval study's warm-up runs")
     frontier_probe: bool = _f(True, "the frontier also fits linear probes: can the policy's inputs (query state, "
                                     "keys, scores, ranks) tell an evidence chunk from the others?")
+    compression: bool = _f(False, "05 measures accuracy against tokens per chunk for truncated text and each content "
+                                  "cache on 03's stage-0 reader (compression.py -> metrics/compression.json)")
+    compression_caches: list[str] = _f(["0", "mid+align"], "caches of the compression table: a layer (0 = the input "
+                                       "embeddings, -1 = the last layer, mid = the middle one), '+align' = the "
+                                       "projector first trained by the alignment stage")
+    compression_budgets: list[int] = _f([2, 4, 8, 16, 32], "tokens per retrieved chunk b of the compression table "
+                                        "(above bank.n_c skipped)")
+    compression_seeds: list[int] = _f([42, 43, 44], "seeds of each aligned cache's alignment stage (a row is their "
+                                      "mean, with each seed)")
+    compression_align_steps: int = _f(200, "alignment steps of an aligned cache in the compression table (the rest "
+                                           "from the align section)")
+    compression_projector: str = _f("mlp", "projector kind of caches of a layer other than 0 in the compression "
+                                           "table (layer 0 uses projector.kind)")
     variant_steps: int = _f(0, "GRPO (or text SFT) steps of each trained baseline and ablation: -1 = as the grpo "
                                "section says (paper, mini); 0 = untrained, a plumbing check (smoke); N = at most N")
 
@@ -473,6 +486,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
                                               "threshold"}),
         "projector.kind": (cfg.projector.kind, {"mlp", "identity", "residual"}),
         "projector.ln_gain_init": (cfg.projector.ln_gain_init, {"embedding_rms", "one"}),
+        "eval.compression_projector": (cfg.eval.compression_projector, {"mlp", "identity", "residual"}),
         "budget.arch": (cfg.budget.arch, {"package", "authors"}),
         "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
         "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
@@ -533,6 +547,20 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         if cfg.projector.kind == "identity" and not cfg.align.train_lora:
             raise ConfigError(f"{source}: align.steps > 0 with projector.kind = identity and align.train_lora = "
                               f"false: nothing would learn")
+    if cfg.eval.compression:
+        from .compression import parse_cache
+        try:
+            caches = [parse_cache(c, 10**6) for c in cfg.eval.compression_caches]
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        fit = [b for b in cfg.eval.compression_budgets if 1 <= b <= cfg.bank.n_c]
+        if not caches or not fit or min(cfg.eval.compression_budgets) < 1:
+            raise ConfigError(f"{source}: eval.compression = true needs eval.compression_caches and "
+                              f"eval.compression_budgets >= 1, at least one within bank.n_c = {cfg.bank.n_c} (got "
+                              f"{cfg.eval.compression_budgets})")
+        if any(a for _, a in caches) and (cfg.eval.compression_align_steps < 1 or not cfg.eval.compression_seeds):
+            raise ConfigError(f"{source}: an aligned cache in eval.compression_caches needs "
+                              f"eval.compression_align_steps >= 1 and at least one eval.compression_seeds entry")
     if cfg.eval.retrieval_study and not cfg.eval.retrieval_seeds:
         raise ConfigError(f"{source}: eval.retrieval_study = true needs at least one eval.retrieval_seeds entry")
     if cfg.budget.sees_evidence and cfg.budget.policy not in ("transformer", "mlp"):

@@ -43,7 +43,10 @@ _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_t
                        "eval": ("splits", "seeds", "bootstrap", "baselines", "ablations",
                                 "frontier_uniform", "frontier_thresholds", "frontier", "frontier_prices",
                                 "frontier_seeds", "frontier_steps", "frontier_questions_per_step",
-                                "frontier_policy_lr", "frontier_oracle_prices", "frontier_probe", "retrieval_study", "retrieval_seeds"), "grpo": ("settings",)}
+                                "frontier_policy_lr", "frontier_oracle_prices", "frontier_probe", "retrieval_study", "retrieval_seeds",
+                                "compression", "compression_caches", "compression_budgets", "compression_seeds",
+                                "compression_align_steps", "compression_projector"),
+                       "grpo": ("settings",)}
 
 
 # The paper's reported numbers (Table 1: Qwen2.5, the real MemorySuite), for tables that show them beside
@@ -173,7 +176,25 @@ def fingerprint(cfg: Config, meta: dict) -> dict:
     params = cfg.to_dict()
     for section, keys in _NOT_RESULT_SHAPING.items():
         params[section] = {k: v for k, v in params[section].items() if k not in keys}
+    if params["align"]["steps"] == 0:  # no alignment stage: how it would have run shapes nothing
+        params["align"] = {"steps": 0}
     return {**meta, "params": params}
+
+
+def _without_new_defaults(now: dict, saved: dict) -> dict:
+    """`now` less the params a saved fingerprint predates (a section or key it lacks) where they are at their
+    defaults: a parameter added later, left at its default, computes what the code before it did."""
+    defaults = json.loads(json.dumps(fingerprint(Config(), {})["params"], default=str))
+    params, was = dict(now.get("params", {})), saved.get("params", {})
+    for section, values in list(params.items()):
+        if section not in was:
+            if values == defaults.get(section):
+                del params[section]
+            continue
+        if isinstance(values, dict):
+            params[section] = {k: v for k, v in values.items()
+                               if k in was[section] or v != defaults.get(section, {}).get(k)}
+    return {**now, "params": params}
 
 
 def _differences(a, b, where: str = "") -> list[str]:
@@ -213,7 +234,8 @@ def existing(path: str | Path, cfg: Config, meta: dict) -> dict | None:
     if not path.is_file() or fresh():
         return None
     saved = json.loads(path.read_text())
-    diff = _differences(saved["fingerprint"], json.loads(json.dumps(fingerprint(cfg, meta), default=str)))
+    now = _without_new_defaults(json.loads(json.dumps(fingerprint(cfg, meta), default=str)), saved["fingerprint"])
+    diff = _differences(saved["fingerprint"], now)
     if diff:
         raise ResultsError(f"{path} was made with other settings ({'; '.join(diff[:5])}); delete it to recompute, "
                            f"or use another run folder")

@@ -97,8 +97,8 @@ def soft_tokens(record: dict, memory: str = "latent") -> int:
     has >= 1 cached state). 0 without memory."""
     if memory == "none":
         return 0
-    if memory != "latent":
-        raise ValueError(f"memory = {memory!r}: the frontier counts soft tokens (latent or none)")
+    if memory not in ("latent", "text_tail"):
+        raise ValueError(f"memory = {memory!r}: the frontier counts soft tokens (latent, text_tail or none)")
     injected = sum(1 for r, b in zip(record["rows"], record["budgets"]) if r >= 0 and b > 0)
     return int(record["tokens"]["memory"]) - injected
 
@@ -117,8 +117,8 @@ def evaluate_point(model, questions, overrides: dict | None = None, memory: str 
     record gains "memory_tokens" (`soft_tokens`). The model's policy and memory mode are restored afterwards;
     the random rule draws from torch's RNG seeded with `seed` (restored too)."""
     questions = _questions(questions)
-    if memory not in ("latent", "none"):
-        raise ValueError(f"memory = {memory!r}; choose latent or none")
+    if memory not in ("latent", "text_tail", "none"):
+        raise ValueError(f"memory = {memory!r}; choose latent, text_tail (the last b_j text tokens) or none")
     saved = model.policy, model.memory
     try:
         if overrides is not None:

@@ -32,8 +32,10 @@ from .retrieval import Retrieved, Retriever, question_ids
 from .rewards import parse_answer
 
 CHECKPOINT_META = "elasticmem.json"
-# latent: soft tokens (the method); text: retrieved chunks as text ("LoRA + text memory"); none: no memory at all
-MEMORY_MODES = ("latent", "text", "none")
+# latent: soft tokens (the method); text: retrieved chunks as text ("LoRA + text memory"); text_tail: each retrieved
+# chunk as its last b_j text tokens, b_j from the budget policy (truncated text: what an input-embedding cache is);
+# none: no memory at all
+MEMORY_MODES = ("latent", "text", "text_tail", "none")
 
 
 class CheckpointError(RuntimeError):
@@ -73,8 +75,8 @@ class ElasticMem(nn.Module):
                                   f"(H={bank.hidden_size}), not by {backbone.identity} (H={backbone.hidden_size})")
         if memory not in MEMORY_MODES:
             raise ValueError(f"memory = {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
-        if memory == "text" and chunk_texts is None:
-            raise ValueError("memory = text needs the chunk texts (chunk_id -> text)")
+        if memory in ("text", "text_tail") and chunk_texts is None:
+            raise ValueError(f"memory = {memory} needs the chunk texts (chunk_id -> text)")
         if cfg.budget.b_max > bank.n_c:
             raise ValueError(f"budget.b_max ({cfg.budget.b_max}) exceeds the bank's N_c ({bank.n_c})")
         self.cfg, self.backbone, self.bank, self.memory = cfg, backbone, bank, memory
@@ -153,6 +155,9 @@ class ElasticMem(nn.Module):
             return [[] for _ in rows]
         if self.memory == "text":  # every retrieved chunk as text: the text-memory reader has no budget policy
             return [[self._chunk_ids(r) for r in rs if r >= 0] for rs in rows.tolist()]
+        if self.memory == "text_tail":  # the last b_j text tokens (b_j = 0 drops the chunk)
+            return [[self._chunk_ids(r)[-b:] if b > 0 else [] for r, b in zip(rs, bs) if r >= 0]
+                    for rs, bs in zip(rows.tolist(), budgets.tolist())]
         states, sizes = [], []
         for rs, bs in zip(rows.tolist(), budgets.tolist()):
             for r, b in zip(rs, bs):

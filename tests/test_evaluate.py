@@ -64,6 +64,19 @@ def test_results_round_trip_resume_and_refusal(tmp_path):
                                                               "eval.baselines=[no_memory]")) == res  # not shaping
     with pytest.raises(evaluate.ResultsError, match="grpo.lr"):
         evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3", "grpo.lr=1"))
+    # a result saved before a section (or key) existed is reused while the new params stay at their defaults
+    older = json.loads(path.read_text())
+    del older["fingerprint"]["params"]["align"], older["fingerprint"]["params"]["bank"]["cache_layer"]
+    path.write_text(json.dumps(older))
+    assert evaluate.evaluate(answer, QS, path, meta, cfg)["summary"] == res["summary"] and calls == [3, 3, 1]
+    # the align section shapes nothing while align.steps = 0
+    assert evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3",
+                                                              "align.lr=0.5"))["summary"] == res["summary"]
+    for changed, message in (("align.steps=5", r"params.align: None -> \{'steps': 5"),
+                             ("bank.cache_layer=0", r"params.bank.cache_layer: None -> 0")):
+        with pytest.raises(evaluate.ResultsError, match=message):
+            evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3", changed))
+    path.write_text(json.dumps(res))
     # tables: per type, per memory, pooled = size-weighted over settings
     evaluate.evaluate(answer, QS[:4], evaluate.result_path(tmp_path, "fake", "t", "test", 42), {**meta, "setting": "t"},
                       cfg)
