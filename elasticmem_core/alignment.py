@@ -115,9 +115,14 @@ def question_passes(model, batch: AlignBatch):
         answers = [model.answer_ids(q.gold) for q in qs]
         student = model.build(qs, plan, answers)
         s_logits = answer_logits(model, student)
-        model.memory = "text"  # the teacher: the same retrieved chunks, whole, as text
-        with torch.no_grad():
-            t_logits = answer_logits(model, model.build(qs, plan, answers))
+        model.memory = "text"  # the teacher: the same retrieved chunks, whole, as text, without dropout noise
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                t_logits = answer_logits(model, model.build(qs, plan, answers))
+        finally:
+            model.train(was_training)
     finally:
         model.memory = previous
     batch.passes["questions"] = (s_logits, t_logits, student.answer_ids, student.answer_mask)
@@ -195,7 +200,7 @@ def step_batch(cfg, rows: list[int], questions: list, step: int) -> AlignBatch:
         per_epoch = math.ceil(len(items) / n)
         epoch, i = divmod(step, per_epoch)
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(
-            cfg.runtime.seed + salt + epoch)).tolist()
+            cfg.runtime.seed * 1_000_003 + salt + epoch)).tolist()
         return [items[j] for j in order[i * n:(i + 1) * n]]
 
     chunks = take(rows, 30_000)
@@ -218,12 +223,16 @@ def _weights_id(params: list[torch.nn.Parameter]) -> str:
 
 
 def recipe(model, questions) -> dict:
-    """What an alignment result depends on: reused only when all of it agrees."""
-    cfg = model.cfg
+    """What an alignment result depends on: reused only when all of it agrees. Every result-shaping param (the
+    results' fingerprint: align, bank, retrieval, projector, data, seed, ...; not align.save_every), the bank's
+    chunks, the training questions and the weights it started from (the reader)."""
+    from .evaluate import fingerprint
+
+    params = json.loads(json.dumps(fingerprint(model.cfg, {})["params"], default=str))
+    params["align"].pop("save_every", None)
     qids = ",".join(sorted(q.qid for q in questions))
-    return {"align": dataclasses.asdict(cfg.align), "cache_layer": cfg.bank.cache_layer, "n_c": model.bank.n_c,
-            "backbone": model.backbone.identity, "projector": [cfg.projector.kind, cfg.projector.hidden],
-            "seed": cfg.runtime.seed, "train_questions": hashlib.sha256(qids.encode()).hexdigest()[:16],
+    return {"params": params, "bank": model.bank.manifest.get("content_hash"), "backbone": model.backbone.identity,
+            "train_questions": hashlib.sha256(qids.encode()).hexdigest()[:16],
             "start": _weights_id([p for n, p in model.reasoner.named_parameters() if "lora_" in n] +
                                  list(model.projector.parameters()))}
 
@@ -231,8 +240,6 @@ def recipe(model, questions) -> dict:
 def run(model, questions, train_dir: str | Path, log: Callable[[dict], None] | None = None,
         progress: bool = True, save: bool = True) -> list[dict]:
     """Run (or resume, or reuse) align.steps steps; returns this call's step records (empty when reused)."""
-    from tqdm.auto import tqdm
-
     cfg = model.cfg
     steps = cfg.align.steps
     if steps <= 0:
@@ -246,7 +253,8 @@ def run(model, questions, train_dir: str | Path, log: Callable[[dict], None] | N
         if json.loads((done / RECIPE).read_text()).get("recipe") == want:
             model.load(done, parts=parts)
             return []
-        shutil.rmtree(done)  # made by other params, code inputs or another reader: never reused
+        if save:
+            shutil.rmtree(done)  # made by other params, chunks or another reader: never reused
     params = trainable(model)
     opt = torch.optim.AdamW(params, lr=cfg.align.lr, weight_decay=cfg.grpo.weight_decay)
     start = 0
@@ -256,17 +264,46 @@ def run(model, questions, train_dir: str | Path, log: Callable[[dict], None] | N
             model.load(partial, parts=parts)
             opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             start = state["step"]
-        else:
+        elif save:
             shutil.rmtree(partial)
     rows = training_rows(model, questions)
     history = []
     was_training = model.training
+    # only the stage's own parameters take gradients: none may leak into the next stage's optimizer
+    keep = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
     model.train()
+    try:
+        history = _steps(model, cfg, rows, list(questions), params, opt, start, steps, train_dir, want, log,
+                         progress, save)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if save:
+        model.save(done)
+        (done / RECIPE).write_text(json.dumps({"recipe": want, "steps": steps}, indent=2) + "\n")
+        if partial.exists():
+            shutil.rmtree(partial)
+    return history
+
+
+def _steps(model, cfg, rows, questions, params, opt, start: int, steps: int, train_dir: Path, want: dict, log,
+           progress: bool, save: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    partial = train_dir / PARTIAL
+    history = []
     bar = tqdm(total=steps, initial=start, desc="alignment", disable=not progress)
     for step in range(start, steps):
         t0 = time.perf_counter()
-        batch = step_batch(cfg, rows, list(questions), step)
+        batch = step_batch(cfg, rows, questions, step)
         losses = {name: OBJECTIVES[name](model, batch) for name, w in cfg.align.objectives.items() if w > 0}
         loss = sum(cfg.align.objectives[name] * v for name, v in losses.items())
         loss.backward()
@@ -286,15 +323,10 @@ def run(model, questions, train_dir: str | Path, log: Callable[[dict], None] | N
             tmp = train_dir / (PARTIAL + ".tmp")
             model.save(tmp)
             torch.save({"step": step + 1, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                         "recipe": want}, tmp / STATE)
             if partial.exists():
                 shutil.rmtree(partial)
             tmp.rename(partial)
     bar.close()
-    model.train(was_training)
-    if save:
-        model.save(done)
-        (done / RECIPE).write_text(json.dumps({"recipe": want, "steps": steps}, indent=2) + "\n")
-        if partial.exists():
-            shutil.rmtree(partial)
     return history

@@ -57,7 +57,7 @@ def cache_label(layer: int, aligned: bool) -> str:
 def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, bool]]:
     """The caches of eval.compression_caches, checked against the backbone's layers, N_c and the align section."""
     e = cfg.eval
-    caches = [parse_cache(s, n_layers) for s in e.compression_caches]
+    caches = list(dict.fromkeys(parse_cache(s, n_layers) for s in e.compression_caches))  # "mid" may be "15"
     for layer, aligned in caches:
         if not -1 <= layer <= n_layers:
             raise ValueError(f"eval.compression_caches: layer {layer} is outside -1..{n_layers} (the backbone has "
@@ -71,12 +71,15 @@ def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, bool]]:
 
 
 def variant(cfg, layer: int, aligned: bool):
-    """The run's params for one cache: its layer, its projector, uniform budgets up to the largest b, and (aligned)
-    the alignment stage with eval.compression_align_steps steps."""
+    """The run's params for one cache: its layer, its projector, uniform budgets (B_max = N_c), and (aligned) the
+    alignment stage with eval.compression_align_steps steps, b up to align.b_max (0 = the table's largest b)."""
     e = cfg.eval
-    b_max = max(b for b in e.compression_budgets if b <= cfg.bank.n_c)
+    b_max = cfg.bank.n_c  # not max(b): the saved points must not depend on which b the table lists
     projector = cfg.projector if layer == 0 else dataclasses.replace(cfg.projector, kind=e.compression_projector)
-    align = dataclasses.replace(cfg.align, steps=e.compression_align_steps if aligned else 0)
+    # align.b_max 0: b drawn up to the table's largest b (not to N_c: the table asks about few tokens per chunk)
+    largest = max(b for b in e.compression_budgets if b <= cfg.bank.n_c)
+    align = dataclasses.replace(cfg.align, steps=e.compression_align_steps if aligned else 0,
+                                b_max=cfg.align.b_max or largest)
     return dataclasses.replace(cfg, bank=dataclasses.replace(cfg.bank, cache_layer=layer), projector=projector,
                                budget=dataclasses.replace(cfg.budget, policy="uniform", b_max=b_max,
                                                           uniform_budget=min(cfg.budget.uniform_budget, b_max)),
@@ -105,6 +108,9 @@ def _summary(records_per_seed: list[list[dict]], n_boot: int, seed: int) -> tupl
 def paired(a_label: str, a_runs: list[list[dict]], b_label: str, b_records: list[dict], b: int, n_boot: int,
            seed: int) -> dict:
     """a (seed-mean per question) minus b on the same questions, with its 95% interval; each seed's difference."""
+    qids = sorted(r["qid"] for r in b_records)
+    if any(sorted(r["qid"] for r in run) != qids for run in a_runs):
+        raise evaluate.ResultsError(f"compression: {a_label} and {b_label} at b = {b} answered other questions")
     _, _, xa = _summary(a_runs, n_boot, seed)
     _, _, xb = _summary([b_records], n_boot, seed)
     lo, hi = evaluate.bootstrap_ci(xa - xb, n_boot, seed)

@@ -532,7 +532,10 @@ def validate(cfg: Config, source: str = "<params>") -> None:
                               f"retrieval.aux_loss (kl or contrastive), not none")
         if cfg.retrieval.aux_weight < 0 or cfg.retrieval.aux_temperature <= 0:
             raise ConfigError(f"{source}: retrieval.aux_weight must be >= 0 and retrieval.aux_temperature > 0")
-    if cfg.align.steps:
+    if cfg.align.steps < 0:
+        raise ConfigError(f"{source}: align.steps must be >= 0 (0 = no alignment stage), got {cfg.align.steps}")
+    aligned_caches = cfg.eval.compression and any(str(c).endswith("+align") for c in cfg.eval.compression_caches)
+    if cfg.align.steps or aligned_caches:  # the align section is used: by the trainer or by the compression table
         from .alignment import check_objectives
         try:
             check_objectives(cfg.align.objectives)
@@ -544,9 +547,9 @@ def validate(cfg: Config, source: str = "<params>") -> None:
                               f"budget.b_max) must lie within 1..bank.n_c = {cfg.bank.n_c}")
         if cfg.align.lr <= 0 or cfg.align.kl_temperature <= 0 or cfg.align.save_every < 1:
             raise ConfigError(f"{source}: align.lr and align.kl_temperature must be > 0, align.save_every >= 1")
-        if cfg.projector.kind == "identity" and not cfg.align.train_lora:
-            raise ConfigError(f"{source}: align.steps > 0 with projector.kind = identity and align.train_lora = "
-                              f"false: nothing would learn")
+    if cfg.align.steps and cfg.projector.kind == "identity" and not cfg.align.train_lora:
+        raise ConfigError(f"{source}: align.steps > 0 with projector.kind = identity and align.train_lora = "
+                          f"false: nothing would learn")
     if cfg.eval.compression:
         from .compression import parse_cache
         try:

@@ -72,8 +72,12 @@ def test_the_stage_trains_the_projector_alone_and_lowers_the_reconstruction_loss
     assert history[-1]["reconstruction"] < history[0]["reconstruction"] - 0.05
     assert all(torch.equal(v, lora_state(model)[k]) for k, v in lora.items())  # align.train_lora = false
     assert any(not torch.equal(a, b) for a, b in zip(proj, model.projector.parameters()))
+    # no gradient is left behind for the next stage's optimizer, and LoRA trains again afterwards
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for n, p in model.reasoner.named_parameters() if "lora_" in n)
     recipe = json.loads((tmp_path / "align" / "align.json").read_text())
-    assert recipe["recipe"]["cache_layer"] == 0 and recipe["steps"] == 25
+    assert recipe["recipe"]["params"]["bank"]["cache_layer"] == 0 and recipe["steps"] == 25
+    assert recipe["recipe"]["bank"] == model.bank.manifest["content_hash"]
     # only the training questions' memories are reconstructed
     assert set(alignment.training_rows(model, QUESTIONS[:1])) == set(model.bank.rows(QUESTIONS[0].memory_id))
 
@@ -155,6 +159,8 @@ def test_bad_alignment_input_is_refused_naming_file_and_key(embed_bank, tmp_path
         model.load(tmp_path / "layer0", parts=("projector",))
     # b outside 1..N_c, unknown objective, weights summing to nothing
     for override, message in (("align.b_max=49", r"align.b_max.*bank.n_c = 48"),
+                              ("align.steps=-1", r"align.steps must be >= 0"),
+                              ("align.save_every=0", r"align.save_every >= 1"),
                               ("align.b_min=0", r"align.b_min"),
                               ("align.objectives={rebuild: 1.0}", r"align.objectives: unknown objective 'rebuild'"),
                               ("align.objectives={reconstruction: 0.0}", r"sum to nothing")):
@@ -171,3 +177,12 @@ def test_the_trainer_runs_alignment_between_the_reader_warmup_and_grpo(embed_ban
     stages = [json.loads(x)["stage"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert stages[:3] == ["reader_warmup", "align", "align"] and stages.index("val") > 2
     assert (tmp_path / "align" / "align.json").is_file() and (tmp_path / "reader").is_dir()
+
+
+def test_seeds_draw_different_data_orders():
+    def rows(seed, step):
+        cfg = tiny_cfg(*EMBED, "align.steps=1", f"runtime.seed={seed}", "align.batch_size=4")
+        return alignment.step_batch(cfg, list(range(12)), [], step).rows
+
+    # 12 chunks in batches of 4: step 3 starts seed 42's second epoch, which must not be seed 43's first
+    assert rows(42, 0) != rows(43, 0) and rows(42, 3) != rows(43, 0)

@@ -77,6 +77,7 @@ def test_compression_table_pairs_each_cache_with_truncated_text_and_reuses_every
     ("eval.compression_caches=['x+align']", r"compression_caches entry 'x\+align'"),
     ("eval.compression_caches=['3+aligned']", r"compression_caches entry '3\+aligned'"),
     ("eval.compression_projector=linear", r"eval.compression_projector = 'linear'"),
+    ("align.save_every=0", r"align.save_every >= 1"),  # the align section is checked when an aligned cache uses it
 ])
 def test_bad_compression_params_are_refused_naming_the_key(override, message):
     with pytest.raises(config.ConfigError, match=message):
