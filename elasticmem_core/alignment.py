@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from . import sampling
 from .budget import BudgetDecision
 from .injection import Batch, Row, build_batch
 
@@ -204,7 +205,7 @@ def step_batch(cfg, rows: list[int], questions: list, step: int) -> AlignBatch:
         return [items[j] for j in order[i * n:(i + 1) * n]]
 
     chunks = take(rows, 30_000)
-    budgets = torch.randint(lo, hi + 1, (len(chunks) + 1,), generator=g).tolist()
+    budgets = sampling.integers(lo, hi + 1, (len(chunks) + 1,), "cpu", g, "alignment budget").tolist()
     return AlignBatch(rows=chunks, chunk_budgets=budgets[:-1], questions=take(questions, 40_000), budget=budgets[-1])
 
 
