@@ -22,13 +22,12 @@ projector its alignment folder: everything resumes and is reused under the same 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from . import alignment, assemble, evaluate, frontier
-from .experiment import code_version, environment, seed_everything, write_json
+from .experiment import seed_everything, write_json
 
 TEXT_TAIL = "text, last b tokens"
 ROW_KEYS = ("cache", "layer", "aligned", "tokens_per_chunk", "accuracy", "ci")
@@ -88,13 +87,7 @@ def variant(cfg, layer: int, aligned: bool):
 
 def _records(path: Path, cfg, meta: dict, compute) -> list[dict]:
     """A point's records, computed once and saved with what made them (evaluate's fingerprint)."""
-    got = evaluate.existing(path, cfg, meta)
-    if got is None:
-        write_json(path, {**meta, "fingerprint": evaluate.fingerprint(cfg, meta), "code_version": code_version(),
-                          "environment": environment(), "records": compute()})
-        got = json.loads(path.read_text())
-    return got["records"]
-
+    return evaluate.cached(path, cfg, meta, lambda: {"records": compute()})["records"]
 
 def _summary(records_per_seed: list[list[dict]], n_boot: int, seed: int) -> tuple[float, list[float], np.ndarray]:
     """Seed-mean accuracy, its 95% bootstrap interval over questions, and the per-question seed-mean correctness."""

@@ -243,6 +243,20 @@ def existing(path: str | Path, cfg: Config, meta: dict) -> dict | None:
     return saved
 
 
+def save_result(path: str | Path, cfg: Config, meta: dict, body: dict) -> dict:
+    """Write a computed result (meta + body) with its fingerprint and code version, as `evaluate` writes one, so that
+    `existing` reuses it, refuses it under other params, or recomputes it under --fresh; returns it as saved."""
+    write_json(path, {**meta, "fingerprint": fingerprint(cfg, meta), "code_version": code_version(),
+                      "environment": environment(), **body})
+    return json.loads(Path(path).read_text())
+
+
+def cached(path: str | Path, cfg: Config, meta: dict, compute: Callable[[], dict]) -> dict:
+    """The result saved at `path` (`existing`), or `compute()`'s body saved there (`save_result`)."""
+    got = existing(path, cfg, meta)
+    return got if got is not None else save_result(path, cfg, meta, compute())
+
+
 def evaluate(answer: Callable[[list], list[dict]], questions, path: str | Path, meta: dict, cfg: Config,
              bank=None, device="cpu", progress: bool = True) -> dict:
     """Answer `questions` and save the result at `path`, or reuse the result already saved there.

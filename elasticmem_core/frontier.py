@@ -50,7 +50,7 @@ import torch
 from . import evaluate, grpo
 from .budget import FIXED_RULES, BudgetPolicy
 from .config import validate
-from .experiment import code_version, environment, write_json
+from .experiment import write_json
 
 TOP_K_WHOLE = (1, 2)          # the top-k-whole rules of the frontier
 POINT_FILE = "frontier_point.json"
@@ -547,14 +547,6 @@ def training_summary(folder: str | Path) -> dict:
     return out
 
 
-def _saved(path: Path, cfg, meta: dict, body: dict) -> dict:
-    """Write a frontier evaluation the way evaluate.evaluate writes a result (fingerprint, code version), so that
-    evaluate.existing reuses it, refuses it under other params, or recomputes it under --fresh."""
-    write_json(path, {**meta, "fingerprint": evaluate.fingerprint(cfg, meta), "code_version": code_version(),
-                      "environment": environment(), **body})
-    return json.loads(path.read_text())
-
-
 def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpoint: str | Path,
                  path: str | Path | None = None, split: str = "test", progress: bool = False,
                  log=print) -> dict:
@@ -618,7 +610,7 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
             records = evaluate_text(model, test_q, progress=progress)
             text = {"family": "heuristics", "name": TEXT_RAG, "budget": None, "memory": "text", "overrides": None,
                     **point_summary(records, n_boot, bseed), "records": records}
-            got = _saved(folder / f"fixed-{split}.json", cfg, fixed_meta, {"fixed": fixed, "text": text})
+            got = evaluate.save_result(folder / f"fixed-{split}.json", cfg, fixed_meta, {"fixed": fixed, "text": text})
         fixed, text = got["fixed"], got["text"]
         seconds["fixed rules and text RAG"] = round(time.perf_counter() - t0, 1)
         log(f"{setting}: {len(fixed)} fixed rules and text RAG on {len(test_q)} {split} questions "
@@ -636,7 +628,7 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
             got = evaluate.existing(folder / f"probe-{split}.json", cfg, probe_meta)
             if got is None:
                 data = [probe_data(model, qs) for qs in (train_q, list(dataset.split("val")) or train_q, test_q)]
-                got = _saved(folder / f"probe-{split}.json", cfg, probe_meta,
+                got = evaluate.save_result(folder / f"probe-{split}.json", cfg, probe_meta,
                              {"probe": relevance_probe(*data, n_boot=n_boot, seed=bseed)})
             probe = got["probe"]
             seconds["relevance probe"] = round(time.perf_counter() - t0, 1)
@@ -663,7 +655,7 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                                         e.frontier_questions_per_step, e.frontier_policy_lr, setting=setting,
                                         progress=progress, sees_evidence=is_oracle)
                     records = evaluate_point(model, test_q, seed=bseed, progress=progress)
-                    got = _saved(where / f"{split}.json", cfg, point_meta,
+                    got = evaluate.save_result(where / f"{split}.json", cfg, point_meta,
                                  {"records": records, "diagnostics": diagnostics(model, test_q)})
                 took = round(time.perf_counter() - t0, 1)
                 seconds[f"{'oracle ' if is_oracle else ''}price {float(price):g}, seed {seed}"] = took

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluate, grpo
-from .experiment import code_version, environment, train_dir, write_json
+from .experiment import train_dir, write_json
 from .retrieval_loss import RECALL_ZS, recall_at
 
 VARIANT = "retrieval_control_token_warmup"   # the ablation whose checkpoint is "after GRPO"
@@ -47,15 +47,6 @@ def _recall_rows(mode: str, per_seed: dict[int, dict[int, list[float]]], n_boot:
             row["seeds"] = [{"seed": s, "recall": float(np.mean(r[z]))} for s, r in per_seed.items()]
         rows.append(row)
     return rows
-
-
-def _cached(path: Path, cfg, meta: dict, compute):
-    got = evaluate.existing(path, cfg, meta)
-    if got is None:
-        write_json(path, {**meta, "fingerprint": evaluate.fingerprint(cfg, meta), "code_version": code_version(),
-                          "environment": environment(), "body": compute()})
-        got = json.loads(path.read_text())
-    return got["body"]
 
 
 def accuracy_with(model, questions, mode: str, batch_size: int | None = None) -> list[dict]:
@@ -102,7 +93,8 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
             return {mode: {str(z): v for z, v in recall_at(model, questions, mode, RECALL_ZS).items()}
                     for mode in modes}
         # named by the checkpoint: another checkpoint in the same role gets its own file, never a clash
-        got = _cached(folder / f"recall-{tag}-{ckid}-{split}.json", cfg, m, compute)
+        got = evaluate.cached(folder / f"recall-{tag}-{ckid}-{split}.json", cfg, m,
+                              lambda: {"body": compute()})["body"]
         return {mode: {int(z): v for z, v in got[mode].items()} for mode in modes}
 
     t0 = time.perf_counter()
@@ -163,7 +155,8 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
     def compute_accuracy():
         model.load(evaluated)
         return {mode: accuracy_with(model, questions, mode) for mode in ACCURACY_MODES}
-    records = _cached(folder / f"accuracy-{m['checkpoint_id']}-{split}.json", cfg, m, compute_accuracy)
+    records = evaluate.cached(folder / f"accuracy-{m['checkpoint_id']}-{split}.json", cfg, m,
+                              lambda: {"body": compute_accuracy()})["body"]
     for mode in ACCURACY_MODES:
         s = evaluate.summarize(records[mode], n_boot, seed0)
         accuracy.append({"mode": mode, "accuracy": s["accuracy"], "ci": [s["ci_low"], s["ci_high"]],
