@@ -27,9 +27,10 @@ def bank_for(cfg: Config, dataset, backbone: Backbone, run_dir: str | Path, prog
 
 
 def model_for(cfg: Config, dataset, backbone: Backbone, bank, memory: str = "latent",
-              with_embedder: bool = False) -> ElasticMem:
-    """ElasticMem around `backbone` (LoRA is injected into it in place: build banks first). The sentence embedder
-    and its chunk index come with semantic retrieval, the kl retrieval loss (its teacher) or `with_embedder`."""
+              with_embedder: bool = False, model_class: type = ElasticMem) -> ElasticMem:
+    """ElasticMem (or `model_class`, a model built the same way, e.g. memgen.MemGen) around `backbone` (LoRA is
+    injected into it in place: build banks first). The sentence embedder and its chunk index come with semantic
+    retrieval, the kl retrieval loss (its teacher) or `with_embedder`."""
     embedder = semantic = None
     if cfg.retrieval.mode == "semantic" or cfg.retrieval.aux_loss == "kl" or with_embedder:
         from .embedder import SentenceEmbedder
@@ -40,7 +41,7 @@ def model_for(cfg: Config, dataset, backbone: Backbone, bank, memory: str = "lat
         assert [c.chunk_id for c in chunks] == bank.chunk_ids, "semantic index rows must be the bank's rows"
         semantic = MemoryIndex(embedder.encode([c.text for c in chunks]), [c.memory_id for c in chunks])
     texts = {c.chunk_id: c.text for c in dataset.chunks()}
-    return ElasticMem(backbone, bank, cfg, texts, memory=memory, embedder=embedder, semantic_index=semantic)
+    return model_class(backbone, bank, cfg, texts, memory=memory, embedder=embedder, semantic_index=semantic)
 
 
 def load_setting(cfg: Config, setting: str, backbone: Backbone, run_dir: str | Path):

@@ -16,6 +16,8 @@ params/mini.yaml -p params/ablations/<name>.yaml`). `eval.method` says what a va
 | lora_text_grpo  | retrieved chunks as text             | GRPO (grpo.Trainer with model memory "text"); also  |
 |                 |                                      | at a higher LoRA rank (lora_text_grpo_high_rank)    |
 | elasticmem      | soft tokens (the method)             | GRPO; ablations and the identity projector          |
+| memgen          | K latents a LoRA weaver writes from  | supervised weaver steps, then GRPO; the reasoner    |
+|                 | the retrieved chunks (memgen.py)     | frozen (MemGen-style: the latent-space baseline)    |
 
 Every variant goes through ElasticMem's own retrieval and injection layout, so #Tok counts the same parts for
 every method. The untrained text readers (no_memory, full_context, text_rag) are also reported with the stage-0
@@ -48,8 +50,9 @@ from .retrieval import Retrieved, question_ids
 
 VARIANT_BASE = "params/mini.yaml"
 MEMORY = {"elasticmem": "latent", "no_memory": "none", "full_context": "text", "text_rag": "text",
-          "lora_text_sft": "text", "lora_text_grpo": "text"}
-TRAINED = ("elasticmem", "lora_text_sft", "lora_text_grpo")
+          "lora_text_sft": "text", "lora_text_grpo": "text", "memgen": "text"}
+TRAINED = ("elasticmem", "lora_text_sft", "lora_text_grpo", "memgen")
+OWN_READER = ("memgen",)  # trained variants that never start from 03's warmed-up reader (MemGen's reasoner is frozen)
 TEXT_READERS = ("no_memory", "full_context", "text_rag")  # also reported with the warmed-up reader
 
 
@@ -153,6 +156,9 @@ def build_model(cfg: Config, dataset, backbone, bank) -> ElasticMem:
     """The model a variant's eval.method describes (LoRA is injected into `backbone` in place: `release` after)."""
     if cfg.eval.method == "full_context":
         return FullContext(backbone, bank, cfg, {c.chunk_id: c.text for c in dataset.chunks()})
+    if cfg.eval.method == "memgen":
+        from .memgen import MemGen
+        return assemble.model_for(cfg, dataset, backbone, bank, model_class=MemGen)
     return assemble.model_for(cfg, dataset, backbone, bank, memory=MEMORY[cfg.eval.method])
 
 
@@ -226,6 +232,9 @@ def train(model: ElasticMem, dataset, folder: Path, progress: bool = True, reade
     folder.mkdir(parents=True, exist_ok=True)
     if reader is not None:
         model.load(reader, parts=("lora",))
+    if cfg.eval.method == "memgen":
+        from . import memgen
+        return memgen.train(model, dataset, folder, progress)
     trainer = Trainer(model, dataset.split("train"), dataset.split("val"), folder, setting=dataset.setting)
     if cfg.eval.method == "lora_text_sft":
         done = folder / "sft"
@@ -258,7 +267,7 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
             # trained variants start from 03's warmed-up reader (if the run has one) rather than repeat stage 0;
             # one with other LoRA shapes (the high-rank row) cannot load it and runs its own stage 0
             start = starting_reader(folder, run_dir, setting, cfg.runtime.seed) \
-                if method in TRAINED and cfg.grpo.reader_warmup_steps > 0 and \
+                if method in TRAINED and method not in OWN_READER and cfg.grpo.reader_warmup_steps > 0 and \
                 variant_config(cfg, path).lora == cfg.lora else None
             for with_reader in ([False, True] if reader else [False]):
                 v = variant_config(cfg, path, seed)

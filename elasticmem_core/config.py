@@ -251,6 +251,30 @@ class AlignConfig:
 
 
 @dataclass
+class MemGenConfig:
+    """The MemGen-style baseline (memgen.py; eval.method = memgen): a frozen reasoner, a LoRA weaver."""
+    latents: int = _f(8, "K: latent tokens the weaver writes per insertion (MemGen: 8 in most settings)")
+    bridge_init: str = _f("identity", "start of the two Linear bridges (reasoner embeddings -> weaver, weaver states "
+                                      "-> reasoner embeddings): identity (needs one hidden size; the weaver starts "
+                                      "reading the text as its base LLM does) | default (torch's random init, as "
+                                      "MemGen's code)")
+    insert_delimiters: bool = _f(False, "also weave K latents after each ',', '.' or newline the reasoner generates, "
+                                        "up to memgen.max_insertions (MemGen's inference augmentation; its released "
+                                        "results: off)")
+    max_insertions: int = _f(3, "cap on delimiter insertions per answer (MemGen: 3-5)")
+    delimiters: list[str] = _f([",", ".", "\n"], "a generated token whose text ends with one of these is an "
+                                                 "insertion point")
+    trigger: str = _f("off", "off (every insertion point inserts: MemGen's released setting, trigger inactive) | "
+                             "learned (a LoRA trigger with a Linear(H, 2) head decides at each insertion point, "
+                             "trained by GRPO after the weaver, the weaver frozen)")
+    trigger_steps: int = _f(0, "GRPO steps of the trigger stage (memgen.trigger = learned), after the weaver's")
+    trigger_lr: float = _f(1e-6, "learning rate of the trigger stage (MemGen: 1e-6)")
+    sft_steps: int = _f(-1, "supervised weaver steps before GRPO (batches of grpo.sft_batch_size, lr grpo.sft_lr); "
+                            "-1 = as many as the method's supervised stages (grpo.reader_warmup_steps + "
+                            "grpo.sft_steps), so both see the same examples and updates")
+
+
+@dataclass
 class EvalConfig:
     splits: list[str] = _f(["val", "test"], "splits evaluated")
     max_questions: int = _f(0, "evaluate at most this many questions per split; 0 = all")
@@ -258,7 +282,7 @@ class EvalConfig:
     bootstrap: int = _f(1000, "bootstrap resamples for the 95% intervals")
     seeds: list[int] = _f([42], "training seeds (the paper reports means over 5)")
     method: str = _f("elasticmem", "the method a params file describes: elasticmem | no_memory | full_context | "
-                                   "text_rag | lora_text_sft | lora_text_grpo (params/baselines/ select them)")
+                                   "text_rag | lora_text_sft | lora_text_grpo | memgen (params/baselines/ select them)")
     text_top_k: int = _f(0, "chunks the text-RAG baselines put in as text; 0 = retrieval.top_z (same Z as the method)")
     context_window: int = _f(0, "full-context baseline window in tokens; 0 = the backbone's max_position_embeddings")
     full_context_batch_tokens: int = _f(2048, "full-context prompts longer than this (tokens) are answered one at "
@@ -321,6 +345,7 @@ class Config:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    memgen: MemGenConfig = field(default_factory=MemGenConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -495,7 +520,9 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "grpo.advantage_norm": (cfg.grpo.advantage_norm, {"std", "mean"}),
         "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
         "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",
-                                          "lora_text_grpo"}),
+                                          "lora_text_grpo", "memgen"}),
+        "memgen.bridge_init": (cfg.memgen.bridge_init, {"identity", "default"}),
+        "memgen.trigger": (cfg.memgen.trigger, {"off", "learned"}),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -576,7 +603,15 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: eval.frontier_seeds = {cfg.eval.frontier_seeds}: seeds must be distinct")
     if cfg.eval.frontier_policy_lr <= 0:
         raise ConfigError(f"{source}: eval.frontier_policy_lr must be > 0, got {cfg.eval.frontier_policy_lr}")
-    for key in ("bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
+    if cfg.memgen.max_insertions < 0 or cfg.memgen.sft_steps < -1 or cfg.memgen.trigger_steps < 0:
+        raise ConfigError(f"{source}: memgen.max_insertions and memgen.trigger_steps must be >= 0, memgen.sft_steps "
+                          f">= -1 (-1 = as the method's supervised stages)")
+    if cfg.memgen.trigger == "learned" and not cfg.memgen.insert_delimiters:
+        raise ConfigError(f"{source}: memgen.trigger = learned decides at delimiter insertion points: set "
+                          f"memgen.insert_delimiters = true")
+    if not cfg.memgen.delimiters or any(not d for d in cfg.memgen.delimiters):
+        raise ConfigError(f"{source}: memgen.delimiters must be a non-empty list of non-empty strings")
+    for key in ("memgen.latents", "bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
                 "grpo.group_size", "grpo.questions_per_step", "budget.b_max", "budget.keep_top",
                 "eval.frontier_steps", "eval.frontier_questions_per_step", "align.batch_size"):
         sec, name = key.split(".")

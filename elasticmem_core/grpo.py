@@ -112,10 +112,10 @@ def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: 
         batch = model.build(questions, plan, answers)
         # Only the columns that predict an action go through the vocabulary head: the answer columns (shared by
         # every row) and each row's control-token column. On SmolLM2-135M the head is ~20% of a pass's FLOPs.
-        cols = batch.answer_logit_columns().tolist()
+        cols = batch.row_logit_columns()   # [N, A]: the same for every row unless latents sit between answers
         ctrl_cols = [batch.spans[i]["control"][0] - 1 if cid is not None else None  # one to the left predicts it
                      for i, cid in enumerate(plan.retrieved.control_ids)]
-        keep = sorted(set(cols) | {c for c in ctrl_cols if c is not None})
+        keep = sorted(set(cols.flatten().tolist()) | {c for c in ctrl_cols if c is not None})
         at = {c: k for k, c in enumerate(keep)}
         keep_ids = torch.tensor(keep, dtype=torch.long, device=model.device)
         with model.reasoner.disable_adapter() if reference else contextlib.nullcontext():
@@ -123,7 +123,9 @@ def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: 
                                     position_ids=batch.position_ids, logits_to_keep=keep_ids).logits   # [N, K, V]
         n = logits.shape[0]
         t_answer = model.cfg.grpo.temperature
-        ans_logp = torch.log_softmax(logits[:, [at[c] for c in cols]].float() / t_answer, dim=-1)
+        picks = torch.tensor([[at[c] for c in row] for row in cols.tolist()], dtype=torch.long, device=logits.device)
+        picked = logits.gather(1, picks[..., None].expand(-1, -1, logits.shape[-1]))                # [N, A, V]
+        ans_logp = torch.log_softmax(picked.float() / t_answer, dim=-1)
         ans = ans_logp.gather(-1, batch.answer_ids[..., None]).squeeze(-1)                     # [N, A]
         ctrl, ctrl_mask = [], torch.zeros(n, dtype=torch.bool, device=logits.device)
         for i, col in enumerate(ctrl_cols):
@@ -154,6 +156,7 @@ class Group:
     reward_parts: list[dict] = dataclasses.field(default_factory=list)  # per rollout: each reward term's value
     old_logp: torch.Tensor | None = None         # [G, 1 + A], set by the first inner pass (or `score_old`)
     old_policy_logp: torch.Tensor | None = None  # [G, Z]
+    old_extra_logp: torch.Tensor | None = None   # [G, T] (model.extra_action_logprobs)
 
     def action_counts(self) -> torch.Tensor:
         """Reasoner actions per rollout [G]: its control token (when sampled) and its answer tokens."""
@@ -277,6 +280,19 @@ def group_loss(model, g: Group, rows: list[int] | None = None, lm: bool = True) 
         ent = (entropy * pmask).sum() / (pmask.sum() if whole else g.plan.retrieved.mask.sum()).clamp(min=1)
         loss = loss + p_loss - cfg.budget.entropy_coef * ent
         stats.update(policy_loss=p_loss.item(), policy_clip_frac=p_clip.item(), policy_entropy=ent.item())
+    extra = model.extra_action_logprobs([g.questions[i] for i in rows], plan, [g.answers[i] for i in rows])
+    if extra is not None:  # e.g. the MemGen-style trigger's decisions: the same clipped surrogate
+        elogp, emask = extra
+        if g.old_extra_logp is None and whole:
+            g.old_extra_logp = elogp.detach()
+        old_e = g.old_extra_logp if whole else _old_rows(g, "old_extra_logp", rows, elogp)
+        eweights = None
+        if not whole:
+            counts = torch.tensor([len(t) for t in g.plan.triggers or [{}] * len(g.questions)])
+            eweights = sub(row_weights(counts, cfg.grpo.loss_type)).to(model.device)
+        e_loss, e_clip = clipped_surrogate(elogp, old_e, adv, emask, cfg.grpo.clip_eps, cfg.grpo.loss_type, eweights)
+        loss = loss + e_loss
+        stats.update(extra_loss=e_loss.item(), extra_clip_frac=e_clip.item(), extra_actions=float(emask.sum()))
     if cfg.grpo.kl_beta > 0 and lm:
         ref, _ = token_logprobs(model, [g.questions[i] for i in rows], plan, [g.answers[i] for i in rows],
                                 with_grad=False, reference=True)

@@ -4,6 +4,9 @@ Layout of one row (the paper's):
 
     [question tokens][control token] ([soft tokens of chunk j]["\n"]) x Z [instruction + "\n" + options][answer]
 
+A row may also carry soft tokens at the prompt's end, after the options (`Row.end_memory`): where the MemGen-style
+baseline puts its woven latents.
+
 The instruction part follows `data.prompt` (`tail_text`): `generic` puts one instruction for every setting before
 the options and an "Answer:" cue after them; `authors` puts a per-setting instruction (by the option count) and no
 cue. ALFWorld steps bring their own tail text.
@@ -65,6 +68,7 @@ class Row:
     memory: list            # per retrieved chunk: a [b_j, H] soft-token tensor, or a list of text token ids
     tail_ids: list[int]     # instruction + "\n" + options (+ "\n" + answer cue under data.prompt = generic)
     answer_ids: list[int] = field(default_factory=list)  # teacher-forced answer tokens (empty when generating)
+    end_memory: torch.Tensor | None = None  # [K, H] soft tokens after the tail, at the prompt's end (MemGen's place)
 
 
 @dataclass
@@ -76,12 +80,24 @@ class Batch:
     answer_mask: torch.Tensor     # [B, A] True at real answer tokens
     answer_ids: torch.Tensor      # [B, A] (pad_id where answer_mask is False)
     counts: list[dict[str, int]]  # per row: task_text, memory (output is added by the generator)
-    spans: list[dict[str, tuple[int, int]]]  # per row: columns of question, control, memory, tail (rows differ)
+    spans: list[dict[str, tuple[int, int]]]  # per row: columns of question, control, memory, tail, end_memory
+    # per row: what a method records beside #Tok (MemGen: the tokens its weaver read)
+    extras: list[dict] = field(default_factory=list)
+    answer_columns: torch.Tensor | None = None  # [B, A] column of each answer token when rows differ (latents
+    #                                             inserted between answer tokens); None: answers start at prompt_len
 
     def answer_logit_columns(self) -> torch.Tensor:
-        """Columns whose logits predict the answer tokens (one to the left of each)."""
+        """Columns whose logits predict the answer tokens (one to the left of each), shared by every row."""
+        if self.answer_columns is not None:
+            raise ValueError("this batch's answer tokens sit at different columns per row: use row_logit_columns()")
         a = self.answer_ids.shape[1]
         return torch.arange(self.prompt_len - 1, self.prompt_len - 1 + a, device=self.answer_ids.device)
+
+    def row_logit_columns(self) -> torch.Tensor:
+        """[B, A]: per row, the columns whose logits predict its answer tokens (padding entries stay in range)."""
+        if self.answer_columns is None:
+            return self.answer_logit_columns()[None].expand(self.answer_ids.shape[0], -1)
+        return (self.answer_columns - 1).clamp(min=0)
 
 
 def build_batch(rows: list[Row], embedding: torch.nn.Module, newline_id: int, pad_id: int) -> Batch:
@@ -106,12 +122,15 @@ def build_batch(rows: list[Row], embedding: torch.nn.Module, newline_id: int, pa
             parts += [piece, newline]
             memory_tokens += piece.shape[0] + 1
         parts.append(embed(r.tail_ids))
+        end = 0 if r.end_memory is None else r.end_memory.shape[0]
+        if end:
+            parts.append(r.end_memory.to(dtype))
         prompt = torch.cat(parts, dim=0)
         prompts.append(prompt)
         q, c, m = len(r.question_ids), len(control), memory_tokens
-        counts.append({"task_text": q + c + len(r.tail_ids), "memory": m})
+        counts.append({"task_text": q + c + len(r.tail_ids), "memory": m + end})
         spans.append({"question": (0, q), "control": (q, q + c), "memory": (q + c, q + c + m),
-                      "tail": (q + c + m, prompt.shape[0])})
+                      "tail": (q + c + m, prompt.shape[0] - end), "end_memory": (prompt.shape[0] - end, prompt.shape[0])})
 
     p = max(x.shape[0] for x in prompts)
     a = max(len(r.answer_ids) for r in rows)
@@ -136,4 +155,5 @@ def build_batch(rows: list[Row], embedding: torch.nn.Module, newline_id: int, pa
     inputs = torch.where(mask[..., None].bool(), inputs, pad_vec)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return Batch(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, prompt_len=p,
-                 answer_mask=answer_mask, answer_ids=answer_ids, counts=counts, spans=spans)
+                 answer_mask=answer_mask, answer_ids=answer_ids, counts=counts, spans=spans,
+                 extras=[{} for _ in rows])

@@ -57,6 +57,8 @@ class Plan:
     retrieved: Retrieved
     budgets: BudgetDecision
     evidence: torch.Tensor | None = None   # [B, Z] gold-evidence flags, only for an oracle-feature budget policy
+    triggers: list[dict] | None = None     # per row: answer index -> whether latents went in after it (MemGen-style
+    #                                        trigger decisions, recorded while sampling so the loss can score them)
 
 
 @dataclass
@@ -140,6 +142,11 @@ class ElasticMem(nn.Module):
         for idx in rows.ge(0).nonzero().tolist():
             out[idx[0], idx[1]] = self.bank.key(int(rows[idx[0], idx[1]]))
         return out.to(self.device)
+
+    def extra_action_logprobs(self, questions, plan: Plan, answers: list[list[int]]):
+        """Differentiable log-probabilities [B, T] and mask of actions the GRPO loss trains besides the control token,
+        the answer tokens and the budgets; None here (the MemGen-style baseline's learned trigger has some)."""
+        return None
 
     def policy_logprob(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable log-probabilities and entropy [B, Z] of the plan's budgets (one teacher-forced pass)."""
@@ -243,7 +250,8 @@ class ElasticMem(nn.Module):
             pred = parse_answer(gen.texts[i], len(q.options))
             out.append({"qid": q.qid, "prediction": pred, "gold": q.gold, "correct": pred == q.gold,
                         "output": gen.texts[i], "tokens": dict(batch.counts[i]),
-                        "rows": plan.retrieved.rows[i].tolist(), "budgets": plan.budgets.budgets[i].tolist()})
+                        "rows": plan.retrieved.rows[i].tolist(), "budgets": plan.budgets.budgets[i].tolist(),
+                        **batch.extras[i]})
         return out
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
@@ -251,24 +259,34 @@ class ElasticMem(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def save(self, path: str | Path) -> Path:
-        """One folder: LoRA adapter, projector, policy, the config used, backbone identity and hidden size."""
+        """One folder: the model's parts (`save_parts`), the config used, backbone identity and hidden size."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.reasoner.save_pretrained(path / "lora")
-        torch.save(self.projector.state_dict(), path / "projector.pt")
-        torch.save(self.policy.state_dict(), path / "policy.pt")
+        self.save_parts(path)
         meta = {"backbone": self.backbone.identity, "hidden_size": self.backbone.hidden_size,
                 "memory": self.memory, "config": self.cfg.to_dict()}
         (path / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
         return path
 
-    def load(self, path: str | Path, parts: tuple[str, ...] = ("lora", "projector", "policy")) -> "ElasticMem":
-        """Load a checkpoint saved by `save` (or only some of its `parts`, e.g. a warmed-up reader's LoRA);
-        refuses one from another backbone or hidden size."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+    def save_parts(self, path: Path) -> None:
+        """LoRA adapter, projector and policy."""
+        self.reasoner.save_pretrained(path / "lora")
+        torch.save(self.projector.state_dict(), path / "projector.pt")
+        torch.save(self.policy.state_dict(), path / "policy.pt")
 
+    # settings that shape each part's weights: a checkpoint loads a part only where they agree; top_z (unless
+    # budget.arch = authors), sampling and loss settings need not. A projector is trained on one cache layer's states.
+    SHAPING = {"projector": [("projector", "kind"), ("projector", "hidden"), ("bank", "cache_layer")],
+               "lora": [("lora", k) for k in ("r", "alpha", "target_modules")],
+               "policy": [("budget", k) for k in ("policy", "arch", "hidden", "heads", "layers", "b_max",
+                                                  "min_budget", "sees_evidence")]}
+    PARTS = ("lora", "projector", "policy")
+
+    def load(self, path: str | Path, parts: tuple[str, ...] | None = None) -> "ElasticMem":
+        """Load a checkpoint saved by `save` (or only some of its `parts`, e.g. a warmed-up reader's LoRA);
+        refuses one from another backbone or hidden size, or whose weight-shaping settings differ."""
         path = Path(path)
+        parts = self.PARTS if parts is None else parts
         meta_file = path / CHECKPOINT_META
         if not meta_file.is_file():
             raise CheckpointError(f"{path}: not an ElasticMem checkpoint ({CHECKPOINT_META} missing)")
@@ -276,28 +294,38 @@ class ElasticMem(nn.Module):
         if meta["backbone"] != self.backbone.identity or meta["hidden_size"] != self.backbone.hidden_size:
             raise CheckpointError(f"{path}: checkpoint of backbone {meta['backbone']} (H={meta['hidden_size']}) "
                                   f"cannot load onto {self.backbone.identity} (H={self.backbone.hidden_size})")
+        unknown = [p for p in parts if p not in self.SHAPING]
+        if unknown:
+            raise CheckpointError(f"{path}: {type(self).__name__} has no part {unknown[0]!r} (parts: "
+                                  f"{', '.join(self.PARTS)})")
         saved = from_sections(str(meta_file), **meta["config"])
-        # settings that shape the weights must agree; top_z (unless budget.arch = authors), sampling and loss
-        # settings need not
-        # a projector is trained on one cache layer's states: it refuses another layer's
-        shaping = {"projector": [("projector", "kind"), ("projector", "hidden"), ("bank", "cache_layer")],
-                   "lora": [("lora", k) for k in ("r", "alpha", "target_modules")],
-                   "policy": [("budget", k) for k in ("policy", "arch", "hidden", "heads", "layers", "b_max",
-                                                      "min_budget", "sees_evidence")]}
-        for section, key in (pair for part in parts for pair in shaping[part]):  # only the parts loaded must agree
+        for section, key in (pair for part in parts for pair in self.SHAPING[part]):  # only the parts loaded
             was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)
             if was != now:
                 raise CheckpointError(f"{path}: checkpoint has {section}.{key} = {was!r}, the current params "
                                       f"{now!r}; use the checkpoint's params")
-        if "policy" in parts and self.policy.top_z is not None and saved.retrieval.top_z != self.policy.top_z:
+        for part in parts:
+            self.load_part(path, part, saved)
+        return self
+
+    def load_part(self, path: Path, part: str, saved: Config) -> None:
+        """One part's weights from a checkpoint folder (its shaping settings already checked)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if part == "policy" and self.policy.top_z is not None and saved.retrieval.top_z != self.policy.top_z:
             raise CheckpointError(f"{path}: checkpoint's budget policy (budget.arch = authors) has a position table "
                                   f"for retrieval.top_z = {saved.retrieval.top_z}, the current params "
                                   f"{self.policy.top_z}; use the checkpoint's top_z")
-        if "lora" in parts:
-            adapter = path / "lora" / "adapter_model.safetensors"
-            set_peft_model_state_dict(self.reasoner, load_file(adapter, device=str(self.device)))
-        if "projector" in parts:
+        if part == "lora":
+            set_peft_model_state_dict(self.lora_model, load_file(path / "lora" / "adapter_model.safetensors",
+                                                                 device=str(self.device)))
+        elif part == "projector":
             self.projector.load_state_dict(torch.load(path / "projector.pt", map_location=self.device))
-        if "policy" in parts:
+        elif part == "policy":
             self.policy.load_state_dict(torch.load(path / "policy.pt", map_location=self.device))
-        return self
+
+    @property
+    def lora_model(self):
+        """The peft model holding the LoRA adapter (ElasticMem: the reasoner itself)."""
+        return self.reasoner
