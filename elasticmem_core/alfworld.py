@@ -10,7 +10,7 @@ Runs the real `alfworld` (0.4.2) + `textworld[pddl]` (1.7.0) environment code (o
   writes ALFRED-format problems (alfworld_games.py), turns them into games with `alfworld-generate`, and keeps only
   the games the expert planner wins within the step limit (a rejected game is listed with its reason). Cached:
   skipped when the manifest says the same params made it.
-- Expert replays in the authors' JSON format (SPEC §3; steps[0] is the reset: action null, the first observation),
+- Expert replays in the authors' JSON format (docs/method.md §3; steps[0] is the reset: action null, the first observation),
   skill cards from a deterministic template (no paid API), a split file; `memorysuite.loaders.load_alfworld` reads
   them back. Evaluation games never get a skill card (checked).
 - `turns(episode)`: each expert step -> (objective, last `history` (action, observation) pairs, current
@@ -138,7 +138,7 @@ def objective_of(first_observation: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Expert replays (the authors' format) and skill cards
 def replay_expert(gamefile: str | Path, max_steps: int, timeout_s: float) -> dict:
-    """Play the expert planner's plan; the record of SPEC §3 (with "error" when the expert did not win)."""
+    """Play the expert planner's plan; the record of docs/method.md §3 (with "error" when the expert did not win)."""
     steps, total, error = [], 0.0, None
     start = time.monotonic()
     game = None
@@ -591,8 +591,9 @@ class StepItem:
     def of(cls, turn: Turn, split: str = "play") -> "StepItem":
         return cls(f"{turn.episode_id}#{turn.step}", turn.objective, turn.expert_action, turn.task_type, split, turn)
 
-    def tail_text(self) -> str:
-        """What follows the memory: instruction, history, observation, admissible commands, "Action:"."""
+    def tail_text(self, prompt: str = "generic") -> str:
+        """What follows the memory: instruction, history, observation, admissible commands, "Action:" (ALFWorld's
+        own prompt, whatever data.prompt says of the QA prompt)."""
         return f"\n{SYSTEM_INSTRUCTION}\n{self.turn.tail()}"
 
 

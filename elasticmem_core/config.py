@@ -271,7 +271,8 @@ class MemGenConfig:
     trigger_lr: float = _f(1e-6, "learning rate of the trigger stage (MemGen: 1e-6)")
     sft_steps: int = _f(-1, "supervised weaver steps before GRPO (batches of grpo.sft_batch_size, lr grpo.sft_lr); "
                             "-1 = as many as the method's supervised stages (grpo.reader_warmup_steps + "
-                            "grpo.sft_steps), so both see the same examples and updates")
+                            "grpo.sft_steps), so both see the same examples and updates, or one epoch over the "
+                            "training questions where the method has none (the paper recipe)")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -407,10 +408,13 @@ class MemGen(ElasticMem):
             super().load_part(path, part, saved)
 
 
-def sft_steps(cfg: Config) -> int:
-    """Supervised weaver steps: memgen.sft_steps, or (-1) as many as the method's supervised stages."""
+def sft_steps(cfg: Config, n_train: int) -> int:
+    """Supervised weaver steps: memgen.sft_steps, or (-1) as many as the method's supervised stages, or, in a run
+    whose method has none (the paper recipe), one epoch over the `n_train` training questions."""
     m = cfg.memgen.sft_steps
-    return cfg.grpo.reader_warmup_steps + cfg.grpo.sft_steps if m < 0 else m
+    if m >= 0:
+        return m
+    return cfg.grpo.reader_warmup_steps + cfg.grpo.sft_steps or math.ceil(n_train / cfg.grpo.sft_batch_size)
 
 
 def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
@@ -423,7 +427,7 @@ def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
     from .model import CHECKPOINT_META
 
     cfg, m = model.cfg, model.cfg.memgen
-    n_sft = sft_steps(cfg)
+    n_sft = sft_steps(cfg, len(dataset.split("train")))
     # the trainer's own warm-ups are the method's; the weaver's supervised stage replaces them here
     model.cfg = copy_config(cfg, grpo={"reader_warmup_steps": 0, "retrieval_warmup_steps": 0, "sft_steps": 0},
                             align={"steps": 0})

@@ -27,7 +27,7 @@ from . import sampling
 from .budget import BudgetDecision, BudgetPolicy
 from .config import Config, from_sections
 from .index import MemoryIndex
-from .injection import Batch, Row, build_batch, tail_text
+from .injection import Batch, Row, build_batch
 from .retrieval import Retrieved, Retriever, question_ids
 from .rewards import parse_answer
 
@@ -101,13 +101,9 @@ class ElasticMem(nn.Module):
 
     # ---- prompt pieces ------------------------------------------------------------------------------------------
     def tail_ids(self, question) -> list[int]:
-        """The part after the memory: instruction + options (+ answer cue), as data.prompt says (injection.tail_text),
-        or the item's own `tail_text()` (an ALFWorld step: history, observation and admissible commands)."""
-        if hasattr(question, "tail_text"):
-            text = question.tail_text()
-        else:
-            text = tail_text(question.options_text(), len(question.options), self.cfg.data.prompt)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The part after the memory, as the item says: a question's instruction + options (+ answer cue) under
+        data.prompt (injection.tail_text), an ALFWorld step's history, observation and admissible commands."""
+        return self.tokenizer(question.tail_text(self.cfg.data.prompt), add_special_tokens=False)["input_ids"]
 
     def answer_ids(self, label: str) -> list[int]:
         """Tokens of a gold answer for teacher forcing: " (c)" then EOS."""

@@ -142,8 +142,8 @@ def test_model_uses_the_prompt_setting_and_alfworld_keeps_its_own(tiny_bank):
     assert text == injection.tail_text(q.options_text(), 4, "authors") and not text.rstrip().endswith("Answer:")
     assert _model(tiny_bank).tokenizer.decode(_model(tiny_bank).tail_ids(q)).endswith("Answer:")
 
-    class Step:  # an ALFWorld step item brings its own tail text
-        def tail_text(self):
+    class Step:  # an ALFWorld step item brings its own tail text, whatever data.prompt says
+        def tail_text(self, prompt):
             return "\nYour next action:"
 
     assert model.tokenizer.decode(model.tail_ids(Step())) == "\nYour next action:"

@@ -206,5 +206,7 @@ def test_memgen_params_are_checked():
         tiny_cfg("memgen.trigger=learned")
     with pytest.raises(ConfigError, match="memgen.latents"):
         tiny_cfg("memgen.latents=0")
-    assert memgen.sft_steps(tiny_cfg("grpo.reader_warmup_steps=7", "grpo.sft_steps=2")) == 9
-    assert memgen.sft_steps(tiny_cfg("memgen.sft_steps=3")) == 3
+    assert memgen.sft_steps(tiny_cfg("grpo.reader_warmup_steps=7", "grpo.sft_steps=2"), 10) == 9
+    assert memgen.sft_steps(tiny_cfg("memgen.sft_steps=3"), 10) == 3
+    # no supervised stage in the method's recipe (the paper's): one epoch of batches of grpo.sft_batch_size
+    assert memgen.sft_steps(tiny_cfg("grpo.reader_warmup_steps=0", "grpo.sft_steps=0", "grpo.sft_batch_size=4"), 10) == 3

@@ -1,4 +1,4 @@
-"""Memory chunks of a dialogue (SPEC §2): the bank encodes exactly these texts, so the rules live in one function.
+"""Memory chunks of a dialogue (docs/method.md §2): the bank encodes exactly these texts, so the rules live in one function.
 
 1. system turns are dropped (PersonaMem's persona prompt is not a memory of the conversation);
 2. empty turns are dropped; consecutive turns of the same role are merged (joined by a newline);

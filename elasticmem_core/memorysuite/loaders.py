@@ -1,4 +1,4 @@
-"""Loaders of the published MemorySuite formats (SPEC §3), each returning a typed `Dataset`.
+"""Loaders of the published MemorySuite formats (docs/method.md §3), each returning a typed `Dataset`.
 
 - PersonaMem: `questions_*.csv` + `shared_contexts_*.jsonl`; memory = one shared context.
 - LoCoMo-MC10 / LongMemEval-MC10: JSON lines with the question, 10 choices and the haystack; memory = the

@@ -46,6 +46,12 @@ class Question:
     def options_text(self) -> str:
         return "\n".join(f"{label} {text}" for label, text in zip(self.labels, self.options))
 
+    def tail_text(self, prompt: str = "generic") -> str:
+        """What follows the memory in the reasoner's input: instruction and options, as data.prompt says."""
+        from ..injection import tail_text
+
+        return tail_text(self.options_text(), len(self.options), prompt)
+
 
 @dataclass
 class LoadSummary:
