@@ -38,7 +38,31 @@ from torch.nn import functional as F
 
 from . import sampling
 
-FIXED_RULES = ("uniform", "random", "top_k_whole", "threshold")  # budget rules without parameters
+
+# ---- the budget policies: one registry, read by the config's validation and by checkpoint loading -------------
+def _uniform(policy: "BudgetPolicy", scores: torch.Tensor, generator) -> torch.Tensor:
+    return torch.full(scores.shape, policy.uniform_budget, dtype=torch.long, device=scores.device)
+
+
+def _random(policy: "BudgetPolicy", scores: torch.Tensor, generator) -> torch.Tensor:
+    return sampling.integers(policy.min_budget, policy.b_max + 1, tuple(scores.shape), scores.device, generator,
+                             "random budget")
+
+
+def _top_k_whole(policy: "BudgetPolicy", scores: torch.Tensor, generator) -> torch.Tensor:
+    b, z = scores.shape
+    return policy.whole(torch.arange(z, device=scores.device).lt(policy.keep_top).expand(b, z))
+
+
+def _threshold(policy: "BudgetPolicy", scores: torch.Tensor, generator) -> torch.Tensor:
+    return policy.whole(scores >= policy.score_threshold)
+
+
+# Rules without parameters: name -> budgets [B, Z] from the retrieval scores (chunks in rank order). A new rule is
+# one function here; a new learned policy is a network in BudgetPolicy and a name in LEARNED.
+FIXED_RULES = {"uniform": _uniform, "random": _random, "top_k_whole": _top_k_whole, "threshold": _threshold}
+LEARNED = ("transformer", "mlp")
+POLICIES = LEARNED + tuple(FIXED_RULES)
 
 
 @dataclass
@@ -62,6 +86,8 @@ class BudgetPolicy(nn.Module):
     def __init__(self, hidden_size: int, cfg, top_z: int | None = None):
         super().__init__()
         self.kind = cfg.policy
+        if self.kind not in POLICIES:
+            raise ValueError(f"budget.policy = {self.kind!r}; choose one of {', '.join(POLICIES)}")
         self.arch = cfg.arch
         if self.arch not in ("package", "authors"):
             raise ValueError(f"budget.arch = {self.arch!r}; choose package or authors")
@@ -174,16 +200,11 @@ class BudgetPolicy(nn.Module):
 
     def _fixed(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Budgets [B, Z] of a rule without parameters; chunks arrive in rank order (scores high to low)."""
-        b, z = scores.shape
-        full = lambda keep: torch.where(keep, self.b_max, self.min_budget).long()  # noqa: E731
-        if self.kind == "uniform":
-            return torch.full((b, z), self.uniform_budget, dtype=torch.long, device=scores.device)
-        if self.kind == "random":
-            return sampling.integers(self.min_budget, self.b_max + 1, (b, z), scores.device, generator,
-                                     "random budget")
-        if self.kind == "top_k_whole":
-            return full(torch.arange(z, device=scores.device).lt(self.keep_top).expand(b, z))
-        return full(scores >= self.score_threshold)  # threshold
+        return FIXED_RULES[self.kind](self, scores, generator)
+
+    def whole(self, keep: torch.Tensor) -> torch.Tensor:
+        """B_max where `keep`, else min_budget (dropped at 0): the fixed rules' all-or-nothing budgets."""
+        return torch.where(keep, self.b_max, self.min_budget).long()
 
     def evaluate(self, query, keys, scores, mask, budgets, evidence=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy [B, Z] of given budgets in one teacher-forced pass (0 at padding chunks)."""
@@ -198,4 +219,4 @@ class BudgetPolicy(nn.Module):
 
     @property
     def trainable(self) -> bool:
-        return self.kind in ("transformer", "mlp")
+        return self.kind in LEARNED

@@ -500,19 +500,23 @@ def load(path: str | Path | list | None = None, overrides: list[str] | None = No
 
 
 def validate(cfg: Config, source: str = "<params>") -> None:
-    """Checks across fields that types alone cannot express."""
+    """Checks across fields that types alone cannot express. The allowed values of a part's kind come from that
+    part's registry (budget.POLICIES, projector.KINDS, retrieval.MODES): a new kind is added there, once."""
+    from .budget import LEARNED, POLICIES
+    from .projector import KINDS
+    from .retrieval import MODES
+
     choices = {
         "runtime.dtype": (cfg.runtime.dtype, {"auto", "float32", "bfloat16", "float16"}),
         "runtime.device": (cfg.runtime.device, {"auto", "cpu", "cuda"}),
         "bank.padding_side": (cfg.bank.padding_side, {"left", "right"}),
         "bank.storage_dtype": (cfg.bank.storage_dtype, {"bfloat16", "float16", "float32"}),
         "bank.index": (cfg.bank.index, {"flat", "ivf"}),
-        "retrieval.mode": (cfg.retrieval.mode, {"control_token", "frozen_state", "query_state", "semantic", "oracle"}),
-        "budget.policy": (cfg.budget.policy, {"transformer", "uniform", "random", "mlp", "top_k_whole",
-                                              "threshold"}),
-        "projector.kind": (cfg.projector.kind, {"mlp", "identity", "residual"}),
+        "retrieval.mode": (cfg.retrieval.mode, set(MODES)),
+        "budget.policy": (cfg.budget.policy, set(POLICIES)),
+        "projector.kind": (cfg.projector.kind, set(KINDS)),
         "projector.ln_gain_init": (cfg.projector.ln_gain_init, {"embedding_rms", "one"}),
-        "eval.compression_projector": (cfg.eval.compression_projector, {"mlp", "identity", "residual"}),
+        "eval.compression_projector": (cfg.eval.compression_projector, set(KINDS)),
         "budget.arch": (cfg.budget.arch, {"package", "authors"}),
         "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
         "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
@@ -534,7 +538,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         check_reward_terms(cfg.grpo.reward_terms)
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
-    if cfg.grpo.policy_only and cfg.budget.policy not in ("transformer", "mlp"):
+    if cfg.grpo.policy_only and cfg.budget.policy not in LEARNED:
         raise ConfigError(f"{source}: grpo.policy_only = true needs a trainable budget policy, but budget.policy = "
                           f"{cfg.budget.policy!r} has no parameters (use transformer or mlp)")
     if cfg.budget.min_budget not in (0, 1):
@@ -594,7 +598,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
                               f"eval.compression_align_steps >= 1 and at least one eval.compression_seeds entry")
     if cfg.eval.retrieval_study and not cfg.eval.retrieval_seeds:
         raise ConfigError(f"{source}: eval.retrieval_study = true needs at least one eval.retrieval_seeds entry")
-    if cfg.budget.sees_evidence and cfg.budget.policy not in ("transformer", "mlp"):
+    if cfg.budget.sees_evidence and cfg.budget.policy not in LEARNED:
         raise ConfigError(f"{source}: budget.sees_evidence = true needs a learned budget policy (transformer or mlp), "
                           f"not budget.policy = {cfg.budget.policy!r}")
     if cfg.eval.frontier and not (cfg.eval.frontier_prices and cfg.eval.frontier_seeds):

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from . import evaluate, grpo
-from .budget import FIXED_RULES, BudgetPolicy
+from .budget import FIXED_RULES, LEARNED, BudgetPolicy
 from .config import validate
 from .experiment import write_json
 
@@ -196,7 +196,7 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
         policy_lr=cfg.grpo.policy_lr if policy_lr is None else policy_lr, questions_per_step=qps,
         max_steps=steps, epochs=max(1, math.ceil(steps * qps / len(train_q))), eval_every=steps,
         reader_warmup_steps=0, sft_steps=0, retrieval_warmup_steps=0)
-    kind = cfg.budget.policy if cfg.budget.policy in ("transformer", "mlp") else "transformer"
+    kind = cfg.budget.policy if cfg.budget.policy in LEARNED else "transformer"
     train_cfg = dataclasses.replace(cfg, grpo=g, budget=dataclasses.replace(cfg.budget, policy=kind,
                                                                             sees_evidence=bool(sees_evidence)),
                                     runtime=dataclasses.replace(cfg.runtime, seed=seed))

@@ -424,10 +424,12 @@ class Trainer:
         return [(j, self.train_q[j]) for n, j in enumerate(idx) if n % self.world == self.rank], len(idx)
 
     # ---- gradient bookkeeping -------------------------------------------------------------------------------
-    def _apply_gradients(self) -> float | None:
+    def _apply_gradients(self, params: list | None = None, optimizer=None) -> float | None:
         """Sum gradients over processes (each loss is already divided by the step's global question count), skip
-        non-finite ones, clip, step. Returns the grad norm or None."""
-        params = [p for p in self.model.trainable_parameters()]
+        non-finite ones, clip, step `optimizer` (default: GRPO's, over every trainable parameter; the warm-ups pass
+        their own). Returns the grad norm or None."""
+        params = list(self.model.trainable_parameters() if params is None else params)
+        optimizer = optimizer or self.optimizer
         if self.world > 1:
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
             flat = self.acc.reduce(flat, reduction="sum")
@@ -439,10 +441,10 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grpo.grad_clip)
         if not torch.isfinite(norm):
             self.skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             return None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
     # ---- stages -----------------------------------------------------------------------------------------------
@@ -467,16 +469,8 @@ class Trainer:
             if mine:
                 (total / count.clamp(min=1)).backward()
             loss = self._reduce_sum(total.detach()) / count.clamp(min=1)
-            if self.world > 1:
-                for p in model.trainable_parameters():
-                    p.grad = self.acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
-            norm = torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), g.grad_clip)
-            if torch.isfinite(norm):
-                opt.step()
-            else:
-                self.skipped += 1
-            opt.zero_grad(set_to_none=True)
-            rec = {"stage": tag, "step": step, "loss": loss.item(), "grad_norm": float(norm),
+            norm = self._apply_gradients(optimizer=opt)
+            rec = {"stage": tag, "step": step, "loss": loss.item(), "grad_norm": norm if norm is not None else math.nan,
                    "seconds": round(time.perf_counter() - t0, 3)}
             history.append(rec)
             self._log(rec)
@@ -503,17 +497,10 @@ class Trainer:
                 loss, stats = retrieval_loss.aux_loss(model, mine)
                 if mine:
                     (loss * len(mine) / len(idx)).backward()  # a mean over the batch, summed over processes
-                if self.world > 1:
-                    for p in lora:
-                        p.grad = self.acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
-                norm = torch.nn.utils.clip_grad_norm_(lora, g.grad_clip)
-                if torch.isfinite(norm):
-                    opt.step()
-                else:
-                    self.skipped += 1
-                opt.zero_grad(set_to_none=True)
+                norm = self._apply_gradients(lora, opt)
                 rec = {"stage": "retrieval_warmup", "step": step, "loss": stats.get("aux_retrieval_loss"),
-                       **{k: v for k, v in stats.items() if k.startswith("recall")}, "grad_norm": float(norm),
+                       **{k: v for k, v in stats.items() if k.startswith("recall")},
+                       "grad_norm": norm if norm is not None else math.nan,
                        "seconds": round(time.perf_counter() - t0, 3)}
                 history.append(rec)
                 self._log(rec)

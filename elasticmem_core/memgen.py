@@ -40,6 +40,7 @@ from .budget import BudgetDecision, BudgetPolicy
 from .config import Config
 from .injection import Batch, Row, build_batch
 from .model import ElasticMem, Generation, Plan
+from .projector import embedding_rms
 from .retrieval import question_ids
 
 TRIGGER_ADAPTER = "trigger"
@@ -56,8 +57,9 @@ class Weaver(nn.Module):
             for lin in (self.bridge_in, self.bridge_out):
                 nn.init.eye_(lin.weight)
                 nn.init.zeros_(lin.bias)
-        self.prompt_latents = nn.Parameter(torch.randn(k, hidden_size))
-        self.inference_latents = nn.Parameter(torch.randn(k, hidden_size))
+        # random-normal starts (weights, not rollout draws: the global seed decides them, like every module's init)
+        self.prompt_latents = nn.Parameter(nn.init.normal_(torch.empty(k, hidden_size)))
+        self.inference_latents = nn.Parameter(nn.init.normal_(torch.empty(k, hidden_size)))
         self.norm = nn.LayerNorm(hidden_size)
         # the query latents enter at the scale of the text embeddings around them, not at LayerNorm's unit scale
         self.scale = nn.Parameter(torch.tensor(float(embedding_rms)))
@@ -133,8 +135,8 @@ class MemGen(ElasticMem):
         self.projector = nn.Identity()          # no projector and no budget policy: every chunk is read as text
         self.policy = BudgetPolicy(backbone.hidden_size, dataclasses.replace(cfg.budget, policy="uniform",
                                                                              uniform_budget=cfg.budget.min_budget))
-        rms = float(lm.get_input_embeddings().weight.float().pow(2).mean().sqrt())
-        self.weaver = Weaver(backbone.hidden_size, m.latents, m.bridge_init, rms).to(backbone.device)
+        self.weaver = Weaver(backbone.hidden_size, m.latents, m.bridge_init,
+                             embedding_rms(backbone.model)).to(backbone.device)
         self.k, self.cap = m.latents, m.max_insertions if m.insert_delimiters else 0
         self._delimiter: dict[int, bool] = {}
         self.trigger_head = None

@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 
+KINDS = ("mlp", "identity", "residual")  # projector.kind's values (a new kind: a name here and a branch below)
+
+
 class Projector(nn.Module):
     def __init__(self, hidden_size: int, inner: int = 2560, dropout: float = 0.1, kind: str = "mlp",
                  embedding_rms: float = 1.0):
@@ -43,7 +46,7 @@ class Projector(nn.Module):
             with torch.no_grad():
                 self.net[-1].weight.fill_(embedding_rms)
         else:
-            raise ValueError(f"projector.kind = {kind!r}; choose mlp, identity or residual")
+            raise ValueError(f"projector.kind = {kind!r}; choose one of {', '.join(KINDS)}")
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """[..., H] cache states -> [..., H] soft tokens (computed in the projector's dtype, returned in the input's)."""

@@ -129,11 +129,17 @@ def pad_topz(scores: torch.Tensor, rows: torch.Tensor, top_z: int) -> tuple[torc
     return out_scores.masked_fill(~mask, 0.0), out_rows, mask
 
 
+# retrieval.mode's values: what ranks a question's chunks (each mode is a branch of Retriever.__call__)
+MODES = ("control_token", "frozen_state", "query_state", "semantic", "oracle")
+
+
 class Retriever:
     """Top-Z retrieval for a batch of questions, in the mode the params choose."""
 
     def __init__(self, cfg, tokenizer, bank, index: MemoryIndex, semantic_index: MemoryIndex | None = None,
                  embedder=None):
+        if cfg.mode not in MODES:
+            raise ValueError(f"retrieval.mode = {cfg.mode!r}; choose one of {', '.join(MODES)}")
         self.cfg, self.tokenizer, self.bank, self.index = cfg, tokenizer, bank, index
         self.semantic_index, self.embedder = semantic_index, embedder
         if cfg.mode == "semantic" and (semantic_index is None or embedder is None):
