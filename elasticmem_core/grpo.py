@@ -536,7 +536,8 @@ class Trainer:
                     parts = [[i] for i in range(len(grp.questions))] if per_rollout else [None]
                     for rows in parts:
                         loss, st = group_loss(self.model, grp, rows, lm=not g.policy_only)
-                        (loss / n_step).backward()
+                        if loss.requires_grad:  # nothing to learn from (e.g. a trigger stage with no decisions)
+                            (loss / n_step).backward()
                         stats.append(st)
                 aux = self.cfg.retrieval.aux_weight > 0 and not g.policy_only
                 if aux and mine:  # the auxiliary retrieval loss of the step's questions, on the same 1 / n_step scale

@@ -105,3 +105,30 @@ def test_alfworld_paper_file_trains_through_its_own_path_in_bfloat16(params, fix
     steps = _grpo_records(trainer.log_path)
     assert len(steps) == 2 and all(math.isfinite(r["lm_loss"]) for r in steps)
     assert 0.0 <= alfworld.step_accuracy(trainer.model, trainer.val_q) <= 1.0
+
+
+@pytest.mark.parametrize("params,extra", [
+    (QA[0], []),
+    (QA[-1], ["memgen.insert_delimiters=true", "memgen.trigger=learned", "memgen.trigger_steps=1",
+              "memgen.delimiters=[' ', ',', '.']"])], ids=lambda x: getattr(x, "stem", "trigger" if x else "plain"))
+def test_memgen_row_trains_and_evaluates_under_the_paper_files(params, extra, fixture_data, tmp_path):
+    """The MemGen-style baseline under the paper recipe (control-token retrieval by the frozen reasoner, the authors'
+    prompt and trainer settings, bfloat16): supervised weaver steps (one epoch here: the paper has no supervised
+    stage), 2 GRPO steps, and with the learned trigger its GRPO stage too."""
+    from elasticmem_core import baselines
+
+    cfg = config.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
+                                           "eval.variant_steps=-1", "eval.seeds=[42]", "grpo.sft_batch_size=4", *extra])
+    (setting,) = cfg.data.settings
+    backbone = bb.from_config(cfg)
+    run_dir = tmp_path / cfg.runtime.run_name
+    datasets = {setting: assemble.load_setting(cfg, setting, backbone, run_dir)}
+    (res,) = baselines.run_variant("baselines", "memgen", cfg, run_dir, backbone, datasets, progress=False)
+    folder = run_dir / "baselines" / "memgen" / setting / "seed42"
+    log = (folder / "train_log.jsonl").read_text()
+    assert '"stage": "memgen_sft"' in log and len(_grpo_records(folder / "train_log.jsonl")) == 2
+    assert res["summary"]["n"] > 0 and res["summary"]["tok_with_weaver"] > res["summary"]["tok"]
+    if extra:
+        trigger = _grpo_records(folder / "trigger" / "train_log.jsonl")
+        assert len(trigger) == 1 and "extra_actions" in trigger[0]
+        assert (folder / "trigger" / "best" / "trigger_head.pt").is_file()
