@@ -15,6 +15,8 @@ Hidden size, layer count and vocabulary are read from the loaded model, never as
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -239,7 +241,8 @@ def load_backbone(name: str, dtype: str = "auto", device: str = "auto", cache_di
             identity = name
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+            with quiet_progress():
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
         except OSError as e:
             raise BackboneError(f"cannot load backbone {name!r} from {folder}: {e}. Download it first (huggingface-cli "
                                 f"download {name} --local-dir DIR) and set runtime.backbone to DIR.") from None
@@ -252,6 +255,20 @@ def load_backbone(name: str, dtype: str = "auto", device: str = "auto", cache_di
     model = model.to(device=dev, dtype=torch_dtype).eval()
     model.requires_grad_(False)
     return Backbone(name=name, identity=identity, model=model, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """No "Loading weights" bar per load (a notebook builds several models): transformers' bars off, then on again."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name: str, cache_dir: str | Path | None = None):
