@@ -42,7 +42,10 @@ class SentenceEmbedder:
         from sentence_transformers import SentenceTransformer
 
         self.batch_size = batch_size
-        self.model = SentenceTransformer(str(model_dir()), device=str(device), local_files_only=True)
+        from .backbone import quiet_progress
+
+        with quiet_progress():
+            self.model = SentenceTransformer(str(model_dir()), device=str(device), local_files_only=True)
 
     @property
     def dim(self) -> int:
