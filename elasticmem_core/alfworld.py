@@ -477,7 +477,7 @@ def _write_json(path: Path, obj) -> None:
 def _progress(items, show: bool, desc: str):
     if not show:
         return items
-    from tqdm.auto import tqdm
+    from .experiment import progress as tqdm
     return tqdm(items, desc=desc)
 
 

@@ -297,7 +297,7 @@ def run(model, questions, train_dir: str | Path, log: Callable[[dict], None] | N
 
 def _steps(model, cfg, rows, questions, params, opt, start: int, steps: int, train_dir: Path, want: dict, log,
            progress: bool, save: bool) -> list[dict]:
-    from tqdm.auto import tqdm
+    from .experiment import progress as tqdm
 
     partial = train_dir / PARTIAL
     history = []

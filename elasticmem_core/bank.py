@@ -218,7 +218,7 @@ def build(chunks: Sequence[Chunk], backbone: Backbone, cfg: BankConfig, path: st
     interrupted build of the same bank resumes from its complete shards. A folder holding another bank is an error
     unless `overwrite`. With an `accelerate.Accelerator`, every process must call this with the same chunks.
     """
-    from tqdm.auto import tqdm
+    from .experiment import progress as tqdm
 
     _validate_chunks(chunks)
     check_frozen(backbone.model)

@@ -148,7 +148,7 @@ def summarize(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
 def answer_questions(answer: Callable[[list], list[dict]], questions, batch_size: int, bank=None,
                      device: torch.device | str = "cpu", progress: bool = True) -> list[dict]:
     """Greedy answers in batches through `answer` (ElasticMem.answer or a baseline's), one record per question."""
-    from tqdm.auto import tqdm
+    from .experiment import progress as tqdm
 
     device = torch.device(device)
     records = []

@@ -95,6 +95,20 @@ def git_commit() -> str | None:
 
 
 FRESH_ENV = "ELASTICMEM_FRESH"
+# set by `elasticmem run/reproduce` for the kernels it starts: no one watches those bars live
+HEADLESS_ENV = "ELASTICMEM_HEADLESS"
+
+
+def progress(*args, **kwargs):
+    """A progress bar (tqdm's arguments): a widget in JupyterLab; headless (`elasticmem run`), one line per loop,
+    written when it ends, instead of a redraw every few seconds in the executed notebook."""
+    if os.environ.get(HEADLESS_ENV):
+        from tqdm.std import tqdm
+
+        return tqdm(*args, **{"mininterval": float("inf"), **kwargs})
+    from tqdm.auto import tqdm
+
+    return tqdm(*args, **kwargs)
 
 
 def fresh() -> bool:

@@ -595,7 +595,7 @@ class Trainer:
     def train(self, progress: bool = True, reader_warmup: bool = True) -> list[dict]:
         """Stage 0 and 1 (when set and not resumed past them), then GRPO to total_steps with validation.
         `reader_warmup=False` skips stage 0 (the caller loaded a warmed-up reader)."""
-        from tqdm.auto import tqdm
+        from .experiment import progress as tqdm
 
         resumed = self.resume()
         g = self.cfg.grpo

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SECTIONS, ConfigError, load, read_params
-from .experiment import FRESH_ENV, code_version, environment, fresh, repo_root, resolve, write_json, write_yaml
+from .experiment import FRESH_ENV, HEADLESS_ENV, code_version, environment, fresh, repo_root, resolve, write_json, write_yaml
 
 NOTEBOOK_RE = re.compile(r"^\d\d_[\w-]+\.ipynb$")
 OVERLAYS = ("baselines", "ablations", "grids")  # params/<these>/ hold overlays: only the keys they change
@@ -69,6 +69,8 @@ def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None,
 
 def _run_notebooks(notebooks, params, overrides, run_dir, log_output) -> Path:
     import papermill as pm
+
+    os.environ[HEADLESS_ENV] = "1"  # the kernels papermill starts draw one progress line per loop (experiment.progress)
 
     cfg = resolve_params(params, overrides)
     folder = resolve(run_dir) if run_dir else resolve(cfg.runtime.output_dir) / cfg.runtime.run_name
