@@ -28,7 +28,6 @@ under the same recipe (params, cache layer, backbone, training questions, seed a
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -39,7 +38,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.nn import functional as F
 
 from . import sampling
 from .budget import BudgetDecision

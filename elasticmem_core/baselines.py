@@ -36,7 +36,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from . import assemble
 from . import bank as bank_mod
@@ -44,11 +43,9 @@ from . import evaluate
 from .config import Config, apply_overrides, from_sections, merge, read_params
 from .experiment import resolve, seed_everything, train_dir, write_json
 from .grpo import Trainer
-from .model import CHECKPOINT_META, ElasticMem, Plan
-from .budget import BudgetDecision
-from .retrieval import Retrieved, question_ids
+from .full_context import FullContext
+from .model import CHECKPOINT_META, ElasticMem
 
-VARIANT_BASE = "params/mini.yaml"
 MEMORY = {"elasticmem": "latent", "no_memory": "none", "full_context": "text", "text_rag": "text",
           "lora_text_sft": "text", "lora_text_grpo": "text", "memgen": "text"}
 TRAINED = ("elasticmem", "lora_text_sft", "lora_text_grpo", "memgen")
@@ -70,17 +67,17 @@ def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def variant_overrides(path: str | Path) -> list[str]:
-    """The `section.key=value` overrides that define a variant: the keys its overlay file names (validated)."""
+def variant_overrides(path: str | Path, base: Config | None = None) -> list[str]:
+    """The `section.key=value` overrides that define a variant: the keys its overlay file names, validated on
+    `base` (the run's params; default the paper's defaults), so that a bad key is named with the file."""
     raw = read_params(path)
-    from_sections(str(path), **merge(read_params(resolve(VARIANT_BASE)), raw))  # names a bad key with the file
+    from_sections(str(path), **merge((base or Config()).to_dict(), raw))
     return [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in _leaves(raw).items()]
 
 
 def variant_config(cfg: Config, path: str | Path, seed: int | None = None) -> Config:
     """The run's params with a variant's defining keys applied (and its seed, its step cap, its text top-k)."""
-    overrides = variant_overrides(path)
-    v = from_sections(str(path), **apply_overrides(cfg.to_dict(), overrides))
+    v = from_sections(str(path), **apply_overrides(cfg.to_dict(), variant_overrides(path, cfg)))
     if seed is not None:
         v.runtime.seed = seed
     steps = v.eval.variant_steps
@@ -89,66 +86,6 @@ def variant_config(cfg: Config, path: str | Path, seed: int | None = None) -> Co
     if v.eval.method == "text_rag" and v.eval.text_top_k > 0:
         v.retrieval.top_z = v.eval.text_top_k
     return v
-
-
-# ---- the full-context baseline --------------------------------------------------------------------------------
-class FullContext(ElasticMem):
-    """The whole memory as text in the ElasticMem layout: every chunk of the question's memory, chronological.
-
-    A memory longer than the window (eval.context_window or the backbone's max_position_embeddings, less the task
-    text and the answer tokens) keeps its newest chunks; the dropped chunks are counted per question.
-
-    A prompt longer than eval.full_context_batch_tokens is answered alone: a batch of one has no padding, so its
-    attention mask is all ones and SDPA runs causal without one, where a padded batch of B such prompts would
-    materialise a dense [B, 1, P, P] mask (8 GiB at B = 8, P = 32k). Shorter prompts are batched as given.
-    """
-
-    def __init__(self, backbone, bank, cfg, chunk_texts):
-        # the whole memory goes in, nothing is retrieved: whatever retrieval.mode says, build no semantic index
-        cfg = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, mode="frozen_state"))
-        super().__init__(backbone, bank, cfg, chunk_texts, memory="text")
-        self.window = cfg.eval.context_window or backbone.model.config.max_position_embeddings
-        self.dropped: dict[str, int] = {}
-        self.prompt_tokens: dict[str, int] = {}  # qid -> prompt length (task text + memory), set by plan()
-
-    def plan(self, questions, sample: bool = False, generator=None) -> Plan:
-        kept = []
-        for q in questions:
-            task = len(question_ids(self.tokenizer, q.question, self.cfg.retrieval.chat_template)) + \
-                len(self.tail_ids(q))
-            room = self.window - task - self.cfg.grpo.max_new_tokens
-            rows, used = [], 0
-            for r in reversed(self.bank.rows(q.memory_id)):  # newest first
-                need = len(self._chunk_ids(r)) + 1  # its text and the "\n" separator
-                if used + need > room:
-                    break
-                rows.insert(0, r)
-                used += need
-            self.dropped[q.qid] = len(self.bank.rows(q.memory_id)) - len(rows)
-            self.prompt_tokens[q.qid] = task + used
-            kept.append(rows)
-        z = max(1, max(len(r) for r in kept))
-        rows = torch.full((len(questions), z), -1, dtype=torch.long)
-        for i, r in enumerate(kept):
-            rows[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        zeros = torch.zeros(len(questions), z)
-        retrieved = Retrieved(query=torch.zeros(len(questions), self.bank.hidden_size), control_ids=[None] * len(kept),
-                              control_logprob=torch.zeros(len(kept)), rows=rows, scores=zeros, mask=rows.ge(0))
-        return Plan(retrieved, BudgetDecision(torch.zeros_like(rows), zeros, zeros))
-
-    def answer(self, questions, max_new_tokens: int | None = None) -> list[dict]:
-        """ElasticMem's greedy answers; prompts above eval.full_context_batch_tokens one at a time (see above)."""
-        self.plan(questions)  # prompt lengths: full context plans from token counts alone, no forward pass
-        limit = self.cfg.eval.full_context_batch_tokens
-        alone = [i for i, q in enumerate(questions) if self.prompt_tokens[q.qid] > limit] if len(questions) > 1 else []
-        rest = [i for i in range(len(questions)) if i not in alone]
-        out: list[dict] = [{}] * len(questions)
-        for group in ([rest] if rest else []) + [[i] for i in alone]:
-            for i, o in zip(group, super().answer([questions[i] for i in group], max_new_tokens)):
-                out[i] = o
-        for o in out:
-            o["truncated_chunks"] = self.dropped[o["qid"]]
-        return out
 
 
 # ---- models, banks, training ----------------------------------------------------------------------------------
@@ -257,8 +194,10 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
     path = variant_file(kind, name)
     splits = splits or ["test"]
     results = []
+    base = variant_config(cfg, path)  # the run's params with the variant's keys (its seed set per seed below)
+    overrides = variant_overrides(path, cfg)
+    method = base.eval.method
     for setting, ds in datasets.items():
-        method = variant_config(cfg, path).eval.method
         seeds = cfg.eval.seeds if method in TRAINED else [cfg.runtime.seed]  # untrained: deterministic
         # 03_train's reader is the run's (runtime.seed): every seed of a variant starts from that one reader
         reader = reader_checkpoint(run_dir, setting, cfg.runtime.seed) if method in TEXT_READERS else None
@@ -268,12 +207,12 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
             # one with other LoRA shapes (the high-rank row) cannot load it and runs its own stage 0
             start = starting_reader(folder, run_dir, setting, cfg.runtime.seed) \
                 if method in TRAINED and method not in OWN_READER and cfg.grpo.reader_warmup_steps > 0 and \
-                variant_config(cfg, path).lora == cfg.lora else None
+                base.lora == cfg.lora else None
             for with_reader in ([False, True] if reader else [False]):
-                v = variant_config(cfg, path, seed)
+                v = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, seed=seed))
                 label = name + ("+reader" if with_reader else "")
                 meta = {"method": label, "kind": kind, "variant": f"params/{kind}/{name}.yaml",
-                        "overrides": variant_overrides(path), "setting": setting, "seed": seed,
+                        "overrides": overrides, "setting": setting, "seed": seed,
                         "backbone": backbone.identity,
                         "reader": checkpoint_id(reader) if with_reader else checkpoint_id(start) if start else None}
                 paths = {s: evaluate.result_path(run_dir, label, setting, s, seed) for s in splits}

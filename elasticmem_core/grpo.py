@@ -43,7 +43,7 @@ import torch
 from . import alignment, retrieval_loss, sampling
 from .experiment import peak_memory_mb, write_json
 from .retrieval import control_logprobs
-from .rewards import Rollout, WeightedReward, choice_reward
+from .rewards import Rollout, WeightedReward
 
 RUN_IDENTITY = "run_identity.json"
 

@@ -1,7 +1,6 @@
 """The MemGen-style baseline on tiny-random: where its latents go, what trains, what a checkpoint restores."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
