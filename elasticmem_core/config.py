@@ -269,6 +269,8 @@ class MemGenConfig:
                              "trained by GRPO after the weaver, the weaver frozen)")
     trigger_steps: int = _f(0, "GRPO steps of the trigger stage (memgen.trigger = learned), after the weaver's")
     trigger_lr: float = _f(1e-6, "learning rate of the trigger stage (MemGen: 1e-6)")
+    weaver_lr: float = _f(0.0, "learning rate of the weaver's own weights (bridges, query latents; its LoRA keeps the "
+                               "stage's rate) in every stage; 0 = the stage's rate (grpo.sft_lr, grpo.lr)")
     sft_steps: int = _f(-1, "supervised weaver steps before GRPO (batches of grpo.sft_batch_size, lr grpo.sft_lr); "
                             "-1 = as many as the method's supervised stages (grpo.reader_warmup_steps + "
                             "grpo.sft_steps), so both see the same examples and updates, or one epoch over the "
@@ -608,9 +610,10 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: eval.frontier_seeds = {cfg.eval.frontier_seeds}: seeds must be distinct")
     if cfg.eval.frontier_policy_lr <= 0:
         raise ConfigError(f"{source}: eval.frontier_policy_lr must be > 0, got {cfg.eval.frontier_policy_lr}")
-    if cfg.memgen.max_insertions < 0 or cfg.memgen.sft_steps < -1 or cfg.memgen.trigger_steps < 0:
-        raise ConfigError(f"{source}: memgen.max_insertions and memgen.trigger_steps must be >= 0, memgen.sft_steps "
-                          f">= -1 (-1 = as the method's supervised stages)")
+    if cfg.memgen.max_insertions < 0 or cfg.memgen.sft_steps < -1 or cfg.memgen.trigger_steps < 0 or \
+            cfg.memgen.weaver_lr < 0:
+        raise ConfigError(f"{source}: memgen.max_insertions, memgen.trigger_steps and memgen.weaver_lr must be >= 0, "
+                          f"memgen.sft_steps >= -1 (-1 = as the method's supervised stages)")
     if cfg.memgen.trigger == "learned" and not cfg.memgen.insert_delimiters:
         raise ConfigError(f"{source}: memgen.trigger = learned decides at delimiter insertion points: set "
                           f"memgen.insert_delimiters = true")

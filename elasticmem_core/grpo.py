@@ -363,7 +363,8 @@ class Trainer:
             self._broadcast_weights()
         g = self.cfg.grpo
         # the budget policy may have its own learning rate (grpo.policy_lr): it starts from scratch, unlike the reader
-        groups = params = model.trainable_parameters()
+        groups = model.optimizer_groups(g.lr)
+        params = model.trainable_parameters()
         if g.policy_lr > 0:
             policy = {id(p) for p in model.policy.parameters()}
             groups = [{"params": [p for p in params if id(p) not in policy], "lr": g.lr},
@@ -454,7 +455,7 @@ class Trainer:
             return []
         model, g = self.model, self.cfg.grpo
         previous, model.memory = model.memory, memory
-        opt = torch.optim.AdamW(model.trainable_parameters(), lr=g.sft_lr, weight_decay=g.weight_decay)
+        opt = torch.optim.AdamW(model.optimizer_groups(g.sft_lr), lr=g.sft_lr, weight_decay=g.weight_decay)
         order = self._order(10_000 + len(tag))
         history = []
         model.train()

@@ -135,6 +135,7 @@ class MemGen(ElasticMem):
         self.projector = nn.Identity()          # no projector and no budget policy: every chunk is read as text
         self.policy = BudgetPolicy(backbone.hidden_size, dataclasses.replace(cfg.budget, policy="uniform",
                                                                              uniform_budget=cfg.budget.min_budget))
+        self.policy.requires_grad_(False)       # a rule: its unused layers are not weights of this model
         self.weaver = Weaver(backbone.hidden_size, m.latents, m.bridge_init,
                              embedding_rms(backbone.model)).to(backbone.device)
         self.k, self.cap = m.latents, m.max_insertions if m.insert_delimiters else 0
@@ -380,6 +381,15 @@ class MemGen(ElasticMem):
                     else probs.argmax(-1)[0])
         decisions[step] = fire
         return fire
+
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """LoRA (and the trigger's head) at the stage's `lr`; the weaver's bridges and query latents, full matrices
+        that a LoRA-sized rate would rewrite within a few steps, at memgen.weaver_lr when it is set."""
+        own = {id(p) for p in self.weaver.parameters()}
+        rest = [p for p in self.trainable_parameters() if id(p) not in own]
+        weaver = [p for p in self.weaver.parameters() if p.requires_grad]
+        w_lr = self.cfg.memgen.weaver_lr or lr
+        return [g for g in ({"params": rest, "lr": lr}, {"params": weaver, "lr": w_lr}) if g["params"]]
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     @property

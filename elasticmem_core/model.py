@@ -257,6 +257,11 @@ class ElasticMem(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """AdamW parameter groups of a training stage whose learning rate is `lr`: one group here (the MemGen-style
+        model gives its weaver's own full matrices memgen.weaver_lr)."""
+        return [{"params": self.trainable_parameters(), "lr": lr}]
+
     def save(self, path: str | Path) -> Path:
         """One folder: the model's parts (`save_parts`), the config used, backbone identity and hidden size."""
         path = Path(path)

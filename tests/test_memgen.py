@@ -209,3 +209,15 @@ def test_memgen_params_are_checked():
     assert memgen.sft_steps(tiny_cfg("memgen.sft_steps=3"), 10) == 3
     # no supervised stage in the method's recipe (the paper's): one epoch of batches of grpo.sft_batch_size
     assert memgen.sft_steps(tiny_cfg("grpo.reader_warmup_steps=0", "grpo.sft_steps=0", "grpo.sft_batch_size=4"), 10) == 3
+
+
+def test_the_weaver_s_own_weights_may_learn_at_their_own_rate(bank, tmp_path):
+    model = make(bank, "memgen.weaver_lr=1e-4", "grpo.lr=3e-5")
+    lora, weaver = model.optimizer_groups(2e-3)
+    assert (lora["lr"], weaver["lr"]) == (2e-3, 1e-4)
+    assert {id(p) for p in weaver["params"]} == {id(p) for p in model.weaver.parameters()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert lora["params"] and all("lora_" in names[id(p)] for p in lora["params"])
+    trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [3e-5, 1e-4]
+    assert [g["lr"] for g in make(bank).optimizer_groups(2e-3)] == [2e-3, 2e-3]  # 0 = the stage's rate
