@@ -614,9 +614,13 @@ def validate(cfg: Config, source: str = "<params>") -> None:
             cfg.memgen.weaver_lr < 0:
         raise ConfigError(f"{source}: memgen.max_insertions, memgen.trigger_steps and memgen.weaver_lr must be >= 0, "
                           f"memgen.sft_steps >= -1 (-1 = as the method's supervised stages)")
-    if cfg.memgen.trigger == "learned" and not cfg.memgen.insert_delimiters:
-        raise ConfigError(f"{source}: memgen.trigger = learned decides at delimiter insertion points: set "
-                          f"memgen.insert_delimiters = true")
+    if cfg.memgen.trigger == "learned" and not (cfg.memgen.insert_delimiters and cfg.memgen.trigger_steps > 0):
+        raise ConfigError(f"{source}: memgen.trigger = learned decides at delimiter insertion points after its own "
+                          f"GRPO stage: set memgen.insert_delimiters = true and memgen.trigger_steps > 0")
+    if cfg.eval.method == "memgen" and (cfg.grpo.gradient_checkpointing or cfg.grpo.kl_beta > 0):
+        raise ConfigError(f"{source}: the MemGen-style baseline switches LoRA adapters inside its passes: "
+                          f"grpo.gradient_checkpointing (recomputation would run with another adapter) and "
+                          f"grpo.kl_beta (its reasoner is already the frozen model) are not supported with it")
     if not cfg.memgen.delimiters or any(not d for d in cfg.memgen.delimiters):
         raise ConfigError(f"{source}: memgen.delimiters must be a non-empty list of non-empty strings")
     for key in ("memgen.latents", "bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",

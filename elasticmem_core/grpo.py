@@ -364,11 +364,10 @@ class Trainer:
         g = self.cfg.grpo
         # the budget policy may have its own learning rate (grpo.policy_lr): it starts from scratch, unlike the reader
         groups = model.optimizer_groups(g.lr)
-        params = model.trainable_parameters()
         if g.policy_lr > 0:
             policy = {id(p) for p in model.policy.parameters()}
-            groups = [{"params": [p for p in params if id(p) not in policy], "lr": g.lr},
-                      {"params": [p for p in params if id(p) in policy], "lr": g.policy_lr}]
+            groups = [{**x, "params": [p for p in x["params"] if id(p) not in policy]} for x in groups] + \
+                [{"params": [p for x in groups for p in x["params"] if id(p) in policy], "lr": g.policy_lr}]
             groups = [x for x in groups if x["params"]]
         self.optimizer = torch.optim.AdamW(groups, lr=g.lr, weight_decay=g.weight_decay)
         per_epoch = math.ceil(len(self.train_q) / g.questions_per_step)

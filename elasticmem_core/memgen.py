@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -149,7 +150,11 @@ class MemGen(ElasticMem):
                                                        task_type="CAUSAL_LM"))
             lm.set_adapter("default")
             self.trigger_head = nn.Linear(backbone.hidden_size, 2).to(backbone.device)
+            self.trigger_head.requires_grad_(False)  # trains in its own stage only (memgen.train)
             self.PARTS = ("lora", "weaver", "trigger")
+        # an untrained trigger decides nothing: every insertion point inserts (as with trigger off) until the trigger's
+        # stage starts or a trained trigger is loaded
+        self.trigger_active = False
         self.trigger_trains = False  # the trigger's GRPO stage sets it (its actions then enter the loss)
 
     # ---- 1: retrieval, without a control token in the reasoner's input -----------------------------------------
@@ -226,7 +231,7 @@ class MemGen(ElasticMem):
 
     def _insert_in_answers(self, batch: WovenBatch, answers: list[list[int]]) -> WovenBatch:
         """Teacher forcing with latents after the answer's delimiters: answers move to per-row columns."""
-        if self.trigger_head is None:
+        if self.trigger_head is None or not self.trigger_active:
             points = [self.insertion_points(a) for a in answers]
         else:
             asked = [(i, j) for i, a in enumerate(answers) for j, t in enumerate(a[:-1]) if self.is_delimiter(t)]
@@ -364,7 +369,7 @@ class MemGen(ElasticMem):
             tokens.append(toks)
             logprobs.append(lps)
             batch.counts[i]["output"] = len(toks)
-            if batch.plan is not None and self.trigger_head is not None:
+            if batch.plan is not None and self.trigger_head is not None and self.trigger_active:
                 if batch.plan.triggers is None:
                     batch.plan.triggers = [{} for _ in range(batch.inputs_embeds.shape[0])]
                 batch.plan.triggers[i] = decisions
@@ -372,8 +377,9 @@ class MemGen(ElasticMem):
         return Generation(tokens, texts, logprobs)
 
     def _trigger_fires(self, context, step, sample, generator, decisions: dict) -> bool:
-        """Always, without a learned trigger (MemGen's released setting); else the trigger's decision, recorded."""
-        if self.trigger_head is None:
+        """Always, without a learned trigger (MemGen's released setting) or before it trained; else the trigger's
+        decision, recorded."""
+        if self.trigger_head is None or not self.trigger_active:
             return True
         with torch.no_grad():
             probs = torch.softmax(self.trigger_logits([context]), -1)
@@ -402,6 +408,7 @@ class MemGen(ElasticMem):
         torch.save(self.weaver.state_dict(), path / "weaver.pt")
         if self.trigger_head is not None:
             torch.save(self.trigger_head.state_dict(), path / "trigger_head.pt")
+            (path / "trigger.json").write_text(json.dumps({"trained": self.trigger_active}) + "\n")
 
     def load_part(self, path: Path, part: str, saved: Config) -> None:
         if part == "weaver":
@@ -416,6 +423,7 @@ class MemGen(ElasticMem):
                                                          "adapter_model.safetensors", device=str(self.device)),
                                       adapter_name=TRIGGER_ADAPTER)
             self.trigger_head.load_state_dict(torch.load(path / "trigger_head.pt", map_location=self.device))
+            self.trigger_active = json.loads((path / "trigger.json").read_text())["trained"]
         else:
             super().load_part(path, part, saved)
 
@@ -440,32 +448,36 @@ def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
 
     cfg, m = model.cfg, model.cfg.memgen
     n_sft = sft_steps(cfg, len(dataset.split("train")))
-    # the trainer's own warm-ups are the method's; the weaver's supervised stage replaces them here
-    model.cfg = copy_config(cfg, grpo={"reader_warmup_steps": 0, "retrieval_warmup_steps": 0, "sft_steps": 0},
-                            align={"steps": 0})
+    # the trainer's own warm-ups and auxiliary losses are the method's; the weaver's supervised stage replaces them
+    own = {"grpo": {"reader_warmup_steps": 0, "retrieval_warmup_steps": 0, "sft_steps": 0}, "align": {"steps": 0},
+           "retrieval": {"aux_weight": 0.0}}
     train_q, val_q = dataset.split("train"), dataset.split("val")
-    trainer = Trainer(model, train_q, val_q, folder, setting=dataset.setting)
     sft = folder / "sft"
-    if (sft / CHECKPOINT_META).is_file():
-        model.load(sft)
-        torch.set_rng_state(torch.load(sft / "rng.pt"))
-    elif not (folder / "last" / "trainer_state.pt").is_file():
-        trainer.supervised(n_sft, "weaver", "memgen_sft")
-        model.save(sft)
-        torch.save(torch.get_rng_state(), sft / "rng.pt")
-    trainer.train(progress, reader_warmup=False)
-    best = folder / "best"
-    if m.trigger != "learned" or m.trigger_steps == 0:
+    model.cfg = copy_config(cfg, **own)
+    try:
+        trainer = Trainer(model, train_q, val_q, folder, setting=dataset.setting)
+        if (sft / CHECKPOINT_META).is_file() and (sft / "rng.pt").is_file():
+            model.load(sft)
+            torch.set_rng_state(torch.load(sft / "rng.pt"))
+        elif not (folder / "last" / "trainer_state.pt").is_file():
+            trainer.supervised(n_sft, "weaver", "memgen_sft")
+            sft.mkdir(parents=True, exist_ok=True)
+            torch.save(torch.get_rng_state(), sft / "rng.pt")  # before the checkpoint's meta: a folder with a meta
+            model.save(sft)                                    # file is complete
+        trainer.train(progress, reader_warmup=False)
+    finally:
         model.cfg = cfg
+    best = folder / "best"
+    if m.trigger != "learned":
         return best
     # the trigger's stage: the weaver (its LoRA, bridges and latents) frozen, the trigger's LoRA and head train
     model.load(best)
     for name, p in model.named_parameters():
         p.requires_grad_(f".{TRIGGER_ADAPTER}." in name or name.startswith("trigger_head."))
-    model.cfg = copy_config(cfg, grpo={"reader_warmup_steps": 0, "retrieval_warmup_steps": 0, "sft_steps": 0,
-                                       "lr": m.trigger_lr, "max_steps": m.trigger_steps, "epochs": max(1, cfg.grpo.epochs)},
-                            align={"steps": 0})
-    model.trigger_trains = True
+    model.cfg = copy_config(cfg, grpo={**own["grpo"], "lr": m.trigger_lr, "max_steps": m.trigger_steps,
+                                       "epochs": max(1, cfg.grpo.epochs)}, align=own["align"],
+                            retrieval=own["retrieval"])
+    model.trigger_trains = model.trigger_active = True
     try:
         Trainer(model, train_q, val_q, folder / "trigger", setting=dataset.setting).train(progress, reader_warmup=False)
     finally:

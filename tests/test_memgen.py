@@ -162,13 +162,18 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, bank, monkeypa
 
 
 def test_the_learned_trigger_trains_alone_on_its_recorded_decisions(bank):
-    model = make(bank, "memgen.insert_delimiters=true", "memgen.trigger=learned", "memgen.latents=2",
-                 "grpo.group_size=4")
+    model = make(bank, "memgen.insert_delimiters=true", "memgen.trigger=learned", "memgen.trigger_steps=1",
+                 "memgen.latents=2", "grpo.group_size=4")
     eos = model.tokenizer.eos_token_id
     model._delimiter = {t: t != eos for t in range(model.tokenizer.vocab_size + 200)}
-    for n, p in model.named_parameters():  # the trigger stage's freezing (memgen.train)
+    # before its stage the untrained trigger decides nothing: every insertion point inserts, up to the cap
+    assert not model.trigger_head.weight.requires_grad
+    group = grpo.rollout(model, QUESTIONS[0], 4, grpo.WeightedReward({"task": 1.0}), torch.Generator().manual_seed(0))
+    assert group.plan.triggers is None
+    assert [c["memory"] for c in group.counts] == [2 + 2 * min(3, len(a) - 1) for a in group.answers]
+    for n, p in model.named_parameters():  # the trigger stage (memgen.train): only the trigger trains, and decides
         p.requires_grad_(f".{memgen.TRIGGER_ADAPTER}." in n or n.startswith("trigger_head."))
-    model.trigger_trains = True
+    model.trigger_trains = model.trigger_active = True
     group = grpo.rollout(model, QUESTIONS[0], 4, grpo.WeightedReward({"task": 1.0}), torch.Generator().manual_seed(0))
     decisions = [len(t) for t in group.plan.triggers]
     inserted = [sum(t.values()) for t in group.plan.triggers]
@@ -203,6 +208,10 @@ def test_memgen_params_are_checked():
         tiny_cfg("memgen.trigger=sometimes")
     with pytest.raises(ConfigError, match="insert_delimiters"):
         tiny_cfg("memgen.trigger=learned")
+    with pytest.raises(ConfigError, match="trigger_steps"):
+        tiny_cfg("memgen.trigger=learned", "memgen.insert_delimiters=true")
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        tiny_cfg("eval.method=memgen", "grpo.gradient_checkpointing=true")
     with pytest.raises(ConfigError, match="memgen.latents"):
         tiny_cfg("memgen.latents=0")
     assert memgen.sft_steps(tiny_cfg("grpo.reader_warmup_steps=7", "grpo.sft_steps=2"), 10) == 9
