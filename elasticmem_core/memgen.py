@@ -42,7 +42,7 @@ from .config import Config
 from .injection import Batch, Row, build_batch
 from .model import ElasticMem, Generation, Plan
 from .projector import embedding_rms
-from .retrieval import question_ids
+from .retrieval import last_states, question_ids
 
 TRIGGER_ADAPTER = "trigger"
 
@@ -284,17 +284,8 @@ class MemGen(ElasticMem):
     def _trigger_logits(self, contexts: list[list[int]]) -> torch.Tensor:
         self.lm.set_adapter(TRIGGER_ADAPTER)
         try:
-            ids = [torch.tensor(c, device=self.device) for c in contexts]
-            t = max(len(c) for c in ids)
-            x = torch.full((len(ids), t), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-            mask = torch.zeros(len(ids), t, dtype=torch.long, device=self.device)
-            for i, c in enumerate(ids):
-                x[i, t - len(c):] = c
-                mask[i, t - len(c):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.lm(input_ids=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                          logits_to_keep=1)
-            return self.trigger_head(out.hidden_states[-1][:, -1].float())
+            state, _, _ = last_states(self.lm, contexts, self.tokenizer.pad_token_id, self.device)
+            return self.trigger_head(state.float())
         finally:
             self.lm.set_adapter("default")
 
