@@ -18,6 +18,10 @@ params/mini.yaml -p params/ablations/<name>.yaml`). `eval.method` says what a va
 | elasticmem      | soft tokens (the method)             | GRPO; ablations and the identity projector          |
 | memgen          | K latents a LoRA weaver writes from  | supervised weaver steps, then GRPO; the reasoner    |
 |                 | the retrieved chunks (memgen.py)     | frozen (MemGen-style: the latent-space baseline)    |
+| mem0            | top-k facts the backbone extracted   | no (the stores are built by the frozen backbone);   |
+|                 | and managed, as text (mem0.py)       | also with the warmed-up reader                      |
+| agemem          | the context the agent kept + facts   | step-wise GRPO over a three-stage curriculum        |
+|                 | its tool calls retrieved (agemem.py) | (agemem.store / .filter / .answer)                  |
 
 Every variant goes through ElasticMem's own retrieval and injection layout, so #Tok counts the same parts for
 every method. The untrained text readers (no_memory, full_context, text_rag) are also reported with the stage-0
@@ -47,10 +51,10 @@ from .full_context import FullContext
 from .model import CHECKPOINT_META, ElasticMem
 
 MEMORY = {"elasticmem": "latent", "no_memory": "none", "full_context": "text", "text_rag": "text",
-          "lora_text_sft": "text", "lora_text_grpo": "text", "memgen": "text"}
-TRAINED = ("elasticmem", "lora_text_sft", "lora_text_grpo", "memgen")
+          "lora_text_sft": "text", "lora_text_grpo": "text", "memgen": "text", "mem0": "text", "agemem": "text"}
+TRAINED = ("elasticmem", "lora_text_sft", "lora_text_grpo", "memgen", "agemem")
 OWN_READER = ("memgen",)  # trained variants that never start from 03's warmed-up reader (MemGen's reasoner is frozen)
-TEXT_READERS = ("no_memory", "full_context", "text_rag")  # also reported with the warmed-up reader
+TEXT_READERS = ("no_memory", "full_context", "text_rag", "mem0")  # also reported with the warmed-up reader
 
 
 # ---- variants as params files ---------------------------------------------------------------------------------
@@ -96,6 +100,11 @@ def build_model(cfg: Config, dataset, backbone, bank) -> ElasticMem:
     if cfg.eval.method == "memgen":
         from .memgen import MemGen
         return assemble.model_for(cfg, dataset, backbone, bank, model_class=MemGen)
+    if cfg.eval.method in ("mem0", "agemem"):  # text-memory systems: their own store, ranked by the embedder
+        from .agemem import AgeMem
+        from .mem0 import Mem0
+        cls = Mem0 if cfg.eval.method == "mem0" else AgeMem
+        return assemble.model_for(cfg, dataset, backbone, bank, with_embedder=True, model_class=cls)
     return assemble.model_for(cfg, dataset, backbone, bank, memory=MEMORY[cfg.eval.method])
 
 
@@ -172,6 +181,9 @@ def train(model: ElasticMem, dataset, folder: Path, progress: bool = True, reade
     if cfg.eval.method == "memgen":
         from . import memgen
         return memgen.train(model, dataset, folder, progress)
+    if cfg.eval.method == "agemem":
+        from . import agemem
+        return agemem.train(model, dataset, folder, progress)
     trainer = Trainer(model, dataset.split("train"), dataset.split("val"), folder, setting=dataset.setting)
     if cfg.eval.method == "lora_text_sft":
         done = folder / "sft"
@@ -230,6 +242,8 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
                     if checkpoint is not None:
                         model.load(checkpoint)
                     for s in splits:
+                        cap = v.eval.max_questions  # the questions evaluate answers: e.g. Mem0-style stores for them
+                        model.prepare(ds.split(s)[:cap] if cap > 0 else ds.split(s), folder, progress)
                         results.append(evaluate.evaluate(model.answer, ds.split(s), paths[s], {**meta, "split": s},
                                                          v, bank, backbone.device, progress))
                 finally:

@@ -9,6 +9,7 @@ Papermill injects the top-level YAML keys as notebook variables, so each section
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -28,6 +29,8 @@ def _f(default, help: str, **kw):
     """A dataclass field with a one-line help text."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    if dataclasses.is_dataclass(default):  # a nested section (e.g. an AgeMem stage): each Config its own copy
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
 
 
@@ -278,6 +281,47 @@ class MemGenConfig:
 
 
 @dataclass
+class Mem0Config:
+    """The Mem0-style text-memory baseline (mem0.py; eval.method = mem0): facts the backbone extracts per turn pair
+    and manages with ADD / UPDATE / DELETE / NOOP, given to the reader as text."""
+    extract_max_new_tokens: int = _f(40, "tokens the backbone may write when extracting the facts of one turn pair")
+    max_facts_per_turn: int = _f(3, "facts kept from one turn pair's extraction (the first ones written)")
+    similar: int = _f(5, "stored facts retrieved for each new fact's ADD / UPDATE / DELETE / NOOP decision (Mem0: 5)")
+    top_k: int = _f(0, "facts given as text at question time; 0 = retrieval.top_z (as many as the method's chunks)")
+    batch_size: int = _f(16, "prompts per generation batch while building the stores")
+
+
+@dataclass
+class AgeMemStage:
+    """One stage of the AgeMem-style curriculum: its step-wise GRPO steps and its weighted episode rewards."""
+    steps: int = _f(-1, "GRPO steps of this stage (episodes of grpo.questions_per_step memories, grpo.group_size "
+                        "trajectories each); -1 = one epoch over the training memories; 0 skips it; "
+                        "eval.variant_steps > 0 caps it")
+    rewards: dict[str, float] = _f({"answer": 1.0}, "weighted episode reward terms (agemem.EPISODE_REWARDS): answer, "
+                                   "stored_evidence, filtered_distractors, valid_calls")
+
+
+@dataclass
+class AgeMemConfig:
+    """The AgeMem-style baseline (agemem.py; eval.method = agemem): the agent's own output calls memory tools while
+    the conversation streams in; trained by step-wise GRPO over a three-stage curriculum."""
+    max_tool_tokens: int = _f(32, "tokens the agent may write per step (its tool calls)")
+    context_tokens: int = _f(384, "short-term context cap in tokens: above it the oldest context items are evicted "
+                                  "(counted); Summary and Filter are the agent's way to stay under it")
+    retrieve_k: int = _f(0, "facts a Retrieve call returns; 0 = retrieval.top_z")
+    distractors: int = _f(3, "turns of other memories injected into each stage-2 (filter) episode")
+    loss_steps: int = _f(0, "steps of each trajectory that enter the GRPO loss (a random subset, the same advantage "
+                            "each); 0 = all (AgeMem); fewer for CPU-sized runs")
+    store: AgeMemStage = _f(AgeMemStage(rewards={"stored_evidence": 1.0, "valid_calls": 0.2}),
+                            "stage 1: learn to store facts from the turns (no distractors)")
+    filter: AgeMemStage = _f(AgeMemStage(rewards={"filtered_distractors": 1.0, "stored_evidence": 0.5,
+                                                  "valid_calls": 0.2}),
+                             "stage 2: learn to filter the context under injected distractor turns")
+    answer: AgeMemStage = _f(AgeMemStage(rewards={"answer": 1.0, "valid_calls": 0.2}),
+                             "stage 3: answer the memory's questions with the managed memory")
+
+
+@dataclass
 class EvalConfig:
     splits: list[str] = _f(["val", "test"], "splits evaluated")
     max_questions: int = _f(0, "evaluate at most this many questions per split; 0 = all")
@@ -285,7 +329,8 @@ class EvalConfig:
     bootstrap: int = _f(1000, "bootstrap resamples for the 95% intervals")
     seeds: list[int] = _f([42], "training seeds (the paper reports means over 5)")
     method: str = _f("elasticmem", "the method a params file describes: elasticmem | no_memory | full_context | "
-                                   "text_rag | lora_text_sft | lora_text_grpo | memgen (params/baselines/ select them)")
+                                   "text_rag | lora_text_sft | lora_text_grpo | memgen | mem0 | agemem (params/baselines/ "
+                                   "select them)")
     text_top_k: int = _f(0, "chunks the text-RAG baselines put in as text; 0 = retrieval.top_z (same Z as the method)")
     context_window: int = _f(0, "full-context baseline window in tokens; 0 = the backbone's max_position_embeddings")
     full_context_batch_tokens: int = _f(2048, "full-context prompts longer than this (tokens) are answered one at "
@@ -349,6 +394,8 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     memgen: MemGenConfig = field(default_factory=MemGenConfig)
+    mem0: Mem0Config = field(default_factory=Mem0Config)
+    agemem: AgeMemConfig = field(default_factory=AgeMemConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -418,11 +465,16 @@ def _build(cls: type, values: Any, where: str):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
+    defaults = None
     for key, value in values.items():
         if key not in known:
             close = [k for k in known if _similar(k, str(key))]
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
             raise ConfigError(f"{_join(where, str(key))}: unknown key{hint}")
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]):
+            # a partly given nested section keeps its parent's defaults for the rest (an AgeMem stage's rewards)
+            defaults = defaults or cls()
+            value = {**dataclasses.asdict(getattr(defaults, key)), **value}
         kwargs[key] = _check_type(value, hints[key], _join(where, key))
     return cls(**kwargs)
 
@@ -527,7 +579,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         "grpo.advantage_norm": (cfg.grpo.advantage_norm, {"std", "mean"}),
         "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
         "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",
-                                          "lora_text_grpo", "memgen"}),
+                                          "lora_text_grpo", "memgen", "mem0", "agemem"}),
         "memgen.bridge_init": (cfg.memgen.bridge_init, {"identity", "default"}),
         "memgen.trigger": (cfg.memgen.trigger, {"off", "learned"}),
     }
@@ -621,9 +673,26 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: the MemGen-style baseline switches LoRA adapters inside its passes: "
                           f"grpo.gradient_checkpointing (recomputation would run with another adapter) and "
                           f"grpo.kl_beta (its reasoner is already the frozen model) are not supported with it")
+    from .agemem import STAGES, check_rewards  # the episode rewards' registry names the allowed terms
+    for stage in STAGES:
+        sc = getattr(cfg.agemem, stage)
+        try:
+            check_rewards(sc.rewards, f"agemem.{stage}.rewards")
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        if sc.steps < -1:
+            raise ConfigError(f"{source}: agemem.{stage}.steps must be >= -1 (-1 = one epoch), got {sc.steps}")
+    for key in ("mem0.similar", "mem0.top_k", "agemem.retrieve_k", "agemem.distractors", "agemem.loss_steps"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 0:
+            raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(getattr(cfg, section), name)}")
+    if cfg.eval.method == "agemem" and (cfg.grpo.kl_beta > 0 or cfg.grpo.policy_only):
+        raise ConfigError(f"{source}: the AgeMem-style baseline trains its tool steps' tokens only: grpo.kl_beta and "
+                          f"grpo.policy_only are not supported with it")
     if not cfg.memgen.delimiters or any(not d for d in cfg.memgen.delimiters):
         raise ConfigError(f"{source}: memgen.delimiters must be a non-empty list of non-empty strings")
-    for key in ("memgen.latents", "bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
+    for key in ("mem0.extract_max_new_tokens", "mem0.max_facts_per_turn", "mem0.batch_size", "agemem.max_tool_tokens",
+                "agemem.context_tokens", "memgen.latents", "bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
                 "grpo.group_size", "grpo.questions_per_step", "budget.b_max", "budget.keep_top",
                 "eval.frontier_steps", "eval.frontier_questions_per_step", "align.batch_size"):
         sec, name = key.split(".")

@@ -138,6 +138,8 @@ def summarize(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
             # #Tok plus what a method's own encoder read beside the reasoner (MemGen-style: its weaver)
             "tok_with_weaver": float(np.mean([r["tok"] + r.get("weaver_tokens", 0) for r in records]))
             if records else float("nan"),
+            # what a text-memory agent read and wrote in its tool steps, per question (AgeMem-style)
+            "tool_tokens": float(np.mean([r.get("tool_tokens", 0) for r in records])) if records else float("nan"),
             "task_text": part("task_text"), "memory": part("memory"), "output": part("output"),
             "seconds_per_question": float(np.mean([r["seconds"] for r in records])) if records else float("nan"),
             "peak_mb": float(max((r["peak_mb"] for r in records), default=float("nan"))),

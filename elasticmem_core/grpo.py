@@ -157,6 +157,10 @@ class Group:
     old_logp: torch.Tensor | None = None         # [G, 1 + A], set by the first inner pass (or `score_old`)
     old_policy_logp: torch.Tensor | None = None  # [G, Z]
     old_extra_logp: torch.Tensor | None = None   # [G, T] (model.extra_action_logprobs)
+    stats: dict = dataclasses.field(default_factory=dict)  # a model's own rollout diagnostics for the training log
+    # rows with advantage 0 add nothing to an LM-only loss: a per-rollout backward may skip them (AgeMem-style
+    # step rows; never set where a budget policy, extra actions or a KL term also train)
+    skip_zero_advantage: bool = False
 
     def action_counts(self) -> torch.Tensor:
         """Reasoner actions per rollout [G]: its control token (when sampled) and its answer tokens."""
@@ -522,7 +526,7 @@ class Trainer:
             # seeded by (seed, step, question index): rollouts do not depend on how questions are split
             gen = sampling.generator_for(self.model.device,
                                          self.cfg.runtime.seed * 1_000_003 + self.step * 10_007 + j)
-            groups.append(rollout(self.model, q, g.group_size, self.reward_fn, gen))
+            groups.append(self.model.rollout(q, g.group_size, self.reward_fn, gen))
         # The surrogate's ratio compares the policy with itself: dropout stays off here too unless
         # grpo.train_mode_passes (measured on mini: clip fraction 0.73 with dropout on, zero advantages).
         norms, stats, aux_stats = [], [], {}
@@ -535,6 +539,8 @@ class Trainer:
                     per_rollout = g.backward == "rollout" and not g.policy_only
                     parts = [[i] for i in range(len(grp.questions))] if per_rollout else [None]
                     for rows in parts:
+                        if rows is not None and grp.skip_zero_advantage and float(grp.advantages[rows[0]]) == 0.0:
+                            continue
                         loss, st = group_loss(self.model, grp, rows, lm=not g.policy_only)
                         if loss.requires_grad:  # nothing to learn from (e.g. a trigger stage with no decisions)
                             (loss / n_step).backward()
@@ -585,7 +591,9 @@ class Trainer:
         std = math.sqrt(max(0.0, (r_sq - n * mean ** 2) / (n - 1))) if n > 1 else 0.0
         by_term = {f"reward_{name}": v / max(n, 1) for name, v in zip(terms, total[11:])}
         task = next((by_term[f"reward_{k}"] for k in ("task", "alfworld_step") if k in terms), mean)
-        out = {"reward_mean": mean, "reward_std": std, "accuracy": task, **by_term,
+        own = {k: float(np.mean([grp.stats[k] for grp in groups if k in grp.stats]))
+               for k in dict.fromkeys(k for grp in groups for k in grp.stats)}
+        out = {"reward_mean": mean, "reward_std": std, "accuracy": task, **by_term, **own,
                "mean_budget": b_sum / max(b_n, 1), "soft_tokens": m_sum / max(n, 1),
                "zero_advantage_groups": int(zero)}
         if e_n:

@@ -62,6 +62,8 @@ class Plan:
     evidence: torch.Tensor | None = None   # [B, Z] gold-evidence flags, only for an oracle-feature budget policy
     triggers: list[dict] | None = None     # per row: answer index -> whether latents went in after it (MemGen-style
     #                                        trigger decisions, recorded while sampling so the loss can score them)
+    texts: list[list[str]] | None = None   # per row: the memory as text pieces, where a model retrieves records of
+    #                                        its own instead of bank chunks (the Mem0-style facts)
 
 
 @dataclass
@@ -142,6 +144,17 @@ class ElasticMem(nn.Module):
             out[idx[0], idx[1]] = self.bank.key(int(rows[idx[0], idx[1]]))
         return out.to(self.device)
 
+    def rollout(self, question, group_size: int, reward_fn, generator):
+        """G sampled rollouts of one training item as a grpo.Group (grpo.rollout; the AgeMem-style agent plays
+        whole episodes instead)."""
+        from .grpo import rollout
+
+        return rollout(self, question, group_size, reward_fn, generator)
+
+    def prepare(self, questions, folder=None, progress: bool = True) -> None:
+        """Work done once before answering `questions` (nothing here; the text-memory systems build their stores
+        or play their episodes), with `folder` for what it saves."""
+
     def extra_action_logprobs(self, questions, plan: Plan, answers: list[list[int]]):
         """Differentiable log-probabilities [B, T] and mask of actions the GRPO loss trains besides the control token,
         the answer tokens and the budgets; None here (the MemGen-style baseline's learned trigger has some)."""
@@ -157,6 +170,8 @@ class ElasticMem(nn.Module):
     def memory_items(self, plan: Plan) -> list[list]:
         """Per row, per retrieved chunk: its soft tokens [b_j, H] (through the projector), or its text token ids."""
         rows, budgets = plan.retrieved.rows, plan.budgets.budgets.cpu()
+        if plan.texts is not None:  # the model's own text records, one memory item each
+            return [[self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ts] for ts in plan.texts]
         if self.memory == "none":
             return [[] for _ in rows]
         if self.memory == "text":  # every retrieved chunk as text: the text-memory reader has no budget policy
@@ -250,7 +265,7 @@ class ElasticMem(nn.Module):
             out.append({"qid": q.qid, "prediction": pred, "gold": q.gold, "correct": pred == q.gold,
                         "output": gen.texts[i], "tokens": dict(batch.counts[i]),
                         "rows": plan.retrieved.rows[i].tolist(), "budgets": plan.budgets.budgets[i].tolist(),
-                        **batch.extras[i]})
+                        **({"memory_texts": plan.texts[i]} if plan.texts is not None else {}), **batch.extras[i]})
         return out
 
     # ---- checkpoints --------------------------------------------------------------------------------------------

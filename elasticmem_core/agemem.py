@@ -1,0 +1,498 @@
+"""The AgeMem-style baseline (eval.method = agemem): memory management as tool calls in the agent's own output.
+
+The conversation streams in one turn pair at a time. At each step the agent (the reasoner with its LoRA) sees its
+short-term context (the turns it holds, numbered) and the new turn, and writes tool calls, one per line:
+
+    ADD: <fact>            long-term memory: store a fact (fact_store.py; ids are never reused)
+    UPDATE <id>: <fact>    replace stored fact <id>
+    DELETE <id>            delete stored fact <id>
+    RETRIEVE: <query>      the agent.retrieve_k facts most similar to <query> come back as an observation
+    SUMMARY: <text>        short-term context: replace every item held with <text>
+    FILTER <i>[, <j>...]   short-term context: drop items i, j
+    NONE                   nothing to do
+
+The package parses and executes them (`execute`). A line that is not a call, or a call that fails (an unknown id),
+is counted as invalid and shown to the agent at its next step as an error observation; it never stops the episode.
+Above agemem.context_tokens the oldest context items are evicted (counted): Summary and Filter are how the agent
+keeps what matters. After the stream, for each of the memory's questions the agent makes one more tool step that
+sees the question (where it can RETRIEVE), then answers in ElasticMem's layout with its memory = the context items it
+kept plus what it retrieved, as text; #Tok counts that answer's input and output, and `tool_tokens` every step's.
+
+Training follows AgeMem: step-wise GRPO (each trajectory's final reward broadcast as the advantage of every one of
+its steps' tokens) through grpo.Trainer, over three stages, each a params section (agemem.store, .filter, .answer):
+1. store: the plain stream; reward mostly `stored_evidence` (gold values found in long-term memory);
+2. filter: agemem.distractors turns of other memories injected; reward `filtered_distractors` (gone from the
+   context at the end) and `stored_evidence`;
+3. answer: the memory's questions answered; reward `answer` (their mean correctness).
+`stored_evidence` reads MemorySuite-mini's gold values (a memory's questions' gold options); AgeMem scores memory
+quality with an LLM judge, which a data set without known facts would need (set the stage's rewards to `answer`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .budget import BudgetDecision
+from .fact_store import FactStore, StoreError
+from .injection import Row, build_batch
+from .mem0 import chat_ids
+from .model import ElasticMem, Plan
+from .retrieval import Retrieved
+
+TOOLS = ("ADD", "UPDATE", "DELETE", "RETRIEVE", "SUMMARY", "FILTER", "NONE")
+SYSTEM = ("You manage your own memory while reading a conversation with a user. Write tool calls, one per line:\n"
+          "ADD: <fact>  (store a fact about the user in long-term memory)\n"
+          "UPDATE <id>: <fact>  (replace stored fact <id>)\n"
+          "DELETE <id>  (delete stored fact <id>)\n"
+          "RETRIEVE: <query>  (look up stored facts)\n"
+          "SUMMARY: <text>  (replace your whole context with a summary)\n"
+          "FILTER <i>  (drop context item i)\n"
+          "NONE  (nothing to do)\n"
+          "Example: for the turn 'User: I moved to Rome last month.' write 'ADD: The user lives in Rome.'; for small "
+          "talk write 'NONE' or 'FILTER 2'.")
+_CALL = re.compile(r"^(ADD|UPDATE|DELETE|RETRIEVE|SUMMARY|FILTER|NONE)\b\s*(.*)$", re.IGNORECASE)
+
+
+@dataclass
+class EpisodeItem:
+    """One training or evaluation unit: a memory's turn stream and its questions (grpo.Trainer's 'question')."""
+    qid: str                       # the memory id (the trainer names its items by qid)
+    memory_id: str
+    turns: list[str]
+    questions: list
+    distractors: set[int] = field(default_factory=set)   # positions of injected turns in `turns`
+
+
+@dataclass
+class Step:
+    """One agent step as the loss sees it (`AgeMem.build` lays it out; its tokens are the step's action)."""
+    prompt_ids: list[int]
+    qid: str = ""
+
+
+@dataclass
+class State:
+    """What one trajectory has built so far."""
+    ltm: FactStore = field(default_factory=FactStore)
+    context: list[tuple[int, str]] = field(default_factory=list)  # (stream position, or -1 for a summary; text)
+    errors: list[str] = field(default_factory=list)               # observations for the next step
+    calls: Counter = field(default_factory=Counter)               # valid calls by tool
+    invalid: int = 0
+    evicted: int = 0
+    retrieved: dict[str, list[str]] = field(default_factory=dict)  # question id -> facts its RETRIEVE calls got
+    tool_tokens: int = 0
+
+
+def execute(state: State, output: str, embedder, k: int, position: int | None = None, qid: str | None = None) -> None:
+    """Parse and run every tool call in one step's output; invalid lines become error observations (never raise)."""
+    for line in (x.strip() for x in output.splitlines()):
+        if not line:
+            continue
+        m = _CALL.match(line)
+        if m is None:
+            state.invalid += 1
+            state.errors.append(f"'{line[:60]}' is not a tool call")
+            continue
+        tool, arg = m.group(1).upper(), m.group(2).strip()
+        try:
+            _run(state, tool, arg, embedder, k, position, qid)
+            state.calls[tool] += 1
+        except (ValueError, StoreError) as e:
+            state.invalid += 1
+            state.errors.append(f"{tool}: {e}")
+
+
+def _run(state: State, tool: str, arg: str, embedder, k: int, position: int | None, qid: str | None) -> None:
+    def text() -> str:
+        t = arg[1:].strip() if arg.startswith(":") else ""
+        if not t:
+            raise ValueError(f"needs ': <text>' (got {arg!r})")
+        return t
+
+    def fid(s: str) -> int:
+        if not re.fullmatch(r"\d+", s.strip()):
+            raise ValueError(f"needs a fact id, got {s!r}")
+        return int(s)
+
+    if tool == "ADD":
+        state.ltm.add(text(), position)
+    elif tool == "UPDATE":
+        head, _, rest = arg.partition(":")
+        if not rest.strip():
+            raise ValueError(f"needs '<id>: <text>' (got {arg!r})")
+        state.ltm.update(fid(head), rest.strip(), position)
+    elif tool == "DELETE":
+        state.ltm.delete(fid(arg), position)
+    elif tool == "RETRIEVE":
+        found = [t for _, t, _ in state.ltm.search(text(), k, embedder)]
+        state.errors.append("Retrieved: " + ("; ".join(found) if found else "(nothing stored)"))
+        if qid is not None:
+            state.retrieved.setdefault(qid, []).extend(t for t in found if t not in state.retrieved.get(qid, []))
+    elif tool == "SUMMARY":
+        state.context = [(-1, text())]
+    elif tool == "FILTER":
+        idx = [fid(s) for s in arg.replace(",", " ").split()] if arg.strip() else None
+        if not idx:
+            raise ValueError("needs context item numbers")
+        bad = [i for i in idx if i >= len(state.context)]
+        if bad:
+            raise ValueError(f"no context item {bad[0]} (items 0..{len(state.context) - 1})")
+        state.context = [c for i, c in enumerate(state.context) if i not in set(idx)]
+    elif arg and tool == "NONE":
+        raise ValueError(f"NONE takes nothing (got {arg!r})")
+
+
+# ---- episode rewards: functions of a finished trajectory (a weighted list per stage) ---------------------------
+def stored_evidence(item: EpisodeItem, s: State, answers: list[float]) -> float:
+    """Share of the memory's gold values (its questions' gold options) that some long-term fact states."""
+    gold = {q.options[q.gold_index] for q in item.questions}
+    return sum(s.ltm.holds(v) for v in gold) / max(1, len(gold))
+
+
+def filtered_distractors(item: EpisodeItem, s: State, answers: list[float]) -> float:
+    """Share of the injected distractor turns no longer in the short-term context (dropped, summarised, evicted)."""
+    held = {pos for pos, _ in s.context}
+    return sum(d not in held for d in item.distractors) / max(1, len(item.distractors))
+
+
+def answer_reward(item: EpisodeItem, s: State, answers: list[float]) -> float:
+    """Mean correctness of the memory's questions answered after the stream."""
+    return sum(answers) / max(1, len(answers))
+
+
+def valid_calls(item: EpisodeItem, s: State, answers: list[float]) -> float:
+    """Share of the trajectory's tool lines that were valid calls."""
+    n = sum(s.calls.values())
+    return n / max(1, n + s.invalid)
+
+
+EPISODE_REWARDS: dict[str, Callable] = {"answer": answer_reward, "stored_evidence": stored_evidence,
+                                        "filtered_distractors": filtered_distractors, "valid_calls": valid_calls}
+
+
+class EpisodeReward:
+    """r = sum_k w_k x term_k(episode): the stage's weighted list (same interface as rewards.WeightedReward)."""
+
+    def __init__(self, terms: dict[str, float], where: str = "agemem.<stage>.rewards"):
+        check_rewards(terms, where)
+        self.terms = dict(terms)
+
+    def parts(self, item, state, answers) -> dict[str, float]:
+        return {n: EPISODE_REWARDS[n](item, state, answers) for n in self.terms}
+
+    def total(self, parts: dict[str, float]) -> float:
+        return float(sum(self.terms[n] * v for n, v in parts.items()))
+
+
+def check_rewards(terms: dict[str, float], where: str) -> None:
+    for name in terms:
+        if name not in EPISODE_REWARDS:
+            raise ValueError(f"{where}.{name}: unknown episode reward; known: {', '.join(EPISODE_REWARDS)}")
+    if not any(w != 0 for w in terms.values()):
+        raise ValueError(f"{where} = {terms}: no term with a non-zero weight")
+
+
+STAGES = ("store", "filter", "answer")
+
+
+# ---- the model --------------------------------------------------------------------------------------------------
+class AgeMem(ElasticMem):
+    """The reasoner as a tool-calling memory agent (module docstring); answers in ElasticMem's text layout."""
+
+    def __init__(self, backbone, bank, cfg, chunk_texts, embedder, semantic_index=None, memory: str = "text"):
+        if embedder is None:
+            raise ValueError("the AgeMem-style baseline needs the sentence embedder (assemble.model_for(..., "
+                             "with_embedder=True))")
+        super().__init__(backbone, bank, cfg, chunk_texts, memory="text", embedder=embedder,
+                         semantic_index=semantic_index)
+        self.embedder = embedder
+        self.stage = "answer"        # which curriculum stage rollouts serve (distractors, answering)
+        self.episodes: dict[str, State] = {}   # memory id -> its greedy episode's final state (evaluation)
+
+    @property
+    def k(self) -> int:
+        return self.cfg.agemem.retrieve_k or self.cfg.retrieval.top_z
+
+    # ---- episodes -------------------------------------------------------------------------------------------
+    def item(self, memory_id: str, questions, rng: random.Random | None = None) -> EpisodeItem:
+        """A memory's episode; with `rng` (the filter stage) agemem.distractors turns of other memories injected."""
+        turns = [self.chunk_texts[self.bank.chunk_ids[r]] for r in self.bank.rows(memory_id)]
+        distractors: set[int] = set()
+        if rng is not None and self.cfg.agemem.distractors > 0:
+            others = [c for c, t in self.chunk_texts.items() if not c.startswith(f"{memory_id}#")]
+            for c in rng.sample(sorted(others), min(self.cfg.agemem.distractors, len(others))):
+                pos = rng.randrange(len(turns) + 1)
+                distractors = {d + (d >= pos) for d in distractors} | {pos}
+                turns.insert(pos, self.chunk_texts[c])
+        return EpisodeItem(memory_id, memory_id, turns, list(questions), distractors)
+
+    def step_prompt(self, state: State, new: str | None, question=None) -> list[int]:
+        """The agent's input at one step: its context items, pending observations, then the new turn (or question)."""
+        lines = ["Context:"] + [f"[{i}] {t}" for i, (_, t) in enumerate(state.context)] if state.context else \
+            ["Context: (empty)"]
+        if state.errors:
+            lines += ["Observations:"] + state.errors
+            state.errors = []
+        if question is not None:
+            lines += [f"Question: {question.question}", "Your tool calls (RETRIEVE what you need):"]
+        else:
+            lines += [f"New turn [{len(state.context) - 1}]:" if new else "", "Your tool calls:"]
+        return chat_ids(self.tokenizer, [{"role": "system", "content": SYSTEM},
+                                         {"role": "user", "content": "\n".join(x for x in lines if x)}])
+
+    def _evict(self, state: State) -> None:
+        count = lambda: sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in state.context)  # noqa: E731
+        while len(state.context) > 1 and count() > self.cfg.agemem.context_tokens:
+            state.context.pop(0)
+            state.evicted += 1
+
+    def _act(self, prompts: list[list[int]], sample: bool, generator) -> tuple[list[list[int]], list[str]]:
+        batch = self.build([Step(p) for p in prompts], None)
+        gen = self.generate(batch, self.cfg.agemem.max_tool_tokens, sample=sample, temperature=self.cfg.grpo.temperature,
+                            generator=generator)
+        return gen.tokens, gen.texts
+
+    def play(self, items: list[EpisodeItem], sample: bool, generator=None,
+             ) -> tuple[list[State], list[list[Step]], list[list[list[int]]]]:
+        """Stream each item's turns (one trajectory per item, every trajectory's step in one batch). Returns per
+        trajectory: its final state, its steps and each step's action tokens."""
+        states = [State() for _ in items]
+        steps: list[list[Step]] = [[] for _ in items]
+        actions: list[list[list[int]]] = [[] for _ in items]
+        for t in range(max((len(it.turns) for it in items), default=0)):
+            live = [i for i, it in enumerate(items) if t < len(it.turns)]
+            prompts = []
+            for i in live:
+                states[i].context.append((t, items[i].turns[t]))
+                self._evict(states[i])
+                prompts.append(self.step_prompt(states[i], items[i].turns[t]))
+            tokens, texts = self._act(prompts, sample, generator)
+            for i, p, tok, text in zip(live, prompts, tokens, texts):
+                steps[i].append(Step(p, items[i].qid))
+                actions[i].append(tok)
+                states[i].tool_tokens += len(p) + len(tok)
+                execute(states[i], text, self.embedder, self.k, position=t)
+        return states, steps, actions
+
+    def ask(self, pairs: list[tuple[int, object]], states: list[State], sample: bool, generator=None,
+            steps: list[list[Step]] | None = None, actions: list[list[list[int]]] | None = None) -> list[dict]:
+        """For each (trajectory, question): one tool step that sees the question (where the agent can RETRIEVE),
+        then the answer in the reader's layout with the kept context and the retrieved facts as text."""
+        prompts = [self.step_prompt(states[i], None, q) for i, q in pairs]
+        tokens, texts = self._act(prompts, sample, generator) if pairs else ([], [])
+        for (i, q), p, tok, text in zip(pairs, prompts, tokens, texts):
+            if steps is not None:
+                steps[i].append(Step(p, q.qid))
+                actions[i].append(tok)
+            states[i].tool_tokens += len(p) + len(tok)
+            execute(states[i], text, self.embedder, self.k, qid=q.qid)
+        step_tokens = [len(p) + len(tok) for p, tok in zip(prompts, tokens)]
+        records = []
+        bs = max(1, self.cfg.eval.batch_size)
+        for j in range(0, len(pairs), bs):
+            part = pairs[j:j + bs]
+            texts_ = [[t for _, t in states[i].context] + states[i].retrieved.get(q.qid, []) for i, q in part]
+            records += self._answer_with([q for _, q in part], texts_, sample, generator)
+        for r, n, text in zip(records, step_tokens, texts):
+            r.update(question_step_tokens=n, question_step=text)
+        return records
+
+    def _answer_with(self, questions, texts: list[list[str]], sample: bool, generator) -> list[dict]:
+        from .rewards import parse_answer
+
+        n = len(questions)
+        rows = torch.full((n, 1), -1, dtype=torch.long)
+        retrieved = Retrieved(query=torch.zeros(n, self.bank.hidden_size), control_ids=[None] * n,
+                              control_logprob=torch.zeros(n), rows=rows, scores=torch.zeros(n, 1), mask=rows.ge(0))
+        plan = Plan(retrieved, BudgetDecision(torch.zeros_like(rows), torch.zeros(n, 1), torch.zeros(n, 1)),
+                    texts=texts)
+        batch = ElasticMem.build(self, questions, plan)
+        gen = self.generate(batch, self.cfg.grpo.max_new_tokens, sample=sample, temperature=self.cfg.grpo.temperature,
+                            generator=generator)
+        out = []
+        for i, q in enumerate(questions):
+            pred = parse_answer(gen.texts[i], len(q.options))
+            out.append({"qid": q.qid, "prediction": pred, "gold": q.gold, "correct": pred == q.gold,
+                        "output": gen.texts[i], "tokens": dict(batch.counts[i]), "rows": [], "budgets": [],
+                        "memory_texts": texts[i]})
+        return out
+
+    # ---- the GRPO hooks: a trajectory's steps as rows ---------------------------------------------------------
+    def build(self, questions, plan, answers: list[list[int]] | None = None):
+        """Step rows (`Step`: a tool step's prompt, its action as the answer) or, for questions, ElasticMem's."""
+        if not questions or not isinstance(questions[0], Step):
+            return super().build(questions, plan, answers)
+        rows = [Row(question_ids=s.prompt_ids, control_id=None, memory=[], tail_ids=[],
+                    answer_ids=answers[i] if answers else []) for i, s in enumerate(questions)]
+        return build_batch(rows, self.reasoner.get_input_embeddings(), self.newline_id, self.tokenizer.pad_token_id)
+
+    def rollout(self, item: EpisodeItem, group_size: int, reward_fn, generator):
+        """G trajectories of one episode in lockstep; every step of trajectory g gets g's advantage (step-wise GRPO)."""
+        from .grpo import Group, group_advantages, passes_mode
+
+        cfg = self.cfg.grpo
+        rng = random.Random(generator.initial_seed())  # distractors and loss steps: the same for every trajectory
+        ep = self.item(item.memory_id, item.questions, rng if self.stage == "filter" else None)
+        answered: list[list[float]] = [[] for _ in range(group_size)]
+        with passes_mode(self, cfg.train_mode_passes), torch.no_grad():
+            states, steps, actions = self.play([ep] * group_size, True, generator)
+            if self.stage == "answer":
+                pairs = [(g, q) for g in range(group_size) for q in ep.questions]
+                for (g, _), r in zip(pairs, self.ask(pairs, states, True, generator, steps, actions)):
+                    answered[g].append(float(r["correct"]))
+        parts = [reward_fn.parts(ep, s, a) for s, a in zip(states, answered)]
+        rewards = torch.tensor([reward_fn.total(p) for p in parts])
+        adv = group_advantages(rewards, cfg.adv_clip, norm=cfg.advantage_norm)
+        keep = self.cfg.agemem.loss_steps
+        rows = []
+        for g in range(group_size):  # agemem.loss_steps: a random subset of each trajectory's steps enters the loss
+            idx = sorted(rng.sample(range(len(steps[g])), keep)) if 0 < keep < len(steps[g]) else range(len(steps[g]))
+            rows += [(g, steps[g][j], actions[g][j]) for j in idx]
+        n = len(rows)
+        empty = torch.full((n, 1), -1, dtype=torch.long)
+        plan = Plan(Retrieved(query=torch.zeros(n, self.bank.hidden_size), control_ids=[None] * n,
+                              control_logprob=torch.zeros(n), rows=empty, scores=torch.zeros(n, 1), mask=empty.ge(0)),
+                    BudgetDecision(torch.zeros_like(empty), torch.zeros(n, 1), torch.zeros(n, 1)))
+        counts = [{"task_text": len(s.prompt_ids), "memory": 0, "output": len(a)} for _, s, a in rows]
+        group = Group([s for _, s, _ in rows], plan, [a for _, _, a in rows],
+                      [self.tokenizer.decode(a, skip_special_tokens=True) for _, _, a in rows], rewards,
+                      adv[torch.tensor([g for g, _, _ in rows], dtype=torch.long)], counts, parts,
+                      skip_zero_advantage=True)
+        group.stats = {"valid_calls": sum(sum(s.calls.values()) for s in states) / group_size,
+                                  "invalid_calls": sum(s.invalid for s in states) / group_size,
+                                  "ltm_facts": sum(len(s.ltm) for s in states) / group_size,
+                                  **{f"calls_{t.lower()}": sum(s.calls[t] for s in states) / group_size for t in TOOLS}}
+        return group
+
+    # ---- evaluation -------------------------------------------------------------------------------------------
+    def prepare(self, questions, folder=None, progress: bool = True) -> None:
+        """Play every asked memory's stream once, greedily, in one batch (kept until the weights change)."""
+        by_memory = _by_memory(questions)
+        items = [self.item(m, qs) for m, qs in by_memory.items() if m not in self.episodes]
+        if items:
+            was = self.training
+            self.eval()
+            with torch.no_grad():
+                states, _, _ = self.play(items, sample=False)
+            self.train(was)
+            self.episodes.update({it.memory_id: s for it, s in zip(items, states)})
+
+    def load(self, path, parts=None):
+        self.episodes = {}  # played with the old weights
+        return super().load(path, parts)
+
+    def answer(self, questions, max_new_tokens: int | None = None) -> list[dict]:
+        """Greedy: each memory's stream played once (`prepare`), then its questions' tool steps and answers."""
+        by_memory = _by_memory(questions)
+        cached = all(m in self.episodes for m in by_memory)
+        self.prepare(questions)
+        was = self.training
+        self.eval()
+        states = {m: copy.deepcopy(self.episodes[m]) for m in by_memory}  # question steps must not change the cache
+        stream = {m: s.tool_tokens for m, s in states.items()}
+        if not cached:  # played for this call only (validation during training): the weights will change
+            for m in by_memory:
+                self.episodes.pop(m)
+        order = list(states)
+        pairs = [(order.index(q.memory_id), q) for q in questions]
+        with torch.no_grad():
+            records = self.ask(pairs, [states[m] for m in order], sample=False)
+        self.train(was)
+        out = []
+        for (i, q), o in zip(pairs, records):
+            s = states[order[i]]
+            # the tokens the agent read and wrote in tool steps: the stream's, shared by the memory's questions here,
+            # plus this question's own step
+            tools = stream[q.memory_id] / len(by_memory[q.memory_id]) + o["question_step_tokens"]
+            out.append({**o, "tool_tokens": round(tools),
+                        "ltm_facts": len(s.ltm), "valid_calls": sum(s.calls.values()), "invalid_calls": s.invalid,
+                        "calls": dict(s.calls), "evicted": s.evicted})
+        return out
+
+
+def _by_memory(questions) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for q in questions:
+        out.setdefault(q.memory_id, []).append(q)
+    return out
+
+
+# ---- training: the three-stage curriculum -------------------------------------------------------------------------
+def train(model: AgeMem, dataset, folder: Path, progress: bool = True) -> Path | None:
+    """Stages store -> filter -> answer, each grpo.Trainer run in <folder>/<stage>/ (resumable; best/ chosen on
+    validation accuracy) starting from the previous stage's best/. Returns the last trained stage's checkpoint."""
+    from .grpo import Trainer, validation_accuracy
+
+    seen: dict[str, float] = {}
+
+    def validate(questions) -> float:
+        """Validation accuracy with every val memory played in one batch; the same weights are not scored twice
+        (a stage's first validation is the previous stage's last)."""
+        key = weights_key(model)
+        if key not in seen:
+            cap = model.cfg.eval.max_questions
+            qs = questions[:cap] if cap > 0 else questions
+            model.episodes = {}
+            model.prepare(qs)
+            seen[key] = validation_accuracy(model, qs)
+            model.episodes = {}
+        return seen[key]
+
+    last = None
+    train_items = _items(model, dataset.split("train"))
+    for stage in STAGES:
+        sc = getattr(model.cfg.agemem, stage)
+        steps = stage_steps(model.cfg, stage, len(train_items))
+        if steps <= 0:
+            continue
+        if last is not None:
+            model.load(last)
+        cfg = copy_config(model.cfg, stage, steps)
+        previous, model.cfg, model.stage = model.cfg, cfg, stage
+        try:
+            trainer = Trainer(model, train_items, dataset.split("val"), folder / stage, evaluate_fn=validate,
+                              reward_fn=EpisodeReward(sc.rewards, f"agemem.{stage}.rewards"), setting=dataset.setting)
+            trainer.train(progress, reader_warmup=False)
+        finally:
+            model.cfg, model.stage = previous, "answer"
+        best = folder / stage / "best"
+        last = best if (best / "elasticmem.json").is_file() else folder / stage / "last"  # no validation split
+    return last
+
+
+def weights_key(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.trainable_parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def stage_steps(cfg, stage: str, n_items: int) -> int:
+    """GRPO steps of a stage: its `steps` (-1 = one epoch over the training memories), capped by
+    eval.variant_steps when that is > 0."""
+    steps = getattr(cfg.agemem, stage).steps
+    if steps < 0:
+        steps = math.ceil(n_items / max(1, cfg.grpo.questions_per_step))
+    return min(steps, cfg.eval.variant_steps) if cfg.eval.variant_steps > 0 else steps
+
+
+def copy_config(cfg, stage: str, steps: int):
+    """The run's config for one stage: grpo.max_steps = its steps, validated at its start and end only."""
+    return dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, max_steps=steps, epochs=max(
+        cfg.grpo.epochs, math.ceil(steps / max(1, cfg.grpo.questions_per_step))), eval_every=steps,
+        reader_warmup_steps=0, sft_steps=0, retrieval_warmup_steps=0))
+
+
+def _items(model: AgeMem, questions) -> list[EpisodeItem]:
+    return [model.item(m, qs) for m, qs in sorted(_by_memory(questions).items())]
