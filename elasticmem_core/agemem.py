@@ -18,6 +18,8 @@ keeps what matters. After the stream, for each of the memory's questions the age
 sees the question (where it can RETRIEVE), then answers in ElasticMem's layout with its memory = the context items it
 kept plus what it retrieved, as text; #Tok counts that answer's input and output, and `tool_tokens` every step's.
 
+A backbone that writes no valid call (SmolLM2-135M: 0 of 56 lines on a test memory) first clones a rule teacher
+(`format_warmup`, agemem.format_steps; 0 at paper scale, where the instruct backbone follows the tool list).
 Training follows AgeMem: step-wise GRPO (each trajectory's final reward broadcast as the advantage of every one of
 its steps' tokens) through grpo.Trainer, over three stages, each a params section (agemem.store, .filter, .answer):
 1. store: the plain stream; reward mostly `stored_evidence` (gold values found in long-term memory);
@@ -309,12 +311,7 @@ class AgeMem(ElasticMem):
     def _answer_with(self, questions, texts: list[list[str]], sample: bool, generator) -> list[dict]:
         from .rewards import parse_answer
 
-        n = len(questions)
-        rows = torch.full((n, 1), -1, dtype=torch.long)
-        retrieved = Retrieved(query=torch.zeros(n, self.bank.hidden_size), control_ids=[None] * n,
-                              control_logprob=torch.zeros(n), rows=rows, scores=torch.zeros(n, 1), mask=rows.ge(0))
-        plan = Plan(retrieved, BudgetDecision(torch.zeros_like(rows), torch.zeros(n, 1), torch.zeros(n, 1)),
-                    texts=texts)
+        plan = self.empty_plan(len(questions), texts)
         batch = ElasticMem.build(self, questions, plan)
         gen = self.generate(batch, self.cfg.grpo.max_new_tokens, sample=sample, temperature=self.cfg.grpo.temperature,
                             generator=generator)
@@ -334,6 +331,13 @@ class AgeMem(ElasticMem):
         rows = [Row(question_ids=s.prompt_ids, control_id=None, memory=[], tail_ids=[],
                     answer_ids=answers[i] if answers else []) for i, s in enumerate(questions)]
         return build_batch(rows, self.reasoner.get_input_embeddings(), self.newline_id, self.tokenizer.pad_token_id)
+
+    def empty_plan(self, n: int, texts: list[list[str]] | None = None) -> Plan:
+        """A plan that retrieves no bank chunk (the rows' memory, if any, is `texts`)."""
+        rows = torch.full((n, 1), -1, dtype=torch.long)
+        retrieved = Retrieved(query=torch.zeros(n, self.bank.hidden_size), control_ids=[None] * n,
+                              control_logprob=torch.zeros(n), rows=rows, scores=torch.zeros(n, 1), mask=rows.ge(0))
+        return Plan(retrieved, BudgetDecision(torch.zeros_like(rows), torch.zeros(n, 1), torch.zeros(n, 1)), texts=texts)
 
     def rollout(self, item: EpisodeItem, group_size: int, reward_fn, generator):
         """G trajectories of one episode in lockstep; every step of trajectory g gets g's advantage (step-wise GRPO)."""
@@ -357,11 +361,7 @@ class AgeMem(ElasticMem):
         for g in range(group_size):  # agemem.loss_steps: a random subset of each trajectory's steps enters the loss
             idx = sorted(rng.sample(range(len(steps[g])), keep)) if 0 < keep < len(steps[g]) else range(len(steps[g]))
             rows += [(g, steps[g][j], actions[g][j]) for j in idx]
-        n = len(rows)
-        empty = torch.full((n, 1), -1, dtype=torch.long)
-        plan = Plan(Retrieved(query=torch.zeros(n, self.bank.hidden_size), control_ids=[None] * n,
-                              control_logprob=torch.zeros(n), rows=empty, scores=torch.zeros(n, 1), mask=empty.ge(0)),
-                    BudgetDecision(torch.zeros_like(empty), torch.zeros(n, 1), torch.zeros(n, 1)))
+        plan = self.empty_plan(len(rows))
         counts = [{"task_text": len(s.prompt_ids), "memory": 0, "output": len(a)} for _, s, a in rows]
         group = Group([s for _, s, _ in rows], plan, [a for _, _, a in rows],
                       [self.tokenizer.decode(a, skip_special_tokens=True) for _, _, a in rows], rewards,
@@ -426,6 +426,78 @@ def _by_memory(questions) -> dict[str, list]:
     return out
 
 
+# ---- the format warm-up: behaviour cloning of a rule teacher, for backbones that write no valid call --------------
+def teacher_action(turn: str | None = None, question=None) -> str:
+    """The rule teacher's call: ADD the turn's user message verbatim; RETRIEVE with the question's own words. It
+    stores everything and never filters: it teaches the tools' syntax, the curriculum what to store and drop."""
+    if question is not None:
+        return f"RETRIEVE: {question.question}"
+    user = turn.split("\nAssistant:")[0].removeprefix("User:").strip()
+    return "ADD: " + " ".join(user.split())
+
+
+def demonstrations(model: AgeMem, items: list[EpisodeItem]) -> list[tuple[Step, list[int]]]:
+    """(step, action tokens) of the teacher playing each item's stream and questions, its calls executed, so every
+    prompt is the one the agent would see when acting as the teacher."""
+    tok, cap = model.tokenizer, model.cfg.agemem.max_tool_tokens
+    out = []
+
+    def act(state: State, prompt: list[int], text: str, **where) -> None:
+        ids = tok(text, add_special_tokens=False)["input_ids"][:cap - 1]
+        execute(state, tok.decode(ids), model.embedder, model.k, **where)
+        out.append((Step(prompt), ids + [tok.eos_token_id]))
+
+    for it in items:
+        state = State()
+        for t, turn in enumerate(it.turns):
+            state.context.append((t, turn))
+            model._evict(state)
+            act(state, model.step_prompt(state, turn), teacher_action(turn), position=t)
+        for q in it.questions:
+            act(state, model.step_prompt(state, None, q), teacher_action(question=q), qid=q.qid)
+    return out
+
+
+def format_warmup(model: AgeMem, items: list[EpisodeItem], folder: Path, steps: int) -> Path:
+    """agemem.format_steps supervised steps (batches of grpo.sft_batch_size steps, lr grpo.sft_lr) on the teacher's
+    demonstrations; saved as <folder>/format/ (reused when it exists), its log in <folder>/format_log.jsonl."""
+    import json
+    import time
+
+    from .grpo import token_logprobs
+    from .model import CHECKPOINT_META
+
+    done = folder / "format"
+    if (done / CHECKPOINT_META).is_file():
+        model.load(done)
+        return done
+    g = model.cfg.grpo
+    demos = demonstrations(model, items)
+    order = list(range(len(demos)))
+    random.Random(model.cfg.runtime.seed).shuffle(order)
+    opt = torch.optim.AdamW(model.optimizer_groups(g.sft_lr), lr=g.sft_lr, weight_decay=g.weight_decay)
+    params = model.trainable_parameters()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.train()
+    with open(folder / "format_log.jsonl", "w") as log:
+        for step in range(steps):
+            t0 = time.perf_counter()
+            start = (step * g.sft_batch_size) % len(order)
+            batch = [demos[i] for i in (order + order)[start:start + g.sft_batch_size]]
+            logp, mask = token_logprobs(model, [s for s, _ in batch], model.empty_plan(len(batch)),
+                                        [a for _, a in batch], with_grad=True)
+            loss = -(logp[:, 1:] * mask[:, 1:]).sum() / mask[:, 1:].sum()
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, g.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            log.write(json.dumps({"stage": "format", "step": step, "loss": loss.item(), "grad_norm": float(norm),
+                                  "demonstrations": len(demos), "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
+            log.flush()
+    model.save(done)
+    return done
+
+
 # ---- training: the three-stage curriculum -------------------------------------------------------------------------
 def train(model: AgeMem, dataset, folder: Path, progress: bool = True) -> Path | None:
     """Stages store -> filter -> answer, each grpo.Trainer run in <folder>/<stage>/ (resumable; best/ chosen on
@@ -439,8 +511,11 @@ def train(model: AgeMem, dataset, folder: Path, progress: bool = True) -> Path |
         (a stage's first validation is the previous stage's last)."""
         key = weights_key(model)
         if key not in seen:
-            cap = model.cfg.eval.max_questions
+            cap, keep = model.cfg.eval.max_questions, model.cfg.agemem.val_memories
             qs = questions[:cap] if cap > 0 else questions
+            if keep > 0:  # the first agemem.val_memories validation memories (episodes are the cost)
+                kept = sorted({q.memory_id for q in qs})[:keep]
+                qs = [q for q in qs if q.memory_id in kept]
             model.episodes = {}
             model.prepare(qs)
             seen[key] = validation_accuracy(model, qs)
@@ -449,6 +524,8 @@ def train(model: AgeMem, dataset, folder: Path, progress: bool = True) -> Path |
 
     last = None
     train_items = _items(model, dataset.split("train"))
+    if model.cfg.agemem.format_steps > 0:
+        last = format_warmup(model, train_items, folder, model.cfg.agemem.format_steps)
     for stage in STAGES:
         sc = getattr(model.cfg.agemem, stage)
         steps = stage_steps(model.cfg, stage, len(train_items))

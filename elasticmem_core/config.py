@@ -310,6 +310,10 @@ class AgeMemConfig:
                                   "(counted); Summary and Filter are the agent's way to stay under it")
     retrieve_k: int = _f(0, "facts a Retrieve call returns; 0 = retrieval.top_z")
     distractors: int = _f(3, "turns of other memories injected into each stage-2 (filter) episode")
+    format_steps: int = _f(0, "supervised steps cloning a rule teacher (ADD each user message, RETRIEVE the question) "
+                              "before the curriculum, for a backbone that writes no valid tool call; 0 = none "
+                              "(AgeMem's instruct backbones follow the tool list)")
+    val_memories: int = _f(0, "validation memories each stage is selected on (the first ones); 0 = all")
     loss_steps: int = _f(0, "steps of each trajectory that enter the GRPO loss (a random subset, the same advantage "
                             "each); 0 = all (AgeMem); fewer for CPU-sized runs")
     store: AgeMemStage = _f(AgeMemStage(rewards={"stored_evidence": 1.0, "valid_calls": 0.2}),
@@ -682,7 +686,8 @@ def validate(cfg: Config, source: str = "<params>") -> None:
             raise ConfigError(f"{source}: {e}") from None
         if sc.steps < -1:
             raise ConfigError(f"{source}: agemem.{stage}.steps must be >= -1 (-1 = one epoch), got {sc.steps}")
-    for key in ("mem0.similar", "mem0.top_k", "agemem.retrieve_k", "agemem.distractors", "agemem.loss_steps"):
+    for key in ("mem0.similar", "mem0.top_k", "agemem.retrieve_k", "agemem.distractors", "agemem.loss_steps",
+                "agemem.format_steps", "agemem.val_memories"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 0:
             raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(getattr(cfg, section), name)}")

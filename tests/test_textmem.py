@@ -195,9 +195,12 @@ def test_stepwise_grpo_broadcasts_the_trajectory_reward_to_every_step(bank, monk
 
 
 def test_agemem_curriculum_trains_each_stage_and_runs_as_a_baseline(tmp_path, tiny_backbone):
-    c = cfg("eval.variant_steps=1", "agemem.max_tool_tokens=4", "agemem.loss_steps=2", "retrieval.mode=semantic")
+    c = cfg("eval.variant_steps=1", "agemem.max_tool_tokens=4", "agemem.loss_steps=2", "retrieval.mode=semantic",
+            "agemem.format_steps=2", "agemem.val_memories=1")
     (res,) = baselines.run_variant("baselines", "agemem", c, tmp_path, tiny_backbone, dataset(), progress=False)
     folder = tmp_path / "baselines" / "agemem" / "tiny" / "seed42"
+    fmt = [json.loads(x) for x in (folder / "format_log.jsonl").read_text().splitlines()]
+    assert len(fmt) == 2 and all(r["loss"] > 0 for r in fmt) and (folder / "format" / "elasticmem.json").is_file()
     for stage in agemem.STAGES:   # variant_steps = 1 caps each stage at one step
         log = [json.loads(x) for x in (folder / stage / "train_log.jsonl").read_text().splitlines()]
         (step,) = [r for r in log if r["stage"] == "grpo"]
@@ -205,6 +208,31 @@ def test_agemem_curriculum_trains_each_stage_and_runs_as_a_baseline(tmp_path, ti
         assert set(c.agemem.store.rewards) <= {k[7:] for k in step if k.startswith("reward_")} or stage != "store"
     assert res["summary"]["tool_tokens"] > 0
     assert all({"tool_tokens", "valid_calls", "invalid_calls", "calls"} <= set(r) for r in res["records"])
+
+
+def test_the_teacher_demonstrations_are_valid_calls(bank):
+    model = agemem.AgeMem(load_backbone("tiny-random"), bank, tiny_cfg("eval.method=agemem", "agemem.max_tool_tokens=40"),
+                          {c.chunk_id: c.text for c in CHUNKS}, Embedder())
+    item = model.item("m0", QUESTIONS[:1])
+    demos = agemem.demonstrations(model, [item])
+    assert len(demos) == 6 + 1
+    s = agemem.State()
+    for step, ids in demos:
+        agemem.execute(s, model.tokenizer.decode(ids, skip_special_tokens=True), Embedder(), 2, qid="q0")
+    assert s.invalid == 0 and s.calls == {"ADD": 6, "RETRIEVE": 1} and s.ltm.holds("blue")
+    assert agemem.teacher_action("User: I live in Oslo.\nBy the way x\nAssistant: ok") == "ADD: I live in Oslo. By the way x"
+
+
+def test_format_warmup_learns_the_teacher(bank, tmp_path):
+    c = tiny_cfg("eval.method=agemem", "agemem.max_tool_tokens=12", "grpo.sft_batch_size=64", "grpo.sft_lr=1e-2")
+    model = agemem.AgeMem(load_backbone("tiny-random"), bank, c, {x.chunk_id: x.text for x in CHUNKS}, Embedder())
+    items = [model.item(m, [q for q in QUESTIONS if q.memory_id == m]) for m in ("m0", "m1")]
+    agemem.format_warmup(model, items, tmp_path, 4)   # one batch holds every demonstration: the same loss each step
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "format_log.jsonl").read_text().splitlines()]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0] - 0.2
+    before = [p.detach().clone() for p in model.trainable_parameters()]
+    agemem.format_warmup(model, items, tmp_path, 4)   # reused: loaded, not trained again
+    assert all(torch.equal(a, b) for a, b in zip(before, model.trainable_parameters()))
 
 
 def test_text_memory_params_are_checked():
