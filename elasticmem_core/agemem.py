@@ -565,11 +565,68 @@ def stage_steps(cfg, stage: str, n_items: int) -> int:
 
 
 def copy_config(cfg, stage: str, steps: int):
-    """The run's config for one stage: grpo.max_steps = its steps, validated at its start and end only."""
-    return dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, max_steps=steps, epochs=max(
+    """The run's config for one stage: grpo.max_steps = its steps, validated at its start and end only, one backward
+    per step row (the same gradient as one over the group; an episode has tens of steps)."""
+    return dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, max_steps=steps, backward="rollout", epochs=max(
         cfg.grpo.epochs, math.ceil(steps / max(1, cfg.grpo.questions_per_step))), eval_every=steps,
         reader_warmup_steps=0, sft_steps=0, retrieval_warmup_steps=0))
 
 
 def _items(model: AgeMem, questions) -> list[EpisodeItem]:
     return [model.item(m, qs) for m, qs in sorted(_by_memory(questions).items())]
+
+
+# ---- reports ----------------------------------------------------------------------------------------------------
+def tool_rows(results: list[dict]) -> list[dict]:
+    """One row per AgeMem-style result: tool calls per memory by tool, their validity, what memory it kept."""
+    rows = []
+    for r in results:
+        if r["params"]["eval"]["method"] != "agemem":
+            continue
+        per_memory = {x["memory_id"]: x for x in r["records"]}  # the stream's counts are the memory's
+        n = max(1, len(per_memory))
+        calls = Counter()
+        for x in per_memory.values():
+            calls.update(x["calls"])
+        valid = sum(x["valid_calls"] for x in per_memory.values())
+        invalid = sum(x["invalid_calls"] for x in per_memory.values())
+        rows.append({"method": r["method"], "setting": r["setting"], "split": r["split"],
+                     "accuracy": r["summary"]["accuracy"], "tok": r["summary"]["tok"],
+                     "tool tokens per question": r["summary"].get("tool_tokens"),
+                     "valid calls per memory": valid / n, "invalid per memory": invalid / n,
+                     "valid share": valid / max(1, valid + invalid),
+                     **{f"{t} per memory": calls[t] / n for t in TOOLS},
+                     "facts kept": sum(x["ltm_facts"] for x in per_memory.values()) / n,
+                     "evicted per memory": sum(x["evicted"] for x in per_memory.values()) / n,
+                     "share of questions with a RETRIEVE": sum("RETRIEVE" in x.get("question_step", "").upper()
+                                                               for x in r["records"]) / max(1, len(r["records"]))})
+    return rows
+
+
+def training_rows(folder: str | Path) -> list[dict]:
+    """What each stage of one AgeMem-style training folder learned: the format warm-up's loss, then per stage the
+    first and last step's reward and valid-call counts and the validation accuracies."""
+    import json
+
+    folder, rows = Path(folder), []
+    fmt = folder / "format_log.jsonl"
+    if fmt.is_file():
+        log = [json.loads(x) for x in fmt.read_text().splitlines() if x.strip()]
+        if log:
+            rows.append({"stage": "format", "steps": len(log), "first": log[0]["loss"], "last": log[-1]["loss"],
+                         "measure": "cross-entropy on the teacher's calls"})
+    for stage in STAGES:
+        path = folder / stage / "train_log.jsonl"
+        if not path.is_file():
+            continue
+        log = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        steps = [x for x in log if x["stage"] == "grpo"]
+        val = [x["val_accuracy"] for x in log if x["stage"] == "val"]
+        if steps:
+            rows.append({"stage": stage, "steps": len(steps), "first": steps[0]["reward_mean"],
+                         "last": steps[-1]["reward_mean"], "measure": "episode reward",
+                         "valid calls (first, last)": (steps[0].get("valid_calls"), steps[-1].get("valid_calls")),
+                         "invalid calls (first, last)": (steps[0].get("invalid_calls"), steps[-1].get("invalid_calls")),
+                         "zero-advantage groups": sum(x["zero_advantage_groups"] for x in steps),
+                         "val accuracy": val})
+    return rows

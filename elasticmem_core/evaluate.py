@@ -71,6 +71,13 @@ PAPER_QA = [
     {"backbone": "Qwen2.5-7B", "method": "identity projector", "setting": "locomo-mc10", "accuracy": 0.739},
     {"backbone": "Qwen2.5-7B", "method": "ElasticMem (controlled)", "setting": "locomo-mc10", "accuracy": 0.841},
 ]
+# The paper's ALFWorld success rates (seen + unseen) and #Tok per episode, with the best baseline it names.
+PAPER_ALFWORLD = [
+    {"backbone": "Qwen2.5-3B", "method": "ElasticMem", "success": 0.449, "tok": 11917},
+    {"backbone": "Qwen2.5-3B", "method": "MemGen (best baseline)", "success": 0.270},
+    {"backbone": "Qwen2.5-7B", "method": "ElasticMem", "success": 0.529, "tok": 9033},
+    {"backbone": "Qwen2.5-7B", "method": "Mem0 (best baseline)", "success": 0.416},
+]
 # which real setting a MemorySuite-mini setting imitates (for placing the paper's number beside ours)
 MINI_COUNTERPART = {"mini-personamem": "personamem-32k", "mini-locomo": "locomo-mc10",
                     "mini-longmemeval": "longmemeval-mc10"}

@@ -258,3 +258,22 @@ class Mem0(ElasticMem):
             store = self.stores[q.memory_id]
             o.update(store_facts=len(store), gold_in_store=store.holds(q.options[q.gold_index]))
         return out
+
+
+def store_rows(run_dir: str | Path, results: list[dict]) -> list[dict]:
+    """One row per Mem0-style result: its store report (built by `prepare` into the variant's folder) beside its
+    accuracy, for 02 and 07."""
+    rows = []
+    for r in results:
+        if r["params"]["eval"]["method"] != "mem0":
+            continue
+        name = r["method"].removesuffix("+reader")
+        path = Path(run_dir) / r["kind"] / name / r["setting"] / f"seed{r['seed']}" / "stores" / "report.json"
+        rep = json.loads(path.read_text()) if path.is_file() else {}
+        ops = rep.get("operations", {})
+        rows.append({"method": r["method"], "setting": r["setting"], "split": r["split"],
+                     "accuracy": r["summary"]["accuracy"], "tok": r["summary"]["tok"],
+                     "memories": rep.get("memories"), "facts per memory": rep.get("facts_per_memory"),
+                     **{op: ops.get(op) for op in ("ADD", "UPDATE", "DELETE", "NOOP")},
+                     "gold value in store": rep.get("gold_in_store")})
+    return rows

@@ -174,7 +174,7 @@ def test_agemem_episode_answers_and_counts_tools(bank):
 
 
 def test_stepwise_grpo_broadcasts_the_trajectory_reward_to_every_step(bank, monkeypatch):
-    c = tiny_cfg("eval.method=agemem", "agemem.max_tool_tokens=4", "grpo.group_size=3", "grpo.backward=rollout",
+    c = tiny_cfg("eval.method=agemem", "agemem.max_tool_tokens=4", "grpo.group_size=3",
                  "agemem.loss_steps=2", "grpo.lr=1e-2")
     model = agemem.AgeMem(load_backbone("tiny-random"), bank, c, {x.chunk_id: x.text for x in CHUNKS}, Embedder())
     monkeypatch.setitem(agemem.EPISODE_REWARDS, "length", lambda item, s, a: float(s.tool_tokens))
