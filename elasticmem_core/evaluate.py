@@ -190,8 +190,9 @@ def fingerprint(cfg: Config, meta: dict) -> dict:
         params[section] = {k: v for k, v in params[section].items() if k not in keys}
     if params["align"]["steps"] == 0:  # no alignment stage: how it would have run shapes nothing
         params["align"] = {"steps": 0}
-    if params["eval"]["method"] != "memgen":  # the MemGen-style baseline's settings shape only its own results
-        del params["memgen"]
+    for own in ("memgen", "mem0", "agemem"):  # a baseline's own section shapes only its own results
+        if params["eval"]["method"] != own:
+            del params[own]
     return {**meta, "params": params}
 
 

@@ -246,3 +246,11 @@ def test_text_memory_params_are_checked():
     assert tiny_cfg("agemem.filter.steps=3").agemem.filter.rewards["filtered_distractors"] == 1.0
     assert agemem.stage_steps(tiny_cfg("grpo.questions_per_step=2"), "store", 5) == 3
     assert agemem.stage_steps(tiny_cfg("eval.variant_steps=1"), "store", 5) == 1
+
+
+def test_text_memory_sections_shape_only_their_own_results():
+    from elasticmem_core.evaluate import fingerprint
+
+    for method in ("text_rag", "mem0", "agemem"):
+        params = fingerprint(tiny_cfg(f"eval.method={method}"), {})["params"]
+        assert ("mem0" in params) == (method == "mem0") and ("agemem" in params) == (method == "agemem")
