@@ -256,8 +256,17 @@ class Mem0(ElasticMem):
         out = super().answer(questions, max_new_tokens)
         for q, o in zip(questions, out):
             store = self.stores[q.memory_id]
-            o.update(store_facts=len(store), gold_in_store=store.holds(q.options[q.gold_index]))
+            gold = q.options[q.gold_index]
+            o.update(store_facts=len(store), gold_value=gold, gold_in_store=store.holds(gold))
         return out
+
+
+def read_gold(records: list[dict]) -> float:
+    """Share of answered questions whose facts read (top-k of the store) state the gold option's value."""
+    from .fact_store import mentions
+
+    hits = [any(mentions(t, x["gold_value"]) for t in x["memory_texts"]) for x in records if "gold_value" in x]
+    return sum(hits) / len(hits) if hits else float("nan")
 
 
 def store_rows(run_dir: str | Path, results: list[dict]) -> list[dict]:
@@ -275,5 +284,6 @@ def store_rows(run_dir: str | Path, results: list[dict]) -> list[dict]:
                      "accuracy": r["summary"]["accuracy"], "tok": r["summary"]["tok"],
                      "memories": rep.get("memories"), "facts per memory": rep.get("facts_per_memory"),
                      **{op: ops.get(op) for op in ("ADD", "UPDATE", "DELETE", "NOOP")},
-                     "gold value in store": rep.get("gold_in_store")})
+                     "gold value in store": rep.get("gold_in_store"),
+                     "gold value in the facts read": read_gold(r["records"])})
     return rows

@@ -254,3 +254,17 @@ def test_text_memory_sections_shape_only_their_own_results():
     for method in ("text_rag", "mem0", "agemem"):
         params = fingerprint(tiny_cfg(f"eval.method={method}"), {})["params"]
         assert ("mem0" in params) == (method == "mem0") and ("agemem" in params) == (method == "agemem")
+
+
+def test_mem0_reports_count_what_the_stores_hold():
+    s = FactStore()
+    s.add("The user lives in Oslo.")
+    s.add("The user has a parrot.")
+    qs = [QUESTIONS[0], QUESTIONS[1]]   # gold (a) = "blue", memories m0 and m1
+    rep = mem0.report({"m0": s}, qs)
+    assert rep["memories"] == 1 and rep["facts"] == 2 and rep["questions"] == 1 and rep["gold_in_store"] == 0
+    s.add("The user likes blue.")
+    assert mem0.report({"m0": s}, qs)["gold_in_store"] == 1 and rep["operations"]["ADD"] == 2
+    records = [{"gold_value": "blue", "memory_texts": ["The user likes blue."]},
+               {"gold_value": "blue", "memory_texts": ["The user has a parrot."]}]
+    assert mem0.read_gold(records) == 0.5
