@@ -132,3 +132,25 @@ def test_memgen_row_trains_and_evaluates_under_the_paper_files(params, extra, fi
         trigger = _grpo_records(folder / "trigger" / "train_log.jsonl")
         assert len(trigger) == 1 and "extra_actions" in trigger[0]
         assert (folder / "trigger" / "best" / "trigger_head.pt").is_file()
+
+
+@pytest.mark.parametrize("params", [QA[0]], ids=lambda p: p.stem)
+def test_text_memory_rows_run_under_the_paper_files(params, fixture_data, tmp_path):
+    """The Mem0-style and AgeMem-style rows under the paper recipe in bfloat16: stores built by the backbone, the
+    agent's curriculum one epoch per stage (capped here by eval.variant_steps), every tool step in the loss."""
+    from elasticmem_core import agemem, baselines
+
+    cfg = config.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
+                                           "eval.variant_steps=1", "eval.seeds=[42]", "grpo.group_size=2",
+                                           "mem0.extract_max_new_tokens=4", "agemem.max_tool_tokens=4"])
+    assert cfg.agemem.format_steps == 0 and cfg.agemem.loss_steps == 0 and cfg.agemem.store.steps == -1
+    (setting,) = cfg.data.settings
+    backbone = bb.from_config(cfg)
+    run_dir = tmp_path / cfg.runtime.run_name
+    datasets = {setting: assemble.load_setting(cfg, setting, backbone, run_dir)}
+    for name in ("mem0", "agemem"):
+        (res,) = baselines.run_variant("baselines", name, cfg, run_dir, backbone, datasets, progress=False)
+        assert res["summary"]["n"] > 0 and all(r["tok"] == sum(r["tokens"].values()) for r in res["records"])
+    folder = run_dir / "baselines" / "agemem" / setting / "seed42"
+    for stage in agemem.STAGES:
+        assert len(_grpo_records(folder / stage / "train_log.jsonl")) == 1
