@@ -86,7 +86,7 @@ class State:
     """What one trajectory has built so far."""
     ltm: FactStore = field(default_factory=FactStore)
     context: list[tuple[int, str]] = field(default_factory=list)  # (stream position, or -1 for a summary; text)
-    errors: list[str] = field(default_factory=list)               # observations for the next step
+    observations: list[str] = field(default_factory=list)         # errors and retrieved facts, shown at the next step
     calls: Counter = field(default_factory=Counter)               # valid calls by tool
     invalid: int = 0
     evicted: int = 0
@@ -102,7 +102,7 @@ def execute(state: State, output: str, embedder, k: int, position: int | None = 
         m = _CALL.match(line)
         if m is None:
             state.invalid += 1
-            state.errors.append(f"'{line[:60]}' is not a tool call")
+            state.observations.append(f"'{line[:60]}' is not a tool call")
             continue
         tool, arg = m.group(1).upper(), m.group(2).strip()
         try:
@@ -110,7 +110,7 @@ def execute(state: State, output: str, embedder, k: int, position: int | None = 
             state.calls[tool] += 1
         except (ValueError, StoreError) as e:
             state.invalid += 1
-            state.errors.append(f"{tool}: {e}")
+            state.observations.append(f"{tool}: {e}")
 
 
 def _run(state: State, tool: str, arg: str, embedder, k: int, position: int | None, qid: str | None) -> None:
@@ -136,7 +136,7 @@ def _run(state: State, tool: str, arg: str, embedder, k: int, position: int | No
         state.ltm.delete(fid(arg), position)
     elif tool == "RETRIEVE":
         found = [t for _, t, _ in state.ltm.search(text(), k, embedder)]
-        state.errors.append("Retrieved: " + ("; ".join(found) if found else "(nothing stored)"))
+        state.observations.append("Retrieved: " + ("; ".join(found) if found else "(nothing stored)"))
         if qid is not None:
             state.retrieved.setdefault(qid, []).extend(t for t in found if t not in state.retrieved.get(qid, []))
     elif tool == "SUMMARY":
@@ -241,9 +241,9 @@ class AgeMem(ElasticMem):
         """The agent's input at one step: its context items, pending observations, then the new turn (or question)."""
         lines = ["Context:"] + [f"[{i}] {t}" for i, (_, t) in enumerate(state.context)] if state.context else \
             ["Context: (empty)"]
-        if state.errors:
-            lines += ["Observations:"] + state.errors
-            state.errors = []
+        if state.observations:
+            lines += ["Observations:"] + state.observations
+            state.observations = []
         if question is not None:
             lines += [f"Question: {question.question}", "Your tool calls (RETRIEVE what you need):"]
         else:

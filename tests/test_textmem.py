@@ -140,16 +140,16 @@ def test_each_agemem_tool_does_what_it_says_and_bad_calls_are_observations():
     agemem.execute(s, f"UPDATE 0: {update}", e, 2, position=7)   # the later change replaces the stored fact
     assert s.ltm.holds(new) and not s.ltm.holds(old)
     agemem.execute(s, "RETRIEVE: user", e, 2, qid="q")
-    assert s.retrieved["q"] == [update] and s.errors[-1] == f"Retrieved: {update}"
+    assert s.retrieved["q"] == [update] and s.observations[-1] == f"Retrieved: {update}"
     agemem.execute(s, "FILTER 0, 2", e, 2)
     assert s.context == [(1, first)]
     agemem.execute(s, "SUMMARY: the user moved", e, 2)
     assert s.context == [(-1, "the user moved")]
     agemem.execute(s, "DELETE 0", e, 2)
     assert len(s.ltm) == 0 and s.invalid == 0
-    s.errors.clear()
+    s.observations.clear()
     agemem.execute(s, "I think the user is nice\nDELETE 5\nFILTER 9\nADD:\nUPDATE x: y\nNONE please", e, 2)
-    assert s.invalid == 6 and len(s.errors) == 6 and "not a tool call" in s.errors[0] and "no fact with id 5" in s.errors[1]
+    assert s.invalid == 6 and len(s.observations) == 6 and "not a tool call" in s.observations[0] and "no fact with id 5" in s.observations[1]
     assert s.calls["DELETE"] == 1 and s.calls["FILTER"] == 1  # only the valid ones
 
 
