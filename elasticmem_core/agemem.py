@@ -43,12 +43,10 @@ from typing import Callable
 
 import torch
 
-from .budget import BudgetDecision
-from .fact_store import FactStore, StoreError
+from .fact_store import FactStore, StoreError, TextMemoryModel
 from .injection import Row, build_batch
 from .mem0 import chat_ids
-from .model import ElasticMem, Plan
-from .retrieval import Retrieved
+from .model import ElasticMem
 
 TOOLS = ("ADD", "UPDATE", "DELETE", "RETRIEVE", "SUMMARY", "FILTER", "NONE")
 SYSTEM = ("You manage your own memory while reading a conversation with a user. Write tool calls, one per line:\n"
@@ -207,16 +205,11 @@ STAGES = ("store", "filter", "answer")
 
 
 # ---- the model --------------------------------------------------------------------------------------------------
-class AgeMem(ElasticMem):
+class AgeMem(TextMemoryModel):
     """The reasoner as a tool-calling memory agent (module docstring); answers in ElasticMem's text layout."""
 
-    def __init__(self, backbone, bank, cfg, chunk_texts, embedder, semantic_index=None, memory: str = "text"):
-        if embedder is None:
-            raise ValueError("the AgeMem-style baseline needs the sentence embedder (assemble.model_for(..., "
-                             "with_embedder=True))")
-        super().__init__(backbone, bank, cfg, chunk_texts, memory="text", embedder=embedder,
-                         semantic_index=semantic_index)
-        self.embedder = embedder
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.stage = "answer"        # which curriculum stage rollouts serve (distractors, answering)
         self.episodes: dict[str, State] = {}   # memory id -> its greedy episode's final state (evaluation)
 
@@ -311,7 +304,7 @@ class AgeMem(ElasticMem):
     def _answer_with(self, questions, texts: list[list[str]], sample: bool, generator) -> list[dict]:
         from .rewards import parse_answer
 
-        plan = self.empty_plan(len(questions), texts)
+        plan = self.text_plan(len(questions), texts)
         batch = ElasticMem.build(self, questions, plan)
         gen = self.generate(batch, self.cfg.grpo.max_new_tokens, sample=sample, temperature=self.cfg.grpo.temperature,
                             generator=generator)
@@ -331,13 +324,6 @@ class AgeMem(ElasticMem):
         rows = [Row(question_ids=s.prompt_ids, control_id=None, memory=[], tail_ids=[],
                     answer_ids=answers[i] if answers else []) for i, s in enumerate(questions)]
         return build_batch(rows, self.reasoner.get_input_embeddings(), self.newline_id, self.tokenizer.pad_token_id)
-
-    def empty_plan(self, n: int, texts: list[list[str]] | None = None) -> Plan:
-        """A plan that retrieves no bank chunk (the rows' memory, if any, is `texts`)."""
-        rows = torch.full((n, 1), -1, dtype=torch.long)
-        retrieved = Retrieved(query=torch.zeros(n, self.bank.hidden_size), control_ids=[None] * n,
-                              control_logprob=torch.zeros(n), rows=rows, scores=torch.zeros(n, 1), mask=rows.ge(0))
-        return Plan(retrieved, BudgetDecision(torch.zeros_like(rows), torch.zeros(n, 1), torch.zeros(n, 1)), texts=texts)
 
     def rollout(self, item: EpisodeItem, group_size: int, reward_fn, generator):
         """G trajectories of one episode in lockstep; every step of trajectory g gets g's advantage (step-wise GRPO)."""
@@ -361,7 +347,7 @@ class AgeMem(ElasticMem):
         for g in range(group_size):  # agemem.loss_steps: a random subset of each trajectory's steps enters the loss
             idx = sorted(rng.sample(range(len(steps[g])), keep)) if 0 < keep < len(steps[g]) else range(len(steps[g]))
             rows += [(g, steps[g][j], actions[g][j]) for j in idx]
-        plan = self.empty_plan(len(rows))
+        plan = self.text_plan(len(rows))
         counts = [{"task_text": len(s.prompt_ids), "memory": 0, "output": len(a)} for _, s, a in rows]
         group = Group([s for _, s, _ in rows], plan, [a for _, _, a in rows],
                       [self.tokenizer.decode(a, skip_special_tokens=True) for _, _, a in rows], rewards,
@@ -484,7 +470,7 @@ def format_warmup(model: AgeMem, items: list[EpisodeItem], folder: Path, steps: 
             t0 = time.perf_counter()
             start = (step * g.sft_batch_size) % len(order)
             batch = [demos[i] for i in (order + order)[start:start + g.sft_batch_size]]
-            logp, mask = token_logprobs(model, [s for s, _ in batch], model.empty_plan(len(batch)),
+            logp, mask = token_logprobs(model, [s for s, _ in batch], model.text_plan(len(batch)),
                                         [a for _, a in batch], with_grad=True)
             loss = -(logp[:, 1:] * mask[:, 1:]).sum() / mask[:, 1:].sum()
             loss.backward()

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .budget import BudgetDecision
 from .index import MemoryIndex
+from .model import ElasticMem, Plan
+from .retrieval import Retrieved
 
 OPERATIONS = ("ADD", "UPDATE", "DELETE", "NOOP")
 
@@ -95,3 +98,28 @@ def mentions(text: str, value: str) -> bool:
     import re
 
     return re.search(rf"(?<![a-z0-9]){re.escape(value.lower())}(?![a-z0-9])", text.lower()) is not None
+
+
+class TextMemoryModel(ElasticMem):
+    """ElasticMem's reader with a system's own text records as its memory (Mem0-style facts, the AgeMem-style agent's
+    context and retrieved facts): no bank chunk is retrieved, no budget given; the sentence embedder ranks facts."""
+
+    def __init__(self, backbone, bank, cfg, chunk_texts, embedder, semantic_index=None, memory: str = "text"):
+        if embedder is None:
+            raise ValueError(f"the {type(self).__name__}-style baseline needs the sentence embedder "
+                             f"(assemble.model_for(..., with_embedder=True))")
+        super().__init__(backbone, bank, cfg, chunk_texts, memory="text", embedder=embedder,
+                         semantic_index=semantic_index)
+        self.embedder = embedder
+
+    def text_plan(self, n: int, texts: list[list[str]] | None = None, scores: torch.Tensor | None = None) -> Plan:
+        """A plan whose memory is `texts` (per row, text pieces read as memory items) and no bank row; `scores`
+        [n, k], the records' similarities, mark which of the k places hold a record (none without them)."""
+        if scores is None:
+            scores, mask = torch.zeros(n, 1), torch.zeros(n, 1, dtype=torch.bool)
+        else:
+            mask = torch.tensor([[j < len(t) for j in range(scores.shape[1])] for t in texts], dtype=torch.bool)
+        rows = torch.full(scores.shape, -1, dtype=torch.long)
+        retrieved = Retrieved(query=torch.zeros(n, self.bank.hidden_size), control_ids=[None] * n,
+                              control_logprob=torch.zeros(n), rows=rows, scores=scores, mask=mask)
+        return Plan(retrieved, BudgetDecision(torch.zeros_like(rows), scores * 0, scores * 0), texts=texts)

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .budget import BudgetDecision
-from .fact_store import FactStore
-from .model import ElasticMem, Plan
-from .retrieval import Retrieved, _left_pad
+from .fact_store import FactStore, TextMemoryModel
+from .model import Plan
+from .retrieval import _left_pad
 
 STORE_VERSION = 1  # bump when the prompts or the build change: stores of another version are rebuilt
 
@@ -203,16 +202,11 @@ def report(stores: dict[str, FactStore], questions, states: dict[str, dict] | No
 
 
 # ---- the model --------------------------------------------------------------------------------------------------
-class Mem0(ElasticMem):
+class Mem0(TextMemoryModel):
     """ElasticMem's reader with Mem0-style facts as its text memory (no retrieval of chunks, no budgets)."""
 
-    def __init__(self, backbone, bank, cfg, chunk_texts, embedder, semantic_index=None, memory: str = "text"):
-        if embedder is None:
-            raise ValueError("the Mem0-style baseline needs the sentence embedder (assemble.model_for(..., "
-                             "with_embedder=True))")
-        super().__init__(backbone, bank, cfg, chunk_texts, memory="text", embedder=embedder,
-                         semantic_index=semantic_index)
-        self.embedder = embedder
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.stores: dict[str, FactStore] = {}
         self.last_report: dict | None = None
 
@@ -239,18 +233,11 @@ class Mem0(ElasticMem):
     def plan(self, questions, sample: bool = False, generator=None) -> Plan:
         self.prepare([q for q in questions if q.memory_id not in self.stores], progress=False)
         found = [self.stores[q.memory_id].search(q.question, self.top_k, self.embedder) for q in questions]
-        k = max(1, max(len(f) for f in found))
-        ids = torch.full((len(questions), k), -1, dtype=torch.long)
-        scores = torch.zeros(len(questions), k)
+        scores = torch.zeros(len(questions), max(1, max(len(f) for f in found)))
         for i, f in enumerate(found):
-            for j, (fid, _, s) in enumerate(f):
-                ids[i, j], scores[i, j] = fid, s
-        # rows stay -1: facts are not bank rows (records say which facts were read under "facts")
-        rows = torch.full_like(ids, -1)
-        retrieved = Retrieved(query=torch.zeros(len(questions), self.bank.hidden_size), control_ids=[None] * len(found),
-                              control_logprob=torch.zeros(len(found)), rows=rows, scores=scores, mask=ids.ge(0))
-        texts = [[t for _, t, _ in f] for f in found]
-        return Plan(retrieved, BudgetDecision(torch.zeros_like(rows), scores * 0, scores * 0), texts=texts)
+            scores[i, :len(f)] = torch.tensor([s for _, _, s in f])
+        # facts are not bank rows: the plan's rows stay -1 (records keep the facts read as "memory_texts")
+        return self.text_plan(len(questions), [[t for _, t, _ in f] for f in found], scores)
 
     def answer(self, questions, max_new_tokens: int | None = None) -> list[dict]:
         out = super().answer(questions, max_new_tokens)
