@@ -167,28 +167,57 @@ def test_resume_reaches_the_same_weights(bank, tmp_path):
         assert torch.equal(p, q), n
 
 
+def _torchrun(bank, tmp_path, n, args, sabotage="none"):
+    """Run the worker under torchrun with n CPU processes; returns its saved params and applied gradients."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(resolve("tests"))}
+    target = tmp_path / f"p{n}-{sabotage}.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+           str(29610 + n), str(resolve("tests/grpo_mp_worker.py")), str(bank.path),
+           str(tmp_path / f"run{n}-{sabotage}"), str(target), *args, sabotage]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.load(target)
+    assert out["processes"] == n
+    return out
+
+
+def _same_training(one, two) -> str | None:
+    """None if two processes applied one process's gradients (each step, to float order) and reached its weights
+    (plain SGD: a weight moves by lr x gradient, so float noise stays float noise); else what differs."""
+    if len(one["grads"]) != len(two["grads"]):
+        return f"{len(one['grads'])} vs {len(two['grads'])} optimizer steps"
+    for i, (a, b) in enumerate(zip(one["grads"], two["grads"])):
+        if (a - b).norm() > 1e-4 * a.norm():
+            return f"gradient of step {i}: relative difference {float((a - b).norm() / a.norm()):.2e}"
+    for name, p in one["params"].items():
+        if not torch.allclose(p, two["params"][name], atol=1e-6, rtol=1e-5):
+            return name
+    return None
+
+
 @pytest.mark.parametrize("questions_per_step,n_questions,steps,sft_steps", [
     ("2", "2", "2", "0"),   # each process one question per step
     ("1", "2", "2", "1"),   # the authors' one question per step: process 1 gets none (and stage 0 at batch 1)
     ("2", "3", "2", "0"),   # a ragged last step: 2 questions, then 1
 ])
 def test_two_processes_equal_one(bank, tmp_path, questions_per_step, n_questions, steps, sft_steps):
-    """torchrun with two CPU processes splits each step's questions; parameters match one process, even when a
-    process gets no question and when the processes' initial weights differ (broadcast from rank 0)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(resolve("tests"))}
-    worker = resolve("tests/grpo_mp_worker.py")
-    out = {}
-    for n in (1, 2):
-        target = tmp_path / f"p{n}.pt"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
-               str(29610 + n), str(worker), str(bank.path), str(tmp_path / f"run{n}"), str(target),
-               questions_per_step, n_questions, steps, sft_steps]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[n] = torch.load(target)
-    assert out[2]["processes"] == 2 and out[1]["processes"] == 1
-    for name, p in out[1]["params"].items():
-        assert torch.allclose(p, out[2]["params"][name], atol=1e-5, rtol=1e-4), name
+    """torchrun with two CPU processes splits each step's questions; each step's summed gradient and the weights
+    match one process, even when a process gets no question and when the processes' initial weights differ
+    (broadcast from rank 0)."""
+    args = [questions_per_step, n_questions, steps, sft_steps]
+    one, two = _torchrun(bank, tmp_path, 1, args), _torchrun(bank, tmp_path, 2, args)
+    assert len(one["grads"]) >= int(steps) + int(sft_steps)   # every step applied (GRPO may take inner passes)
+    assert _same_training(one, two) is None, _same_training(one, two)
+
+
+def test_two_processes_check_catches_a_lost_or_doubled_share(bank, tmp_path):
+    """The comparison above has power: when process 1's gradient share is dropped from the sum, or counted twice,
+    it reports a difference at the first step."""
+    args = ["2", "2", "1", "0"]
+    one = _torchrun(bank, tmp_path, 1, args)
+    for sabotage in ("drop", "double"):
+        found = _same_training(one, _torchrun(bank, tmp_path, 2, args, sabotage))
+        assert found is not None and found.startswith("gradient of step 0"), (sabotage, found)
 
 
 @pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
