@@ -202,18 +202,39 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_supports_bf16() -> bool:
+    """True when this CPU computes bfloat16 matmuls natively (AMX-BF16 or AVX512-BF16, read from /proc/cpuinfo):
+    there bf16 runs ~5x an fp32 matmul; elsewhere (AVX2 only) torch emulates it and bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    # float32 on CPU: these CPUs have AVX2 only, where bfloat16 matmuls are very slow.
+    """The compute dtype of the frozen base. auto: bfloat16 on CUDA and on a CPU with native bf16 (LoRA, projector
+    and policy stay float32 either way), float32 elsewhere. bfloat16 asked on a CPU without it is refused."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" or cpu_supports_bf16() else torch.float32
+    if dtype == "bfloat16" and device.type == "cpu" and not cpu_supports_bf16():
+        raise BackboneError("runtime.dtype = bfloat16 on a CPU without AMX-BF16 or AVX512-BF16 (no amx_bf16 or "
+                            "avx512_bf16 flag in /proc/cpuinfo): torch would emulate it, slower than float32. Use "
+                            "runtime.dtype: auto or float32 on this machine.")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def compute_dtype(cfg) -> str:
+    """The name of the dtype a Config's runtime.dtype resolves to on this machine (float32, bfloat16, ...)."""
+    return str(resolve_dtype(cfg.runtime.dtype, resolve_device(cfg.runtime.device))).removeprefix("torch.")
 
 
 KNOWN = ("smollm2-135m", "qwen2.5-0.5b", "tiny-random")
 
 
-def load_backbone(name: str, dtype: str = "auto", device: str = "auto", cache_dir: str | Path | None = None) -> Backbone:
-    """Load the backbone `name` (see the module docstring), frozen and in eval mode."""
+def load_backbone(name: str, dtype: str = "float32", device: str = "auto", cache_dir: str | Path | None = None) -> Backbone:
+    """Load the backbone `name` (see the module docstring), frozen and in eval mode. A direct call computes in
+    float32 (exact, the same on every CPU); runs choose through runtime.dtype (`from_config`, default auto)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)

@@ -38,9 +38,15 @@ def _f(default, help: str, **kw):
 @dataclass
 class RuntimeConfig:
     backbone: str = _f("smollm2-135m", "smollm2-135m | qwen2.5-0.5b | tiny-random | a Hugging Face id or local folder")
-    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16")
+    dtype: str = _f("auto", "the frozen base's compute dtype (LoRA, projector and policy stay float32): auto (bfloat16 "
+                            "on CUDA and on CPUs with AMX-BF16 or AVX512-BF16, else float32) | float32 | bfloat16 | "
+                            "float16")
     device: str = _f("auto", "auto (cuda if available) | cpu | cuda")
     seed: int = _f(42, "global seed (python, numpy, torch)")
+    seeds: list[int] = _f([], "seeds `elasticmem reproduce` runs every notebook but 07 for, into one run folder (each "
+                               "seed trains its own reader and method; 07 pools them); [] = runtime.seed alone")
+    skip_notebooks: list[str] = _f([], "numbered notebooks `elasticmem reproduce` leaves out, by name (e.g. "
+                                       "06_alfworld); `elasticmem run` still runs any notebook it is given")
     run_name: str = _f("run", "name of the run folder under output_dir")
     output_dir: str = _f("outputs", "root of run folders, relative to the repository root")
     cache_dir: str | None = _f(None, "backbone/bank cache; None = $ELASTICMEM_CACHE or <repo>/outputs/cache")
@@ -64,6 +70,9 @@ class MiniConfig:
                                            "distractors (the rest is small talk)")
     filler_words: int = _f(0, "extra filler words per user turn (longer chunks, harder retrieval)")
     n_options: int = _f(0, "options per question; 0 = the real set's (4 PersonaMem-like, 10 MC10-like)")
+    extra_test_memories: int = _f(0, "more memories, test split only, generated after the n_memories ones and their "
+                                     "split (which stay byte-identical); LongMemEval-like gets x "
+                                     "questions_per_memory haystacks (0 = no extra)")
 
 
 @dataclass
@@ -226,6 +235,14 @@ class GRPOConfig:
     retrieval_warmup_lr: float = _f(1e-3, "LoRA learning rate of the retrieval warm-up")
     sft_steps: int = _f(0, "stage 1 supervised warm-up steps (latent memory, gold answer) before GRPO (0 = off)")
     sft_lr: float = _f(5e-4, "learning rate of both supervised warm-ups")
+    sft_warmup_steps: int = _f(0, "supervised warm-ups: linear learning-rate warm-up steps, then a cosine decay to "
+                                  "grpo.sft_min_lr_ratio x grpo.sft_lr at the stage's last step (0 and ratio 1: "
+                                  "a constant rate, as before)")
+    sft_min_lr_ratio: float = _f(1.0, "supervised warm-ups: the cosine's floor as a share of grpo.sft_lr (1 = no "
+                                      "decay)")
+    reader_eval_every: int = _f(0, "stage 0: text-memory validation accuracy every N steps and at the end (the "
+                                   "reader's learning curve in train_log.jsonl, stage reader_val); the reader kept is "
+                                   "the best point of that curve (0 = no curve, the last step's reader)")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
     tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
     settings: list[str] = _f([], "settings trained (03, one model each) and compared (02, 04, 05); empty = every "
@@ -599,6 +616,10 @@ def validate(cfg: Config, source: str = "<params>") -> None:
     if cfg.grpo.policy_only and cfg.budget.policy not in LEARNED:
         raise ConfigError(f"{source}: grpo.policy_only = true needs a trainable budget policy, but budget.policy = "
                           f"{cfg.budget.policy!r} has no parameters (use transformer or mlp)")
+    if not 0 < cfg.grpo.sft_min_lr_ratio <= 1 or cfg.grpo.sft_warmup_steps < 0 or cfg.grpo.reader_eval_every < 0:
+        raise ConfigError(f"{source}: grpo.sft_min_lr_ratio must be in (0, 1] and grpo.sft_warmup_steps, "
+                          f"grpo.reader_eval_every >= 0 (got {cfg.grpo.sft_min_lr_ratio}, {cfg.grpo.sft_warmup_steps},"
+                          f" {cfg.grpo.reader_eval_every})")
     if cfg.budget.min_budget not in (0, 1):
         raise ConfigError(f"{source}: budget.min_budget must be 0 or 1, got {cfg.budget.min_budget}")
     if cfg.budget.b_max > cfg.bank.n_c:

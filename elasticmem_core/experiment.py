@@ -136,12 +136,15 @@ def environment() -> dict[str, Any]:
     """What machine and software a run used."""
     import torch
 
+    from .backbone import cpu_supports_bf16
+
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        "cpu_bf16": cpu_supports_bf16(),   # decides what runtime.dtype: auto computes in on a CPU
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "process_count": int(os.environ.get("WORLD_SIZE", "1")),
         "versions": versions(),

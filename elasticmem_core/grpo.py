@@ -339,6 +339,14 @@ def supervised_loss(model, questions, reduction: str = "mean"):
     return (total, count) if reduction == "sum" else total / count
 
 
+def _warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then a cosine from 1 down to `floor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 # ---- the trainer ----------------------------------------------------------------------------------------------
 class Trainer:
     """Runs stage 0, stage 1 and GRPO with validation-based model selection, checkpoints and resume."""
@@ -400,11 +408,7 @@ class Trainer:
         return self.acc.reduce(t, reduction="sum") if self.world > 1 else t
 
     def _lr_factor(self, step: int) -> float:
-        w = self.cfg.grpo.warmup_steps
-        if step < w:
-            return (step + 1) / w
-        progress = (step - w) / max(1, self.total_steps - w)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return _warmup_cosine(step, self.total_steps, self.cfg.grpo.warmup_steps)
 
     def _log(self, record: dict) -> None:
         if self.rank == 0:
@@ -453,12 +457,19 @@ class Trainer:
 
     # ---- stages -----------------------------------------------------------------------------------------------
     def supervised(self, steps: int, memory: str, tag: str) -> list[dict]:
-        """Stage 0 (memory='text') or stage 1 (memory='latent'): cross-entropy on the gold answers."""
+        """Stage 0 (memory='text') or stage 1 (memory='latent'): cross-entropy on the gold answers, at grpo.sft_lr
+        after grpo.sft_warmup_steps of linear warm-up, decaying (cosine) to grpo.sft_min_lr_ratio of it. Stage 0 with
+        grpo.reader_eval_every > 0 draws the reader's learning curve (text-memory validation accuracy) and keeps
+        the reader at its best point: a curve that still rises at the end says the stage stopped too early."""
         if steps <= 0:
             return []
         model, g = self.model, self.cfg.grpo
         previous, model.memory = model.memory, memory
         opt = torch.optim.AdamW(model.optimizer_groups(g.sft_lr), lr=g.sft_lr, weight_decay=g.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps, g.sft_warmup_steps,
+                                                                                  g.sft_min_lr_ratio))
+        curve = tag == "reader_warmup" and g.reader_eval_every > 0 and bool(self.val_q)
+        best = (-1.0, 0, None)   # (validation accuracy, step, trainable weights) of the best reader so far
         order = self._order(10_000 + len(tag))
         history = []
         model.train()
@@ -473,11 +484,26 @@ class Trainer:
             if mine:
                 (total / count.clamp(min=1)).backward()
             loss = self._reduce_sum(total.detach()) / count.clamp(min=1)
+            lr = opt.param_groups[0]["lr"]
             norm = self._apply_gradients(optimizer=opt)
+            schedule.step()
             rec = {"stage": tag, "step": step, "loss": loss.item(), "grad_norm": norm if norm is not None else math.nan,
-                   "seconds": round(time.perf_counter() - t0, 3)}
+                   "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
             history.append(rec)
             self._log(rec)
+            if curve and ((step + 1) % g.reader_eval_every == 0 or step + 1 == steps):
+                acc = validation_accuracy(model, self.val_q)   # model.memory is "text" here: reading, not latents
+                model.train()
+                self._log({"stage": "reader_val", "step": step + 1, "val_text_accuracy": acc})
+                if acc > best[0]:  # every process computes the same accuracy, so all keep the same reader
+                    best = (acc, step + 1, {n: p.detach().clone() for n, p in model.named_parameters()
+                                            if p.requires_grad})
+        if curve:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in best[2]:
+                        p.copy_(best[2][n])
+            self._log({"stage": "reader_selected", "step": best[1], "val_text_accuracy": best[0]})
         model.memory = previous
         return history
 

@@ -41,6 +41,17 @@ def numbered_notebooks(folder: str | Path = "notebooks") -> list[Path]:
     return sorted(p for p in resolve(folder).iterdir() if NOTEBOOK_RE.match(p.name))
 
 
+def reproduce_notebooks(params, overrides=()) -> list[Path]:
+    """The numbered notebooks less the params' runtime.skip_notebooks (each name must be a numbered notebook)."""
+    skip = set(resolve_params(params, overrides).runtime.skip_notebooks)
+    nbs = numbered_notebooks()
+    unknown = skip - {nb.stem for nb in nbs} - {nb.name for nb in nbs}
+    if unknown:
+        raise ConfigError(f"runtime.skip_notebooks names no numbered notebook: {', '.join(sorted(unknown))} "
+                          f"(there are {', '.join(nb.stem for nb in nbs)})")
+    return [nb for nb in nbs if nb.stem not in skip and nb.name not in skip]
+
+
 def resolve_params(params, overrides: list[str] | None = None):
     """The validated Config for a params file (or a list: a base, then overlays) plus overrides.
 
@@ -67,20 +78,43 @@ def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None,
             os.environ[FRESH_ENV] = before
 
 
+# notebooks that read every seed's results and run once, after the per-seed notebooks (`runtime.seeds`)
+POOLED = ("07_figures",)
+
+
+def _passes(notebooks, cfg, overrides) -> list[tuple[Path, list[str], str]]:
+    """(notebook, overrides, subfolder of <run>/notebooks/) in execution order. With runtime.seeds, every notebook
+    but the POOLED ones runs once per seed (runtime.seed and eval.seeds set to it: each seed trains its own reader
+    and method into the same run folder), then the POOLED ones once with eval.seeds = all of them."""
+    nbs = [resolve(nb) for nb in notebooks]
+    seeds = list(cfg.runtime.seeds)
+    if not seeds:
+        return [(nb, list(overrides or []), "") for nb in nbs]
+    per_seed = [nb for nb in nbs if nb.stem not in POOLED]
+    pooled = [nb for nb in nbs if nb.stem in POOLED]
+    out = [(nb, [*(overrides or []), f"runtime.seed={s}", f"eval.seeds=[{s}]"], f"seed{s}")
+           for s in seeds for nb in per_seed]
+    everyone = f"eval.seeds=[{', '.join(map(str, seeds))}]"
+    return out + [(nb, [*(overrides or []), f"runtime.seed={seeds[0]}", everyone], "") for nb in pooled]
+
+
 def _run_notebooks(notebooks, params, overrides, run_dir, log_output) -> Path:
     import papermill as pm
+
+    from .backbone import compute_dtype  # torch: imported only once notebooks run
 
     os.environ[HEADLESS_ENV] = "1"  # the kernels papermill starts draw one progress line per loop (experiment.progress)
 
     cfg = resolve_params(params, overrides)
     folder = resolve(run_dir) if run_dir else resolve(cfg.runtime.output_dir) / cfg.runtime.run_name
     folder.mkdir(parents=True, exist_ok=True)
-    resolved = cfg.to_dict()
-    write_yaml(folder / "params.yaml", resolved)
+    write_yaml(folder / "params.yaml", cfg.to_dict())
     record: dict[str, Any] = {
         "params_files": [str(p) for p in ([params] if isinstance(params, (str, Path)) else params or [])],
         "overrides": list(overrides or []),
         "seed": cfg.runtime.seed,
+        "seeds": list(cfg.runtime.seeds) or [cfg.runtime.seed],
+        "compute_dtype": compute_dtype(cfg),  # what runtime.dtype (auto: detected) resolves to on this machine
         "code_version": code_version(),
         "fresh": fresh(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -89,16 +123,15 @@ def _run_notebooks(notebooks, params, overrides, run_dir, log_output) -> Path:
         "status": "running",
     }
     write_json(folder / "run.json", record)
-    parameters = {**resolved, "run_dir": str(folder)}
     total = time.perf_counter()
-    for nb in notebooks:
-        src = resolve(nb)
+    for src, pass_overrides, sub in _passes(notebooks, cfg, overrides):
         if not src.is_file():
             raise FileNotFoundError(f"notebook {src} not found")
-        out = folder / "notebooks" / src.name
+        parameters = {**resolve_params(params, pass_overrides).to_dict(), "run_dir": str(folder)}
+        out = folder / "notebooks" / sub / src.name
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.stem + ".partial.ipynb")
-        entry = {"notebook": src.name, "status": "running"}
+        entry = {"notebook": src.name, **({"pass": sub} if sub else {}), "status": "running"}
         record["notebooks"].append(entry)
         start = time.perf_counter()
         try:
@@ -188,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--fresh", action="store_true",
                        help=f"recompute and overwrite saved results instead of reusing them (sets {FRESH_ENV}=1 for "
                             "the kernels); training still resumes from its checkpoints")
+    p = sub.add_parser("claims", help="build a run's claims ledger (metrics/claims.json) from its results files; "
+                                      "--readme also rewrites README's generated claims block from it")
+    p.add_argument("--run-dir", default="outputs/mini", help="the run folder (default outputs/mini)")
+    p.add_argument("--reference-dir", default="outputs/reference",
+                   help="where overlays' reference folders are found (default outputs/reference)")
+    p.add_argument("--readme", action="store_true", help="rewrite README.md's block between the CLAIMS markers")
     sub.add_parser("check-params", help="validate every params/**/*.yaml")
     sub.add_parser("sync-params", help="rewrite notebook parameters cells from params/smoke.yaml")
     p = sub.add_parser("verify-bank", help="check every shard of bank folder(s) against the sha256 its build recorded "
@@ -199,10 +238,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd in ("run", "reproduce"):
-            nbs = args.notebooks if args.cmd == "run" else numbered_notebooks()
+            nbs = args.notebooks if args.cmd == "run" else reproduce_notebooks(args.params, args.overrides)
             print(f"elasticmem: running {len(nbs)} notebook(s) with {' + '.join(args.params)}", flush=True)
             folder = run_notebooks(nbs, args.params, args.overrides, args.run_dir, args.log_output, args.fresh)
             print(f"elasticmem: done; run folder {folder}")
+        elif args.cmd == "claims":
+            from . import claims
+            from .evaluate import ResultsError
+
+            try:
+                ledger = claims.build(args.run_dir, args.reference_dir)
+            except (ResultsError, ValueError) as e:  # a results file that cannot enter the ledger: named in e
+                print(f"elasticmem: error: {e}", file=sys.stderr)
+                return 1
+            print(claims.markdown(ledger))
+            print(f"elasticmem: wrote {resolve(args.run_dir) / 'metrics' / 'claims.json'}"
+                  + (f"; rewrote {claims.update_readme(ledger)}" if args.readme else ""))
         elif args.cmd == "check-params":
             files = sorted(resolve("params").rglob("*.yaml"))
             for f in files:

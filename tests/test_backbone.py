@@ -70,11 +70,29 @@ def _has_qwen() -> bool:
         return False
 
 
-def test_dtype_and_device_resolution():
+def test_dtype_and_device_resolution(monkeypatch):
     cpu = torch.device("cpu")
-    assert bb.resolve_dtype("auto", cpu) == torch.float32
     assert bb.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert bb.resolve_dtype("float16", cpu) == torch.float16
+    # auto on a CPU follows its bf16 support; bf16 asked where there is none is refused with the reason
+    monkeypatch.setattr(bb, "cpu_supports_bf16", lambda: True)
+    assert bb.resolve_dtype("auto", cpu) == torch.bfloat16
+    assert bb.resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr(bb, "cpu_supports_bf16", lambda: False)
+    assert bb.resolve_dtype("auto", cpu) == torch.float32
+    with pytest.raises(BackboneError, match="without AMX-BF16 or AVX512-BF16.*auto or float32"):
+        bb.resolve_dtype("bfloat16", cpu)
+    assert bb.resolve_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16   # a GPU decides for itself
+
+
+def test_cpu_bf16_support_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    flags = tmp_path / "cpuinfo"
+    real = bb.Path
+    for text, expected in (("flags : fpu avx2 amx_bf16 amx_tile", True), ("flags : fpu avx512_bf16", True),
+                           ("flags : fpu avx2 avx512f", False)):
+        flags.write_text(text)
+        monkeypatch.setattr(bb, "Path", lambda p, _f=flags: _f if p == "/proc/cpuinfo" else real(p))
+        assert bb.cpu_supports_bf16() is expected, text
     if not torch.cuda.is_available():
         with pytest.raises(BackboneError, match="no CUDA device"):
             bb.resolve_device("cuda")

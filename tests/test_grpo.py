@@ -221,10 +221,12 @@ def test_two_processes_check_catches_a_lost_or_doubled_share(bank, tmp_path):
 
 
 @pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
-def test_per_rollout_backward_and_checkpointing_give_the_batched_gradient(bank, tmp_path, loss_type):
+def test_per_rollout_backward_and_checkpointing_give_the_batched_gradient(bank, tmp_path, loss_type, monkeypatch):
     """grpo.backward=rollout (one backward per rollout) and grpo.gradient_checkpointing give the batched step's
     gradients at every inner pass: the loss is an exact sum of per-rollout shares, and checkpointing recomputes the
-    same activations. (Gradients, not weights: AdamW turns float noise on a zero-gradient entry into a full step.)"""
+    same activations. (Gradients, and plain SGD between the steps: AdamW turns float noise on a zero-gradient entry,
+    such as the policy's attention key bias, into a full lr-sized step, so later passes would start elsewhere.)"""
+    monkeypatch.setattr(grpo.torch.optim, "AdamW", lambda params, lr, weight_decay=0.0: torch.optim.SGD(params, lr=lr))
     grads = {}
     for name, extra in [("group", ()), ("rollout", ("grpo.backward=rollout",)),
                         ("checkpointing", ("grpo.gradient_checkpointing=true",))]:
@@ -326,3 +328,32 @@ def test_advantages_mean_norm_keeps_the_price_scale():
     mean = grpo.group_advantages(r, clip=5.0, norm="mean")
     assert std[0] > 1.0                                   # amplified to unit variance: the collapse risk
     assert torch.allclose(mean, r - r.mean()) and mean.abs().max() < 0.02
+
+
+def test_stage0_warms_up_decays_and_keeps_the_reader_at_its_best_validation_point(bank, tmp_path, monkeypatch):
+    """grpo.sft_warmup_steps / sft_min_lr_ratio shape stage 0's rate; reader_eval_every draws the text-memory curve
+    (stage reader_val) and the reader kept is the one at the curve's best point, not the last step's."""
+    seed_everything(42)
+    model = tiny_model(bank, *NO_DROPOUT, "grpo.sft_lr=1e-2", "grpo.sft_warmup_steps=2", "grpo.sft_min_lr_ratio=0.1",
+                       "grpo.reader_eval_every=2", "grpo.sft_batch_size=2")
+    trainer = grpo.Trainer(model, QUESTIONS, QUESTIONS[:2], tmp_path)
+    scripted, seen = iter([0.5, 0.9, 0.1]), []
+
+    def fake_accuracy(m, questions):
+        assert m.memory == "text" and questions == QUESTIONS[:2]   # the reader reads text memory on validation
+        seen.append({n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad})
+        return next(scripted)
+    monkeypatch.setattr(grpo, "validation_accuracy", fake_accuracy)
+    trainer.supervised(6, "text", "reader_warmup")
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in log if r["stage"] == "reader_warmup"]
+    assert lrs[0] == pytest.approx(5e-3) and lrs[1] == pytest.approx(1e-2)          # linear warm-up over 2 steps
+    assert lrs[2] == lrs[1] and all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 1e-3   # cosine to 10%
+    assert grpo._warmup_cosine(6, 6, 2, 0.1) == pytest.approx(0.1)             # ... which it reaches at the end
+    assert [(r["step"], r["val_text_accuracy"]) for r in log if r["stage"] == "reader_val"] == \
+        [(2, 0.5), (4, 0.9), (6, 0.1)]
+    assert [r for r in log if r["stage"] == "reader_selected"] == \
+        [{"stage": "reader_selected", "step": 4, "val_text_accuracy": 0.9}]
+    final = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(final[n], seen[1][n]) for n in final)                    # the step-4 reader, exactly
+    assert any(not torch.equal(final[n], seen[2][n]) for n in final)                # not the last step's

@@ -104,3 +104,28 @@ def test_sync_params_rewrites_a_stale_parameters_cell(tmp_path):
 def test_numbered_notebooks_are_in_order():
     names = [p.name for p in runner.numbered_notebooks()]
     assert names == sorted(names) and "00_setup.ipynb" in names
+
+
+def test_seeds_run_every_notebook_per_seed_into_one_folder_then_07_once(tmp_path):
+    """runtime.seeds: each seed runs the per-seed notebooks (runtime.seed and eval.seeds set to it, executed copies
+    under notebooks/seed<s>/), then 07 once with every seed."""
+    first = _notebook(tmp_path / "01_ok.ipynb", GOOD.replace("'seen.json'", "f'seen-{run.cfg.runtime.seed}.json'"))
+    pooled = _notebook(tmp_path / "07_figures.ipynb", GOOD.replace(
+        "'seen.json'", "'pooled.json'").replace("'epochs': run.cfg.grpo.epochs", "'seeds': run.cfg.eval.seeds"))
+    folder = runner.run_notebooks([first, pooled], resolve("params/smoke.yaml"), ["runtime.seeds=[5, 6]"],
+                                  tmp_path / "run")
+    assert [json.loads((folder / f"seen-{s}.json").read_text())["seed"] for s in (5, 6)] == [5, 6]
+    assert json.loads((folder / "pooled.json").read_text())["seeds"] == [5, 6]
+    record = json.loads((folder / "run.json").read_text())
+    assert record["seeds"] == [5, 6] and record["compute_dtype"] in ("float32", "bfloat16")
+    assert [(n["notebook"], n.get("pass")) for n in record["notebooks"]] == \
+        [("01_ok.ipynb", "seed5"), ("01_ok.ipynb", "seed6"), ("07_figures.ipynb", None)]
+    assert (folder / "notebooks" / "seed6" / "01_ok.ipynb").is_file()
+
+
+def test_reproduce_leaves_out_skipped_notebooks_and_refuses_unknown_names(tmp_path):
+    names = [nb.stem for nb in runner.reproduce_notebooks(resolve("params/mini.yaml"))]
+    assert "06_alfworld" not in names and "07_figures" in names   # the main job's ALFWorld smoke is out
+    assert "06_alfworld" in [nb.stem for nb in runner.reproduce_notebooks(resolve("params/smoke.yaml"))]
+    with pytest.raises(ConfigError, match="names no numbered notebook: 06_alfwrld"):
+        runner.reproduce_notebooks(resolve("params/smoke.yaml"), ["runtime.skip_notebooks=[06_alfwrld]"])

@@ -92,6 +92,8 @@ class Dataset:
     episodes: list[Episode] = field(default_factory=list)
 
     def split(self, name: str) -> list[Question]:
+        if name not in ("train", "val", "test"):  # a typo ("validation") would otherwise read as an empty split
+            raise ValueError(f"unknown split {name!r} of {self.setting}: use train, val or test")
         return [q for q in self.questions if q.split == name]
 
     def chunks(self) -> list[Chunk]:

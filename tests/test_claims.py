@@ -1,0 +1,89 @@
+"""The claims ledger: rows paired within seeds and pooled, verdicts by the written rule, overlays named, README's
+block rewritten between its markers only."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elasticmem_core import claims
+from elasticmem_core.evaluate import ResultsError, result_path
+from elasticmem_core.experiment import write_json
+
+
+def _result(run, method, seed, correct, tok=100, setting="mini-personamem", commit="abc"):
+    """A results file as evaluate writes one: 8 memories of 3 questions; `correct` is a function of question i."""
+    records = [{"qid": f"q{i}", "memory_id": f"m{i // 3}", "correct": bool(correct(i)), "tok": tok}
+               for i in range(24)]
+    write_json(result_path(run, method, setting, "test", seed),
+               {"method": method, "setting": setting, "split": "test", "seed": seed, "backbone": "tiny",
+                "code_version": {"commit": commit, "dirty": False}, "records": records})
+
+
+def _by_id(ledger):
+    return {r["id"]: r for r in ledger["claims"]}
+
+
+def test_rows_pair_within_seeds_pool_them_and_follow_the_rule(tmp_path):
+    run = tmp_path / "run"
+    write_json(run / "run.json", {"code_version": {"commit": "abc", "dirty": False}})
+    for s in (42, 43, 44):
+        _result(run, "elasticmem", s, lambda i: True, tok=80)
+        _result(run, "text_rag_semantic+reader", s, lambda i: i % 2 == 0, tok=150)   # 0.5: C1 holds
+        _result(run, "elasticmem_reference", s, lambda i: i % 2 == 0)                # C4 via 05's pair: reversed
+        _result(run, "budget_uniform", s, lambda i: True, commit="old")
+    ledger = claims.build(run, tmp_path / "reference")
+    rows = _by_id(ledger)
+    assert [r["id"] for r in ledger["claims"]] == [f"C{i}" for i in range(1, 9)]
+    c1 = rows["C1"]
+    assert c1["verdict"] == "holds" and c1["seeds"] == [42, 43, 44] and c1["n"] == 24
+    assert c1["difference"] == pytest.approx(0.5) and c1["per_seed"] == pytest.approx([0.5] * 3)
+    assert c1["tokens"] == {"a": 80, "b": 150} and c1["fewer_tokens"] is True and c1["source"] == "main"
+    assert any("n = 24" in n for n in c1["notes"])                          # fewer than 240: said
+    c4 = rows["C4"]
+    assert (c4["a"], c4["b"], c4["verdict"]) == ("elasticmem_reference", "budget_uniform", "reversed")
+    assert any("other code than the run's (old vs abc)" in n for n in c4["notes"])
+    for cid in ("C2", "C3", "C5", "C6", "C7", "C8"):                          # nothing ran: not shown, and why
+        assert rows[cid]["verdict"] == "not shown" and rows[cid]["ci"] is None and rows[cid]["notes"], cid
+    assert json.loads((run / "metrics" / "claims.json").read_text()) == json.loads(json.dumps(ledger))
+
+
+def test_an_overlay_claim_is_read_from_its_newest_reference_folder_against_its_binding_comparator(tmp_path):
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    _result(run, "elasticmem", 42, lambda i: True)
+    for folder in ("textmem-2026-01-01-aaa", "textmem-2026-02-01-bbb"):
+        _result(ref / folder, "elasticmem", 42, lambda i: i < 20)
+        _result(ref / folder, "mem0+reader", 42, lambda i: i < 4)
+        _result(ref / folder, "agemem", 42, lambda i: i < 16)                   # the closer one binds
+    c3 = _by_id(claims.build(run, ref))["C3"]
+    assert c3["source"].endswith("textmem-2026-02-01-bbb") and c3["b"] == "agemem"
+    assert c3["difference"] == pytest.approx(4 / 24) and c3["others"][0]["b"] == "mem0+reader"
+    assert any("not run in the main job" in n for n in c3["notes"])
+
+
+def test_results_on_other_questions_are_refused_by_file(tmp_path):
+    run = tmp_path / "run"
+    _result(run, "elasticmem", 42, lambda i: True)
+    _result(run, "text_rag_semantic+reader", 42, lambda i: True)
+    path = result_path(run, "text_rag_semantic+reader", "mini-personamem", "test", 42)
+    body = json.loads(path.read_text())
+    body["records"][0]["qid"] = "elsewhere"
+    path.write_text(json.dumps(body))
+    with pytest.raises(ResultsError, match="answered other questions in seed 42.*text_rag_semantic"):
+        claims.build(run, tmp_path / "reference")
+
+
+def test_readme_block_is_rewritten_between_its_markers_only(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _result(run, "elasticmem", 42, lambda i: True)
+    _result(run, "text_rag_semantic+reader", 42, lambda i: i % 3 == 0)
+    ledger = claims.build(run, tmp_path / "reference")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{claims.MARK_START}\nold table\n{claims.MARK_END}\n\nrest\n")
+    claims.update_readme(ledger, readme)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n") and text.endswith("\n\nrest\n") and "old table" not in text
+    assert "| **C1** " in text and "**holds**" in text and "+0.667" in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="no generated claims block"):
+        claims.update_readme(ledger, readme)
