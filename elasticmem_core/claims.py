@@ -54,7 +54,7 @@ CLAIMS = (
           # 05's trained pair: the reference recipe and the same recipe with a uniform budget, from one reader
           fallback=("elasticmem_reference", ("budget_uniform",))),
     Claim("C5", "A learned budget lies above every fixed rule at equal memory tokens (beyond the paper)",
-          "learned budget policy", ("fixed-rule envelope",), kind="frontier"),
+          "learned budget policy", ("fixed-rule envelope",), kind="frontier", overlay="frontier-"),
     Claim("C6", "Control-token retrieval beats semantic, frozen-state and query-state retrieval (the paper's "
           "ablation)", "control token", ("semantic", "frozen state", "query state"),
           paper="retrieval ablation: the control token above the external embedder and frozen/query states",

@@ -11,7 +11,9 @@ the same b tokens, b in eval.compression_budgets (those above N_c skipped: a chu
                           the training memories, once per seed of eval.compression_seeds
 
 and the two ends: no memory, and the whole retrieved chunks as text. Each cache row is paired with the truncated
-text at the same b (an aligned cache: the seed-mean per question, each seed's difference listed). The caches come
+text at the same b (an aligned cache: its seeds pooled, each seed's difference listed); intervals and p-values are
+stats.py's bootstrap over memories (and seeds), and the rows' p-values against truncated text are one family,
+Holm-adjusted (`p_holm`). The caches come
 from eval.compression_caches; a layer other than 0 reads through an eval.compression_projector projector (the
 run's own projector, e.g. the residual one, is for layer 0, whose states are embeddings already). Each layer has its
 bank (`banks/<setting>@cache_layer=<L>`), each point its saved records (`compression/<setting>/`), each aligned
@@ -26,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import alignment, assemble, evaluate, frontier
+from . import alignment, assemble, evaluate, frontier, stats
 from .experiment import seed_everything, write_json
 
 TEXT_TAIL = "text, last b tokens"
 ROW_KEYS = ("cache", "layer", "aligned", "tokens_per_chunk", "accuracy", "ci")
-PAIRED_KEYS = ("a", "b", "tokens_per_chunk", "difference", "ci")
+PAIRED_KEYS = ("a", "b", "tokens_per_chunk", "n", "difference", "ci", "p", "p_holm")
 
 
 def parse_cache(spec: str, n_layers: int) -> tuple[int, bool]:
@@ -90,26 +92,26 @@ def _records(path: Path, cfg, meta: dict, compute) -> list[dict]:
     return evaluate.cached(path, cfg, meta, lambda: {"records": compute()})["records"]
 
 def _summary(records_per_seed: list[list[dict]], n_boot: int, seed: int) -> tuple[float, list[float], np.ndarray]:
-    """Seed-mean accuracy, its 95% bootstrap interval over questions, and the per-question seed-mean correctness."""
-    qids = sorted(r["qid"] for r in records_per_seed[0])
-    per_q = np.mean([[{r["qid"]: float(r["correct"]) for r in recs}[q] for q in qids] for recs in records_per_seed],
-                    axis=0)
-    lo, hi = evaluate.bootstrap_ci(per_q, n_boot, seed)
-    return float(per_q.mean()), [lo, hi], per_q
+    """Seed-mean accuracy, its 95% bootstrap interval over seeds and memories (stats.bootstrap_mean), and the
+    [seeds, questions] correctness (questions by qid)."""
+    _, x, clusters = evaluate.correctness(records_per_seed, "compression")
+    return float(x.mean()), stats.bootstrap_mean(x, clusters, n_boot, seed)["ci"], x
 
 
 def paired(a_label: str, a_runs: list[list[dict]], b_label: str, b_records: list[dict], b: int, n_boot: int,
            seed: int) -> dict:
-    """a (seed-mean per question) minus b on the same questions, with its 95% interval; each seed's difference."""
-    qids = sorted(r["qid"] for r in b_records)
-    if any(sorted(r["qid"] for r in run) != qids for run in a_runs):
-        raise evaluate.ResultsError(f"compression: {a_label} and {b_label} at b = {b} answered other questions")
-    _, _, xa = _summary(a_runs, n_boot, seed)
-    _, _, xb = _summary([b_records], n_boot, seed)
-    lo, hi = evaluate.bootstrap_ci(xa - xb, n_boot, seed)
-    out = {"a": a_label, "b": b_label, "tokens_per_chunk": b, "difference": float((xa - xb).mean()), "ci": [lo, hi]}
+    """a (its seeds pooled) minus b on the same questions, with its 95% interval and p over seeds and memories
+    (stats.paired_difference); each seed's difference."""
+    try:
+        _, x, clusters = evaluate.correctness([b_records, *a_runs])
+    except evaluate.ResultsError:
+        raise evaluate.ResultsError(f"compression: {a_label} and {b_label} at b = {b} answered other questions") \
+            from None
+    d = stats.paired_difference(x[1:], x[0], clusters, n_boot, seed)
+    out = {"a": a_label, "b": b_label, "tokens_per_chunk": b, "n": d["n"], "units": d["clusters"],
+           "ci_unit": evaluate.ci_unit(clusters), "difference": d["difference"], "ci": d["ci"], "p": d["p"]}
     if len(a_runs) > 1:
-        out["seeds"] = [float(_summary([r], n_boot, seed)[0] - xb.mean()) for r in a_runs]
+        out["seeds"] = d["per_seed"]
     return out
 
 
@@ -201,7 +203,7 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
         acc, ci, _ = _summary([ends[name]], n_boot, seed0)
         out[key] = {"accuracy": acc, "ci": ci}
     out["text_full"]["memory_tokens"] = float(np.mean([r["memory_tokens"] for r in ends["text_full"]]))
-    out["rows"], out["paired"] = rows, pairs
+    out["rows"], out["paired"] = rows, stats.with_holm(pairs)  # every cache row against truncated text: one family
     out["meta"] = {"reader": base["reader"], "caches": list(e.compression_caches), "budgets": budgets,
                    "skipped_budgets": sorted(b for b in set(e.compression_budgets) if b > cfg.bank.n_c),
                    "align_steps": e.compression_align_steps, "align_seeds": list(e.compression_seeds),
@@ -213,7 +215,8 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
 
 
 def compression_table(data: dict):
-    """One row per (cache, b): accuracy [95% CI], and the paired difference against truncated text at that b."""
+    """One row per (cache, b): accuracy [95% CI], and the paired difference against truncated text at that b, with
+    its p (bootstrap over memories) and p_holm (Holm over every row's test)."""
     import pandas as pd
 
     diff = {(p["a"], p["tokens_per_chunk"]): p for p in data["paired"]}
@@ -224,7 +227,8 @@ def compression_table(data: dict):
                      "95% CI": f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]",
                      "seeds": "" if "seeds" not in r else ", ".join(f"{x:.3f}" for x in r["seeds"]),
                      "minus text, last b": "" if p is None else
-                     f"{p['difference']:+.3f} [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}]"})
+                     f"{p['difference']:+.3f} [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}]",
+                     "p": None if p is None else p.get("p"), "p (Holm)": None if p is None else p.get("p_holm")})
     return pd.DataFrame(rows)
 
 

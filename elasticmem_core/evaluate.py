@@ -7,8 +7,11 @@ Metrics (the paper's): accuracy overall, per question type and per memory; #Tok 
 (question, control token, instruction, options) + injected memory (soft tokens, or text tokens, with their "\n"
 separators) + generated output tokens, counted by the one injection layout every method goes through, so the unit is
 the same for every method. Averages across settings are weighted by test-set size, as the paper's (which equals
-the accuracy pooled over all questions). Intervals: percentile bootstrap, 95%. Two methods on the same questions:
-a paired bootstrap of the accuracy difference and McNemar's exact test on the discordant pairs.
+the accuracy pooled over all questions). Intervals: percentile bootstrap, 95%, over memories (stats.py: questions of
+one memory share its chunks, so whole memories are resampled; each record carries its `memory_id`). Two methods on
+the same questions: a paired bootstrap of the accuracy difference over memories with its p-value, and McNemar's exact
+test on the discordant pairs (which treats questions as independent). Records without a memory id (results files
+older than memory ids) fall back to questions as the unit, with a warning; `ci_unit` in a summary says which.
 
 Cost per question: wall time of its batch divided by the batch size, and peak memory: on CUDA the largest
 `torch.cuda.max_memory_allocated` during its batch (tensors only), on CPU the process's peak resident set size so
@@ -35,6 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import stats
+from .backbone import compute_dtype
 from .config import Config
 from .experiment import FRESH_ENV, code_version, environment, fresh, peak_memory_mb, write_json
 
@@ -88,15 +93,41 @@ class ResultsError(RuntimeError):
 
 
 # ---- metrics on known inputs ----------------------------------------------------------------------------------
-def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (e.g. 0/1 correctness)."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
+class QuestionLevelWarning(UserWarning):
+    """Records without memory ids: an interval resamples questions, which understates it when questions share a
+    memory."""
+
+
+def memory_clusters(memory_ids: list) -> list | None:
+    """The resampling units of an interval, one per question: its memory id; None (each question its own unit)
+    when one is missing (a results file older than memory ids: warned) or when every question has the same memory
+    (ALFWorld's one skill bank, one memory's own accuracy: there is no other memory to resample)."""
+    ids = list(memory_ids)
+    if any(m is None for m in ids):
+        warnings.warn("records without memory_id (a results file older than memory ids): intervals resample "
+                      "questions, not memories, and are too narrow where questions share a memory",
+                      QuestionLevelWarning, stacklevel=3)
+        return None
+    return ids if len(set(ids)) > 1 else None
+
+
+def record_clusters(records: list[dict]) -> list | None:
+    """memory_clusters of answered-question records."""
+    return memory_clusters([r.get("memory_id") for r in records])
+
+
+def ci_unit(clusters) -> str:
+    return "question" if clusters is None else "memory"
+
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 clusters=None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (e.g. 0/1 correctness; or one row per seed),
+    resampling `clusters` (memory ids, one per question; None: questions) and seeds: stats.bootstrap_mean."""
+    if np.size(values) == 0:
         return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+    lo, hi = stats.bootstrap_mean(values, clusters, n_boot, seed, level)["ci"]
+    return lo, hi
 
 
 def weighted_average(values, weights) -> float:
@@ -115,19 +146,30 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def correctness(runs: list[list[dict]], what: str = "paired comparison") -> tuple[list, np.ndarray, list | None]:
+    """Runs on the same questions (one record list each: seeds, or two methods), aligned by qid: the sorted qids,
+    the [runs, questions] 0/1 correctness and the memory clusters (`record_clusters`; from whichever run has
+    memory ids)."""
+    by_qid = [{r["qid"]: r for r in run} for run in runs]
+    qids = sorted(by_qid[0])
+    for other in by_qid[1:]:
+        if set(other) != set(qids):
+            raise ResultsError(f"{what} needs the same questions: {len(set(other) ^ set(qids))} qids differ")
+    x = np.array([[float(b[q]["correct"]) for q in qids] for b in by_qid])
+    ids = [next((b[q]["memory_id"] for b in by_qid if b[q].get("memory_id") is not None), None) for q in qids]
+    return qids, x, memory_clusters(ids)
+
+
 def paired_comparison(a: list[dict], b: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Method A against method B on the same questions (records matched by qid)."""
-    ca, cb = {r["qid"]: bool(r["correct"]) for r in a}, {r["qid"]: bool(r["correct"]) for r in b}
-    if set(ca) != set(cb):
-        raise ResultsError(f"paired comparison needs the same questions: {len(set(ca) ^ set(cb))} qids differ")
-    qids = sorted(ca)
-    x = np.array([ca[q] for q in qids], dtype=float)
-    y = np.array([cb[q] for q in qids], dtype=float)
-    lo, hi = bootstrap_ci(x - y, n_boot, seed)
+    """Method A against method B on the same questions (records matched by qid): the difference with its paired
+    bootstrap interval and p over memories (stats.paired_difference), and McNemar's exact p."""
+    qids, (x, y), clusters = correctness([a, b])
+    d = stats.paired_difference(x, y, clusters, n_boot, seed)
     a_only, b_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
-    return {"n": len(qids), "accuracy_a": float(x.mean()), "accuracy_b": float(y.mean()),
-            "difference": float((x - y).mean()), "ci_low": lo, "ci_high": hi,
-            "a_only": a_only, "b_only": b_only, "p_mcnemar": mcnemar_exact(a_only, b_only)}
+    return {"n": len(qids), "units": d["clusters"], "ci_unit": ci_unit(clusters), "accuracy_a": float(x.mean()),
+            "accuracy_b": float(y.mean()), "difference": d["difference"], "ci_low": d["ci"][0],
+            "ci_high": d["ci"][1], "p": d["p"], "a_only": a_only, "b_only": b_only,
+            "p_mcnemar": mcnemar_exact(a_only, b_only)}
 
 
 def total_tokens(tokens: dict) -> int:
@@ -135,13 +177,17 @@ def total_tokens(tokens: dict) -> int:
     return int(tokens["task_text"]) + int(tokens["memory"]) + int(tokens["output"])
 
 
-def summarize(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Accuracy with its interval, mean #Tok by part, and cost per question."""
+def summarize(records: list[dict], n_boot: int = 1000, seed: int = 0, clusters=None) -> dict:
+    """Accuracy with its interval over memories (`clusters`, default the records' memory ids: record_clusters),
+    mean #Tok by part, and cost per question."""
     correct = [float(r["correct"]) for r in records]
-    lo, hi = bootstrap_ci(correct, n_boot, seed)
+    clusters = record_clusters(records) if clusters is None and records else clusters
+    lo, hi = bootstrap_ci(correct, n_boot, seed, clusters=clusters)
     part = lambda k: float(np.mean([r["tokens"][k] for r in records])) if records else float("nan")  # noqa: E731
     return {"n": len(records), "accuracy": float(np.mean(correct)) if records else float("nan"),
-            "ci_low": lo, "ci_high": hi, "tok": float(np.mean([r["tok"] for r in records])) if records else float("nan"),
+            "ci_low": lo, "ci_high": hi, "ci_unit": ci_unit(clusters),
+            "units": len(set(clusters)) if clusters is not None else len(records),
+            "tok": float(np.mean([r["tok"] for r in records])) if records else float("nan"),
             # #Tok plus what a method's own encoder read beside the reasoner (MemGen-style: its weaver)
             "tok_with_weaver": float(np.mean([r["tok"] + r.get("weaver_tokens", 0) for r in records]))
             if records else float("nan"),
@@ -186,6 +232,7 @@ def result_path(run_dir: str | Path, method: str, setting: str, split: str, seed
 def fingerprint(cfg: Config, meta: dict) -> dict:
     """What must agree for a saved result to be reused: method, setting, split, seed, backbone, params."""
     params = cfg.to_dict()
+    params["runtime"]["dtype"] = compute_dtype(cfg)  # auto resolves per machine: a bf16 result is not an fp32 one
     for section, keys in _NOT_RESULT_SHAPING.items():
         params[section] = {k: v for k, v in params[section].items() if k not in keys}
     if params["align"]["steps"] == 0:  # no alignment stage: how it would have run shapes nothing
@@ -281,7 +328,7 @@ def evaluate(answer: Callable[[list], list[dict]], questions, path: str | Path, 
     """
     saved = existing(path, cfg, meta)
     if saved is not None:
-        return saved
+        return current_summary(saved)
     cap = cfg.eval.max_questions
     questions = list(questions)[:cap] if cap > 0 else list(questions)
     records = answer_questions(answer, questions, cfg.eval.batch_size, bank, device, progress)
@@ -293,8 +340,21 @@ def evaluate(answer: Callable[[list], list[dict]], questions, path: str | Path, 
     return json.loads(Path(path).read_text())  # exactly what a later reuse returns
 
 
+def current_summary(result: dict) -> dict:
+    """`result` with its summary's interval over memories: a summary saved before intervals resampled memories (no
+    `ci_unit`) is recomputed from its records, with the bootstrap size and seed of its own params (its other keys,
+    e.g. ALFWorld's, are kept)."""
+    summary = result.get("summary")
+    if summary is None or "ci_unit" in summary or "records" not in result:
+        return result
+    params = result.get("params") or {}
+    n_boot, seed = params.get("eval", {}).get("bootstrap", 1000), params.get("runtime", {}).get("seed", 0)
+    return {**result, "summary": {**summary, **summarize(result["records"], n_boot, seed)}}
+
+
 def load_results(run_dir: str | Path, methods: list[str] | None = None) -> list[dict]:
-    """Every results file of a run (optionally only some methods); refuses a mix of backbones."""
+    """Every results file of a run (optionally only some methods), summaries as `current_summary`; refuses a mix of
+    backbones."""
     results = []
     for f in sorted((Path(run_dir) / "results").glob("*/*/*.json")):
         r = json.loads(f.read_text())
@@ -307,6 +367,7 @@ def load_results(run_dir: str | Path, methods: list[str] | None = None) -> list[
                 raise ResultsError(f"{f}: field {key!r} is {r.get(key)!r}, but the file's place says {expected!r} "
                                    f"(results/<method>/<setting>/<split>-seed<seed>.json); move it back or delete it")
         if methods is None or r["method"] in methods:
+            r = current_summary(r)
             r["file"] = str(f)
             results.append(r)
     backbones = {r["backbone"] for r in results}
@@ -324,7 +385,7 @@ _KEYS = ("method", "setting", "split", "seed")
 def records_table(results: list[dict]) -> pd.DataFrame:
     """One row per question and result: keys, correctness, #Tok by part, cost."""
     rows = [{**{k: r[k] for k in _KEYS}, "qid": x["qid"], "question_type": x["question_type"],
-             "memory_id": x["memory_id"], "correct": bool(x["correct"]), "tok": x["tok"], **x["tokens"],
+             "memory_id": x.get("memory_id"), "correct": bool(x["correct"]), "tok": x["tok"], **x["tokens"],
              "truncated_chunks": x.get("truncated_chunks", 0), "seconds": x["seconds"], "peak_mb": x["peak_mb"]}
             for r in results for x in r["records"]]
     return pd.DataFrame(rows)
@@ -336,22 +397,24 @@ def summary_table(results: list[dict]) -> pd.DataFrame:
 
 
 def group_table(results: list[dict], by: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Accuracy per `by` (question_type or memory_id) within each result."""
+    """Accuracy per `by` (question_type or memory_id) within each result; intervals over the group's memories (one
+    memory's own row: over its questions)."""
     rows = []
     for r in results:
         groups: dict[str, list] = {}
         for x in r["records"]:
-            groups.setdefault(x[by], []).append(x)
-        for g, recs in sorted(groups.items()):
+            groups.setdefault(x.get(by), []).append(x)
+        for g, recs in sorted(groups.items(), key=lambda kv: str(kv[0])):
             s = summarize(recs, n_boot, seed)
             rows.append({**{k: r[k] for k in _KEYS}, by: g, "n": s["n"], "accuracy": s["accuracy"],
-                         "ci_low": s["ci_low"], "ci_high": s["ci_high"], "tok": s["tok"]})
+                         "ci_low": s["ci_low"], "ci_high": s["ci_high"], "ci_unit": s["ci_unit"], "tok": s["tok"]})
     return pd.DataFrame(rows)
 
 
 def overall_table(results: list[dict], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per method, split and seed: accuracy and #Tok averaged over settings weighted by test-set size, with the
-    pooled bootstrap interval (pooling all questions gives exactly the size-weighted average)."""
+    pooled bootstrap interval over memories, each (setting, memory) a unit (pooling all questions gives exactly the
+    size-weighted average)."""
     rows = []
     keyed: dict[tuple, list] = {}
     for r in results:
@@ -359,10 +422,14 @@ def overall_table(results: list[dict], n_boot: int = 1000, seed: int = 0) -> pd.
     for (method, split, seed_), rs in sorted(keyed.items()):
         sizes = [r["summary"]["n"] for r in rs]
         pooled = [x for r in rs for x in r["records"]]
-        lo, hi = bootstrap_ci([float(x["correct"]) for x in pooled], n_boot, seed)
+        ids = [(r["setting"], x["memory_id"]) if x.get("memory_id") is not None else None
+               for r in rs for x in r["records"]]  # memory ids are only unique within a setting
+        clusters = memory_clusters(ids)
+        lo, hi = bootstrap_ci([float(x["correct"]) for x in pooled], n_boot, seed, clusters=clusters)
         rows.append({"method": method, "split": split, "seed": seed_, "settings": len(rs), "n": sum(sizes),
                      "accuracy": weighted_average([r["summary"]["accuracy"] for r in rs], sizes),
-                     "ci_low": lo, "ci_high": hi, "tok": weighted_average([r["summary"]["tok"] for r in rs], sizes)})
+                     "ci_low": lo, "ci_high": hi, "ci_unit": ci_unit(clusters),
+                     "tok": weighted_average([r["summary"]["tok"] for r in rs], sizes)})
     return pd.DataFrame(rows)
 
 

@@ -23,6 +23,8 @@ counts the budgets, sum_j b_j, which is larger when b_j exceeds a chunk's length
 A fixed rule dominates another when it is at least as accurate with no more memory tokens. The upper envelope of the
 fixed rules is E(m) = max {acc(p) : p fixed, M(p) <= m}; a learned point (m, a) beats every fixed rule at equal memory
 when a > E(m), tested by a paired difference on the same questions against the fixed point that attains E(m).
+Every interval and p-value is stats.py's bootstrap over memories (and, for a learned point, its seeds); the learned
+points' p-values against the envelope are one family, Holm-adjusted (`p_holm`; the oracle-feature points another).
 
     fixed = frontier.evaluate_fixed(model, test_q)
     trainer = frontier.train_learned_point(model, train_q, val_q, folder, token_price=0.2, seed=0, steps=64)
@@ -47,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import evaluate, grpo
+from . import evaluate, grpo, stats
 from .budget import FIXED_RULES, LEARNED, BudgetPolicy
 from .config import validate
 from .experiment import write_json
@@ -144,7 +146,8 @@ def evaluate_point(model, questions, overrides: dict | None = None, memory: str 
 
 
 def point_summary(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """{"n", "accuracy", "ci": [low, high] (evaluate.summarize's 95% bootstrap), "memory_tokens": mean M}."""
+    """{"n", "accuracy", "ci": [low, high] (evaluate.summarize's 95% bootstrap over memories), "memory_tokens":
+    mean M}."""
     s = evaluate.summarize(records, n_boot, seed)
     return {"n": s["n"], "accuracy": s["accuracy"], "ci": [s["ci_low"], s["ci_high"]],
             "memory_tokens": float(np.mean([r["memory_tokens"] for r in records]))}
@@ -398,42 +401,48 @@ def envelope_at(points: list[dict], memory_tokens: float) -> dict | None:
 def vs_envelope(seed_records: dict, memory_tokens: float, fixed: list[dict], n_boot: int = 1000,
                 seed: int = 0) -> dict | None:
     """A learned point ({seed: its records}) against the fixed point attaining E(memory_tokens), on the same
-    questions: per seed evaluate.paired_comparison; overall the difference of the seed-mean correctness per question,
-    d_i = mean_s c_{s,i} - c_{fixed,i}, its mean and 95% bootstrap interval over questions (one seed: exactly
-    paired_comparison's). None if no fixed point is that cheap."""
+    questions: the difference of accuracy, its 95% interval and p (stats.paired_difference: seeds and memories
+    resampled; one seed: exactly evaluate.paired_comparison's), and per seed evaluate.paired_comparison (with
+    McNemar's p). None if no fixed point is that cheap."""
     against = envelope_at(fixed, memory_tokens)
     if against is None:
         return None
     per_seed = {s: evaluate.paired_comparison(r, against["records"], n_boot, seed) for s, r in seed_records.items()}
-    qids = sorted(r["qid"] for r in against["records"])
-    fixed_c = {r["qid"]: float(r["correct"]) for r in against["records"]}
-    correct = [{x["qid"]: float(x["correct"]) for x in rs} for rs in seed_records.values()]  # same qids: checked above
-    d = np.mean([[c[q] for q in qids] for c in correct], axis=0) - np.array([fixed_c[q] for q in qids])
-    lo, hi = evaluate.bootstrap_ci(d, n_boot, seed)
+    _, x, clusters = evaluate.correctness([against["records"], *seed_records.values()], "the envelope comparison")
+    d = stats.paired_difference(x[1:], x[0], clusters, n_boot, seed)
     return {"against": against["name"], "against_accuracy": against["accuracy"],
-            "against_memory_tokens": against["memory_tokens"], "diff": float(d.mean()), "ci": [lo, hi],
-            "seeds": [{"seed": s, "diff": c["difference"], "ci": [c["ci_low"], c["ci_high"]],
-                       "p_mcnemar": c["p_mcnemar"]} for s, c in per_seed.items()]}
+            "against_memory_tokens": against["memory_tokens"], "n": d["n"], "units": d["clusters"],
+            "ci_unit": evaluate.ci_unit(clusters), "difference": d["difference"], "ci": d["ci"], "p": d["p"],
+            "seeds": list(seed_records),
+            "per_seed": [{"seed": s, "difference": c["difference"], "ci": [c["ci_low"], c["ci_high"]], "p": c["p"],
+                          "p_mcnemar": c["p_mcnemar"]} for s, c in per_seed.items()]}
+
+
+def with_holm(points: list[dict]) -> list[dict]:
+    """The points' tests against the envelope as one family: "p_holm" added to each "vs_envelope" (in place)."""
+    stats.with_holm([p["vs_envelope"] for p in points if p.get("vs_envelope")])
+    return points
 
 
 def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None = None, n_boot: int = 1000,
                   seed: int = 0) -> dict:
     """One learned point from its seeds' runs [{"seed", "records" (evaluate_point), "diagnostics"}]: accuracy and
-    memory tokens = the means over seeds, ci = the bootstrap over questions of the seed-mean correctness,
+    memory tokens = the means over seeds, ci = the bootstrap over seeds and memories (stats.bootstrap_mean),
     diagnostics averaged over seeds, "seeds" per seed; "vs_envelope" against `fixed` when given."""
     if not runs or len({r["seed"] for r in runs}) != len(runs):
         raise ValueError(f"learned point at token_price {token_price}: needs runs of distinct seeds, got "
                          f"{[r.get('seed') for r in runs]}")
     per_seed = [{"seed": r["seed"], **point_summary(r["records"], n_boot, seed)} for r in runs]
-    qids = sorted(x["qid"] for x in runs[0]["records"])
-    by_qid = [{x["qid"]: float(x["correct"]) for x in r["records"]} for r in runs]
-    if any(sorted(b) != qids for b in by_qid):
-        raise ValueError(f"learned point at token_price {token_price}: its seeds answered different questions")
-    lo, hi = evaluate.bootstrap_ci(np.mean([[b[q] for q in qids] for b in by_qid], axis=0), n_boot, seed)
+    try:
+        _, x, clusters = evaluate.correctness([r["records"] for r in runs])
+    except evaluate.ResultsError:
+        raise ValueError(f"learned point at token_price {token_price}: its seeds answered different questions") \
+            from None
     diag = {k: float(np.mean([r["diagnostics"][k] for r in runs]))
             for k in ("entropy", "entropy_uniform", "evidence_budget", "other_budget", "drop_rate")}
     point = {"token_price": float(token_price), "accuracy": float(np.mean([s["accuracy"] for s in per_seed])),
-             "ci": [lo, hi], "memory_tokens": float(np.mean([s["memory_tokens"] for s in per_seed])), **diag,
+             "ci": stats.bootstrap_mean(x, clusters, n_boot, seed)["ci"],
+             "memory_tokens": float(np.mean([s["memory_tokens"] for s in per_seed])), **diag,
              "seeds": [{k: s[k] for k in ("seed", "accuracy", "memory_tokens")} for s in per_seed]}
     if fixed:
         vs = vs_envelope({r["seed"]: r["records"] for r in runs}, point["memory_tokens"], fixed, n_boot, seed)
@@ -561,8 +570,8 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
        in eval.frontier_seeds, a fresh policy trained by policy-only GRPO on the training split (`train_learned_point`: eval.frontier_steps steps of eval.frontier_questions_per_step
        questions, policy lr eval.frontier_policy_lr; the last step's policy, no validation) in `learned_folder`,
        then evaluated on `split` with its `diagnostics` (<folder>/<split>.json);
-    5. each learned point (the mean over its seeds) against the envelope of `envelope_rules` (`vs_envelope`), and
-       `write_pareto`.
+    5. each learned point (the mean over its seeds) against the envelope of `envelope_rules` (`vs_envelope`; the
+       learned points' p-values Holm-adjusted together, the oracle points' apart: `with_holm`), and `write_pareto`.
 
     Resumable: a saved evaluation is reused when its params and checkpoint match (evaluate.existing: another
     params set is an error naming the key; --fresh recomputes), a finished training folder is reused without a
@@ -611,7 +620,9 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
             text = {"family": "heuristics", "name": TEXT_RAG, "budget": None, "memory": "text", "overrides": None,
                     **point_summary(records, n_boot, bseed), "records": records}
             got = evaluate.save_result(folder / f"fixed-{split}.json", cfg, fixed_meta, {"fixed": fixed, "text": text})
-        fixed, text = got["fixed"], got["text"]
+        # summaries from the saved records, not the saved summaries: a file saved before the memory bootstrap gets it
+        fixed = [{**p, **point_summary(p["records"], n_boot, bseed)} for p in got["fixed"]]
+        text = {**got["text"], **point_summary(got["text"]["records"], n_boot, bseed)}
         seconds["fixed rules and text RAG"] = round(time.perf_counter() - t0, 1)
         log(f"{setting}: {len(fixed)} fixed rules and text RAG on {len(test_q)} {split} questions "
             f"({seconds['fixed rules and text RAG']:.0f} s; 0 = reused)")
@@ -665,6 +676,8 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                 log(f"{setting}: {kind} price {float(price):g} seed {seed}: "
                     f"{'reused' if reused else 'trained and evaluated'} ({took:.0f} s)")
             (oracle if is_oracle else learned).append(learned_point(price, runs, rules, n_boot, bseed))
+        with_holm(learned)  # "a learned budget beats every fixed rule" is tested at every price at once
+        with_holm(oracle)
         uniform = [p for p in fixed if p["family"] == "uniform"]
         heuristics = [p for p in fixed if p["family"] == "heuristics"] + [text]
         out = write_pareto(path or pareto_path(run_dir, setting, [setting]), setting, split, len(test_q), uniform,
@@ -687,7 +700,8 @@ def _fixed_entries(data: dict) -> list[dict]:
 def pareto_table(data: dict):
     """One row per point of a budget_pareto.json (a pandas DataFrame): family, name, memory tokens, accuracy and
     its 95% interval, whether it is on the fixed rules' envelope; learned points also their seed range, diagnostics
-    and the paired difference against the envelope's point at their memory tokens."""
+    and the paired difference against the envelope's point at their memory tokens, with its p (bootstrap over
+    memories) and p_holm (Holm over the learned points; the oracle points apart)."""
     import pandas as pd
 
     fixed = _fixed_entries(data)
@@ -704,8 +718,10 @@ def pareto_table(data: dict):
                      "ci_high": p["ci"][1], "on_envelope": False, "seeds": len(acc), "seed_accuracy_min": min(acc),
                      "seed_accuracy_max": max(acc), "entropy": p["entropy"], "entropy_uniform": p["entropy_uniform"],
                      "evidence_budget": p["evidence_budget"], "other_budget": p["other_budget"],
-                     "drop_rate": p["drop_rate"], "vs_envelope": vs.get("against"), "diff": vs.get("diff"),
-                     "diff_ci_low": (vs.get("ci") or [None])[0], "diff_ci_high": (vs.get("ci") or [None, None])[1]})
+                     "drop_rate": p["drop_rate"], "vs_envelope": vs.get("against"),
+                     "diff": vs.get("difference", vs.get("diff")),  # "diff": files written before stats.py
+                     "diff_ci_low": (vs.get("ci") or [None])[0], "diff_ci_high": (vs.get("ci") or [None, None])[1],
+                     "p": vs.get("p"), "p_holm": vs.get("p_holm")})
     return pd.DataFrame(rows)
 
 

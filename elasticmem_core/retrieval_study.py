@@ -12,7 +12,9 @@ On the test split (05_ablations with eval.retrieval_study), for one trained sett
 
 Written to metrics/retrieval.json: {"setting", "split", "n", "recall": [{"mode", "z", "recall", "ci", "seeds"?}],
 "accuracy": [{"mode", "accuracy", "ci", "memory_tokens"}], "checkpoint", "paired_control_token_minus": {mode:
-{"difference", "ci"}}}; every piece is saved (named by the checkpoint it measured) and reused like a result, and a
+{"difference", "ci", "p", "p_holm", "p_mcnemar"}}}. Intervals and p-values are stats.py's bootstrap over memories
+(recall: and seeds); the control token's paired tests against the other modes are one family, Holm-adjusted. Every
+piece is saved (named by the checkpoint it measured) and reused like a result, and a
 warm-up folder records what made it (reader, seed, steps, loss), so that one of other params is retrained.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import evaluate, grpo
+from . import evaluate, grpo, stats
 from .experiment import train_dir, write_json
 from .retrieval_loss import RECALL_ZS, recall_at
 
@@ -35,14 +37,15 @@ UNTRAINED, WARMED, GRPO_TRAINED = "control token, untrained", "control token, af
     "control token, after GRPO"
 
 
-def _recall_rows(mode: str, per_seed: dict[int, dict[int, list[float]]], n_boot: int, seed: int) -> list[dict]:
-    """One row per Z: the mean over seeds of the mean recall, its 95% bootstrap interval over questions of the
-    seed-mean recall, and (several seeds) each seed's recall."""
+def _recall_rows(mode: str, per_seed: dict[int, dict[int, list[float]]], n_boot: int, seed: int,
+                 clusters=None) -> list[dict]:
+    """One row per Z: the mean over seeds of the mean recall, its 95% bootstrap interval over seeds and `clusters`
+    (the questions' memory ids; None: questions), and (several seeds) each seed's recall."""
     rows = []
     for z in next(iter(per_seed.values())):
-        per_q = np.mean([r[z] for r in per_seed.values()], axis=0)
-        lo, hi = evaluate.bootstrap_ci(per_q, n_boot, seed)
-        row = {"mode": mode, "z": int(z), "recall": float(per_q.mean()), "ci": [lo, hi]}
+        x = np.array([r[z] for r in per_seed.values()], dtype=float)  # [seeds, questions]
+        row = {"mode": mode, "z": int(z), "recall": float(x.mean()),
+               "ci": stats.bootstrap_mean(x, clusters, n_boot, seed)["ci"]}
         if len(per_seed) > 1:
             row["seeds"] = [{"seed": s, "recall": float(np.mean(r[z]))} for s, r in per_seed.items()]
         rows.append(row)
@@ -83,6 +86,7 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
     meta = {"kind": "retrieval_study", "setting": setting, "split": split, "backbone": model.backbone.identity,
             "qids": [q.qid for q in questions]}
     recall, accuracy, seconds = [], [], {}
+    clusters = evaluate.memory_clusters([q.memory_id for q in questions])  # recall's resampling units
 
     def recall_of(checkpoint: Path, modes, tag: str) -> dict:
         ckid = checkpoint_id(checkpoint)
@@ -100,7 +104,8 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
     t0 = time.perf_counter()
     base = recall_of(reader, RECALL_MODES, "reader")
     for mode in RECALL_MODES:
-        recall += _recall_rows(UNTRAINED if mode == "control_token" else mode, {seed0: base[mode]}, n_boot, seed0)
+        recall += _recall_rows(UNTRAINED if mode == "control_token" else mode, {seed0: base[mode]}, n_boot, seed0,
+                               clusters)
     seconds["recall, reader"] = round(time.perf_counter() - t0, 1)
 
     # the warm-up alone, one run per seed, each from the same reader
@@ -136,13 +141,13 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
         seconds[f"warm-up seed {s}"] = round(time.perf_counter() - t0, 1)
         log(f"{setting}: retrieval warm-up seed {s}: recall@4 {np.mean(warmed[s][4]):.3f} "
             f"({seconds[f'warm-up seed {s}']:.0f} s)")
-    recall += _recall_rows(WARMED, warmed, n_boot, seed0)
+    recall += _recall_rows(WARMED, warmed, n_boot, seed0, clusters)
 
     evaluated = None
     if (variant_dir / "best" / "elasticmem.json").is_file():
         evaluated = variant_dir / "best"
         after = recall_of(evaluated, ("control_token",), "grpo")["control_token"]
-        recall += _recall_rows(GRPO_TRAINED, {seed0: after}, n_boot, seed0)
+        recall += _recall_rows(GRPO_TRAINED, {seed0: after}, n_boot, seed0, clusters)
     else:
         log(f"{setting}: no {VARIANT} checkpoint at {variant_dir / 'best'} (05's ablations train it): no "
             f"'after GRPO' row; accuracy is measured on the warm-up checkpoint of seed {e.retrieval_seeds[0]}")
@@ -164,13 +169,15 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
     seconds["accuracy"] = round(time.perf_counter() - t0, 1)
     paired = {mode: evaluate.paired_comparison(records["control_token"], records[mode], n_boot, seed0)
               for mode in ACCURACY_MODES if mode != "control_token"}
+    stats.with_holm(list(paired.values()))  # the control token against every other mode: one family
     settings = cfg.grpo.settings or cfg.data.settings
     name = "retrieval.json" if len(settings) <= 1 else f"retrieval-{setting}.json"
     out = write_json(Path(run_dir) / "metrics" / name,
                      {"setting": setting, "split": split, "n": len(questions), "recall": recall, "accuracy": accuracy,
                       "checkpoint": str(evaluated),
                       "paired_control_token_minus": {k: {"difference": v["difference"],
-                                                         "ci": [v["ci_low"], v["ci_high"]]}
+                                                         "ci": [v["ci_low"], v["ci_high"]], "p": v["p"],
+                                                         "p_holm": v["p_holm"], "p_mcnemar": v["p_mcnemar"]}
                                                      for k, v in paired.items()}})
     model.load(evaluated)
     return {"path": out, "data": json.loads(out.read_text()), "seconds": seconds}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from elasticmem_core import compression, config, frontier
+from elasticmem_core import compression, config, frontier, stats
 from elasticmem_core.backbone import load_backbone
 from elasticmem_core.experiment import train_dir
 from tinydata import CHUNKS, QUESTIONS, tiny_cfg, tiny_model
@@ -50,7 +50,9 @@ def test_compression_table_pairs_each_cache_with_truncated_text_and_reuses_every
             assert len(r["seeds"]) == 2 and r["layer"] == 1
     assert {(p["a"], p["tokens_per_chunk"]) for p in data["paired"]} == {(c, b) for c in labels[1:] for b in (2, 4)}
     for p in data["paired"]:
-        assert set(compression.PAIRED_KEYS) <= set(p) and p["b"] == compression.TEXT_TAIL
+        assert set(compression.PAIRED_KEYS) <= set(p) and p["b"] == compression.TEXT_TAIL and p["n"] == 3
+    # every cache row against truncated text: one family, Holm-adjusted
+    assert [p["p_holm"] for p in data["paired"]] == pytest.approx(stats.holm([p["p"] for p in data["paired"]]))
     # an input-embedding cache behind a projector that starts as the identity IS truncated text: same answers,
     # same token count
     for b in (2, 4):

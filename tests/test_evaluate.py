@@ -26,12 +26,34 @@ def test_mcnemar_and_paired_comparison():
     assert evaluate.mcnemar_exact(0, 6) == pytest.approx(2 / 64)  # all six discordant pairs favour one side
     a = [{"qid": f"q{i}", "correct": i < 8} for i in range(10)]
     b = [{"qid": f"q{i}", "correct": i < 2 or i == 9} for i in range(10)]
-    c = evaluate.paired_comparison(a, b, n_boot=500)
+    with pytest.warns(evaluate.QuestionLevelWarning, match="without memory_id"):  # records of an old file
+        c = evaluate.paired_comparison(a, b, n_boot=500)
     assert (c["accuracy_a"], c["accuracy_b"], c["a_only"], c["b_only"]) == (0.8, 0.3, 6, 1)
     assert c["difference"] == pytest.approx(0.5) and c["ci_low"] <= 0.5 <= c["ci_high"]
-    assert c["p_mcnemar"] == pytest.approx(2 * 8 / 128)
+    assert c["p_mcnemar"] == pytest.approx(2 * 8 / 128) and c["ci_unit"] == "question" and 0 < c["p"] < 0.05
     with pytest.raises(evaluate.ResultsError, match="same questions"):
         evaluate.paired_comparison(a, b[:5])
+
+
+def test_intervals_resample_memories():
+    """Every interval is stats.py's bootstrap over the records' memory ids; one memory alone (ALFWorld's skill bank,
+    a by-memory row) has only its questions to resample."""
+    from elasticmem_core import stats
+
+    rec = lambda correct: [{"qid": f"q{i:02d}", "memory_id": f"m{i // 5}", "correct": c,  # noqa: E731
+                            "tokens": {"task_text": 1, "memory": 0, "output": 1}, "tok": 2, "seconds": 0.1,
+                            "peak_mb": 1.0} for i, c in enumerate(correct)]
+    a = rec([1] * 10 + [0] * 5 + [1] * 5)  # whole memories right or wrong
+    b = rec([0] * 20)
+    clusters = [x["memory_id"] for x in a]
+    s = evaluate.summarize(a, 500, 1)
+    assert (s["ci_unit"], s["units"]) == ("memory", 4)
+    assert [s["ci_low"], s["ci_high"]] == stats.bootstrap_mean([x["correct"] for x in a], clusters, 500, 1)["ci"]
+    c = evaluate.paired_comparison(a, b, 500, 1)
+    d = stats.paired_difference([x["correct"] for x in a], [0] * 20, clusters, 500, 1)
+    assert ([c["ci_low"], c["ci_high"]], c["p"], c["units"]) == (d["ci"], d["p"], 4)
+    one = evaluate.summarize(a[:5] + [{**a[5], "memory_id": "m0", "correct": 0}], 500, 1)
+    assert one["ci_unit"] == "question" and one["ci_low"] < one["ci_high"]
 
 
 QS = [Question(f"q{i}", "?", ["x", "y", "z", "w"], "(a)", "fact" if i % 2 else "pref", f"m{i % 3}", "test")
@@ -85,8 +107,37 @@ def test_results_round_trip_resume_and_refusal(tmp_path):
     assert overall["n"] == 11 and overall["accuracy"] == pytest.approx(6 / 11)
     by_type = evaluate.group_table(results, "question_type").set_index(["setting", "question_type"])
     assert by_type.loc[("s", "pref"), "accuracy"] == 1.0 and by_type.loc[("s", "fact"), "accuracy"] == 0.0
+    assert overall["ci_unit"] == "memory"  # QS's memories m0..m2 of two settings: six units
+    by_memory = evaluate.group_table(results, "memory_id")
+    assert set(by_memory["ci_unit"]) == {"question"}  # one memory's own row: its questions are the units
     paths = evaluate.save_tables(tmp_path, results)
     assert paths["records"].is_file() and len(evaluate.records_table(results)) == 11
+
+
+def test_old_results_files_load_with_question_level_intervals(tmp_path):
+    """A file saved before the memory bootstrap: its summary is recomputed over memories on load; one whose records
+    have no memory_id still loads, with a warning, and resamples questions."""
+    cfg = tiny_cfg()
+    meta = {"method": "fake", "setting": "s", "split": "test", "seed": 42, "backbone": "b"}
+    path = evaluate.result_path(tmp_path, "fake", "s", "test", 42)
+    res = evaluate.evaluate(fake_answer, QS, path, meta, cfg)
+    assert res["summary"]["ci_unit"] == "memory"
+    old = json.loads(path.read_text())
+    for key in ("ci_unit", "units"):
+        del old["summary"][key]
+    old["summary"].update(ci_low=0.0, ci_high=1.0, extra="kept")
+    path.write_text(json.dumps(old))
+    (got,) = evaluate.load_results(tmp_path)
+    assert got["summary"] == {**res["summary"], "extra": "kept"}
+    assert evaluate.evaluate(fake_answer, QS, path, meta, cfg)["summary"] == got["summary"]  # reused the same way
+    for x in old["records"]:
+        del x["memory_id"]
+    path.write_text(json.dumps(old))
+    with pytest.warns(evaluate.QuestionLevelWarning):
+        (got,) = evaluate.load_results(tmp_path)
+        tables = evaluate.overall_table([got]), evaluate.records_table([got])
+    assert got["summary"]["ci_unit"] == "question" and tables[0].iloc[0]["ci_unit"] == "question"
+    assert got["summary"]["ci_low"] <= got["summary"]["accuracy"] <= got["summary"]["ci_high"]
 
 
 def test_results_from_two_backbones_are_not_mixed(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from elasticmem_core import evaluate, frontier
+from elasticmem_core import evaluate, frontier, stats
 from tinydata import QUESTIONS, tiny_bank, tiny_model
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
@@ -125,7 +125,8 @@ def test_write_pareto_has_exactly_the_required_keys_and_types(fixed, tmp_path):
     assert e["memory_tokens"] == pytest.approx((fixed[2]["memory_tokens"] + fixed[4]["memory_tokens"]) / 2)
     assert [set(s) for s in e["seeds"]] == [{"seed", "accuracy", "memory_tokens"}] * 2
     assert [s["seed"] for s in e["seeds"]] == [0, 1] and e["entropy"] == 1.0
-    assert {"against", "diff", "ci"} <= set(e["vs_envelope"]) and len(e["vs_envelope"]["ci"]) == 2
+    assert {"against", "difference", "ci", "p", "n", "seeds", "per_seed"} <= set(e["vs_envelope"])
+    assert len(e["vs_envelope"]["ci"]) == 2 and e["vs_envelope"]["seeds"] == [0, 1]
     with pytest.raises(ValueError, match="lacks"):
         frontier.write_pareto(tmp_path / "x.json", "tiny", "train", 3, [{"budget": 4}], [], [])
 
@@ -147,13 +148,39 @@ def test_envelope_and_paired_difference_on_hand_made_points():
     rec = lambda correct: [{"qid": f"q{i}", "correct": bool(c)} for i, c in enumerate(correct)]  # noqa: E731
     fixed = [{"name": "cheap", "memory_tokens": 10, "accuracy": 0.25, "records": rec([1, 0, 0, 0])},
              {"name": "dear", "memory_tokens": 50, "accuracy": 1.0, "records": rec([1, 1, 1, 1])}]
-    one = frontier.vs_envelope({0: rec([1, 1, 0, 1])}, 20, fixed, n_boot=200)
-    ref = evaluate.paired_comparison(rec([1, 1, 0, 1]), fixed[0]["records"], 200, 0)
-    assert one["against"] == "cheap" and one["diff"] == pytest.approx(0.5) == ref["difference"]
-    assert one["ci"] == pytest.approx([ref["ci_low"], ref["ci_high"]])
-    two = frontier.vs_envelope({0: rec([1, 1, 0, 1]), 1: rec([1, 1, 1, 1])}, 20, fixed, n_boot=200)
-    assert two["diff"] == pytest.approx(0.625) and [s["diff"] for s in two["seeds"]] == [0.5, 0.75]
+    with pytest.warns(evaluate.QuestionLevelWarning):  # records without memory ids: questions are the unit
+        one = frontier.vs_envelope({0: rec([1, 1, 0, 1])}, 20, fixed, n_boot=200)
+        ref = evaluate.paired_comparison(rec([1, 1, 0, 1]), fixed[0]["records"], 200, 0)
+    assert one["against"] == "cheap" and one["difference"] == pytest.approx(0.5) == ref["difference"]
+    assert one["ci"] == pytest.approx([ref["ci_low"], ref["ci_high"]]) and one["p"] == ref["p"]
+    with pytest.warns(evaluate.QuestionLevelWarning):
+        two = frontier.vs_envelope({0: rec([1, 1, 0, 1]), 1: rec([1, 1, 1, 1])}, 20, fixed, n_boot=200)
+    assert two["difference"] == pytest.approx(0.625) and two["seeds"] == [0, 1]
+    assert [s["difference"] for s in two["per_seed"]] == [0.5, 0.75]
     assert frontier.vs_envelope({0: rec([1, 1, 0, 1])}, 5, fixed) is None
+
+
+def test_envelope_tests_resample_memories_and_are_holm_adjusted_together():
+    """Questions of one memory move together in the bootstrap, and the learned points' p-values form one family."""
+    rec = lambda correct: [{"qid": f"q{i:02d}", "memory_id": f"m{i // 4}", "correct": bool(c)}  # noqa: E731
+                           for i, c in enumerate(correct)]
+    fixed = [{"name": "cheap", "memory_tokens": 10, "accuracy": 0.0, "records": rec([0] * 16)}]
+    learned = rec([1] * 8 + [0] * 4 + [1, 0, 0, 0])  # two memories all right, one wrong, one 1/4
+    by_memory = frontier.vs_envelope({0: learned}, 20, fixed, n_boot=500)
+    flat = evaluate.bootstrap_ci([float(x["correct"]) for x in learned], 500, 0)
+    assert by_memory["ci_unit"] == "memory" and by_memory["units"] == 4 and by_memory["n"] == 16
+    assert by_memory["ci"][1] - by_memory["ci"][0] > flat[1] - flat[0]  # 4 memories, not 16 independent questions
+    points = [{"vs_envelope": {"p": 0.01}}, {"vs_envelope": {"p": 0.04}}, {"name": "no cheaper fixed point"}]
+    frontier.with_holm(points)
+    assert [p["vs_envelope"]["p_holm"] for p in points[:2]] == pytest.approx([0.02, 0.04])
+    assert "vs_envelope" not in points[2]
+    table = frontier.pareto_table({"setting": "s", "split": "test", "n": 16, "uniform": [], "heuristics": [],
+                                   "learned": [{"token_price": 0.1, "memory_tokens": 20, "accuracy": 0.6,
+                                                "ci": [0.3, 0.9], "seeds": [{"seed": 0, "accuracy": 0.6}],
+                                                "entropy": 1, "entropy_uniform": 1, "evidence_budget": 1,
+                                                "other_budget": 1, "drop_rate": 0,
+                                                "vs_envelope": {"against": "cheap", "diff": 0.6, "ci": [0.3, 0.9]}}]})
+    assert table["diff"].iloc[0] == 0.6 and table["p_holm"].iloc[0] is None  # a file from before stats.py reads
 
 
 class _Data:
@@ -191,9 +218,11 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     assert text["memory_tokens"] == pytest.approx(sum(
         sum(len(model._chunk_ids(r)) for r in x["rows"] if r >= 0) for x in out["text"]["records"]) / 3)
     assert not set(out["envelope"]) & set(frontier.NOT_ON_ENVELOPE)
-    for e in data["learned"]:
-        if "vs_envelope" in e:
-            assert e["vs_envelope"]["against"] not in frontier.NOT_ON_ENVELOPE
+    tested = [e["vs_envelope"] for e in data["learned"] if "vs_envelope" in e]
+    for v in tested:
+        assert v["against"] not in frontier.NOT_ON_ENVELOPE
+    # the learned points' tests are one family: Holm's adjustment of their p-values (oracle points apart)
+    assert [v["p_holm"] for v in tested] == pytest.approx(stats.holm([v["p"] for v in tested]))
     # the oracle-feature policy (eval.frontier_oracle_prices defaults to [0.0]) is a point of the same shape
     assert [e["token_price"] for e in data["oracle"]] == [0.0]
     assert set(data["oracle"][0]) - {"vs_envelope"} == set(frontier.LEARNED_KEYS)

@@ -2,6 +2,8 @@
 bad input, and MemorySuite-mini round-tripping through the same loaders."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -9,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from elasticmem_core import config as config_mod
 from elasticmem_core import memorysuite
+from elasticmem_core.experiment import resolve
 from elasticmem_core.memorysuite import DataError, chunk_turns, loaders, mini, splits
 
 FIX = Path(__file__).parent / "fixtures"
@@ -350,7 +354,8 @@ def test_mini_round_trip(mini_cfg, setting):
     c = ds.summary.counts
     assert c["records_read"] == c["questions"] + c.get("questions_dropped_adversarial", 0)
     if setting == "mini-locomo":
-        assert c["questions_dropped_adversarial"] == mini_cfg.data.mini.n_memories
+        m = mini_cfg.data.mini
+        assert c["questions_dropped_adversarial"] == m.n_memories + m.extra_test_memories
 
 
 def test_mini_options_are_exchangeable_without_memory(mini_cfg):
@@ -378,6 +383,65 @@ def test_mini_is_deterministic_and_idempotent(mini_cfg):
     assert mini.build("mini-locomo", mini_cfg.data.mini)[0]["locomo_mc10.json"].encode() != before
     memorysuite.load("mini-locomo", mini_cfg)  # new params: regenerated
     assert path.read_bytes() != before
+
+
+# MemorySuite-mini under params/mini.yaml's data.mini, frozen: the files' sha256 without the extra test memories (the
+# data of every result made before data.mini.extra_test_memories existed) and with them (test grown to >= 240).
+# A change here changes the data under every result: update a digest only for a deliberate generator change
+# (then bump mini.GENERATOR_VERSION), with a comment saying which.
+MINI_FROZEN = {
+    "before extra": {
+        "mini-personamem": {"questions_mini.csv": "43d395ebea61a9467f0e271476d14217c2b32a7317cecb0addb25f92a5008a15",
+                            "shared_contexts_mini.jsonl":
+                                "ae21b1550700a83258ad511c89eb6995d8ab138835ea10d297674374f62f4120"},
+        "mini-locomo": {"locomo_mc10.json": "19050aa11a5dddfebf16a02ccc55d815402ad9744a7143e060cb10f9293b40d4"},
+        "mini-longmemeval": {"lme_s_mc10.json": "bf1486faa094ca57b75a21e59ffa45e22927b9db5c98fa859ecfa4093171922c"},
+    },
+    # + data.mini.extra_test_memories = 21 (the 48 memories above unchanged, 21 appended, test only)
+    "with extra": {
+        "mini-personamem": {"questions_mini.csv": "4ed7807bbd3bf270a22387fed41fbc421c247978b68199463bafa2e271195e6a",
+                            "shared_contexts_mini.jsonl":
+                                "4f892b72b1bd7589091312874b329f99811ae38f4ec27268a3986d18f52defd7"},
+        "mini-locomo": {"locomo_mc10.json": "571fcd8c15497dfd3ac274ec648b5667d1f0d9a2218009a1c9480f658a869400"},
+        "mini-longmemeval": {"lme_s_mc10.json": "221d81552e7f17f100498fb41fcc3ebb7d97a1845d3d534fc09dffbbf3724049"},
+    },
+}
+
+
+def test_mini_params_data_is_frozen():
+    params = config_mod.load(resolve("params/mini.yaml")).data.mini
+    for key, cfg in (("before extra", dataclasses.replace(params, extra_test_memories=0)), ("with extra", params)):
+        for setting in MINI:
+            files, split = mini.build(setting, cfg)
+            digests = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()}
+            assert digests == split["sha256"] == MINI_FROZEN[key][setting], (key, setting)
+    # no extra memories: split.json has no extra key either, so files written before it are reused as they are
+    assert "extra_test_memories" not in mini.build("mini-locomo", dataclasses.replace(params, extra_test_memories=0))[
+        1]["generator"]
+
+
+@pytest.mark.parametrize("setting", MINI)
+def test_mini_extra_test_memories_only_add_test(setting, tmp_path):
+    """The first n_memories memories keep their text and split, the extra ones are appended to test only, and under
+    params/mini.yaml every setting's test split has >= 240 questions (train and validation unchanged)."""
+    cfg = config_mod.load(resolve("params/mini.yaml"))
+    cfg.data.mini_dir = str(tmp_path)
+    extra = cfg.data.mini.extra_test_memories
+    files, split = mini.build(setting, dataclasses.replace(cfg.data.mini, extra_test_memories=0))
+    more_files, more = mini.build(setting, cfg.data.mini)
+    for name, text in files.items():
+        assert more_files[name].startswith(text) and len(more_files[name]) > len(text), name  # records appended
+    assert more["splits"]["train"] == split["splits"]["train"] and more["splits"]["val"] == split["splits"]["val"]
+    added = set(more["splits"]["test"]) - set(split["splits"]["test"])
+    assert set(split["splits"]["test"]) < set(more["splits"]["test"])
+    per_memory = cfg.data.mini.questions_per_memory if setting == "mini-longmemeval" else 1  # haystacks per memory
+    assert len(added) == extra * per_memory
+
+    ds = memorysuite.load(setting, cfg)
+    n = {name: len(ds.split(name)) for name in ("train", "val", "test")}
+    assert n["test"] >= 240 and (n["train"], n["val"]) == {"mini-longmemeval": (230, 77)}.get(setting, (224, 80))
+    assert {q.memory_id for q in ds.split("test")} >= added
+    assert [r["status"] for r in memorysuite.checksums(setting, cfg)] == ["ok"] * len(files)
 
 
 def test_mini_too_many_questions_is_a_clear_error(mini_cfg):

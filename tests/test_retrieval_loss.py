@@ -130,6 +130,10 @@ def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_p
     assert all([s["seed"] for s in r["seeds"]] == [1, 2] for r in warm)
     assert all(r["ci"][0] <= r["recall"] <= r["ci"][1] for r in data["recall"])
     assert [a["mode"] for a in data["accuracy"]] == list(retrieval_study.ACCURACY_MODES)
+    # the control token against every other mode: one family of tests, Holm-adjusted
+    from elasticmem_core import stats
+    paired = list(data["paired_control_token_minus"].values())
+    assert [x["p_holm"] for x in paired] == pytest.approx(stats.holm([x["p"] for x in paired]))
     # each seed's warm-up trained its own LoRA from the reader: the checkpoints differ from the reader
     from elasticmem_core.baselines import checkpoint_id
     ids = {checkpoint_id(tmp_path / "retrieval" / "tiny" / f"warmup-seed{s}") for s in (1, 2)}

@@ -344,15 +344,36 @@ def _turns(session: list[Turn]) -> list[dict[str, str]]:
     return out
 
 
-def _split(rng: random.Random, units: list[str]) -> dict[str, list[str]]:
-    """60/20/20 by memory (at least one memory in val and test)."""
-    if len(units) < 3:
+def _split(rng: random.Random, n: int) -> dict[str, list[int]]:
+    """60/20/20 of n units by position (at least one in val and test). A shuffle's draws depend only on the length,
+    so positions split exactly as the unit ids themselves did."""
+    if n < 3:
         raise ValueError("MemorySuite-mini: data.mini.n_memories must be >= 3 (train, val and test each need one)")
-    order = units[:]
+    order = list(range(n))
     rng.shuffle(order)
-    n_eval = max(1, round(0.2 * len(order)))
-    return {"train": sorted(order[2 * n_eval:]), "val": sorted(order[n_eval:2 * n_eval]),
-            "test": sorted(order[:n_eval])}
+    n_eval = max(1, round(0.2 * n))
+    return {"train": order[2 * n_eval:], "val": order[n_eval:2 * n_eval], "test": order[:n_eval]}
+
+
+def _plan(setting: str, q: int, memories: range) -> list[list[tuple[str, str]]]:
+    """The recipes of memories `memories` (indices), each a list of (question_type, recipe): memory m cycles through
+    the setting's types from its m-th; a LongMemEval-like memory is q one-question haystacks."""
+    types = QUESTION_TYPES[setting]
+    if setting == "mini-longmemeval":  # one haystack per question, as LongMemEval
+        return [[types[i % len(types)]] for i in range(memories.start * q, memories.stop * q)]
+    plan = [[types[(m + j) % len(types)] for j in range(q)] for m in memories]
+    if setting == "mini-locomo":  # plus one unanswerable question per conversation, dropped by the loader
+        plan = [recipes + [("adversarial", "adversarial")] for recipes in plan]
+    return plan
+
+
+def _params(cfg) -> dict:
+    """The generator's params as split.json records them; extra_test_memories at 0 is left out, so that the files
+    made before it existed stay byte-identical and are not regenerated."""
+    params = {"version": GENERATOR_VERSION, **dataclasses.asdict(cfg)}
+    if not params.get("extra_test_memories"):
+        params.pop("extra_test_memories", None)
+    return params
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,25 +384,27 @@ def build(setting: str, cfg) -> tuple[dict[str, str], dict]:
     n_options = cfg.n_options or DEFAULT_OPTIONS[setting]
     if not 2 <= n_options <= 12:
         raise ValueError(f"data.mini.n_options = {n_options}: use 2..12 (0 = the real set's count)")
+    extra = cfg.extra_test_memories
+    if extra < 0:
+        raise ValueError(f"data.mini.extra_test_memories = {extra}: use >= 0")
     rng = random.Random(f"{cfg.seed}/{setting}")  # a str seed is hashed with sha512: stable across runs
-    types = QUESTION_TYPES[setting]
     q = cfg.questions_per_memory
-    if setting == "mini-longmemeval":  # one haystack per question, as LongMemEval
-        plan = [[types[i % len(types)]] for i in range(cfg.n_memories * q)]
-    else:
-        plan = [[types[(m + j) % len(types)] for j in range(q)] for m in range(cfg.n_memories)]
-        if setting == "mini-locomo":  # plus one unanswerable question per conversation, dropped by the loader
-            plan = [recipes + [("adversarial", "adversarial")] for recipes in plan]
-    memories = [_memory(rng, recipes, cfg, n_options) for recipes in plan]
+    memories = [_memory(rng, recipes, cfg, n_options) for recipes in _plan(setting, q, range(cfg.n_memories))]
+    n_base = len(memories)  # units (memories; LongMemEval-like: haystacks) before the extra ones
+    parts = _split(rng, n_base)
+    # the extra test memories come after every draw above, so the first n_memories and their split are unchanged
+    memories += [_memory(rng, recipes, cfg, n_options)
+                 for recipes in _plan(setting, q, range(cfg.n_memories, cfg.n_memories + extra))]
+    parts["test"] += range(n_base, len(memories))
 
     if setting == "mini-personamem":
         files, units, unit, n_records = _personamem(memories)
     else:
         files, units, unit, n_records = _mc10(setting, memories)
-    splits = _split(rng, units)
+    splits = {k: sorted(units[i] for i in idx) for k, idx in parts.items()}
     split_file = {"setting": setting, "unit": unit, "source": f"MemorySuite-mini generator v{GENERATOR_VERSION}",
                   "expected": {k: len(v) for k, v in splits.items()}, "expected_records": n_records,
-                  "procedure": None, "generator": {"version": GENERATOR_VERSION, **dataclasses.asdict(cfg)},
+                  "procedure": None, "generator": _params(cfg),
                   "sha256": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()},
                   "splits": splits}
     return files, split_file
@@ -434,7 +457,7 @@ def generate(setting: str, cfg, folder: str | Path) -> Path:
     """Write one mini setting into `folder`/<setting>/ (files + split.json); skipped when the same files exist."""
     target = Path(folder) / setting
     split_path = target / SPLIT_FILE
-    wanted = {"version": GENERATOR_VERSION, **dataclasses.asdict(cfg)}
+    wanted = _params(cfg)
     if split_path.is_file():
         existing = json.loads(split_path.read_text())
         if existing.get("generator") == wanted and all(
