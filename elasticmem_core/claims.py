@@ -224,7 +224,9 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
         if source == "main" and run_commit and commits:
             notes.append(f"results made by other code than the run's ({', '.join(commits)} vs {run_commit})")
         if c.kind == "frontier":
-            notes.append("the comparator is the fixed-rule envelope as frontier.py drew it when the file was made")
+            notes.append("the comparator is the fixed-rule envelope as frontier.py drew it when the file was made; a "
+                         "step envelope leaves gaps that a random mix of two rules at equal tokens fills, so a "
+                         "'holds' against it is not yet a fair test")
         if c.fewer_tokens and row["tokens"].get("a") is not None:
             row["fewer_tokens"] = row["tokens"]["a"] < row["tokens"]["b"]
         if row.get("n", 0) and row["n"] < 240:
@@ -259,7 +261,8 @@ def markdown(ledger: dict) -> str:
         seeds = len(r["seeds"]) or "-"
         lines.append(f"| **{r['id']}** {r['claim']} | {r['a']} vs {r['b']}{toks} | {r['n'] or '-'} x {seeds} | {ci} | "
                      f"{per} | **{r['verdict']}** | {r['source']} |")
-    return "\n".join(lines)
+    notes = [f"- {r['id']}: {n}" for r in ledger["claims"] for n in r.get("notes", [])]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def update_readme(ledger: dict, readme: str | Path = "README.md") -> Path:

@@ -92,8 +92,9 @@ class Dataset:
     episodes: list[Episode] = field(default_factory=list)
 
     def split(self, name: str) -> list[Question]:
-        if name not in ("train", "val", "test"):  # a typo ("validation") would otherwise read as an empty split
-            raise ValueError(f"unknown split {name!r} of {self.setting}: use train, val or test")
+        known = {"bank", "train", "val", "test"}  # splits.SPLIT_NAMES ("bank": ALFWorld's skill-card games)
+        if name not in known:  # a typo ("validation") would otherwise read as an empty split
+            raise ValueError(f"unknown split {name!r} of {self.setting}: use one of {', '.join(sorted(known))}")
         return [q for q in self.questions if q.split == name]
 
     def chunks(self) -> list[Chunk]:
