@@ -32,7 +32,6 @@ quality with an LLM judge, which a data set without known facts would need (set 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import random
 import re
@@ -43,6 +42,7 @@ from typing import Callable
 
 import torch
 
+from .config import derive
 from .fact_store import FactStore, StoreError, TextMemoryModel
 from .injection import Row, build_batch
 from .mem0 import chat_ids
@@ -327,7 +327,7 @@ class AgeMem(TextMemoryModel):
 
     def rollout(self, item: EpisodeItem, group_size: int, reward_fn, generator):
         """G trajectories of one episode in lockstep; every step of trajectory g gets g's advantage (step-wise GRPO)."""
-        from .grpo import Group, group_advantages, passes_mode
+        from .rollout import Group, group_advantages, passes_mode
 
         cfg = self.cfg.grpo
         rng = random.Random(generator.initial_seed())  # distractors and loss steps: the same for every trajectory
@@ -450,7 +450,7 @@ def format_warmup(model: AgeMem, items: list[EpisodeItem], folder: Path, steps: 
     import json
     import time
 
-    from .grpo import token_logprobs
+    from .rollout import token_logprobs
     from .model import CHECKPOINT_META
 
     done = folder / "format"
@@ -519,7 +519,7 @@ def train(model: AgeMem, dataset, folder: Path, progress: bool = True) -> Path |
             continue
         if last is not None:
             model.load(last)
-        cfg = copy_config(model.cfg, stage, steps)
+        cfg = stage_config(model.cfg, stage, steps)
         previous, model.cfg, model.stage = model.cfg, cfg, stage
         try:
             trainer = Trainer(model, train_items, dataset.split("val"), folder / stage, evaluate_fn=validate,
@@ -550,12 +550,13 @@ def stage_steps(cfg, stage: str, n_items: int) -> int:
     return min(steps, cfg.eval.variant_steps) if cfg.eval.variant_steps > 0 else steps
 
 
-def copy_config(cfg, stage: str, steps: int):
+def stage_config(cfg, stage: str, steps: int):
     """The run's config for one stage: grpo.max_steps = its steps, validated at its start and end only, one backward
     per step row (the same gradient as one over the group; an episode has tens of steps)."""
-    return dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, max_steps=steps, backward="rollout", epochs=max(
-        cfg.grpo.epochs, math.ceil(steps / max(1, cfg.grpo.questions_per_step))), eval_every=steps,
-        reader_warmup_steps=0, sft_steps=0, retrieval_warmup_steps=0))
+    return derive(cfg, f"agemem.{stage}", grpo={
+        "max_steps": steps, "backward": "rollout", "eval_every": steps, "reader_warmup_steps": 0, "sft_steps": 0,
+        "retrieval_warmup_steps": 0,
+        "epochs": max(cfg.grpo.epochs, math.ceil(steps / max(1, cfg.grpo.questions_per_step)))})
 
 
 def _items(model: AgeMem, questions) -> list[EpisodeItem]:

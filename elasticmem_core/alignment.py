@@ -148,6 +148,20 @@ def answer(model, batch: AlignBatch) -> torch.Tensor:
 OBJECTIVES: dict[str, Callable] = {"reconstruction": reconstruction, "self_distill": self_distill, "answer": answer}
 
 
+def parse_cache(spec: str, n_layers: int) -> tuple[int, bool]:
+    """"0" -> (0, False), "15+align" -> (15, True), "mid+align" -> (n_layers // 2, True); anything else is refused
+    naming the key."""
+    layer, plus, tag = str(spec).partition("+")
+    try:
+        n = n_layers // 2 if layer == "mid" else int(layer)
+    except ValueError:
+        n = None
+    if n is None or (plus and tag != "align"):
+        raise ValueError(f"eval.compression_caches entry {spec!r}: write a layer number or mid, optionally with "
+                         f"'+align' (e.g. 0, mid+align, -1+align)")
+    return n, bool(plus)
+
+
 def check_objectives(objectives: dict[str, float]) -> None:
     """Raise ValueError naming the key for an unknown objective, a negative weight, or weights summing to nothing."""
     for name, w in objectives.items():

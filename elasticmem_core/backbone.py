@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from .experiment import cache_dir, cpu_supports_bf16
+
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 QWEN05_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 _CONVERTED_MARK = "elasticmem_converted.json"  # written last: its presence means the cache folder is complete
@@ -202,16 +204,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def cpu_supports_bf16() -> bool:
-    """True when this CPU computes bfloat16 matmuls natively (AMX-BF16 or AVX512-BF16, read from /proc/cpuinfo):
-    there bf16 runs ~5x an fp32 matmul; elsewhere (AVX2 only) torch emulates it and bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """The compute dtype of the frozen base. auto: bfloat16 on CUDA and on a CPU with native bf16 (LoRA, projector
     and policy stay float32 either way), float32 elsewhere. bfloat16 asked on a CPU without it is refused."""
@@ -324,14 +316,10 @@ def load_tokenizer(name: str, cache_dir: str | Path | None = None):
 
 def tokenizer_from_config(cfg):
     """The tokenizer of the backbone a Config names."""
-    from .experiment import cache_dir
-
     return load_tokenizer(cfg.runtime.backbone, cache_dir=cache_dir(cfg))
 
 
 def from_config(cfg) -> Backbone:
     """Load the backbone a Config names, with its dtype, device and cache folder."""
-    from .experiment import cache_dir
-
     return load_backbone(cfg.runtime.backbone, dtype=cfg.runtime.dtype, device=cfg.runtime.device,
                          cache_dir=cache_dir(cfg))

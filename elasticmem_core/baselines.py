@@ -44,6 +44,7 @@ from typing import Any
 from . import assemble
 from . import bank as bank_mod
 from . import evaluate
+from .checks import validate
 from .config import Config, apply_overrides, from_sections, merge, read_params
 from .experiment import resolve, seed_everything, train_dir, write_json
 from .grpo import Trainer
@@ -75,13 +76,14 @@ def variant_overrides(path: str | Path, base: Config | None = None) -> list[str]
     """The `section.key=value` overrides that define a variant: the keys its overlay file names, validated on
     `base` (the run's params; default the paper's defaults), so that a bad key is named with the file."""
     raw = read_params(path)
-    from_sections(str(path), **merge((base or Config()).to_dict(), raw))
+    validate(from_sections(str(path), **merge((base or Config()).to_dict(), raw)), str(path))
     return [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in _leaves(raw).items()]
 
 
 def variant_config(cfg: Config, path: str | Path, seed: int | None = None) -> Config:
     """The run's params with a variant's defining keys applied (and its seed, its step cap, its text top-k)."""
     v = from_sections(str(path), **apply_overrides(cfg.to_dict(), variant_overrides(path, cfg)))
+    validate(v, str(path))
     if seed is not None:
         v.runtime.seed = seed
     steps = v.eval.variant_steps

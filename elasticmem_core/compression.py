@@ -29,25 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from . import alignment, assemble, evaluate, frontier, stats
+from .config import derive
 from .experiment import seed_everything, write_json
 
 TEXT_TAIL = "text, last b tokens"
 ROW_KEYS = ("cache", "layer", "aligned", "tokens_per_chunk", "accuracy", "ci")
 PAIRED_KEYS = ("a", "b", "tokens_per_chunk", "n", "difference", "ci", "p", "p_holm")
-
-
-def parse_cache(spec: str, n_layers: int) -> tuple[int, bool]:
-    """"0" -> (0, False), "15+align" -> (15, True), "mid+align" -> (n_layers // 2, True); anything else is refused
-    naming the key."""
-    layer, plus, tag = str(spec).partition("+")
-    try:
-        n = n_layers // 2 if layer == "mid" else int(layer)
-    except ValueError:
-        n = None
-    if n is None or (plus and tag != "align"):
-        raise ValueError(f"eval.compression_caches entry {spec!r}: write a layer number or mid, optionally with "
-                         f"'+align' (e.g. 0, mid+align, -1+align)")
-    return n, bool(plus)
 
 
 def cache_label(layer: int, aligned: bool) -> str:
@@ -58,7 +45,7 @@ def cache_label(layer: int, aligned: bool) -> str:
 def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, bool]]:
     """The caches of eval.compression_caches, checked against the backbone's layers, N_c and the align section."""
     e = cfg.eval
-    caches = list(dict.fromkeys(parse_cache(s, n_layers) for s in e.compression_caches))  # "mid" may be "15"
+    caches = list(dict.fromkeys(alignment.parse_cache(s, n_layers) for s in e.compression_caches))  # "mid" may be "15"
     for layer, aligned in caches:
         if not -1 <= layer <= n_layers:
             raise ValueError(f"eval.compression_caches: layer {layer} is outside -1..{n_layers} (the backbone has "
@@ -76,15 +63,13 @@ def variant(cfg, layer: int, aligned: bool):
     alignment stage with eval.compression_align_steps steps, b up to align.b_max (0 = the table's largest b)."""
     e = cfg.eval
     b_max = cfg.bank.n_c  # not max(b): the saved points must not depend on which b the table lists
-    projector = cfg.projector if layer == 0 else dataclasses.replace(cfg.projector, kind=e.compression_projector)
+    projector = {} if layer == 0 else {"kind": e.compression_projector}
     # align.b_max 0: b drawn up to the table's largest b (not to N_c: the table asks about few tokens per chunk)
     largest = max(b for b in e.compression_budgets if b <= cfg.bank.n_c)
-    align = dataclasses.replace(cfg.align, steps=e.compression_align_steps if aligned else 0,
-                                b_max=cfg.align.b_max or largest)
-    return dataclasses.replace(cfg, bank=dataclasses.replace(cfg.bank, cache_layer=layer), projector=projector,
-                               budget=dataclasses.replace(cfg.budget, policy="uniform", b_max=b_max,
-                                                          uniform_budget=min(cfg.budget.uniform_budget, b_max)),
-                               align=align)
+    return derive(cfg, f"compression cache {layer}{'+align' if aligned else ''}", bank={"cache_layer": layer},
+                  projector=projector, budget={"policy": "uniform", "b_max": b_max,
+                                               "uniform_budget": min(cfg.budget.uniform_budget, b_max)},
+                  align={"steps": e.compression_align_steps if aligned else 0, "b_max": cfg.align.b_max or largest})
 
 
 def _records(path: Path, cfg, meta: dict, compute) -> list[dict]:
@@ -166,7 +151,7 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
         label = cache_label(layer, aligned)
         v = variant(cfg, layer, aligned)
         for seed in (e.compression_seeds if aligned else [seed0]):
-            v_seed = dataclasses.replace(v, runtime=dataclasses.replace(v.runtime, seed=seed))
+            v_seed = derive(v, f"compression seed {seed}", runtime={"seed": seed})
             tag = f"layer{layer}" + (f"-align-seed{seed}" if aligned else "")
             model = build(v_seed, seed)
             try:

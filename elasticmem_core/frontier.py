@@ -51,8 +51,10 @@ import torch
 
 from . import evaluate, grpo, stats
 from .budget import FIXED_RULES, LEARNED, BudgetPolicy
-from .config import validate
+from .checks import validate
+from .config import derive
 from .experiment import write_json
+from .rollout import passes_mode
 
 TOP_K_WHOLE = (1, 2)          # the top-k-whole rules of the frontier
 POINT_FILE = "frontier_point.json"
@@ -193,17 +195,18 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
         raise ValueError(f"a learned budget needs latent memory (model.memory = {model.memory!r})")
     cfg = model.cfg
     qps = questions_per_step or cfg.grpo.questions_per_step
-    g = dataclasses.replace(
-        cfg.grpo, policy_only=True, reward_terms={"task": 1.0, "token_price": float(token_price)},
-        advantage_norm=advantage_norm or ("mean" if token_price > 0 else cfg.grpo.advantage_norm),
-        policy_lr=cfg.grpo.policy_lr if policy_lr is None else policy_lr, questions_per_step=qps,
-        max_steps=steps, epochs=max(1, math.ceil(steps * qps / len(train_q))), eval_every=steps,
-        reader_warmup_steps=0, sft_steps=0, retrieval_warmup_steps=0)
     kind = cfg.budget.policy if cfg.budget.policy in LEARNED else "transformer"
-    train_cfg = dataclasses.replace(cfg, grpo=g, budget=dataclasses.replace(cfg.budget, policy=kind,
-                                                                            sees_evidence=bool(sees_evidence)),
-                                    runtime=dataclasses.replace(cfg.runtime, seed=seed))
-    validate(train_cfg, f"frontier point (token_price {token_price}, seed {seed})")
+    source = f"frontier point (token_price {token_price}, seed {seed})"
+    # the policy alone trains: every warm-up and the alignment stage are the reader's, already done
+    train_cfg = derive(cfg, source, grpo={
+        "policy_only": True, "reward_terms": {"task": 1.0, "token_price": float(token_price)},
+        "advantage_norm": advantage_norm or ("mean" if token_price > 0 else cfg.grpo.advantage_norm),
+        "policy_lr": cfg.grpo.policy_lr if policy_lr is None else policy_lr, "questions_per_step": qps,
+        "max_steps": steps, "epochs": max(1, math.ceil(steps * qps / len(train_q))), "eval_every": steps,
+        "reader_warmup_steps": 0, "sft_steps": 0, "retrieval_warmup_steps": 0},
+        budget={"policy": kind, "sees_evidence": bool(sees_evidence)}, runtime={"seed": seed}, align={"steps": 0})
+    validate(train_cfg, source)
+    g = train_cfg.grpo
     folder = Path(folder)
     point = {"token_price": float(token_price), "seed": seed, "steps": steps, "policy": kind,
              "advantage_norm": g.advantage_norm, "policy_lr": g.policy_lr, "questions_per_step": qps}
@@ -224,7 +227,7 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
         if select == "best":
             model.load(folder / "best", parts=("policy",))
     finally:
-        model.cfg = dataclasses.replace(cfg, budget=train_cfg.budget)  # the params of the policy it now has
+        model.cfg = derive(cfg, source, budget={"policy": kind, "sees_evidence": bool(sees_evidence)})  # its policy's
         for p, flag in grads:
             p.requires_grad_(flag)
     return trainer
@@ -243,7 +246,7 @@ def diagnostics(model, questions, batch_size: int | None = None) -> dict:
         raise ValueError(f"budget diagnostics need latent memory (model.memory = {model.memory!r})")
     bs = batch_size or model.cfg.eval.batch_size
     entropy, evidence, other, budgets = [], [], [], []
-    with grpo.passes_mode(model, False), torch.no_grad():
+    with passes_mode(model, False), torch.no_grad():
         for i in range(0, len(questions), bs):
             batch = questions[i:i + bs]
             plan = model.plan(batch, sample=False)
@@ -275,7 +278,7 @@ def probe_data(model, questions, batch_size: int | None = None) -> dict:
     saved = model.memory
     model.memory = "latent"  # the query state is only computed for latent memory
     try:
-        with grpo.passes_mode(model, False), torch.no_grad():
+        with passes_mode(model, False), torch.no_grad():
             for i in range(0, len(questions), bs):
                 batch = questions[i:i + bs]
                 r = model.retriever(model.reasoner, batch, False, None, need_query=True)

@@ -1,11 +1,11 @@
 """The full-context baseline: the whole memory as text in ElasticMem's layout (eval.method = full_context)."""
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
 from .budget import BudgetDecision
+from .config import derive
 from .model import ElasticMem, Plan
 from .retrieval import Retrieved, question_ids
 
@@ -23,7 +23,7 @@ class FullContext(ElasticMem):
 
     def __init__(self, backbone, bank, cfg, chunk_texts):
         # the whole memory goes in, nothing is retrieved: whatever retrieval.mode says, build no semantic index
-        cfg = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, mode="frozen_state"))
+        cfg = derive(cfg, "full context", retrieval={"mode": "frozen_state"})
         super().__init__(backbone, bank, cfg, chunk_texts, memory="text")
         self.window = cfg.eval.context_window or backbone.model.config.max_position_embeddings
         self.dropped: dict[str, int] = {}

@@ -27,7 +27,6 @@ memgen.trigger = learned, then a GRPO stage for the trigger alone (the weaver fr
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -38,7 +37,7 @@ from torch import nn
 
 from . import sampling
 from .budget import BudgetDecision, BudgetPolicy
-from .config import Config
+from .config import Config, derive
 from .injection import Batch, Row, build_batch
 from .model import ElasticMem, Generation, Plan
 from .projector import embedding_rms
@@ -444,7 +443,7 @@ def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
            "retrieval": {"aux_weight": 0.0}}
     train_q, val_q = dataset.split("train"), dataset.split("val")
     sft = folder / "sft"
-    model.cfg = copy_config(cfg, **own)
+    model.cfg = derive(cfg, "memgen weaver", **own)
     try:
         trainer = Trainer(model, train_q, val_q, folder, setting=dataset.setting)
         if (sft / CHECKPOINT_META).is_file() and (sft / "rng.pt").is_file():
@@ -465,9 +464,9 @@ def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
     model.load(best)
     for name, p in model.named_parameters():
         p.requires_grad_(f".{TRIGGER_ADAPTER}." in name or name.startswith("trigger_head."))
-    model.cfg = copy_config(cfg, grpo={**own["grpo"], "lr": m.trigger_lr, "max_steps": m.trigger_steps,
-                                       "epochs": max(1, cfg.grpo.epochs)}, align=own["align"],
-                            retrieval=own["retrieval"])
+    model.cfg = derive(cfg, "memgen trigger", grpo={**own["grpo"], "lr": m.trigger_lr, "max_steps": m.trigger_steps,
+                                                    "epochs": max(1, cfg.grpo.epochs)}, align=own["align"],
+                       retrieval=own["retrieval"])
     model.trigger_trains = model.trigger_active = True
     try:
         Trainer(model, train_q, val_q, folder / "trigger", setting=dataset.setting).train(progress, reader_warmup=False)
@@ -475,11 +474,3 @@ def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
         model.trigger_trains = False
         model.cfg = cfg
     return folder / "trigger" / "best"
-
-
-def copy_config(cfg: Config, **sections) -> Config:
-    """`cfg` with some sections' fields replaced: copy_config(cfg, grpo={'lr': 1e-6})."""
-    out = copy.deepcopy(cfg)
-    for name, values in sections.items():
-        setattr(out, name, dataclasses.replace(getattr(out, name), **values))
-    return out

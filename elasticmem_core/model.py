@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import projector as projector_mod
-from . import sampling
+from . import rollout, sampling
 from .budget import BudgetDecision, BudgetPolicy
 from .config import Config, from_sections
 from .index import MemoryIndex
@@ -145,11 +145,9 @@ class ElasticMem(nn.Module):
         return out.to(self.device)
 
     def rollout(self, question, group_size: int, reward_fn, generator):
-        """G sampled rollouts of one training item as a grpo.Group (grpo.rollout; the AgeMem-style agent plays
+        """G sampled rollouts of one training item as a rollout.Group (rollout.rollout; the AgeMem-style agent plays
         whole episodes instead)."""
-        from .grpo import rollout
-
-        return rollout(self, question, group_size, reward_fn, generator)
+        return rollout.rollout(self, question, group_size, reward_fn, generator)
 
     def prepare(self, questions, folder=None, progress: bool = True) -> None:
         """Work done once before answering `questions` (nothing here; the text-memory systems build their stores

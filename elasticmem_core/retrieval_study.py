@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluate, grpo, stats
+from .config import derive
 from .experiment import train_dir, write_json
 from .retrieval_loss import RECALL_ZS, recall_at
 
@@ -128,7 +129,7 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
         elif not (where / "warmup.json").is_file():
             model.load(reader)
             train_q = list(dataset.split("train"))
-            c = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, seed=s))
+            c = derive(cfg, f"retrieval warm-up seed {s}", runtime={"seed": s})
             saved_cfg, model.cfg = model.cfg, c
             try:
                 grpo.Trainer(model, train_q, [], folder / f"warmup-seed{s}-log", setting=setting) \

@@ -92,10 +92,9 @@ def task_reward(r: Rollout) -> float:
 
 
 def alfworld_step_reward(r: Rollout) -> float:
-    """ALFWorld's: 1 if the output, snapped to the step's admissible commands, is the expert action."""
-    from . import alfworld  # looked up at call time (alfworld imports this module)
-
-    return alfworld.step_reward(r.text, r.question)
+    """ALFWorld's: 1 if the output, snapped to the step's admissible commands, is the expert action (the question is
+    an alfworld.StepItem: gold = the expert action)."""
+    return expert_action_reward(r.text, r.question.turn.admissible, r.question.gold)
 
 
 def token_price(r: Rollout) -> float:

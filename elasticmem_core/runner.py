@@ -3,8 +3,10 @@
     elasticmem run notebooks/00_setup.ipynb -p params/mini.yaml [--set grpo.epochs=2] [--run-dir outputs/x] [--fresh]
     elasticmem reproduce -p params/mini.yaml        # every numbered notebook, in order
     elasticmem check-params                         # validate every params file under params/
-    elasticmem sync-params                          # rewrite each notebook's parameters cell from params/smoke.yaml
     elasticmem verify-bank outputs/<run>/banks/<setting>   # every shard's sha256 against the bank's manifest
+
+Inside a notebook, `run = runner.start(params, overrides, run_dir)` (the names of its parameters cell) gives the
+validated config and the run folder.
 
 The params are validated through the typed config before any kernel starts (papermill itself only warns on an
 unknown parameter). The run folder receives the executed notebooks, `params.yaml` (fully resolved), and
@@ -17,19 +19,100 @@ notebook is written under a temporary name and renamed when it finished: a faile
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import os
-import pprint
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, ConfigError, load, read_params
-from .experiment import FRESH_ENV, HEADLESS_ENV, code_version, environment, fresh, repo_root, resolve, write_json, write_yaml
+from .checks import load, validate
+from .config import Config, ConfigError, apply_overrides, from_sections
+from .experiment import (FRESH_ENV, HEADLESS_ENV, code_version, environment, fresh, repo_root, resolve, seed_everything,
+                         write_json, write_yaml)
 
 NOTEBOOK_RE = re.compile(r"^\d\d_[\w-]+\.ipynb$")
 OVERLAYS = ("baselines", "ablations", "grids")  # params/<these>/ hold overlays: only the keys they change
+
+
+# ---- inside a notebook: its run ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    """A notebook's view of its run: the validated config and the folder its outputs go to."""
+    cfg: Config
+    dir: Path
+
+    def path(self, *parts: str) -> Path:
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+# A notebook's parameters cell (tagged `parameters`): which params to run, nothing else. papermill `-p` replaces
+# these; `papermill -f params/<file>.yaml` injects the file's sections instead, read as that file would be.
+PARAMETERS_CELL = ("params = \"params/smoke.yaml\"  # a params file, or a list: a base, then overlays\n"
+                   "overrides = []  # [\"section.key=value\", ...]\n"
+                   "run_dir = None  # the run folder; None = outputs/<runtime.run_name>\n")
+PARAMETER_NAMES = ("params", "overrides", "run_dir")
+
+
+def start(params: str | list | None = None, overrides: list[str] | None = None, run_dir: str | None = None) -> Run:
+    """A notebook's run: its validated config (the params file(s) plus overrides, or the sections papermill
+    injected with `-f`), seeded, with thread settings applied and the run folder prepared.
+
+    Called in the cell after the parameters cell. Under plain papermill a misspelled section (`gpro:` in the `-f`
+    file) is refused here, with the CLI's message."""
+    import torch
+
+    source = "<notebook parameters>"
+    injected = _injected()
+    if injected:  # papermill -f params/x.yaml: the file's sections (a misspelled one is refused by from_sections)
+        cfg = from_sections(source, **apply_overrides(injected, overrides))
+    else:
+        paths = [] if not params else [params] if isinstance(params, (str, Path)) else list(params)
+        cfg = load([resolve(p) for p in paths] or None, overrides)
+    validate(cfg, source)
+    seed_everything(cfg.runtime.seed)
+    if cfg.runtime.num_threads > 0:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    folder = resolve(run_dir) if run_dir else resolve(cfg.runtime.output_dir) / cfg.runtime.run_name
+    folder.mkdir(parents=True, exist_ok=True)
+    params_file = folder / "params.yaml"
+    if not params_file.exists():  # the runner writes it first; a bare papermill/JupyterLab run writes it here
+        write_yaml(params_file, cfg.to_dict())
+    return Run(cfg=cfg, dir=folder)
+
+
+# the first line of the cell papermill injects
+PAPERMILL_HEADER = "# Parameters"
+
+
+def _assigned(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+
+
+def _injected() -> dict[str, Any]:
+    """The names papermill injected (`-f params.yaml` or `-p`) other than the parameters cell's own, with their
+    values: a params file's sections (or misspelled ones, which from_sections refuses as the CLI does: plain
+    papermill only warns "Passed unknown parameter"). Outside an IPython kernel, or with nothing injected: {}."""
+    ip = sys.modules.get("IPython")
+    ip = ip.get_ipython() if ip is not None else None
+    if ip is None:
+        return {}
+    history = list(getattr(getattr(ip, "history_manager", None), "input_hist_raw", None) or ip.user_ns.get("In", []))
+    first = [(cell.lstrip().splitlines() or [""])[0].rstrip() for cell in history]
+    injected = [i for i, line in enumerate(first) if line == PAPERMILL_HEADER]
+    if not injected:
+        return {}
+    names = _assigned(history[injected[-1]]) - set(PARAMETER_NAMES)
+    return {name: ip.user_ns.get(name) for name in sorted(names) if not name.startswith("PAPERMILL_")}
 
 
 class NotebookFailed(RuntimeError):
@@ -56,8 +139,11 @@ def resolve_params(params, overrides: list[str] | None = None):
     """The validated Config for a params file (or a list: a base, then overlays) plus overrides.
 
     ConfigError names the file(s) and the key."""
-    paths = [] if not params else [params] if isinstance(params, (str, Path)) else list(params)
-    return load([resolve(p) for p in paths] or None, overrides)
+    return load([resolve(p) for p in _paths(params)] or None, overrides)
+
+
+def _paths(params) -> list:
+    return [] if not params else [params] if isinstance(params, (str, Path)) else list(params)
 
 
 def run_notebooks(notebooks: list[str | Path], params: str | Path | None = None, overrides: list[str] | None = None,
@@ -110,7 +196,7 @@ def _run_notebooks(notebooks, params, overrides, run_dir, log_output) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_yaml(folder / "params.yaml", cfg.to_dict())
     record: dict[str, Any] = {
-        "params_files": [str(p) for p in ([params] if isinstance(params, (str, Path)) else params or [])],
+        "params_files": [str(p) for p in _paths(params)],
         "overrides": list(overrides or []),
         "seed": cfg.runtime.seed,
         "seeds": list(cfg.runtime.seeds) or [cfg.runtime.seed],
@@ -127,7 +213,9 @@ def _run_notebooks(notebooks, params, overrides, run_dir, log_output) -> Path:
     for src, pass_overrides, sub in _passes(notebooks, cfg, overrides):
         if not src.is_file():
             raise FileNotFoundError(f"notebook {src} not found")
-        parameters = {**resolve_params(params, pass_overrides).to_dict(), "run_dir": str(folder)}
+        resolve_params(params, pass_overrides)  # a bad pass is refused before its kernel starts
+        parameters = {"params": [str(resolve(p)) for p in _paths(params)], "overrides": pass_overrides,
+                      "run_dir": str(folder)}
         out = folder / "notebooks" / sub / src.name
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.stem + ".partial.ipynb")
@@ -175,35 +263,6 @@ def _describe(e: Exception, executed: Path | None = None) -> str:
     return f"{where}: {ename}: {evalue}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-PARAMS_HEADER = ("# Parameters: smoke-sized defaults, identical to params/smoke.yaml (kept in sync by\n"
-                 "# `elasticmem sync-params`). `papermill -f params/<file>.yaml` replaces whole sections.\n")
-
-
-def parameters_source(sections: dict[str, Any]) -> str:
-    lines = [PARAMS_HEADER + "# run folder; None = outputs/{runtime.run_name}", "run_dir = None"]
-    for name in SECTIONS:
-        body = pprint.pformat(sections.get(name, {}), sort_dicts=False, width=110)
-        lines.append(f"{name} = {body}")
-    return "\n".join(lines) + "\n"
-
-
-def sync_parameters(notebook: Path, smoke: Path) -> bool:
-    """Rewrite the notebook's `parameters` cell from the smoke params; True if it changed."""
-    import nbformat
-
-    nb = nbformat.read(notebook, as_version=4)
-    source = parameters_source(read_params(smoke))
-    for cell in nb.cells:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            if cell.source == source:
-                return False
-            cell.source = source
-            nbformat.write(nb, notebook)
-            return True
-    raise ConfigError(f"{notebook}: no cell tagged 'parameters'")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="elasticmem", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="where overlays' reference folders are found (default outputs/reference)")
     p.add_argument("--readme", action="store_true", help="rewrite README.md's block between the CLAIMS markers")
     sub.add_parser("check-params", help="validate every params/**/*.yaml")
-    sub.add_parser("sync-params", help="rewrite notebook parameters cells from params/smoke.yaml")
     p = sub.add_parser("verify-bank", help="check every shard of bank folder(s) against the sha256 its build recorded "
                                            "(a normal load checks sizes only, unless bank.verify is true)")
     p.add_argument("folders", nargs="+", metavar="BANK_FOLDER", help="e.g. outputs/<run>/banks/<setting>")
@@ -260,11 +318,6 @@ def main(argv: list[str] | None = None) -> int:
                 # overlays (baselines, ablations) are checked on top of the embedded default
                 resolve_params([resolve("params/mini.yaml"), f] if f.parent.name in OVERLAYS else f)
             print(f"elasticmem: {len(files)} params files valid")
-        elif args.cmd == "sync-params":
-            smoke = resolve("params/smoke.yaml")
-            for nb in numbered_notebooks():
-                if sync_parameters(nb, smoke):
-                    print(f"updated {nb.name}")
         elif args.cmd == "verify-bank":
             from .bank import BankError, verify
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 from elasticmem_core import assemble, grpo
 from elasticmem_core import backbone as bb

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from elasticmem_core import config as config_mod
+from elasticmem_core import checks
 from elasticmem_core.backbone import load_backbone
 from elasticmem_core.experiment import resolve
 
@@ -23,4 +23,4 @@ def smol_backbone():
 
 @pytest.fixture()
 def smoke_cfg():
-    return config_mod.load(resolve("params/smoke.yaml"))
+    return checks.load(resolve("params/smoke.yaml"))

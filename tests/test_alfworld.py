@@ -211,7 +211,7 @@ def model(ds, tmp_path_factory):
     cfg = alfworld.training_config(tiny_cfg("grpo.max_steps=2", "grpo.eval_every=1"))
     backbone = load_backbone("tiny-random")
     bank = bank_mod.build(ds.chunks(), backbone, cfg.bank, tmp_path_factory.mktemp("bank"), progress=False)
-    # seeded as experiment.start seeds a notebook: the untrained LoRA, projector and policy (whose greedy budgets the
+    # seeded as runner.start seeds a notebook: the untrained LoRA, projector and policy (whose greedy budgets the
     # tests read) must not depend on how much of the global RNG earlier tests used (a fresh clone converts SmolLM2)
     seed_everything(42)
     return ElasticMem(backbone, bank, cfg, {c.chunk_id: c.text for c in ds.chunks()})
@@ -357,16 +357,18 @@ def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_
     from elasticmem_core import launch
     from elasticmem_core.experiment import train_dir
 
+    from elasticmem_core import rewards
+
     calls = {"rollout": [], "validation": 0}
-    step_reward, step_accuracy = alfworld.step_reward, alfworld.step_accuracy
+    step_reward, step_accuracy = rewards.REWARD_TERMS["alfworld_step"], alfworld.step_accuracy
     validating = []
 
-    def reward_spy(text, item):
-        assert isinstance(item, alfworld.StepItem)      # an expert step, never a multiple-choice question
-        r = step_reward(text, item)
+    def reward_spy(r):
+        assert isinstance(r.question, alfworld.StepItem)  # an expert step, never a multiple-choice question
+        value = step_reward(r)
         if not validating:
-            calls["rollout"].append(r)
-        return r
+            calls["rollout"].append(value)
+        return value
 
     def accuracy_spy(model, items, max_new_tokens=None):
         validating.append(True)
@@ -376,7 +378,7 @@ def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_
         finally:
             validating.pop()
 
-    monkeypatch.setattr(alfworld, "step_reward", reward_spy)
+    monkeypatch.setitem(rewards.REWARD_TERMS, "alfworld_step", reward_spy)  # the term GRPO weighs
     monkeypatch.setattr(alfworld, "step_accuracy", accuracy_spy)
     # 12 training games: one skill card (bank_ratio 0.1), 11 GRPO games, one of them validation
     launch.main(["train", "-p", "params/smoke.yaml", "--set", "runtime.backbone=tiny-random",

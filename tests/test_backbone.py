@@ -86,13 +86,15 @@ def test_dtype_and_device_resolution(monkeypatch):
 
 
 def test_cpu_bf16_support_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    from elasticmem_core import experiment
+
     flags = tmp_path / "cpuinfo"
-    real = bb.Path
+    real = experiment.Path
     for text, expected in (("flags : fpu avx2 amx_bf16 amx_tile", True), ("flags : fpu avx512_bf16", True),
                            ("flags : fpu avx2 avx512f", False)):
         flags.write_text(text)
-        monkeypatch.setattr(bb, "Path", lambda p, _f=flags: _f if p == "/proc/cpuinfo" else real(p))
-        assert bb.cpu_supports_bf16() is expected, text
+        monkeypatch.setattr(experiment, "Path", lambda p, _f=flags: _f if p == "/proc/cpuinfo" else real(p))
+        assert experiment.cpu_supports_bf16() is expected, text
     if not torch.cuda.is_available():
         with pytest.raises(BackboneError, match="no CUDA device"):
             bb.resolve_device("cuda")

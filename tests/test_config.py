@@ -5,10 +5,11 @@ import json
 
 import pytest
 
+from elasticmem_core import checks
 from elasticmem_core import config, runner
 from elasticmem_core.config import SECTIONS, ConfigError
 from elasticmem_core.experiment import resolve
-from elasticmem_core.runner import numbered_notebooks, parameters_source
+from elasticmem_core.runner import PARAMETERS_CELL, numbered_notebooks
 
 ALL_PARAMS = sorted(resolve("params").rglob("*.yaml"))
 OVERLAYS = [p for p in ALL_PARAMS if p.parent.name in runner.OVERLAYS]
@@ -32,9 +33,9 @@ def test_defaults_are_the_papers():
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: str(p.relative_to(resolve("params"))))
 def test_every_params_file_validates_and_names_every_section(path):
     raw = config.read_params(path)
-    # papermill replaces whole sections: a file that omitted one would silently keep the notebook's smoke values.
+    # a standalone file is a whole recipe: every section named ({} = the paper's defaults), so none is read by accident
     assert set(raw) == set(SECTIONS), f"{path}: sections {sorted(raw)} != {sorted(SECTIONS)}"
-    config.load(path)
+    checks.load(path)
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(resolve("params"))))
@@ -42,25 +43,38 @@ def test_every_overlay_validates_on_each_base(path):
     # only the reference row of the ablation grid is the unchanged method
     assert config.read_params(path) or path.stem == "elasticmem_reference", f"{path}: an empty overlay"
     for base in ("params/smoke.yaml", "params/mini.yaml", "params/paper/qwen2.5-3b-locomo-mc10.yaml"):
-        config.load([resolve(base), path])
+        checks.load([resolve(base), path])
 
 
 def test_layered_params_merge_section_by_section(tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("budget:\n  policy: uniform\n")
-    cfg = config.load([resolve("params/mini.yaml"), overlay])
-    mini = config.load(resolve("params/mini.yaml"))
+    cfg = checks.load([resolve("params/mini.yaml"), overlay])
+    mini = checks.load(resolve("params/mini.yaml"))
     assert cfg.budget.policy == "uniform" and cfg.budget.b_max == mini.budget.b_max and cfg.lora == mini.lora
     overlay.write_text("budget:\n  polcy: uniform\n")
     with pytest.raises(ConfigError, match=r"mini.yaml \+ .*overlay.yaml: budget.polcy: unknown key"):
-        config.load([resolve("params/mini.yaml"), overlay])
+        checks.load([resolve("params/mini.yaml"), overlay])
+
+
+@pytest.mark.parametrize("base", ["params/smoke.yaml", "params/mini.yaml"])
+def test_derive_round_trips_and_replaces_only_what_it_names(base):
+    cfg = checks.load(resolve(base))
+    assert config.derive(cfg) == cfg  # the studies derive their configs: an unchanged derive must change nothing
+    new = config.derive(cfg, "study", grpo={"lr": 1e-5}, runtime={"seed": 7})
+    assert (new.grpo.lr, new.runtime.seed) == (1e-5, 7) and (cfg.grpo.lr, cfg.runtime.seed) != (1e-5, 7)
+    assert new.grpo.group_size == cfg.grpo.group_size and new.budget == cfg.budget
+    with pytest.raises(ConfigError, match=r"study: grpo.lrr: unknown key"):
+        config.derive(cfg, "study", grpo={"lrr": 1e-5})
+    with pytest.raises(ConfigError, match=r"study: unknown section 'gpro'"):
+        config.derive(cfg, "study", gpro={"lr": 1e-5})
 
 
 def test_paper_files_set_each_settings_top_z():
     expected = {"personamem-32k": 9, "personamem-128k": 21, "locomo-mc10": 20, "longmemeval-mc10": 20, "alfworld": 10}
     for size in ("3b", "7b"):
         for setting, z in expected.items():
-            cfg = config.load(resolve(f"params/paper/qwen2.5-{size}-{setting}.yaml"))
+            cfg = checks.load(resolve(f"params/paper/qwen2.5-{size}-{setting}.yaml"))
             assert cfg.retrieval.top_z == z and cfg.data.settings == [setting]
             assert cfg.runtime.backbone == f"Qwen/Qwen2.5-{size.upper()}-Instruct"
             assert cfg.grpo.group_size == (8 if setting == "alfworld" else 4)
@@ -70,7 +84,7 @@ def test_unknown_key_names_key_and_file(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("grpo:\n  clip_epsilon: 0.2\n")
     with pytest.raises(ConfigError) as e:
-        config.load(p)
+        checks.load(p)
     msg = str(e.value)
     assert str(p) in msg and "grpo.clip_epsilon" in msg and "clip_eps" in msg  # suggests the right key
 
@@ -79,7 +93,7 @@ def test_unknown_section_names_section(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("trainer:\n  lr: 1\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown section 'trainer'"):
-        config.load(p)
+        checks.load(p)
 
 
 @pytest.mark.parametrize("text,key", [
@@ -95,39 +109,39 @@ def test_wrong_type_names_key_and_file(tmp_path, text, key):
     p = tmp_path / "bad.yaml"
     p.write_text(text)
     with pytest.raises(ConfigError) as e:
-        config.load(p)
+        checks.load(p)
     assert str(p) in str(e.value) and key in str(e.value)
 
 
 def test_int_is_accepted_for_float_and_bad_choice_is_rejected(tmp_path):
     p = tmp_path / "ok.yaml"
     p.write_text("grpo:\n  lr: 1\n")
-    assert config.load(p).grpo.lr == 1.0
+    assert checks.load(p).grpo.lr == 1.0
     p.write_text("budget:\n  policy: lstm\n")
     with pytest.raises(ConfigError, match="budget.policy"):
-        config.load(p)
+        checks.load(p)
     p.write_text("budget:\n  b_max: 30\n")  # B_max cannot exceed the content cache N_c
     with pytest.raises(ConfigError, match="b_max"):
-        config.load(p)
+        checks.load(p)
     p.write_text("budget:\n  b_max: 8\n")  # the uniform ablation's budget (10 by default) must be a level
     with pytest.raises(ConfigError, match=r"ok.yaml: budget.uniform_budget \(10\) is outside"):
-        config.load(p)
+        checks.load(p)
 
 
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
-        config.load(tmp_path / "nope.yaml")
+        checks.load(tmp_path / "nope.yaml")
     p = tmp_path / "broken.yaml"
     p.write_text("bank: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        config.load(p)
+        checks.load(p)
 
 
 def test_overrides():
-    cfg = config.load(resolve("params/smoke.yaml"), ["grpo.epochs=3", "data.mini.seed=7", "retrieval.mode=oracle"])
+    cfg = checks.load(resolve("params/smoke.yaml"), ["grpo.epochs=3", "data.mini.seed=7", "retrieval.mode=oracle"])
     assert (cfg.grpo.epochs, cfg.data.mini.seed, cfg.retrieval.mode) == (3, 7, "oracle")
     with pytest.raises(ConfigError, match="grpo.epoch"):
-        config.load(None, ["grpo.epoch=3"])
+        checks.load(None, ["grpo.epoch=3"])
 
 
 def test_every_field_has_help():
@@ -138,18 +152,17 @@ def test_every_field_has_help():
             assert f.metadata.get("help"), f"{section}.{f.name} has no help text"
 
 
-def test_notebook_parameters_cells_equal_smoke_params():
-    expected = parameters_source(config.read_params(resolve("params/smoke.yaml")))
+def test_notebook_parameters_cells_name_a_params_file_only():
     notebooks = numbered_notebooks()
     assert notebooks, "no numbered notebooks found"
+    assert len(PARAMETERS_CELL.splitlines()) <= 5
     for nb in notebooks:
         data = json.loads(nb.read_text())
         cells = [c for c in data["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(cells) == 1, f"{nb.name}: needs exactly one cell tagged 'parameters'"
-        assert "".join(cells[0]["source"]) == expected, f"{nb.name}: run `elasticmem sync-params`"
-        # every section of the params files is a parameter of the notebook
-        for section in SECTIONS:
-            assert f"\n{section} = " in expected
+        assert "".join(cells[0]["source"]) == PARAMETERS_CELL.rstrip("\n"), nb.name
+        after = "".join(data["cells"][data["cells"].index(cells[0]) + 1]["source"])
+        assert "runner.start(params, overrides, run_dir)" in after, nb.name
 
 
 def test_notebooks_are_committed_clean():
@@ -164,7 +177,7 @@ def test_notebooks_are_committed_clean():
 def test_exponent_without_dot_is_a_number(tmp_path):
     p = tmp_path / "lr.yaml"
     p.write_text("grpo:\n  lr: 2e-5\n")  # PyYAML (YAML 1.1) reads this as the string '2e-5'
-    assert config.load(p).grpo.lr == 2e-5
+    assert checks.load(p).grpo.lr == 2e-5
     p.write_text("grpo:\n  lr: 2e-5x\n")
     with pytest.raises(ConfigError, match="grpo.lr"):
-        config.load(p)
+        checks.load(p)

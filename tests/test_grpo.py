@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from elasticmem_core import grpo, sampling
+from elasticmem_core import rollout as rollouts
 from elasticmem_core.experiment import resolve, seed_everything
 from elasticmem_core.rewards import WeightedReward
 from tinydata import QUESTIONS, tiny_bank, tiny_model
@@ -19,11 +20,11 @@ NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
 
 
 def test_group_advantages_by_hand():
-    adv = grpo.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), clip=5.0)
+    adv = rollouts.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), clip=5.0)
     expected = 0.5 / (math.sqrt(1 / 3) + 1e-4)  # unbiased std of (1, 0, 0, 1) is sqrt(1/3)
     assert torch.allclose(adv, torch.tensor([expected, -expected, -expected, expected]))
-    assert torch.equal(grpo.group_advantages(torch.ones(4), clip=5.0), torch.zeros(4))   # no signal, no update
-    assert grpo.group_advantages(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), clip=2.0).max() == 2.0
+    assert torch.equal(rollouts.group_advantages(torch.ones(4), clip=5.0), torch.zeros(4))   # no signal, no update
+    assert rollouts.group_advantages(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), clip=2.0).max() == 2.0
 
 
 def test_clipped_surrogate_and_gradient_by_hand():
@@ -66,7 +67,7 @@ def test_token_logprobs_equal_the_full_vocabulary_pass(bank):
     plan = model.plan(qs, sample=True, generator=torch.Generator().manual_seed(0))
     answers = [model.answer_ids(q.gold) for q in qs]
     answers[0] = answers[0] + answers[0]  # answers of different lengths: right padding
-    logp, mask = grpo.token_logprobs(model, qs, plan, answers, with_grad=False)
+    logp, mask = rollouts.token_logprobs(model, qs, plan, answers, with_grad=False)
     batch = model.build(qs, plan, answers)
     with torch.no_grad():
         logits = model.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
@@ -87,7 +88,7 @@ def test_token_logprobs_equal_the_full_vocabulary_pass(bank):
 
 
 def _train(bank, run_dir, *overrides, interrupt_at=None):
-    seed_everything(42)  # as experiment.start does: the same initial weights in every run
+    seed_everything(42)  # as runner.start does: the same initial weights in every run
     model = tiny_model(bank, "grpo.epochs=2", "grpo.max_steps=4", "grpo.eval_every=2", "grpo.questions_per_step=2", "grpo.lr=1e-3",
                        "grpo.max_new_tokens=3", *overrides)
     trainer = grpo.Trainer(model, QUESTIONS, QUESTIONS[:2], run_dir)
@@ -250,8 +251,8 @@ def test_per_rollout_backward_and_checkpointing_give_the_batched_gradient(bank, 
 def test_group_action_counts_equal_the_loss_mask(bank):
     """The per-rollout backward's normalisers (counted from the rollouts) are the batched pass's mask counts."""
     model = tiny_model(bank, *NO_DROPOUT, "grpo.max_new_tokens=3")
-    g = grpo.rollout(model, QUESTIONS[0], 4, WeightedReward({"task": 1.0}), sampling.generator_for(model.device, 0))
-    _, mask = grpo.token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False)
+    g = rollouts.rollout(model, QUESTIONS[0], 4, WeightedReward({"task": 1.0}), sampling.generator_for(model.device, 0))
+    _, mask = rollouts.token_logprobs(model, g.questions, g.plan, g.answers, with_grad=False)
     assert torch.equal(g.action_counts(), mask.sum(1).cpu())
 
 
@@ -324,8 +325,8 @@ def test_policy_only_trains_the_budget_policy_alone_without_the_reasoner_in_the_
 
 def test_advantages_mean_norm_keeps_the_price_scale():
     r = torch.tensor([1.0 - 0.01, 1.0 - 0.02, 1.0 - 0.03, 1.0 - 0.04])   # task ties; only the price differs
-    std = grpo.group_advantages(r, clip=5.0)
-    mean = grpo.group_advantages(r, clip=5.0, norm="mean")
+    std = rollouts.group_advantages(r, clip=5.0)
+    mean = rollouts.group_advantages(r, clip=5.0, norm="mean")
     assert std[0] > 1.0                                   # amplified to unit variance: the collapse risk
     assert torch.allclose(mean, r - r.mean()) and mean.abs().max() < 0.02
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from elasticmem_core import baselines, grpo, memgen
+from elasticmem_core import rollout as rollouts
 from elasticmem_core.backbone import load_backbone
 from elasticmem_core.config import ConfigError
 from test_baselines import cfg, dataset
@@ -86,7 +87,7 @@ def test_delimiter_insertion_points_in_teacher_forcing_and_generation(bank):
         plan = model.plan(qs)
         batch = model.build(qs, plan)
         gen = model.generate(batch, 5, sample=False)
-        logp, mask = grpo.token_logprobs(model, qs, plan, gen.tokens, with_grad=False)
+        logp, mask = rollouts.token_logprobs(model, qs, plan, gen.tokens, with_grad=False)
     for i, toks in enumerate(gen.tokens):
         inserted = min(2, sum(1 for t in toks[:-1] if t != eos))
         assert batch.counts[i]["memory"] == 2 + 2 * inserted
@@ -168,13 +169,13 @@ def test_the_learned_trigger_trains_alone_on_its_recorded_decisions(bank):
     model._delimiter = {t: t != eos for t in range(model.tokenizer.vocab_size + 200)}
     # before its stage the untrained trigger decides nothing: every insertion point inserts, up to the cap
     assert not model.trigger_head.weight.requires_grad
-    group = grpo.rollout(model, QUESTIONS[0], 4, grpo.WeightedReward({"task": 1.0}), torch.Generator().manual_seed(0))
+    group = rollouts.rollout(model, QUESTIONS[0], 4, grpo.WeightedReward({"task": 1.0}), torch.Generator().manual_seed(0))
     assert group.plan.triggers is None
     assert [c["memory"] for c in group.counts] == [2 + 2 * min(3, len(a) - 1) for a in group.answers]
     for n, p in model.named_parameters():  # the trigger stage (memgen.train): only the trigger trains, and decides
         p.requires_grad_(f".{memgen.TRIGGER_ADAPTER}." in n or n.startswith("trigger_head."))
     model.trigger_trains = model.trigger_active = True
-    group = grpo.rollout(model, QUESTIONS[0], 4, grpo.WeightedReward({"task": 1.0}), torch.Generator().manual_seed(0))
+    group = rollouts.rollout(model, QUESTIONS[0], 4, grpo.WeightedReward({"task": 1.0}), torch.Generator().manual_seed(0))
     decisions = [len(t) for t in group.plan.triggers]
     inserted = [sum(t.values()) for t in group.plan.triggers]
     assert sum(decisions) > 0 and all(n <= 3 for n in inserted)  # asked at each delimiter, at most 3 insertions

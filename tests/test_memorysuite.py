@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from elasticmem_core import config as config_mod
+from elasticmem_core import checks
 from elasticmem_core import memorysuite
 from elasticmem_core.experiment import resolve
 from elasticmem_core.memorysuite import DataError, chunk_turns, loaders, mini, splits
@@ -409,7 +409,7 @@ MINI_FROZEN = {
 
 
 def test_mini_params_data_is_frozen():
-    params = config_mod.load(resolve("params/mini.yaml")).data.mini
+    params = checks.load(resolve("params/mini.yaml")).data.mini
     for key, cfg in (("before extra", dataclasses.replace(params, extra_test_memories=0)), ("with extra", params)):
         for setting in MINI:
             files, split = mini.build(setting, cfg)
@@ -424,7 +424,7 @@ def test_mini_params_data_is_frozen():
 def test_mini_extra_test_memories_only_add_test(setting, tmp_path):
     """The first n_memories memories keep their text and split, the extra ones are appended to test only, and under
     params/mini.yaml every setting's test split has >= 240 questions (train and validation unchanged)."""
-    cfg = config_mod.load(resolve("params/mini.yaml"))
+    cfg = checks.load(resolve("params/mini.yaml"))
     cfg.data.mini_dir = str(tmp_path)
     extra = cfg.data.mini.extra_test_memories
     files, split = mini.build(setting, dataclasses.replace(cfg.data.mini, extra_test_memories=0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from elasticmem_core import checks
 from elasticmem_core import bank as bank_mod
 from elasticmem_core import config
 from elasticmem_core.backbone import load_backbone
@@ -243,7 +244,7 @@ def test_bad_inputs(tiny_bank):
 
 def test_end_to_end_on_the_embedded_backbone(tmp_path):
     backbone = load_backbone("smollm2-135m", cache_dir=resolve("outputs/cache"))
-    cfg = config.load(resolve("params/smoke.yaml"))
+    cfg = checks.load(resolve("params/smoke.yaml"))
     bank = bank_mod.build(CHUNKS, backbone, cfg.bank, tmp_path / "bank", progress=False)
     torch.manual_seed(0)  # an untrained policy's greedy budgets: unseeded, some inits drop every chunk
     model = ElasticMem(backbone, bank, cfg)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from elasticmem_core import assemble, config, evaluate, experiment, grpo
+from elasticmem_core import checks
+from elasticmem_core import assemble, evaluate, experiment, grpo
 from elasticmem_core import backbone as bb
 from elasticmem_core.memorysuite import splits
 
@@ -50,7 +51,7 @@ def test_there_is_a_paper_file_per_backbone_and_setting():
 
 @pytest.mark.parametrize("params", QA, ids=lambda p: p.stem)
 def test_paper_file_trains_and_evaluates_in_bfloat16(params, fixture_data, tmp_path):
-    cfg = config.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}"])
+    cfg = checks.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}"])
     assert cfg.retrieval.mode == "control_token" and cfg.bank.cache_layer == -1 and cfg.projector.kind == "mlp"
     (setting,) = cfg.data.settings
     experiment.seed_everything(cfg.runtime.seed)
@@ -95,7 +96,7 @@ def test_alfworld_paper_file_trains_through_its_own_path_in_bfloat16(params, fix
     pytest.importorskip("alfworld")
     from elasticmem_core import alfworld
 
-    cfg = config.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
+    cfg = checks.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
                                            "data.alfworld_max_train_steps=2", "data.alfworld_sft_steps=0"])
     experiment.seed_everything(cfg.runtime.seed)
     backbone = bb.from_config(cfg)
@@ -117,7 +118,7 @@ def test_memgen_row_trains_and_evaluates_under_the_paper_files(params, extra, fi
     stage), 2 GRPO steps, and with the learned trigger its GRPO stage too."""
     from elasticmem_core import baselines
 
-    cfg = config.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
+    cfg = checks.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
                                            "eval.variant_steps=-1", "eval.seeds=[42]", "grpo.sft_batch_size=4", *extra])
     (setting,) = cfg.data.settings
     backbone = bb.from_config(cfg)
@@ -140,7 +141,7 @@ def test_text_memory_rows_run_under_the_paper_files(params, fixture_data, tmp_pa
     agent's curriculum one epoch per stage (capped here by eval.variant_steps), every tool step in the loss."""
     from elasticmem_core import agemem, baselines
 
-    cfg = config.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
+    cfg = checks.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
                                            "eval.variant_steps=1", "eval.seeds=[42]", "grpo.group_size=2",
                                            "mem0.extract_max_new_tokens=4", "agemem.max_tool_tokens=4"])
     assert cfg.agemem.format_steps == 0 and cfg.agemem.loss_steps == 0 and cfg.agemem.store.steps == -1

@@ -118,7 +118,7 @@ def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_p
     model.retriever.semantic_index = MemoryIndex(emb.encode([c.text for c in CHUNKS]), [c.memory_id for c in CHUNKS])
     reader = model.save(train_dir(tmp_path, "tiny", model.cfg.runtime.seed) / "reader")
     logs = []
-    out = retrieval_study.run_retrieval_study(model.cfg, tmp_path, "tiny", model, _Data(), log=logs.append)
+    retrieval_study.run_retrieval_study(model.cfg, tmp_path, "tiny", model, _Data(), log=logs.append)
     data = json.loads((tmp_path / "metrics" / "retrieval.json").read_text())
     assert {"setting", "split", "n", "recall", "accuracy"} <= set(data) and data["n"] == 3
     modes = list(dict.fromkeys(r["mode"] for r in data["recall"]))

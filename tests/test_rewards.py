@@ -1,4 +1,5 @@
 """Rewards are pure functions: letter match for multiple choice, snapped expert action for ALFWorld."""
+from elasticmem_core import checks
 from elasticmem_core.rewards import choice_reward, expert_action_reward, parse_answer, snap_to_admissible
 
 ADMISSIBLE = ["go to countertop 1", "go to countertop 2", "take apple 1 from countertop 1", "open fridge 1",
@@ -69,7 +70,7 @@ def test_bad_reward_terms_name_the_params_file_and_key(tmp_path):
         path.write_text(f"grpo:\n  reward_terms: {value}\n")
         with _pytest.raises(config.ConfigError, match=f"{path}: .*{message}".replace("(", r"\(").replace(")", r"\)")
                             .replace("[", r"\[")):
-            config.load([resolve("params/smoke.yaml"), path])
+            checks.load([resolve("params/smoke.yaml"), path])
     path.write_text("grpo:\n  policy_only: true\nbudget:\n  policy: uniform\n")
     with _pytest.raises(config.ConfigError, match=r"p.yaml: grpo.policy_only = true needs a trainable budget policy"):
-        config.load([resolve("params/smoke.yaml"), path])
+        checks.load([resolve("params/smoke.yaml"), path])

@@ -15,17 +15,15 @@ from elasticmem_core.experiment import resolve
 
 
 def _notebook(path, *cells):
-    params = new_code_cell(runner.parameters_source(read_params(resolve("params/smoke.yaml"))),
-                           metadata={"tags": ["parameters"]})
+    params = new_code_cell(runner.PARAMETERS_CELL, metadata={"tags": ["parameters"]})
     nb = new_notebook(cells=[params, *[new_code_cell(c) for c in cells]],
                       metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nbformat.write(nb, path)
     return path
 
 
-GOOD = ("from elasticmem_core import experiment\n"
-        "run = experiment.start(run_dir, runtime=runtime, data=data, bank=bank, retrieval=retrieval, budget=budget,\n"
-        "                       projector=projector, lora=lora, grpo=grpo, eval=eval)\n"
+GOOD = ("from elasticmem_core import experiment, runner\n"
+        "run = runner.start(params, overrides, run_dir)\n"
         "import os\n"
         "experiment.write_json(run.path('seen.json'), {'seed': run.cfg.runtime.seed, 'epochs': run.cfg.grpo.epochs,\n"
         "                      'cwd': os.getcwd(), 'fresh': os.environ.get('ELASTICMEM_FRESH')})")
@@ -76,7 +74,7 @@ def test_bad_params_fail_before_any_kernel_starts(tmp_path, capsys):
 
 def test_plain_papermill_refuses_a_misspelled_section_in_the_first_cell(tmp_path):
     # `papermill notebooks/00_setup.ipynb out.ipynb -f misspelled.yaml`: papermill itself only warns "Passed unknown
-    # parameter: gpro"; experiment.start (the first cell after the parameters) refuses it with the CLI's message
+    # parameter: gpro"; runner.start (the first cell after the parameters) refuses it with the CLI's message
     import papermill as pm
 
     sections = read_params(resolve("params/smoke.yaml"))
@@ -89,16 +87,26 @@ def test_plain_papermill_refuses_a_misspelled_section_in_the_first_cell(tmp_path
                             kernel_name="python3", cwd=str(resolve(".")), progress_bar=False)
     assert e.value.ename == "ConfigError"
     assert e.value.evalue.startswith("<notebook parameters>: unknown section 'gpro'; sections are: runtime, data")
-    assert runner._describe(e.value, out).startswith("cell 2 (`from elasticmem_core import experiment`)")
+    assert runner._describe(e.value, out).startswith("cell 2 (`from elasticmem_core import experiment, runner`)")
 
 
-def test_sync_params_rewrites_a_stale_parameters_cell(tmp_path):
-    nb = _notebook(tmp_path / "04_stale.ipynb", "pass")
-    data = nbformat.read(nb, as_version=4)
-    data.cells[0].source = "run_dir = None\n"
-    nbformat.write(data, nb)
-    assert runner.sync_parameters(nb, resolve("params/smoke.yaml")) is True
-    assert runner.sync_parameters(nb, resolve("params/smoke.yaml")) is False
+def test_plain_papermill_reads_a_params_file_given_with_f_or_p(tmp_path):
+    # `papermill nb.ipynb out.ipynb -f params/x.yaml` injects the file's sections: the run reads them as that file,
+    # not layered on the notebook's own params file; `-p params ... -p overrides [...]` names the file instead
+    import papermill as pm
+
+    nb = _notebook(tmp_path / "05_seen.ipynb", GOOD)
+    sections = read_params(resolve("params/smoke.yaml"))
+    sections["runtime"]["seed"] = 7
+    f = tmp_path / "seven.yaml"
+    f.write_text(yaml.safe_dump(sections, sort_keys=False))
+    for parameters, seed, epochs in ((read_params(f), 7, 1), ({"params": str(f), "overrides": ["grpo.epochs=2"]}, 7, 2),
+                                     ({"overrides": ["runtime.seed=9"]}, 9, 1)):
+        run_dir = tmp_path / f"run{seed}{epochs}"
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={**parameters, "run_dir": str(run_dir)},
+                            kernel_name="python3", cwd=str(resolve(".")), progress_bar=False)
+        seen = json.loads((run_dir / "seen.json").read_text())
+        assert (seen["seed"], seen["epochs"]) == (seed, epochs), parameters
 
 
 def test_numbered_notebooks_are_in_order():

@@ -184,7 +184,7 @@ def test_stepwise_grpo_broadcasts_the_trajectory_reward_to_every_step(bank, monk
     item = model.item("m0", QUESTIONS[:1])
     g = model.rollout(item, 3, reward, gen)
     assert len(g.questions) == 3 * 2 and g.rewards.shape == (3,)     # loss_steps = 2 of each trajectory
-    from elasticmem_core.grpo import group_advantages
+    from elasticmem_core.rollout import group_advantages
     adv = group_advantages(g.rewards, c.grpo.adv_clip)
     assert torch.equal(g.advantages, adv.repeat_interleave(2)) and g.advantages.abs().sum() > 0
     before = [p.detach().clone() for p in model.trainable_parameters()]

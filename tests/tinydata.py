@@ -1,8 +1,8 @@
 """A tiny hand-made memory (two memories of colour facts) and questions, for model and trainer tests."""
 from __future__ import annotations
 
+from elasticmem_core import checks
 from elasticmem_core import bank as bank_mod
-from elasticmem_core import config
 from elasticmem_core.backbone import load_backbone
 from elasticmem_core.experiment import resolve
 from elasticmem_core.memorysuite.records import Chunk, Question
@@ -16,7 +16,7 @@ QUESTIONS = [Question(f"q{i}", "What colour does the user like?", COLOURS[:4], "
 
 
 def tiny_cfg(*overrides):
-    return config.load(resolve("params/smoke.yaml"), ["bank.storage_dtype=float32", *overrides])
+    return checks.load(resolve("params/smoke.yaml"), ["bank.storage_dtype=float32", *overrides])
 
 
 def tiny_bank(path):

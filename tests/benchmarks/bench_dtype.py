@@ -22,12 +22,13 @@ import time
 
 import torch
 
-from elasticmem_core import assemble, config, experiment, grpo, stats
+from elasticmem_core import checks
+from elasticmem_core import assemble, experiment, grpo, stats
 from elasticmem_core import backbone as bb
 
 
 def setup(params: str, dtype: str, folder: str, extra: list[str]):
-    cfg = config.load(params, [f"runtime.dtype={dtype}", "data.settings=[mini-personamem]", *extra])
+    cfg = checks.load(params, [f"runtime.dtype={dtype}", "data.settings=[mini-personamem]", *extra])
     experiment.seed_everything(cfg.runtime.seed)
     backbone = bb.from_config(cfg)
     dataset = assemble.load_setting(cfg, "mini-personamem", backbone, folder)

@@ -24,7 +24,9 @@ import time
 
 import torch
 
-from elasticmem_core import assemble, config, experiment, grpo, sampling
+from elasticmem_core import checks
+from elasticmem_core import rollout as rollouts
+from elasticmem_core import assemble, experiment, grpo, sampling
 from elasticmem_core import backbone as bb
 
 
@@ -34,7 +36,7 @@ def rss_mb() -> float:
 
 
 def setup(params: str, group_size: int, folder: str, policy_only: bool = False):
-    cfg = config.load(params, [f"grpo.group_size={group_size}", "grpo.questions_per_step=1",
+    cfg = checks.load(params, [f"grpo.group_size={group_size}", "grpo.questions_per_step=1",
                                "data.settings=[mini-personamem]", f"grpo.policy_only={str(policy_only).lower()}"])
     experiment.seed_everything(cfg.runtime.seed)
     backbone = bb.from_config(cfg)
@@ -49,11 +51,11 @@ def naive_step(trainer: grpo.Trainer) -> None:
     model, g = trainer.model, trainer.cfg.grpo
     (j, q), = trainer._step_questions(trainer.step)[0]
     gen = sampling.generator_for(model.device, trainer.cfg.runtime.seed * 1_000_003 + trainer.step * 10_007 + j)
-    singles = [grpo.rollout(model, q, 1, trainer.reward_fn, gen) for _ in range(g.group_size)]
-    advantages = grpo.group_advantages(torch.cat([s.rewards for s in singles]), g.adv_clip)
+    singles = [rollouts.rollout(model, q, 1, trainer.reward_fn, gen) for _ in range(g.group_size)]
+    advantages = rollouts.group_advantages(torch.cat([s.rewards for s in singles]), g.adv_clip)
     for s, a in zip(singles, advantages):
         s.advantages = a.reshape(1)
-        grpo.score_old(model, s)  # the authors compute old log-probs in their own pass
+        rollouts.score_old(model, s)  # the authors compute old log-probs in their own pass
     model.eval()
     for _ in range(g.inner_passes):
         for s in singles:

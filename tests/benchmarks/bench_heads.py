@@ -4,7 +4,7 @@
 
 SmolLM2-135M's head (576 x 49,152, tied to the embedding) is ~20% of a forward pass's FLOPs, and its logits over
 every column of a 170-token batch of 8 are ~270 MB. The package runs it only where a logit is read
-(`logits_to_keep`): the answer and control-token columns in `grpo.token_logprobs` (stage 0, stage 1, GRPO) and the
+(`logits_to_keep`): the answer and control-token columns in `rollout.token_logprobs` (stage 0, stage 1, GRPO) and the
 last column when a generation starts (`ElasticMem.generate`) or a query is taken (`retrieval.last_states`).
 Measured in one run, on the same batch and model, rounds interleaved (this shared CPU's speed drifts):
 - stage-0 step: `grpo.supervised_loss` forward + backward, batch of 8 training questions, memory as text;
@@ -24,7 +24,8 @@ import tempfile
 import torch
 
 from bench_grpo import measure
-from elasticmem_core import assemble, config, experiment, grpo
+from elasticmem_core import checks
+from elasticmem_core import assemble, experiment, grpo
 from elasticmem_core import backbone as bb
 
 
@@ -62,7 +63,7 @@ def main() -> None:
     ap.add_argument("--params", default="params/mini.yaml")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    cfg = config.load(args.params, ["data.settings=[mini-personamem]"])
+    cfg = checks.load(args.params, ["data.settings=[mini-personamem]"])
     experiment.seed_everything(cfg.runtime.seed)
     folder = tempfile.mkdtemp(prefix="bench_heads_")
     backbone = bb.from_config(cfg)

@@ -23,7 +23,9 @@ import time
 
 import torch
 
-from elasticmem_core import assemble, config, experiment, grpo
+from elasticmem_core import checks
+from elasticmem_core import rollout as rollouts
+from elasticmem_core import assemble, experiment, grpo
 from elasticmem_core import backbone as bb
 
 SETTING = "mini-personamem"
@@ -39,7 +41,7 @@ def build(args, folder: str):
     if args.backbone == "tiny-random":
         overrides += ["bank.n_c=8", "budget.b_max=8", "budget.uniform_budget=4", "retrieval.top_z=4",
                       "budget.hidden=64", "projector.hidden=256", "lora.r=8", "lora.alpha=16"]
-    cfg = config.load(experiment.resolve(args.params), overrides)
+    cfg = checks.load(experiment.resolve(args.params), overrides)
     experiment.seed_everything(cfg.runtime.seed)
     backbone = bb.from_config(cfg)
     dataset = assemble.load_setting(cfg, SETTING, backbone, folder)
@@ -61,7 +63,7 @@ def check_left_padding(model, questions, rel_tol: float) -> float:
             raise AssertionError("left-padded batch: non-finite logits at real positions")
         worst = 0.0
         for i, q in enumerate(questions):
-            alone = model.build([q], grpo.select_rows(plan, [i]))
+            alone = model.build([q], rollouts.select_rows(plan, [i]))
             one = model.reasoner(inputs_embeds=alone.inputs_embeds, attention_mask=alone.attention_mask,
                                  position_ids=alone.position_ids).logits.float()[0, -1]
             scale = one.abs().max().clamp(min=1.0)
