@@ -43,11 +43,12 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from . import alfworld_games
+from .config import derive
 from .experiment import peak_memory_mb, resolve
 from .memorysuite import loaders, splits
 from .memorysuite.records import Dataset, Episode
@@ -627,11 +628,11 @@ def training_config(cfg):
     d, g = cfg.data, cfg.grpo
     # the task term of a step is the expert-action reward
     terms = {("alfworld_step" if k == "task" else k): v for k, v in g.reward_terms.items()}
-    grpo = replace(g, group_size=d.alfworld_group_size or g.group_size, reader_warmup_steps=0, reward_terms=terms,
-                   max_new_tokens=d.alfworld_max_new_tokens or g.max_new_tokens, epochs=d.alfworld_epochs or g.epochs,
-                   max_steps=d.alfworld_max_train_steps or g.max_steps,
-                   sft_steps=g.sft_steps if d.alfworld_sft_steps < 0 else d.alfworld_sft_steps)
-    return replace(cfg, grpo=grpo)
+    return derive(cfg, "ALFWorld training", grpo={
+        "group_size": d.alfworld_group_size or g.group_size, "reader_warmup_steps": 0, "reward_terms": terms,
+        "max_new_tokens": d.alfworld_max_new_tokens or g.max_new_tokens, "epochs": d.alfworld_epochs or g.epochs,
+        "max_steps": d.alfworld_max_train_steps or g.max_steps,
+        "sft_steps": g.sft_steps if d.alfworld_sft_steps < 0 else d.alfworld_sft_steps})
 
 
 def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool = True, dataset: Dataset | None = None,

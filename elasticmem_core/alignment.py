@@ -103,9 +103,7 @@ def question_passes(model, batch: AlignBatch):
     qs = batch.questions
     if not qs:
         raise ValueError("align.objectives has self_distill or answer but the step has no training questions")
-    previous = model.memory
-    try:
-        model.memory = "latent"
+    with model.using(memory="latent"):
         plan = model.plan(qs, sample=False)
         r = plan.retrieved
         budgets = torch.where(r.rows >= 0, batch.budget, 0).to(model.device)
@@ -114,16 +112,14 @@ def question_passes(model, batch: AlignBatch):
         answers = [model.answer_ids(q.gold) for q in qs]
         student = model.build(qs, plan, answers)
         s_logits = answer_logits(model, student)
-        model.memory = "text"  # the teacher: the same retrieved chunks, whole, as text, without dropout noise
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                t_logits = answer_logits(model, model.build(qs, plan, answers))
-        finally:
-            model.train(was_training)
+    # the teacher: the same retrieved chunks, whole, as text, without dropout noise
+    was_training = model.training
+    model.eval()
+    try:
+        with model.using(memory="text"), torch.no_grad():
+            t_logits = answer_logits(model, model.build(qs, plan, answers))
     finally:
-        model.memory = previous
+        model.train(was_training)
     batch.passes["questions"] = (s_logits, t_logits, student.answer_ids, student.answer_mask)
     return batch.passes["questions"]
 

@@ -45,7 +45,7 @@ from . import assemble
 from . import bank as bank_mod
 from . import evaluate
 from .checks import validate
-from .config import Config, apply_overrides, from_sections, merge, read_params
+from .config import Config, apply_overrides, derive, from_sections, merge, read_params
 from .experiment import resolve, seed_everything, train_dir, write_json
 from .grpo import Trainer
 from .full_context import FullContext
@@ -223,7 +223,7 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
                 if method in TRAINED and method not in OWN_READER and cfg.grpo.reader_warmup_steps > 0 and \
                 base.lora == cfg.lora else None
             for with_reader in ([False, True] if reader else [False]):
-                v = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, seed=seed))
+                v = derive(base, f"{name} seed {seed}", runtime={"seed": seed})
                 label = name + ("+reader" if with_reader else "")
                 meta = {"method": label, "kind": kind, "variant": f"params/{kind}/{name}.yaml",
                         "overrides": overrides, "setting": setting, "seed": seed,

@@ -123,25 +123,21 @@ def evaluate_point(model, questions, overrides: dict | None = None, memory: str 
     questions = _questions(questions)
     if memory not in ("latent", "text_tail", "none"):
         raise ValueError(f"memory = {memory!r}; choose latent, text_tail (the last b_j text tokens) or none")
-    saved = model.policy, model.memory
-    try:
-        if overrides is not None:
-            rule = overrides.get("policy")
-            if rule not in FIXED_RULES:
-                raise ValueError(f"budget rule {rule!r} is not a fixed rule; choose one of {', '.join(FIXED_RULES)}")
-            try:
-                budget = dataclasses.replace(model.cfg.budget, **overrides)
-            except TypeError as e:
-                raise ValueError(f"bad budget overrides {overrides}: {e}") from None
-            model.policy = BudgetPolicy(model.bank.hidden_size, budget, model.cfg.retrieval.top_z).to(model.device)
-        model.memory = memory
-        cuda = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            records = evaluate.answer_questions(model.answer, questions, batch_size or model.cfg.eval.batch_size,
-                                                bank=model.bank, device=model.device, progress=progress)
-    finally:
-        model.policy, model.memory = saved
+    policy = None
+    if overrides is not None:
+        rule = overrides.get("policy")
+        if rule not in FIXED_RULES:
+            raise ValueError(f"budget rule {rule!r} is not a fixed rule; choose one of {', '.join(FIXED_RULES)}")
+        try:
+            budget = dataclasses.replace(model.cfg.budget, **overrides)
+        except TypeError as e:
+            raise ValueError(f"bad budget overrides {overrides}: {e}") from None
+        policy = BudgetPolicy(model.bank.hidden_size, budget, model.cfg.retrieval.top_z).to(model.device)
+    cuda = [model.device] if model.device.type == "cuda" else []
+    with model.using(memory=memory, policy=policy), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        records = evaluate.answer_questions(model.answer, questions, batch_size or model.cfg.eval.batch_size,
+                                            bank=model.bank, device=model.device, progress=progress)
     for r in records:
         r["memory_tokens"] = soft_tokens(r, memory)
     return records
@@ -275,28 +271,24 @@ def probe_data(model, questions, batch_size: int | None = None) -> dict:
     z = model.cfg.retrieval.top_z
     qs, ks, ss, ranks, ys, owner = [], [], [], [], [], []
     norm = lambda x: torch.nn.functional.layer_norm(x.float(), x.shape[-1:])  # noqa: E731  (what the policy does)
-    saved = model.memory
-    model.memory = "latent"  # the query state is only computed for latent memory
-    try:
-        with passes_mode(model, False), torch.no_grad():
-            for i in range(0, len(questions), bs):
-                batch = questions[i:i + bs]
-                r = model.retriever(model.reasoner, batch, False, None, need_query=True)
-                keys = model._keys(r.rows).cpu()
-                for b, q in enumerate(batch):
-                    gold = set(getattr(q, "evidence", None) or ())
-                    for j in range(r.rows.shape[1]):
-                        row = int(r.rows[b, j])
-                        if row < 0:
-                            continue
-                        qs.append(norm(r.query[b].cpu()))
-                        ks.append(norm(keys[b, j]))
-                        ss.append(float(r.scores[b, j]))
-                        ranks.append(torch.nn.functional.one_hot(torch.tensor(min(j, z - 1)), z).float())
-                        ys.append(float(model.bank.chunk_ids[row] in gold))
-                        owner.append(i + b)
-    finally:
-        model.memory = saved
+    # the query state is only computed for latent memory
+    with model.using(memory="latent"), passes_mode(model, False), torch.no_grad():
+        for i in range(0, len(questions), bs):
+            batch = questions[i:i + bs]
+            r = model.retriever(model.reasoner, batch, False, None, need_query=True)
+            keys = model._keys(r.rows).cpu()
+            for b, q in enumerate(batch):
+                gold = set(getattr(q, "evidence", None) or ())
+                for j in range(r.rows.shape[1]):
+                    row = int(r.rows[b, j])
+                    if row < 0:
+                        continue
+                    qs.append(norm(r.query[b].cpu()))
+                    ks.append(norm(keys[b, j]))
+                    ss.append(float(r.scores[b, j]))
+                    ranks.append(torch.nn.functional.one_hot(torch.tensor(min(j, z - 1)), z).float())
+                    ys.append(float(model.bank.chunk_ids[row] in gold))
+                    owner.append(i + b)
     return {"q": torch.stack(qs), "k": torch.stack(ks), "s": torch.tensor(ss), "rank": torch.stack(ranks),
             "y": torch.tensor(ys), "question": np.array(owner)}
 
@@ -504,13 +496,9 @@ def evaluate_text(model, questions, batch_size: int | None = None, progress: boo
     "memory_tokens" = the text tokens of its retrieved chunks (separators not counted, as for soft tokens): another
     unit than a soft token, which is why this point is labelled and kept off the envelope."""
     questions = _questions(questions)
-    saved = model.memory
-    model.memory = "text"
-    try:
+    with model.using(memory="text"):
         records = evaluate.answer_questions(model.answer, questions, batch_size or model.cfg.eval.batch_size,
                                             bank=model.bank, device=model.device, progress=progress)
-    finally:
-        model.memory = saved
     for r in records:
         r["memory_tokens"] = sum(len(model._chunk_ids(row)) for row in r["rows"] if row >= 0)
     return records
@@ -608,86 +596,84 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
     n_boot, bseed = e.bootstrap, cfg.runtime.seed
     meta = {"kind": "frontier", "setting": setting, "split": split, "backbone": model.backbone.identity,
             "checkpoint_id": ckpt_id, "qids": [q.qid for q in test_q]}
-    saved_state = model.cfg, model.policy, model.memory
     seconds, training, learned = {}, [], []
-    try:
-        model.load(checkpoint)
-        model.memory = "latent"
-        points = fixed_points(cfg)
-        fixed_meta = {**meta, "points": [{k: p[k] for k in ("name", "memory", "overrides")} for p in points]}
-        t0 = time.perf_counter()
-        got = evaluate.existing(folder / f"fixed-{split}.json", cfg, fixed_meta)
-        if got is None:
-            fixed = evaluate_fixed(model, test_q, points, n_boot, bseed, progress)
-            records = evaluate_text(model, test_q, progress=progress)
-            text = {"family": "heuristics", "name": TEXT_RAG, "budget": None, "memory": "text", "overrides": None,
-                    **point_summary(records, n_boot, bseed), "records": records}
-            got = evaluate.save_result(folder / f"fixed-{split}.json", cfg, fixed_meta, {"fixed": fixed, "text": text})
-        # summaries from the saved records, not the saved summaries: a file saved before the memory bootstrap gets it
-        fixed = [{**p, **point_summary(p["records"], n_boot, bseed)} for p in got["fixed"]]
-        text = {**got["text"], **point_summary(got["text"]["records"], n_boot, bseed)}
-        seconds["fixed rules and text RAG"] = round(time.perf_counter() - t0, 1)
-        log(f"{setting}: {len(fixed)} fixed rules and text RAG on {len(test_q)} {split} questions "
-            f"({seconds['fixed rules and text RAG']:.0f} s; 0 = reused)")
-        rules = envelope_rules(fixed)
-        probe = None
-        # the oracle-feature policy and the probe need the gold evidence (mini knows it; most real loaders do not)
-        with_evidence = any(getattr(q, "evidence", None) for q in test_q) and \
-            any(getattr(q, "evidence", None) for q in train_q)
-        if not with_evidence and (e.frontier_probe or e.frontier_oracle_prices):
-            log(f"{setting}: its questions carry no gold evidence: no oracle-feature points and no relevance probe")
-        if e.frontier_probe and with_evidence:
+    with model.using(memory="latent"):
+        try:
+            model.load(checkpoint)
+            points = fixed_points(cfg)
+            fixed_meta = {**meta, "points": [{k: p[k] for k in ("name", "memory", "overrides")} for p in points]}
             t0 = time.perf_counter()
-            probe_meta = {**meta, "probe": list(PROBE_FEATURES), "bootstrap": n_boot}
-            got = evaluate.existing(folder / f"probe-{split}.json", cfg, probe_meta)
+            got = evaluate.existing(folder / f"fixed-{split}.json", cfg, fixed_meta)
             if got is None:
-                data = [probe_data(model, qs) for qs in (train_q, list(dataset.split("val")) or train_q, test_q)]
-                got = evaluate.save_result(folder / f"probe-{split}.json", cfg, probe_meta,
-                             {"probe": relevance_probe(*data, n_boot=n_boot, seed=bseed)})
-            probe = got["probe"]
-            seconds["relevance probe"] = round(time.perf_counter() - t0, 1)
-            log(f"{setting}: relevance probe ({seconds['relevance probe']:.0f} s; 0 = reused): test AUC " +
-                ", ".join(f"{p['features']} {p['auc']:.2f}" for p in probe["probes"]))
-        oracle = []
-        oracle_prices = e.frontier_oracle_prices if with_evidence else []
-        for price, is_oracle in [(p, False) for p in e.frontier_prices] + [(p, True) for p in oracle_prices]:
-            kind = "oracle-feature point" if is_oracle else "learned point"
-            runs = []
-            for seed in e.frontier_seeds:
-                where = learned_folder(run_dir, setting, price, seed, is_oracle)
-                point_meta = {**meta, "token_price": float(price), "seed": seed, "steps": e.frontier_steps,
-                              "questions_per_step": e.frontier_questions_per_step, "policy_lr": e.frontier_policy_lr}
-                if is_oracle:
-                    point_meta["sees_evidence"] = True
+                fixed = evaluate_fixed(model, test_q, points, n_boot, bseed, progress)
+                records = evaluate_text(model, test_q, progress=progress)
+                text = {"family": "heuristics", "name": TEXT_RAG, "budget": None, "memory": "text", "overrides": None,
+                        **point_summary(records, n_boot, bseed), "records": records}
+                got = evaluate.save_result(folder / f"fixed-{split}.json", cfg, fixed_meta, {"fixed": fixed, "text": text})
+            # summaries from the saved records, not the saved summaries: a file saved before the memory bootstrap gets it
+            fixed = [{**p, **point_summary(p["records"], n_boot, bseed)} for p in got["fixed"]]
+            text = {**got["text"], **point_summary(got["text"]["records"], n_boot, bseed)}
+            seconds["fixed rules and text RAG"] = round(time.perf_counter() - t0, 1)
+            log(f"{setting}: {len(fixed)} fixed rules and text RAG on {len(test_q)} {split} questions "
+                f"({seconds['fixed rules and text RAG']:.0f} s; 0 = reused)")
+            rules = envelope_rules(fixed)
+            probe = None
+            # the oracle-feature policy and the probe need the gold evidence (mini knows it; most real loaders do not)
+            with_evidence = any(getattr(q, "evidence", None) for q in test_q) and \
+                any(getattr(q, "evidence", None) for q in train_q)
+            if not with_evidence and (e.frontier_probe or e.frontier_oracle_prices):
+                log(f"{setting}: its questions carry no gold evidence: no oracle-feature points and no relevance probe")
+            if e.frontier_probe and with_evidence:
                 t0 = time.perf_counter()
-                got = evaluate.existing(where / f"{split}.json", cfg, point_meta)
-                reused = got is not None
+                probe_meta = {**meta, "probe": list(PROBE_FEATURES), "bootstrap": n_boot}
+                got = evaluate.existing(folder / f"probe-{split}.json", cfg, probe_meta)
                 if got is None:
-                    model.cfg, model.policy = saved_state[0], saved_state[1]
-                    model.load(checkpoint, parts=("lora", "projector"))  # the reader every point shares
-                    train_learned_point(model, train_q, [], where, price, seed, e.frontier_steps,
-                                        e.frontier_questions_per_step, e.frontier_policy_lr, setting=setting,
-                                        progress=progress, sees_evidence=is_oracle)
-                    records = evaluate_point(model, test_q, seed=bseed, progress=progress)
-                    got = evaluate.save_result(where / f"{split}.json", cfg, point_meta,
-                                 {"records": records, "diagnostics": diagnostics(model, test_q)})
-                took = round(time.perf_counter() - t0, 1)
-                seconds[f"{'oracle ' if is_oracle else ''}price {float(price):g}, seed {seed}"] = took
-                runs.append({"seed": seed, "records": got["records"], "diagnostics": got["diagnostics"]})
-                training.append({"token_price": float(price), "oracle": is_oracle, "seed": seed, "reused": reused,
-                                 "seconds": took, **training_summary(where)})
-                log(f"{setting}: {kind} price {float(price):g} seed {seed}: "
-                    f"{'reused' if reused else 'trained and evaluated'} ({took:.0f} s)")
-            (oracle if is_oracle else learned).append(learned_point(price, runs, rules, n_boot, bseed))
-        with_holm(learned)  # "a learned budget beats every fixed rule" is tested at every price at once
-        with_holm(oracle)
-        uniform = [p for p in fixed if p["family"] == "uniform"]
-        heuristics = [p for p in fixed if p["family"] == "heuristics"] + [text]
-        out = write_pareto(path or pareto_path(run_dir, setting, [setting]), setting, split, len(test_q), uniform,
-                           heuristics, learned, oracle, probe)
-    finally:
-        model.cfg, model.policy, model.memory = saved_state
-        model.load(checkpoint)  # the checkpoint's own policy (and reader) again
+                    data = [probe_data(model, qs) for qs in (train_q, list(dataset.split("val")) or train_q, test_q)]
+                    got = evaluate.save_result(folder / f"probe-{split}.json", cfg, probe_meta,
+                                 {"probe": relevance_probe(*data, n_boot=n_boot, seed=bseed)})
+                probe = got["probe"]
+                seconds["relevance probe"] = round(time.perf_counter() - t0, 1)
+                log(f"{setting}: relevance probe ({seconds['relevance probe']:.0f} s; 0 = reused): test AUC " +
+                    ", ".join(f"{p['features']} {p['auc']:.2f}" for p in probe["probes"]))
+            oracle = []
+            oracle_prices = e.frontier_oracle_prices if with_evidence else []
+            for price, is_oracle in [(p, False) for p in e.frontier_prices] + [(p, True) for p in oracle_prices]:
+                kind = "oracle-feature point" if is_oracle else "learned point"
+                runs = []
+                for seed in e.frontier_seeds:
+                    where = learned_folder(run_dir, setting, price, seed, is_oracle)
+                    point_meta = {**meta, "token_price": float(price), "seed": seed, "steps": e.frontier_steps,
+                                  "questions_per_step": e.frontier_questions_per_step, "policy_lr": e.frontier_policy_lr}
+                    if is_oracle:
+                        point_meta["sees_evidence"] = True
+                    t0 = time.perf_counter()
+                    got = evaluate.existing(where / f"{split}.json", cfg, point_meta)
+                    reused = got is not None
+                    if got is None:
+                        with model.using():  # the point's own policy and config, for its training and evaluation only
+                            model.load(checkpoint, parts=("lora", "projector"))  # the reader every point shares
+                            train_learned_point(model, train_q, [], where, price, seed, e.frontier_steps,
+                                                e.frontier_questions_per_step, e.frontier_policy_lr, setting=setting,
+                                                progress=progress, sees_evidence=is_oracle)
+                            records = evaluate_point(model, test_q, seed=bseed, progress=progress)
+                            got = evaluate.save_result(where / f"{split}.json", cfg, point_meta,
+                                                       {"records": records, "diagnostics": diagnostics(model, test_q)})
+                    took = round(time.perf_counter() - t0, 1)
+                    seconds[f"{'oracle ' if is_oracle else ''}price {float(price):g}, seed {seed}"] = took
+                    runs.append({"seed": seed, "records": got["records"], "diagnostics": got["diagnostics"]})
+                    training.append({"token_price": float(price), "oracle": is_oracle, "seed": seed, "reused": reused,
+                                     "seconds": took, **training_summary(where)})
+                    log(f"{setting}: {kind} price {float(price):g} seed {seed}: "
+                        f"{'reused' if reused else 'trained and evaluated'} ({took:.0f} s)")
+                (oracle if is_oracle else learned).append(learned_point(price, runs, rules, n_boot, bseed))
+            with_holm(learned)  # "a learned budget beats every fixed rule" is tested at every price at once
+            with_holm(oracle)
+            uniform = [p for p in fixed if p["family"] == "uniform"]
+            heuristics = [p for p in fixed if p["family"] == "heuristics"] + [text]
+            out = write_pareto(path or pareto_path(run_dir, setting, [setting]), setting, split, len(test_q), uniform,
+                               heuristics, learned, oracle, probe)
+        finally:
+            model.load(checkpoint)  # the checkpoint's own policy (and reader) again
     return {"path": out, "pareto": json.loads(out.read_text()), "fixed": fixed, "text": text, "learned": learned,
             "oracle": oracle, "probe": probe, "training": training, "envelope": [p["name"] for p in upper_envelope(rules)], "seconds": seconds}
 

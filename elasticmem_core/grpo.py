@@ -300,8 +300,11 @@ class Trainer:
         the reader at its best point: a curve that still rises at the end says the stage stopped too early."""
         if steps <= 0:
             return []
+        with self.model.using(memory=memory):
+            return self._supervised(steps, tag)
+
+    def _supervised(self, steps: int, tag: str) -> list[dict]:
         model, g = self.model, self.cfg.grpo
-        previous, model.memory = model.memory, memory
         opt = torch.optim.AdamW(model.optimizer_groups(g.sft_lr), lr=g.sft_lr, weight_decay=g.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps, g.sft_warmup_steps,
                                                                                   g.sft_min_lr_ratio))
@@ -341,7 +344,6 @@ class Trainer:
                     if n in best[2]:
                         p.copy_(best[2][n])
             self._log({"stage": "reader_selected", "step": best[1], "val_text_accuracy": best[0]})
-        model.memory = previous
         return history
 
     def retrieval_warmup(self, steps: int) -> list[dict]:

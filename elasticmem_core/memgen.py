@@ -121,6 +121,7 @@ class MemGen(ElasticMem):
     SHAPING = {"lora": ElasticMem.SHAPING["lora"], "weaver": [("memgen", "latents")],
                "trigger": [("lora", k) for k in ("r", "alpha", "target_modules")]}
     PARTS = ("lora", "weaver")
+    MEMORY_MODES = ("weaver",) + ElasticMem.MEMORY_MODES  # the weaver's latents; the others as ElasticMem's
 
     def __init__(self, backbone, bank, cfg: Config, chunk_texts: dict[str, str] | None = None, memory: str = "text",
                  embedder=None, semantic_index=None):
@@ -443,8 +444,7 @@ def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
            "retrieval": {"aux_weight": 0.0}}
     train_q, val_q = dataset.split("train"), dataset.split("val")
     sft = folder / "sft"
-    model.cfg = derive(cfg, "memgen weaver", **own)
-    try:
+    with model.using(cfg=derive(cfg, "memgen weaver", **own)):
         trainer = Trainer(model, train_q, val_q, folder, setting=dataset.setting)
         if (sft / CHECKPOINT_META).is_file() and (sft / "rng.pt").is_file():
             model.load(sft)
@@ -455,8 +455,6 @@ def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
             torch.save(torch.get_rng_state(), sft / "rng.pt")  # before the checkpoint's meta: a folder with a meta
             model.save(sft)                                    # file is complete
         trainer.train(progress, reader_warmup=False)
-    finally:
-        model.cfg = cfg
     best = folder / "best"
     if m.trigger != "learned":
         return best
@@ -464,13 +462,14 @@ def train(model: MemGen, dataset, folder: Path, progress: bool = True) -> Path:
     model.load(best)
     for name, p in model.named_parameters():
         p.requires_grad_(f".{TRIGGER_ADAPTER}." in name or name.startswith("trigger_head."))
-    model.cfg = derive(cfg, "memgen trigger", grpo={**own["grpo"], "lr": m.trigger_lr, "max_steps": m.trigger_steps,
-                                                    "epochs": max(1, cfg.grpo.epochs)}, align=own["align"],
-                       retrieval=own["retrieval"])
+    trigger_cfg = derive(cfg, "memgen trigger", grpo={**own["grpo"], "lr": m.trigger_lr, "max_steps": m.trigger_steps,
+                                                      "epochs": max(1, cfg.grpo.epochs)}, align=own["align"],
+                         retrieval=own["retrieval"])
     model.trigger_trains = model.trigger_active = True
     try:
-        Trainer(model, train_q, val_q, folder / "trigger", setting=dataset.setting).train(progress, reader_warmup=False)
+        with model.using(cfg=trigger_cfg):
+            Trainer(model, train_q, val_q, folder / "trigger", setting=dataset.setting).train(progress,
+                                                                                              reader_warmup=False)
     finally:
         model.trigger_trains = False
-        model.cfg = cfg
     return folder / "trigger" / "best"

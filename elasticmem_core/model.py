@@ -10,11 +10,14 @@ One rollout for a question:
 What trains: LoRA on the reasoner (peft), the projector and the budget policy. The backbone and the bank are frozen.
 `memory="text"` puts the retrieved chunks in as text instead (the controlled comparison's "LoRA + text memory"),
 `memory="none"` leaves memory out (the no-memory baseline). The mode is an attribute: the stage-0 reader warm-up
-trains with text memory, then the same LoRA continues with latent memory.
+trains with text memory, then the same LoRA continues with latent memory. `model.using(...)` runs the model
+differently for a while (memory mode, budget policy, config, retrieval fields) and restores it on exit.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -97,6 +100,32 @@ class ElasticMem(nn.Module):
                                    semantic_index, embedder)
         self.newline_id = self._single_token("\n")
         self.device = backbone.device
+
+    MEMORY_MODES = MEMORY_MODES  # the modes `using` accepts (a subclass with its own memory adds its own)
+
+    @contextlib.contextmanager
+    def using(self, memory: str | None = None, policy: BudgetPolicy | None = None, cfg: Config | None = None,
+              retrieval: dict | None = None):
+        """Run the model differently for a while; on exit (errors included) the memory mode, budget policy, config
+        and retrieval settings are what they were. None keeps the current one; `retrieval` replaces fields of the
+        retriever's settings: with model.using(memory="text", retrieval={"mode": "semantic"}): model.answer(qs)."""
+        if memory is not None and memory not in self.MEMORY_MODES:
+            raise ValueError(f"memory = {memory!r}; choose one of {', '.join(self.MEMORY_MODES)}")
+        if memory in ("text", "text_tail") and not self.chunk_texts:
+            raise ValueError(f"memory = {memory} needs the chunk texts (chunk_id -> text)")
+        unknown = sorted(set(retrieval or ()) - {f.name for f in dataclasses.fields(self.retriever.cfg)})
+        if unknown:
+            raise ValueError(f"retrieval has no field {unknown[0]!r}")
+        saved = self.memory, self.policy, self.cfg, self.retriever.cfg
+        try:
+            if retrieval is not None:
+                self.retriever.cfg = dataclasses.replace(self.retriever.cfg, **retrieval)
+            self.memory = saved[0] if memory is None else memory
+            self.policy = saved[1] if policy is None else policy
+            self.cfg = saved[2] if cfg is None else cfg
+            yield self
+        finally:
+            self.memory, self.policy, self.cfg, self.retriever.cfg = saved
 
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -22,7 +22,6 @@ backward over the question and the control token only) and, weighted by retrieva
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -142,10 +141,8 @@ def recall_at(model, questions, mode: str, zs=RECALL_ZS, batch_size: int | None 
     if mode == "semantic" and (r.embedder is None or r.semantic_index is None):
         raise ValueError("recall of semantic retrieval needs the sentence embedder and its chunk index "
                          "(assemble.model_for builds them for retrieval.mode = semantic or retrieval.aux_loss = kl)")
-    saved = r.cfg
-    r.cfg = dataclasses.replace(saved, mode=mode, top_z=max(zs))
     bs = batch_size or model.cfg.eval.batch_size
-    try:
+    with model.using(retrieval={"mode": mode, "top_z": max(zs)}):
         for i in range(0, len(questions), bs):
             batch = questions[i:i + bs]
             got = r(model.reasoner, batch, False, None, need_query=mode not in ("semantic", "oracle"))
@@ -154,6 +151,4 @@ def recall_at(model, questions, mode: str, zs=RECALL_ZS, batch_size: int | None 
                 for z in zs:
                     found = set(rows[:z].tolist())
                     out[z].append(len(gold & found) / len(gold))
-    finally:
-        r.cfg = saved
     return out

@@ -19,7 +19,6 @@ warm-up folder records what made it (reader, seed, steps, loss), so that one of 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -55,14 +54,9 @@ def _recall_rows(mode: str, per_seed: dict[int, dict[int, list[float]]], n_boot:
 
 def accuracy_with(model, questions, mode: str, batch_size: int | None = None) -> list[dict]:
     """Greedy records of `model` with its retrieval mode swapped for `mode` (restored afterwards)."""
-    r = model.retriever
-    saved = r.cfg
-    r.cfg = dataclasses.replace(saved, mode=mode)
-    try:
+    with model.using(retrieval={"mode": mode}):
         return evaluate.answer_questions(model.answer, questions, batch_size or model.cfg.eval.batch_size,
                                          bank=model.bank, device=model.device)
-    finally:
-        r.cfg = saved
 
 
 def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, split: str = "test",
@@ -129,13 +123,9 @@ def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, 
         elif not (where / "warmup.json").is_file():
             model.load(reader)
             train_q = list(dataset.split("train"))
-            c = derive(cfg, f"retrieval warm-up seed {s}", runtime={"seed": s})
-            saved_cfg, model.cfg = model.cfg, c
-            try:
+            with model.using(cfg=derive(cfg, f"retrieval warm-up seed {s}", runtime={"seed": s})):
                 grpo.Trainer(model, train_q, [], folder / f"warmup-seed{s}-log", setting=setting) \
                     .retrieval_warmup(cfg.grpo.retrieval_warmup_steps)
-            finally:
-                model.cfg = saved_cfg
             model.save(where)
             write_json(where / "warmup.json", made)  # what made it: a warm-up of other params is retrained
         warmed[s] = recall_of(where, ("control_token",), f"warmup-seed{s}")["control_token"]

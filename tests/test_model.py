@@ -186,6 +186,31 @@ def test_checkpoint_from_another_backbone_or_policy_shape_is_refused(tiny_bank, 
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert lora and all(torch.equal(p, lora[n]) for n, p in other.named_parameters() if "lora_" in n)
 
+def test_using_runs_the_model_differently_and_restores_it_even_on_error(tiny_bank):
+    model = _model(tiny_bank)
+    latent = model.answer(QUESTIONS)
+    policy, cfg, retrieval = model.policy, model.cfg, model.retriever.cfg
+    rule = BudgetPolicy(tiny_bank.hidden_size, config.derive(cfg, budget={"policy": "uniform", "uniform_budget": 1}).budget)
+    other_cfg = config.derive(cfg, grpo={"lr": 1e-5})
+    with model.using(memory="text", policy=rule, cfg=other_cfg, retrieval={"mode": "oracle"}):
+        assert (model.memory, model.policy, model.cfg, model.retriever.cfg.mode) == ("text", rule, other_cfg, "oracle")
+        text = model.answer(QUESTIONS)
+    assert (model.memory, model.policy, model.cfg, model.retriever.cfg) == ("latent", policy, cfg, retrieval)
+    assert [o["tokens"]["memory"] for o in text] != [o["tokens"]["memory"] for o in latent]  # it did read otherwise
+    with pytest.raises(RuntimeError, match="inside"):
+        with model.using(memory="none", retrieval={"top_z": 1}):
+            raise RuntimeError("inside")
+    assert (model.memory, model.retriever.cfg) == ("latent", retrieval)
+    assert model.answer(QUESTIONS) == latent
+    with pytest.raises(ValueError, match="memory = 'txt'"):
+        with model.using(memory="txt"):
+            pass
+    with pytest.raises(ValueError, match="retrieval has no field 'mdoe'"):
+        with model.using(retrieval={"mdoe": "oracle"}):
+            pass
+    assert model.memory == "latent"
+
+
 @pytest.mark.parametrize("mode", ["control_token", "frozen_state", "query_state", "oracle"])
 def test_retrieval_modes_run(tiny_bank, mode):
     model = _model(tiny_bank, f"retrieval.mode={mode}")
