@@ -44,8 +44,8 @@ from typing import Any
 from . import assemble
 from . import bank as bank_mod
 from . import evaluate
-from .checks import validate
-from .config import Config, apply_overrides, derive, from_sections, merge, read_params
+from .checks import apply_overrides, merge, read_params, validate
+from .config import Config, derive, from_sections
 from .experiment import resolve, seed_everything, train_dir, write_json
 from .grpo import Trainer
 from .full_context import FullContext

@@ -5,7 +5,8 @@ the dataclass field of the same name: an unknown or misspelled key, or a value o
 `ConfigError` naming the key and the file. Each field carries a one-line help in its metadata (`help(field)`).
 
 Papermill injects the top-level YAML keys as notebook variables, so each section arrives in a notebook as a dict;
-`from_sections` turns those dicts back into a validated `Config`.
+`from_sections` turns those dicts back into a typed `Config`. Checking the values (choices, ranges, registries) is
+checks.py's job: `checks.load` / `checks.validate`.
 """
 from __future__ import annotations
 
@@ -15,10 +16,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -510,7 +508,8 @@ def _similar(a: str, b: str) -> bool:
 
 
 def from_sections(source: str = "<params>", **sections: Any) -> Config:
-    """Validated Config from section mappings (as papermill injects them); `source` names the origin in errors."""
+    """Typed Config from section mappings (as papermill injects them), keys and types checked; `source` names the
+    origin in errors. checks.validate checks the values."""
     unknown = [k for k in sections if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
@@ -518,181 +517,17 @@ def from_sections(source: str = "<params>", **sections: Any) -> Config:
         cfg = _build(Config, sections, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    validate(cfg, source)
     return cfg
 
 
 def derive(cfg: Config, source: str = "<derived config>", **sections: dict[str, Any]) -> Config:
     """A new Config: `cfg` with some fields of some sections replaced (each named field replaced whole), checked as a
-    params file's would be; `cfg` itself is unchanged. derive(cfg, grpo={"lr": 1e-5}, runtime={"seed": 7})."""
+    params file's keys and types are (checks.validate for the values); `cfg` itself is unchanged. derive(cfg, grpo={"lr": 1e-5}, runtime={"seed": 7})."""
     base = cfg.to_dict()
     unknown = [name for name in sections if name not in base]
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
     return from_sections(source, **{**base, **{name: {**base[name], **dict(fields)} for name, fields in sections.items()}})
-
-
-def read_params(path: str | Path) -> dict[str, Any]:
-    """The raw sections of a params file, with a clear error for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected sections (runtime:, data:, ...) at the top level")
-    return {k: ({} if v is None else v) for k, v in raw.items()}
-
-
-def apply_overrides(sections: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply `section.key=value` overrides (value parsed as YAML) to raw sections, returning a new mapping."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in sections.items()}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
-        dotted, value = item.split("=", 1)
-        parts = dotted.strip().split(".")
-        if len(parts) < 2:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
-        node = out.setdefault(parts[0], {})
-        for p in parts[1:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
-def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """`overlay` on top of `base`, mapping by mapping (an overlay file names only the keys it changes)."""
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def load(path: str | Path | list | None = None, overrides: list[str] | None = None) -> Config:
-    """Config from a params file, or several layered in order (a base, then overlays such as params/ablations/*),
-    or the paper defaults when None; then `section.key=value` overrides."""
-    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
-    sections: dict[str, Any] = {}
-    for p in paths:
-        sections = merge(sections, read_params(p))
-    source = " + ".join(str(p) for p in paths) or "<defaults>"
-    return from_sections(source, **apply_overrides(sections, overrides))
-
-
-def validate(cfg: Config, source: str = "<params>") -> None:
-    """Checks across fields of the config that types alone cannot express. Checks against a part's registry (a
-    retrieval mode, a budget policy, a reward term, ...) are the parts' own: checks.validate runs both."""
-    choices = {
-        "runtime.dtype": (cfg.runtime.dtype, {"auto", "float32", "bfloat16", "float16"}),
-        "runtime.device": (cfg.runtime.device, {"auto", "cpu", "cuda"}),
-        "bank.padding_side": (cfg.bank.padding_side, {"left", "right"}),
-        "bank.storage_dtype": (cfg.bank.storage_dtype, {"bfloat16", "float16", "float32"}),
-        "bank.index": (cfg.bank.index, {"flat", "ivf"}),
-        "projector.ln_gain_init": (cfg.projector.ln_gain_init, {"embedding_rms", "one"}),
-        "budget.arch": (cfg.budget.arch, {"package", "authors"}),
-        "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
-        "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
-        "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
-        "grpo.backward": (cfg.grpo.backward, {"group", "rollout"}),
-        "grpo.advantage_norm": (cfg.grpo.advantage_norm, {"std", "mean"}),
-        "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
-        "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",
-                                          "lora_text_grpo", "memgen", "mem0", "agemem"}),
-        "memgen.bridge_init": (cfg.memgen.bridge_init, {"identity", "default"}),
-        "memgen.trigger": (cfg.memgen.trigger, {"off", "learned"}),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{source}: {key} = {value!r}; choose one of {', '.join(sorted(allowed))}")
-    if not 0 < cfg.grpo.sft_min_lr_ratio <= 1 or cfg.grpo.sft_warmup_steps < 0 or cfg.grpo.reader_eval_every < 0:
-        raise ConfigError(f"{source}: grpo.sft_min_lr_ratio must be in (0, 1] and grpo.sft_warmup_steps, "
-                          f"grpo.reader_eval_every >= 0 (got {cfg.grpo.sft_min_lr_ratio}, {cfg.grpo.sft_warmup_steps},"
-                          f" {cfg.grpo.reader_eval_every})")
-    if cfg.budget.min_budget not in (0, 1):
-        raise ConfigError(f"{source}: budget.min_budget must be 0 or 1, got {cfg.budget.min_budget}")
-    if cfg.budget.b_max > cfg.bank.n_c:
-        raise ConfigError(f"{source}: budget.b_max ({cfg.budget.b_max}) exceeds bank.n_c ({cfg.bank.n_c})")
-    if not cfg.budget.min_budget <= cfg.budget.uniform_budget <= cfg.budget.b_max:
-        raise ConfigError(f"{source}: budget.uniform_budget ({cfg.budget.uniform_budget}) is outside the budget levels "
-                          f"{cfg.budget.min_budget}..{cfg.budget.b_max} (budget.min_budget..budget.b_max)")
-    if any(b < 0 for b in cfg.eval.frontier_uniform):
-        raise ConfigError(f"{source}: eval.frontier_uniform = {cfg.eval.frontier_uniform}: budgets must be >= 0")
-    for key in ("frontier_prices", "frontier_oracle_prices"):
-        if any(p < 0 for p in getattr(cfg.eval, key)):
-            raise ConfigError(f"{source}: eval.{key} = {getattr(cfg.eval, key)}: a token price must be >= 0")
-    if cfg.retrieval.aux_loss != "none" or cfg.retrieval.aux_weight or cfg.grpo.retrieval_warmup_steps:
-        if cfg.retrieval.aux_loss == "none":
-            raise ConfigError(f"{source}: retrieval.aux_weight / grpo.retrieval_warmup_steps need a "
-                              f"retrieval.aux_loss (kl or contrastive), not none")
-        if cfg.retrieval.aux_weight < 0 or cfg.retrieval.aux_temperature <= 0:
-            raise ConfigError(f"{source}: retrieval.aux_weight must be >= 0 and retrieval.aux_temperature > 0")
-    if cfg.align.steps < 0:
-        raise ConfigError(f"{source}: align.steps must be >= 0 (0 = no alignment stage), got {cfg.align.steps}")
-    if align_used(cfg):
-        hi = cfg.align.b_max or cfg.budget.b_max
-        if not 1 <= cfg.align.b_min <= hi <= cfg.bank.n_c:
-            raise ConfigError(f"{source}: align.b_min..align.b_max = {cfg.align.b_min}..{hi} (align.b_max 0 = "
-                              f"budget.b_max) must lie within 1..bank.n_c = {cfg.bank.n_c}")
-        if cfg.align.lr <= 0 or cfg.align.kl_temperature <= 0 or cfg.align.save_every < 1:
-            raise ConfigError(f"{source}: align.lr and align.kl_temperature must be > 0, align.save_every >= 1")
-    if cfg.align.steps and cfg.projector.kind == "identity" and not cfg.align.train_lora:
-        raise ConfigError(f"{source}: align.steps > 0 with projector.kind = identity and align.train_lora = "
-                          f"false: nothing would learn")
-    if cfg.eval.compression:
-        fit = [b for b in cfg.eval.compression_budgets if 1 <= b <= cfg.bank.n_c]
-        if not cfg.eval.compression_caches or not fit or min(cfg.eval.compression_budgets) < 1:
-            raise ConfigError(f"{source}: eval.compression = true needs eval.compression_caches and "
-                              f"eval.compression_budgets >= 1, at least one within bank.n_c = {cfg.bank.n_c} (got "
-                              f"{cfg.eval.compression_budgets})")
-    if cfg.eval.retrieval_study and not cfg.eval.retrieval_seeds:
-        raise ConfigError(f"{source}: eval.retrieval_study = true needs at least one eval.retrieval_seeds entry")
-    if cfg.eval.frontier and not (cfg.eval.frontier_prices and cfg.eval.frontier_seeds):
-        raise ConfigError(f"{source}: eval.frontier = true needs at least one eval.frontier_prices entry and one "
-                          f"eval.frontier_seeds entry")
-    if len(set(cfg.eval.frontier_seeds)) != len(cfg.eval.frontier_seeds):
-        raise ConfigError(f"{source}: eval.frontier_seeds = {cfg.eval.frontier_seeds}: seeds must be distinct")
-    if cfg.eval.frontier_policy_lr <= 0:
-        raise ConfigError(f"{source}: eval.frontier_policy_lr must be > 0, got {cfg.eval.frontier_policy_lr}")
-    if cfg.memgen.max_insertions < 0 or cfg.memgen.sft_steps < -1 or cfg.memgen.trigger_steps < 0 or \
-            cfg.memgen.weaver_lr < 0:
-        raise ConfigError(f"{source}: memgen.max_insertions, memgen.trigger_steps and memgen.weaver_lr must be >= 0, "
-                          f"memgen.sft_steps >= -1 (-1 = as the method's supervised stages)")
-    if cfg.memgen.trigger == "learned" and not (cfg.memgen.insert_delimiters and cfg.memgen.trigger_steps > 0):
-        raise ConfigError(f"{source}: memgen.trigger = learned decides at delimiter insertion points after its own "
-                          f"GRPO stage: set memgen.insert_delimiters = true and memgen.trigger_steps > 0")
-    if cfg.eval.method == "memgen" and (cfg.grpo.gradient_checkpointing or cfg.grpo.kl_beta > 0):
-        raise ConfigError(f"{source}: the MemGen-style baseline switches LoRA adapters inside its passes: "
-                          f"grpo.gradient_checkpointing (recomputation would run with another adapter) and "
-                          f"grpo.kl_beta (its reasoner is already the frozen model) are not supported with it")
-    for key in ("mem0.similar", "mem0.top_k", "agemem.retrieve_k", "agemem.distractors", "agemem.loss_steps",
-                "agemem.format_steps", "agemem.val_memories"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 0:
-            raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(getattr(cfg, section), name)}")
-    if cfg.eval.method == "agemem" and (cfg.grpo.kl_beta > 0 or cfg.grpo.policy_only):
-        raise ConfigError(f"{source}: the AgeMem-style baseline trains its tool steps' tokens only: grpo.kl_beta and "
-                          f"grpo.policy_only are not supported with it")
-    if not cfg.memgen.delimiters or any(not d for d in cfg.memgen.delimiters):
-        raise ConfigError(f"{source}: memgen.delimiters must be a non-empty list of non-empty strings")
-    for key in ("mem0.extract_max_new_tokens", "mem0.max_facts_per_turn", "mem0.batch_size", "agemem.max_tool_tokens",
-                "agemem.context_tokens", "memgen.latents", "bank.n_c", "bank.max_length", "bank.batch_size",
-                "bank.shard_size", "retrieval.top_z", "grpo.group_size", "grpo.questions_per_step", "budget.b_max",
-                "budget.keep_top", "eval.frontier_steps", "eval.frontier_questions_per_step", "align.batch_size"):
-        sec, name = key.split(".")
-        if getattr(getattr(cfg, sec), name) < 1:
-            raise ConfigError(f"{source}: {key} must be >= 1")
-
-
-def align_used(cfg: Config) -> bool:
-    """Whether the align section is used: by the trainer's alignment stage or by an aligned cache of the compression
-    table."""
-    aligned_caches = cfg.eval.compression and any(str(c).endswith("+align") for c in cfg.eval.compression_caches)
-    return bool(cfg.align.steps or aligned_caches)
 
 
 def field_help(section: str, key: str) -> str:

@@ -31,8 +31,8 @@ points' p-values against the envelope are one family, Holm-adjusted (`p_holm`; t
     records, diag = frontier.evaluate_point(model, test_q), frontier.diagnostics(model, test_q)  # the learned policy
     learned = frontier.learned_point(0.2, [{"seed": 0, "records": records, "diagnostics": diag}], fixed)
     uniform, heuristics = ([p for p in fixed if p["family"] == f] for f in ("uniform", "heuristics"))
-    frontier.write_pareto(run.path("metrics", "budget_pareto.json"), setting, "test", len(test_q), uniform,
-                          heuristics, [learned])
+    pareto.write_pareto(run.path("metrics", "budget_pareto.json"), setting, "test", len(test_q), uniform,
+                        heuristics, [learned])
 
 or all of it, resumable, as 05_ablations runs it (`run_frontier`; eval.frontier_* give the prices, seeds and steps):
 
@@ -54,27 +54,12 @@ from .budget import FIXED_RULES, LEARNED, BudgetPolicy
 from .checks import validate
 from .config import derive
 from .experiment import write_json
+from .pareto import TEXT_RAG, envelope_at, envelope_rules, upper_envelope, write_pareto
+from .relevance_probe import PROBE_FEATURES, probe_data, relevance_probe
 from .rollout import passes_mode
 
 TOP_K_WHOLE = (1, 2)          # the top-k-whole rules of the frontier
 POINT_FILE = "frontier_point.json"
-UNIFORM_KEYS = ("budget", "accuracy", "ci", "memory_tokens")
-HEURISTIC_KEYS = ("name", "accuracy", "ci", "memory_tokens")
-LEARNED_KEYS = ("token_price", "accuracy", "ci", "memory_tokens", "entropy", "entropy_uniform", "evidence_budget",
-                "other_budget", "drop_rate", "seeds")
-# the probe's feature sets, each a function of (LN(q) [n, H], LN(k) [n, H], s [n], rank one-hot [n, Z])
-PROBE_FEATURES = {
-    "score": lambda q, k, s, r: s[:, None],
-    "rank": lambda q, k, s, r: r,
-    "score + rank": lambda q, k, s, r: torch.cat([s[:, None], r], 1),
-    "key": lambda q, k, s, r: k,
-    "query x key": lambda q, k, s, r: torch.cat([q * k, (q * k).sum(1, keepdim=True)], 1),
-    "all policy inputs": lambda q, k, s, r: torch.cat([q, k, q * k, s[:, None], r], 1),
-}
-# the same checkpoint reading its retrieved chunks as text: a heuristics entry whose memory tokens are TEXT tokens
-TEXT_RAG = "text RAG, same reader (memory tokens = text tokens)"
-# entries that are not budget rules on the soft-token axis: never on the fixed rules' envelope
-NOT_ON_ENVELOPE = ("random", TEXT_RAG)
 
 
 # ---- the fixed rules --------------------------------------------------------------------------------------------
@@ -262,135 +247,9 @@ def diagnostics(model, questions, batch_size: int | None = None) -> dict:
 
 
 # ---- can the policy's inputs tell evidence from the rest? --------------------------------------------------------
-def probe_data(model, questions, batch_size: int | None = None) -> dict:
-    """The policy's inputs for every retrieved chunk of `questions` (greedy retrieval, as at evaluation):
-    {"q", "k" (layer-normalised, [n, H]), "s" [n], "rank" (one-hot [n, Z]), "y" (1 = gold evidence) [n],
-    "question" (index of its question) [n]}."""
-    questions = _questions(questions)
-    bs = batch_size or model.cfg.eval.batch_size
-    z = model.cfg.retrieval.top_z
-    qs, ks, ss, ranks, ys, owner = [], [], [], [], [], []
-    norm = lambda x: torch.nn.functional.layer_norm(x.float(), x.shape[-1:])  # noqa: E731  (what the policy does)
-    # the query state is only computed for latent memory
-    with model.using(memory="latent"), passes_mode(model, False), torch.no_grad():
-        for i in range(0, len(questions), bs):
-            batch = questions[i:i + bs]
-            r = model.retriever(model.reasoner, batch, False, None, need_query=True)
-            keys = model._keys(r.rows).cpu()
-            for b, q in enumerate(batch):
-                gold = set(getattr(q, "evidence", None) or ())
-                for j in range(r.rows.shape[1]):
-                    row = int(r.rows[b, j])
-                    if row < 0:
-                        continue
-                    qs.append(norm(r.query[b].cpu()))
-                    ks.append(norm(keys[b, j]))
-                    ss.append(float(r.scores[b, j]))
-                    ranks.append(torch.nn.functional.one_hot(torch.tensor(min(j, z - 1)), z).float())
-                    ys.append(float(model.bank.chunk_ids[row] in gold))
-                    owner.append(i + b)
-    return {"q": torch.stack(qs), "k": torch.stack(ks), "s": torch.tensor(ss), "rank": torch.stack(ranks),
-            "y": torch.tensor(ys), "question": np.array(owner)}
 
 
-def auc(scores: np.ndarray, y: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney; ties count half); NaN without both classes."""
-    pos, neg = scores[y > 0.5], scores[y <= 0.5]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + 0.5 * ties)
-
-
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-regularised logistic regression by L-BFGS (features standardised by the caller): weights, bias."""
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return w.detach(), b.detach()
-
-
-def relevance_probe(train: dict, val: dict, test: dict, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1), n_boot: int = 1000,
-                    seed: int = 0) -> dict:
-    """Linear probes (logistic regression) of "is this retrieved chunk gold evidence?" from each PROBE_FEATURES set
-    of the policy's inputs (`probe_data` of the training, validation and test questions): fitted on train, the L2
-    weight chosen by validation AUC, reported on test: AUC with a 95% bootstrap interval over test questions, and
-    top1 = how often the chunk the probe ranks first in a question is evidence (questions with evidence retrieved).
-    The retrieval's own order gives "top1" of rank 1 ("rank" features). A probe near AUC 0.5 says the policy cannot
-    see relevance in that input; a good probe with a flat policy says the GRPO signal, not the input, is short."""
-    rng = np.random.default_rng(seed)
-    ytr, yva, yte = train["y"], val["y"], test["y"].numpy()
-    tq = test["question"]
-    with_evidence = sorted({int(i) for i, y in zip(tq, yte) if y > 0.5})
-    out = {"n_train_chunks": int(len(ytr)), "n_test_chunks": int(len(yte)),
-           "evidence_rate_test": float(yte.mean()), "questions_with_evidence_retrieved": len(with_evidence),
-           "probes": []}
-    groups = {int(i): np.flatnonzero(tq == i) for i in np.unique(tq)}
-    for name, feats in PROBE_FEATURES.items():
-        f = [feats(d["q"], d["k"], d["s"], d["rank"]) for d in (train, val, test)]
-        mu, sd = f[0].mean(0), f[0].std(0).clamp_min(1e-6)
-        xtr, xva, xte = ((x - mu) / sd for x in f)
-        best = None
-        for l2 in l2_grid:
-            w, b = _fit_logistic(xtr, ytr, l2)
-            a = auc((xva @ w + b).numpy(), yva.numpy()) if len(yva) else float("nan")
-            if best is None or (not math.isnan(a) and (math.isnan(best[0]) or a > best[0])):
-                best = (a, l2, w, b)
-        _, l2, w, b = best
-        p = (xte @ w + b).numpy()
-        qids = list(groups)
-        boots = []
-        for _ in range(n_boot):
-            idx = np.concatenate([groups[qids[i]] for i in rng.integers(0, len(qids), len(qids))])
-            boots.append(auc(p[idx], yte[idx]))
-        boots = [x for x in boots if not math.isnan(x)]
-        top1 = [float(yte[groups[i][np.argmax(p[groups[i]])]] > 0.5) for i in with_evidence]
-        out["probes"].append({"features": name, "dims": int(xtr.shape[1]), "l2": l2, "val_auc": best[0],
-                              "auc": auc(p, yte), "ci": [float(np.percentile(boots, 2.5)),
-                                                         float(np.percentile(boots, 97.5))] if boots else None,
-                              "top1": float(np.mean(top1)) if top1 else float("nan")})
-    out["rank1_is_evidence"] = float(np.mean([yte[groups[i][0]] > 0.5 for i in with_evidence])) \
-        if with_evidence else float("nan")
-    return out
-
-
-def probe_table(data: dict):
-    """The probe of a budget_pareto.json as a DataFrame (features, dims, AUC [95% interval], top1); None without."""
-    import pandas as pd
-
-    probe = data.get("probe")
-    if not probe:
-        return None
-    r3 = lambda x: None if x is None else round(x, 3)  # noqa: E731  (NaN is stored as null)
-    return pd.DataFrame([{"features": p["features"], "dims": p["dims"], "test AUC": r3(p["auc"]),
-                          "95% CI": f"[{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]" if p["ci"] else "",
-                          "top-1 is evidence": r3(p["top1"])} for p in probe["probes"]])
-
-
-# ---- envelope and paired differences ----------------------------------------------------------------------------
-def upper_envelope(points: list[dict]) -> list[dict]:
-    """The fixed points no other dominates, by memory tokens: each more accurate than every cheaper one, so that
-    accuracy increases along it (ties in M: the more accurate)."""
-    out, best = [], -math.inf
-    for p in sorted(points, key=lambda p: (p["memory_tokens"], -p["accuracy"])):
-        if p["accuracy"] > best:
-            out.append(p)
-            best = p["accuracy"]
-    return out
-
-
-def envelope_at(points: list[dict], memory_tokens: float) -> dict | None:
-    """The point attaining E(m) = max {acc(p) : M(p) <= m} (the cheapest among ties); None if none is that cheap."""
-    within = [p for p in upper_envelope(points) if p["memory_tokens"] <= memory_tokens + 1e-9]
-    return within[-1] if within else None
+# ---- paired differences against the envelope (pareto.py) ----------------------------------------------------------------------------
 
 
 def vs_envelope(seed_records: dict, memory_tokens: float, fixed: list[dict], n_boot: int = 1000,
@@ -447,46 +306,6 @@ def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None
 
 
 # ---- the results file -----------------------------------------------------------------------------------------
-def _clean(x):
-    """JSON-safe numbers: NaN -> None, numpy scalars -> float."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return None if math.isnan(x) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def _entries(points: list[dict], keys: tuple[str, ...], kind: str, optional: tuple[str, ...] = ()) -> list[dict]:
-    out = []
-    for p in points:
-        missing = [k for k in keys if k not in p]
-        if missing:
-            raise ValueError(f"budget_pareto {kind} entry {p.get('name', p.get('token_price'))!r} lacks "
-                             f"{', '.join(missing)}")
-        out.append({k: p[k] for k in keys + tuple(k for k in optional if k in p)})
-    return out
-
-
-def write_pareto(path: str | Path, setting: str, split: str, n: int, uniform: list[dict], heuristics: list[dict],
-                 learned: list[dict], oracle: list[dict] | None = None, probe: dict | None = None) -> Path:
-    """metrics/budget_pareto.json: {"setting", "split", "n", "uniform": [{budget, accuracy, ci, memory_tokens}],
-    "heuristics": [{name, accuracy, ci, memory_tokens}], "learned": [{token_price, accuracy, ci, memory_tokens,
-    entropy, entropy_uniform, evidence_budget, other_budget, drop_rate, seeds[, vs_envelope]}]}, plus "oracle" (the
-    oracle-feature policy's points, the learned points' keys) and "probe" (`relevance_probe`) when given; points may
-    carry more (records), which are left out; NaN is written as null."""
-    body = {"setting": setting, "split": split, "n": int(n),
-            "uniform": _entries(uniform, UNIFORM_KEYS, "uniform"),
-            "heuristics": _entries(heuristics, HEURISTIC_KEYS, "heuristics"),
-            "learned": _entries(learned, LEARNED_KEYS, "learned", ("vs_envelope",))}
-    if oracle:
-        body["oracle"] = _entries(oracle, LEARNED_KEYS, "oracle", ("vs_envelope",))
-    if probe:
-        body["probe"] = probe
-    return write_json(path, _clean(body))
 
 
 # ---- the whole frontier of one checkpoint, resumable (05_ablations) -------------------------------------------
@@ -502,12 +321,6 @@ def evaluate_text(model, questions, batch_size: int | None = None, progress: boo
     for r in records:
         r["memory_tokens"] = sum(len(model._chunk_ids(row)) for row in r["rows"] if row >= 0)
     return records
-
-
-def envelope_rules(points: list[dict]) -> list[dict]:
-    """The fixed rules a learned point is compared with: no memory, uniform budgets, top-k whole, thresholds. Not
-    random budgets (one noisy draw, not a rule anyone deploys) and not text RAG (its memory is text tokens)."""
-    return [p for p in points if p.get("name") not in NOT_ON_ENVELOPE]
 
 
 def learned_folder(run_dir: str | Path, setting: str, token_price: float, seed: int, oracle: bool = False) -> Path:
@@ -679,94 +492,3 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
 
 
 # ---- reading budget_pareto.json (05 and 07) ----------------------------------------------------------------------
-def _fixed_entries(data: dict) -> list[dict]:
-    """The file's uniform and heuristics entries, each named (uniform: "no memory" or "uniform <b>") with a family."""
-    out = [{"family": "uniform", "name": "no memory" if e["budget"] == 0 else f"uniform {e['budget']}", **e}
-           for e in data["uniform"]]
-    return out + [{"family": "text" if e["name"] == TEXT_RAG else "heuristics", **e} for e in data["heuristics"]]
-
-
-def pareto_table(data: dict):
-    """One row per point of a budget_pareto.json (a pandas DataFrame): family, name, memory tokens, accuracy and
-    its 95% interval, whether it is on the fixed rules' envelope; learned points also their seed range, diagnostics
-    and the paired difference against the envelope's point at their memory tokens, with its p (bootstrap over
-    memories) and p_holm (Holm over the learned points; the oracle points apart)."""
-    import pandas as pd
-
-    fixed = _fixed_entries(data)
-    envelope = {p["name"] for p in upper_envelope(envelope_rules(fixed))}
-    rows = [{"family": p["family"], "name": p["name"], "memory_tokens": p["memory_tokens"],
-             "accuracy": p["accuracy"], "ci_low": p["ci"][0], "ci_high": p["ci"][1],
-             "on_envelope": p["name"] in envelope} for p in fixed]
-    for family, p in [("learned", p) for p in data["learned"]] + [("oracle", p) for p in data.get("oracle") or []]:
-        acc = [s["accuracy"] for s in p["seeds"]]
-        vs = p.get("vs_envelope") or {}
-        label = "learned" if family == "learned" else "oracle-feature (sees evidence)"
-        rows.append({"family": family, "name": f"{label}, price {p['token_price']:g}",
-                     "memory_tokens": p["memory_tokens"], "accuracy": p["accuracy"], "ci_low": p["ci"][0],
-                     "ci_high": p["ci"][1], "on_envelope": False, "seeds": len(acc), "seed_accuracy_min": min(acc),
-                     "seed_accuracy_max": max(acc), "entropy": p["entropy"], "entropy_uniform": p["entropy_uniform"],
-                     "evidence_budget": p["evidence_budget"], "other_budget": p["other_budget"],
-                     "drop_rate": p["drop_rate"], "vs_envelope": vs.get("against"),
-                     "diff": vs.get("difference", vs.get("diff")),  # "diff": files written before stats.py
-                     "diff_ci_low": (vs.get("ci") or [None])[0], "diff_ci_high": (vs.get("ci") or [None, None])[1],
-                     "p": vs.get("p"), "p_holm": vs.get("p_holm")})
-    return pd.DataFrame(rows)
-
-
-def plot_pareto(data: dict, ax=None):
-    """Accuracy (95% intervals) against memory tokens per question from a budget_pareto.json: uniform budgets
-    (b = 0 is no memory), top-k whole and thresholds, random budgets, text RAG with the same reader (x = its text
-    tokens), the fixed rules' upper envelope as a step line, and each learned point (mean over seeds, its interval,
-    and its seeds' range in accuracy and in memory tokens)."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        ax = plt.subplots(figsize=(8, 5))[1]
-    fixed = _fixed_entries(data)
-
-    def draw(points, fmt, label, **kw):
-        if points:
-            x = [p["memory_tokens"] for p in points]
-            y = [p["accuracy"] for p in points]
-            yerr = [[p["accuracy"] - (p["ci"][0] if p["ci"][0] is not None else p["accuracy"]) for p in points],
-                    [(p["ci"][1] if p["ci"][1] is not None else p["accuracy"]) - p["accuracy"] for p in points]]
-            ax.errorbar(x, y, yerr=yerr, fmt=fmt, capsize=3, label=label, **kw)
-
-    uniform = sorted([p for p in fixed if p["family"] == "uniform"], key=lambda p: p["memory_tokens"])
-    draw(uniform, "o-", "uniform b (b = 0: no memory)", color="C0")
-    for p in uniform:
-        ax.annotate(str(p["budget"]), (p["memory_tokens"], p["accuracy"]), xytext=(3, -10),
-                    textcoords="offset points", fontsize=7, color="C0")
-    rules = [p for p in fixed if p["family"] == "heuristics" and p["name"] not in NOT_ON_ENVELOPE]
-    draw(rules, "s", "top-k whole, score threshold", color="C1")
-    for p in rules:
-        ax.annotate(p["name"], (p["memory_tokens"], p["accuracy"]), xytext=(4, 4), textcoords="offset points",
-                    fontsize=7, color="C1")
-    draw([p for p in fixed if p["name"] == "random"], "x", "random budgets (not on the envelope)", color="grey")
-    draw([p for p in fixed if p["family"] == "text"], "D", "text RAG, same reader (x = TEXT tokens)", color="C2")
-    env = upper_envelope(envelope_rules(fixed))
-    trained = [("learned", p) for p in data["learned"]] + [("oracle", p) for p in data.get("oracle") or []]
-    right = max([p["memory_tokens"] for p in fixed] + [p["memory_tokens"] for _, p in trained] + [1.0])
-    if env:
-        ax.step([p["memory_tokens"] for p in env] + [right], [p["accuracy"] for p in env] + [env[-1]["accuracy"]],
-                where="post", color="black", lw=1, ls="--", label="envelope of the fixed rules")
-    first = set()
-    for family, p in trained:
-        m, a = p["memory_tokens"], p["accuracy"]
-        color, marker = ("C3", "*") if family == "learned" else ("C4", "P")
-        label = None if family in first else ("learned policy (mean over seeds)" if family == "learned" else
-                                              "oracle-feature policy (sees the evidence flag)")
-        draw([p], marker, label, color=color, ms=12 if family == "learned" else 9)
-        xs, ys = [s["memory_tokens"] for s in p["seeds"]], [s["accuracy"] for s in p["seeds"]]
-        ax.plot([min(xs), max(xs)], [a, a], color=color, lw=4, alpha=0.35,
-                label="seed range" if not first else None)
-        first.add(family)
-        ax.plot([m, m], [min(ys), max(ys)], color=color, lw=4, alpha=0.35)
-        ax.plot(xs, ys, ".", color=color, alpha=0.6)
-        ax.annotate(f"{'oracle ' if family == 'oracle' else ''}λ = {p['token_price']:g}", (m, a), xytext=(6, 4),
-                    textcoords="offset points", fontsize=8, color=color)
-    ax.set(xlabel="memory tokens per question (soft tokens; text RAG: text tokens)", ylabel="accuracy",
-           title=f"{data['setting']}, {data['split']} (n = {data['n']}): the budget frontier")
-    ax.legend(fontsize=7, loc="best")
-    return ax

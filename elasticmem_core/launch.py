@@ -5,7 +5,7 @@
 
 `bank`: every process encodes a disjoint share of the shards of each setting's bank (bank.build).
 `train`: every process takes its share of each step's questions; gradients are averaged (grpo.Trainer). The
-`alfworld` setting trains as 06_alfworld does (alfworld.train: expert-step items, the expert-action reward, model
+`alfworld` setting trains as 06_alfworld does (alfworld_agent.train: expert-step items, the expert-action reward, model
 selection on step accuracy; its folders are named by the game set, e.g. train/alfworld-offline/seed<seed>/).
 Results land in <runtime.output_dir>/<runtime.run_name>/ (banks/<setting>/, train/<setting>/seed<seed>/), where
 notebooks 04, 05 and 07 read them. On CPU (tests), use `torchrun --nproc_per_node 2` instead of `accelerate launch
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import alfworld, assemble
+from . import alfworld, alfworld_agent, assemble
 from . import backbone as bb
 from .experiment import resolve, seed_everything, train_dir, write_yaml
 from .runner import resolve_params
 
-ALFWORLD = "alfworld"  # the setting trained by alfworld.train (as 06_alfworld), not by the QA path
+ALFWORLD = "alfworld"  # the setting trained by alfworld_agent.train (as 06_alfworld), not by the QA path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             backbone.device = acc.device
         if setting == ALFWORLD:  # step items, the expert-action reward and step accuracy: 06_alfworld's path
             if args.job == "train":
-                trainer = alfworld.train(cfg, run_dir, backbone, accelerator=acc)
+                trainer = alfworld_agent.train(cfg, run_dir, backbone, accelerator=acc)
                 if acc.is_main_process:
                     print(f"{setting}: {trainer.step} steps on {acc.num_processes} process(es); best validation "
                           f"step accuracy {trainer.best:.3f}")

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checks import load, validate
-from .config import Config, ConfigError, apply_overrides, from_sections
+from .checks import apply_overrides, load, validate
+from .config import Config, ConfigError, from_sections
 from .experiment import (FRESH_ENV, HEADLESS_ENV, code_version, environment, fresh, repo_root, resolve, seed_everything,
                          write_json, write_yaml)
 

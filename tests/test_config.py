@@ -32,7 +32,7 @@ def test_defaults_are_the_papers():
 
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: str(p.relative_to(resolve("params"))))
 def test_every_params_file_validates_and_names_every_section(path):
-    raw = config.read_params(path)
+    raw = checks.read_params(path)
     # a standalone file is a whole recipe: every section named ({} = the paper's defaults), so none is read by accident
     assert set(raw) == set(SECTIONS), f"{path}: sections {sorted(raw)} != {sorted(SECTIONS)}"
     checks.load(path)
@@ -41,7 +41,7 @@ def test_every_params_file_validates_and_names_every_section(path):
 @pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(resolve("params"))))
 def test_every_overlay_validates_on_each_base(path):
     # only the reference row of the ablation grid is the unchanged method
-    assert config.read_params(path) or path.stem == "elasticmem_reference", f"{path}: an empty overlay"
+    assert checks.read_params(path) or path.stem == "elasticmem_reference", f"{path}: an empty overlay"
     for base in ("params/smoke.yaml", "params/mini.yaml", "params/paper/qwen2.5-3b-locomo-mc10.yaml"):
         checks.load([resolve(base), path])
 

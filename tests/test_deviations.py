@@ -98,7 +98,7 @@ def test_the_table_names_existing_keys_and_the_paper_files_set_its_values():
 
 
 def test_the_min_budget_1_row_exists_and_is_in_the_paper_recipe():
-    overlay = config.read_params(resolve("params/ablations/min_budget_1.yaml"))
+    overlay = checks.read_params(resolve("params/ablations/min_budget_1.yaml"))
     assert overlay == {"budget": {"min_budget": 1}}
     recipe = resolve("docs/paper_scale.md").read_text()
     assert "min_budget_1" in recipe and "elasticmem_reference" in recipe

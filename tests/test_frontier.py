@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from elasticmem_core import evaluate, frontier, stats
+from elasticmem_core import evaluate, frontier, pareto, relevance_probe, stats
 from tinydata import QUESTIONS, tiny_bank, tiny_model
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
@@ -107,7 +107,7 @@ def test_write_pareto_has_exactly_the_required_keys_and_types(fixed, tmp_path):
     runs = [{"seed": s, "records": fixed[i]["records"], "diagnostics": diag} for s, i in ((0, 2), (1, 4))]
     learned = frontier.learned_point(0.2, runs, fixed, n_boot=200)
     uniform, heuristics = ([p for p in fixed if p["family"] == f] for f in ("uniform", "heuristics"))
-    path = frontier.write_pareto(tmp_path / "metrics" / "budget_pareto.json", "tiny", "train", len(QUESTIONS),
+    path = pareto.write_pareto(tmp_path / "metrics" / "budget_pareto.json", "tiny", "train", len(QUESTIONS),
                                  uniform, heuristics, [learned])
     data = json.loads(path.read_text())
     assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned"} and data["n"] == 3
@@ -120,7 +120,7 @@ def test_write_pareto_has_exactly_the_required_keys_and_types(fixed, tmp_path):
         assert isinstance(e["accuracy"], number) and isinstance(e["memory_tokens"], number)
         assert len(e["ci"]) == 2 and all(isinstance(c, number) for c in e["ci"])
     (e,) = data["learned"]
-    assert set(e) == set(frontier.LEARNED_KEYS) | {"vs_envelope"}
+    assert set(e) == set(pareto.LEARNED_KEYS) | {"vs_envelope"}
     assert e["accuracy"] == pytest.approx((fixed[2]["accuracy"] + fixed[4]["accuracy"]) / 2)
     assert e["memory_tokens"] == pytest.approx((fixed[2]["memory_tokens"] + fixed[4]["memory_tokens"]) / 2)
     assert [set(s) for s in e["seeds"]] == [{"seed", "accuracy", "memory_tokens"}] * 2
@@ -128,7 +128,7 @@ def test_write_pareto_has_exactly_the_required_keys_and_types(fixed, tmp_path):
     assert {"against", "difference", "ci", "p", "n", "seeds", "per_seed"} <= set(e["vs_envelope"])
     assert len(e["vs_envelope"]["ci"]) == 2 and e["vs_envelope"]["seeds"] == [0, 1]
     with pytest.raises(ValueError, match="lacks"):
-        frontier.write_pareto(tmp_path / "x.json", "tiny", "train", 3, [{"budget": 4}], [], [])
+        pareto.write_pareto(tmp_path / "x.json", "tiny", "train", 3, [{"budget": 4}], [], [])
 
 
 def _points(*specs):
@@ -139,11 +139,11 @@ def test_envelope_and_paired_difference_on_hand_made_points():
     # the shape of the issue's fresh-clone numbers: top-k whole above the uniform curve
     pts = _points(("none", 0, 0.2), ("u4", 20, 0.21), ("u8", 36, 0.26), ("top1", 30, 0.475), ("u16", 68, 0.33),
                   ("top2", 59, 0.59), ("u24", 95, 0.58), ("u32", 114, 0.66), ("u48", 119, 0.66))
-    assert [p["name"] for p in frontier.upper_envelope(pts)] == ["none", "u4", "top1", "top2", "u32"]
-    assert frontier.envelope_at(pts, 103)["name"] == "top2"
-    assert frontier.envelope_at(pts, 30)["name"] == "top1" and frontier.envelope_at(pts, 29.9)["name"] == "u4"
-    assert frontier.envelope_at(pts, 1000)["name"] == "u32"  # a tie at 0.66: the cheaper one
-    assert frontier.envelope_at(pts[1:], 10) is None
+    assert [p["name"] for p in pareto.upper_envelope(pts)] == ["none", "u4", "top1", "top2", "u32"]
+    assert pareto.envelope_at(pts, 103)["name"] == "top2"
+    assert pareto.envelope_at(pts, 30)["name"] == "top1" and pareto.envelope_at(pts, 29.9)["name"] == "u4"
+    assert pareto.envelope_at(pts, 1000)["name"] == "u32"  # a tie at 0.66: the cheaper one
+    assert pareto.envelope_at(pts[1:], 10) is None
     # paired difference against the envelope's point, on the same questions
     rec = lambda correct: [{"qid": f"q{i}", "correct": bool(c)} for i, c in enumerate(correct)]  # noqa: E731
     fixed = [{"name": "cheap", "memory_tokens": 10, "accuracy": 0.25, "records": rec([1, 0, 0, 0])},
@@ -174,7 +174,7 @@ def test_envelope_tests_resample_memories_and_are_holm_adjusted_together():
     frontier.with_holm(points)
     assert [p["vs_envelope"]["p_holm"] for p in points[:2]] == pytest.approx([0.02, 0.04])
     assert "vs_envelope" not in points[2]
-    table = frontier.pareto_table({"setting": "s", "split": "test", "n": 16, "uniform": [], "heuristics": [],
+    table = pareto.pareto_table({"setting": "s", "split": "test", "n": 16, "uniform": [], "heuristics": [],
                                    "learned": [{"token_price": 0.1, "memory_tokens": 20, "accuracy": 0.6,
                                                 "ci": [0.3, 0.9], "seeds": [{"seed": 0, "accuracy": 0.6}],
                                                 "entropy": 1, "entropy_uniform": 1, "evidence_budget": 1,
@@ -204,29 +204,29 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     assert (data["setting"], data["split"], data["n"]) == ("tiny", "test", 3)
     assert [e["budget"] for e in data["uniform"]] == [0, 4, 8]
     names = [e["name"] for e in data["heuristics"]]
-    assert names == ["top-1 whole", "top-2 whole", "threshold 0.3", "threshold 0.5", "random", frontier.TEXT_RAG]
+    assert names == ["top-1 whole", "top-2 whole", "threshold 0.3", "threshold 0.5", "random", pareto.TEXT_RAG]
     for e in data["uniform"]:
-        assert set(e) == set(frontier.UNIFORM_KEYS)
+        assert set(e) == set(pareto.UNIFORM_KEYS)
     for e in data["heuristics"]:
-        assert set(e) == set(frontier.HEURISTIC_KEYS)
+        assert set(e) == set(pareto.HEURISTIC_KEYS)
     assert [e["token_price"] for e in data["learned"]] == [0.0, 0.5]
     for e in data["learned"]:
-        assert set(e) - {"vs_envelope"} == set(frontier.LEARNED_KEYS)
+        assert set(e) - {"vs_envelope"} == set(pareto.LEARNED_KEYS)
         assert [s["seed"] for s in e["seeds"]] == [1, 2]
     # text RAG's memory tokens are the retrieved chunks' text tokens; the envelope leaves it and random out
-    (text,) = [e for e in data["heuristics"] if e["name"] == frontier.TEXT_RAG]
+    (text,) = [e for e in data["heuristics"] if e["name"] == pareto.TEXT_RAG]
     assert text["memory_tokens"] == pytest.approx(sum(
         sum(len(model._chunk_ids(r)) for r in x["rows"] if r >= 0) for x in out["text"]["records"]) / 3)
-    assert not set(out["envelope"]) & set(frontier.NOT_ON_ENVELOPE)
+    assert not set(out["envelope"]) & set(pareto.NOT_ON_ENVELOPE)
     tested = [e["vs_envelope"] for e in data["learned"] if "vs_envelope" in e]
     for v in tested:
-        assert v["against"] not in frontier.NOT_ON_ENVELOPE
+        assert v["against"] not in pareto.NOT_ON_ENVELOPE
     # the learned points' tests are one family: Holm's adjustment of their p-values (oracle points apart)
     assert [v["p_holm"] for v in tested] == pytest.approx(stats.holm([v["p"] for v in tested]))
     # the oracle-feature policy (eval.frontier_oracle_prices defaults to [0.0]) is a point of the same shape
     assert [e["token_price"] for e in data["oracle"]] == [0.0]
-    assert set(data["oracle"][0]) - {"vs_envelope"} == set(frontier.LEARNED_KEYS)
-    assert [p["features"] for p in data["probe"]["probes"]] == list(frontier.PROBE_FEATURES)
+    assert set(data["oracle"][0]) - {"vs_envelope"} == set(pareto.LEARNED_KEYS)
+    assert [p["features"] for p in data["probe"]["probes"]] == list(relevance_probe.PROBE_FEATURES)
     assert data["probe"]["n_test_chunks"] == 3 * 4
     # every point trained its one step into its own folder; the model has its own policy and cfg back
     for price, oracle in ((0.0, False), (0.5, False), (0.0, True)):
@@ -241,9 +241,9 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     assert model.policy is own_policy and model.cfg is own_cfg and model.memory == "latent"
     saved_policy = torch.load(checkpoint / "policy.pt")
     assert all(torch.equal(v, saved_policy[k]) for k, v in model.policy.state_dict().items())
-    table = frontier.pareto_table(data)
+    table = pareto.pareto_table(data)
     assert len(table) == 3 + 6 + 2 + 1 and table.on_envelope.any() and (table.family == "oracle").sum() == 1
-    assert len(frontier.probe_table(data)) == len(frontier.PROBE_FEATURES)
+    assert len(relevance_probe.probe_table(data)) == len(relevance_probe.PROBE_FEATURES)
     # a second call reuses every point: nothing trains, the file is the same
     logs = {p: p.read_text() for p in (tmp_path / "run" / "frontier").rglob("train_log.jsonl")}
     monkeypatch.setattr(frontier, "train_learned_point", lambda *a, **k: pytest.fail("a finished point retrained"))
@@ -300,12 +300,12 @@ def test_relevance_probe_finds_a_planted_signal_and_not_a_missing_one():
         return {"q": torch.randn(n, h, generator=g), "k": k, "s": torch.randn(n, generator=g),  # the score does not
                 "rank": torch.nn.functional.one_hot(torch.arange(n) % z, z).float(), "y": y,
                 "question": (torch.arange(n) // 4).numpy()}
-    out = frontier.relevance_probe(data(120), data(40), data(60), n_boot=100)
+    out = relevance_probe.relevance_probe(data(120), data(40), data(60), n_boot=100)
     by = {p["features"]: p for p in out["probes"]}
     assert by["key"]["auc"] > 0.9 and by["key"]["ci"][0] > 0.8 and by["key"]["top1"] > 0.8
     assert abs(by["score"]["auc"] - 0.5) < 0.15 and by["score"]["ci"][0] < 0.5 < by["score"]["ci"][1]
     assert out["n_test_chunks"] == 240 and out["evidence_rate_test"] == pytest.approx(0.25)
-    assert frontier.auc(np.array([0.1, 0.9, 0.5]), np.array([0, 1, 0])) == 1.0
+    assert relevance_probe.auc(np.array([0.1, 0.9, 0.5]), np.array([0, 1, 0])) == 1.0
 
 
 def test_run_frontier_without_evidence_has_no_oracle_and_no_probe(bank, tmp_path):

@@ -89,3 +89,10 @@ def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path):
     assert cycles(edges) == []
     (pkg / "low.py").write_text("def f():\n    from .high import y\n")
     assert cycles(module_imports(pkg)) == [["pkg.high", "pkg.low"]]
+
+
+def test_every_module_is_under_600_lines():
+    # one job per module: a module that grows past this has taken a second job; split it where the job ends
+    root = resolve("elasticmem_core")
+    long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) >= 600}
+    assert not long, f"modules of 600 lines or more: {long}"

@@ -10,7 +10,8 @@ import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from elasticmem_core import runner
-from elasticmem_core.config import ConfigError, read_params
+from elasticmem_core.checks import read_params
+from elasticmem_core.config import ConfigError
 from elasticmem_core.experiment import resolve
 
 

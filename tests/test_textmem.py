@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from elasticmem_core import agemem, baselines, mem0
+from elasticmem_core import agemem, agemem_tools, baselines, mem0
 from elasticmem_core.backbone import load_backbone
 from elasticmem_core.config import ConfigError
 from elasticmem_core.fact_store import FactStore, StoreError, mentions
@@ -133,22 +133,22 @@ def test_mem0_runs_as_a_baseline_row_with_its_store_report(tmp_path, tiny_backbo
 # ---- AgeMem-style tools ---------------------------------------------------------------------------------------------
 def test_each_agemem_tool_does_what_it_says_and_bad_calls_are_observations():
     first, update, old, new = changed_fact()
-    s, e = agemem.State(), Embedder()
+    s, e = agemem_tools.State(), Embedder()
     s.context = [(0, "User: hi"), (1, first), (2, "User: filler")]
-    agemem.execute(s, f"ADD: {first}\nNONE", e, 2, position=1)
+    agemem_tools.execute(s, f"ADD: {first}\nNONE", e, 2, position=1)
     assert s.ltm.holds(old) and s.calls == {"ADD": 1, "NONE": 1}
-    agemem.execute(s, f"UPDATE 0: {update}", e, 2, position=7)   # the later change replaces the stored fact
+    agemem_tools.execute(s, f"UPDATE 0: {update}", e, 2, position=7)   # the later change replaces the stored fact
     assert s.ltm.holds(new) and not s.ltm.holds(old)
-    agemem.execute(s, "RETRIEVE: user", e, 2, qid="q")
+    agemem_tools.execute(s, "RETRIEVE: user", e, 2, qid="q")
     assert s.retrieved["q"] == [update] and s.observations[-1] == f"Retrieved: {update}"
-    agemem.execute(s, "FILTER 0, 2", e, 2)
+    agemem_tools.execute(s, "FILTER 0, 2", e, 2)
     assert s.context == [(1, first)]
-    agemem.execute(s, "SUMMARY: the user moved", e, 2)
+    agemem_tools.execute(s, "SUMMARY: the user moved", e, 2)
     assert s.context == [(-1, "the user moved")]
-    agemem.execute(s, "DELETE 0", e, 2)
+    agemem_tools.execute(s, "DELETE 0", e, 2)
     assert len(s.ltm) == 0 and s.invalid == 0
     s.observations.clear()
-    agemem.execute(s, "I think the user is nice\nDELETE 5\nFILTER 9\nADD:\nUPDATE x: y\nNONE please", e, 2)
+    agemem_tools.execute(s, "I think the user is nice\nDELETE 5\nFILTER 9\nADD:\nUPDATE x: y\nNONE please", e, 2)
     assert s.invalid == 6 and len(s.observations) == 6 and "not a tool call" in s.observations[0] and "no fact with id 5" in s.observations[1]
     assert s.calls["DELETE"] == 1 and s.calls["FILTER"] == 1  # only the valid ones
 
@@ -216,9 +216,9 @@ def test_the_teacher_demonstrations_are_valid_calls(bank):
     item = model.item("m0", QUESTIONS[:1])
     demos = agemem.demonstrations(model, [item])
     assert len(demos) == 6 + 1
-    s = agemem.State()
+    s = agemem_tools.State()
     for step, ids in demos:
-        agemem.execute(s, model.tokenizer.decode(ids, skip_special_tokens=True), Embedder(), 2, qid="q0")
+        agemem_tools.execute(s, model.tokenizer.decode(ids, skip_special_tokens=True), Embedder(), 2, qid="q0")
     assert s.invalid == 0 and s.calls == {"ADD": 6, "RETRIEVE": 1} and s.ltm.holds("blue")
     assert agemem.teacher_action("User: I live in Oslo.\nBy the way x\nAssistant: ok") == "ADD: I live in Oslo. By the way x"
 
