@@ -3,25 +3,8 @@
 A variant is an overlay file in `params/baselines/` or `params/ablations/`: only the keys that define it. When a
 notebook runs a variant, those keys are applied onto the run's own params: under smoke a variant runs at smoke
 sizes, under mini at mini sizes, under a paper file at paper sizes (alone: `elasticmem run NOTEBOOK -p
-params/mini.yaml -p params/ablations/<name>.yaml`). `eval.method` says what a variant is:
-
-| eval.method     | memory                               | trained (eval.variant_steps)                        |
-|-----------------|--------------------------------------|-----------------------------------------------------|
-| no_memory       | none                                 | no                                                  |
-| full_context    | the whole memory as text, newest     | no; chunks that do not fit the window are dropped   |
-|                 | chunks kept within the window        | (oldest first) and counted per question             |
-| text_rag        | top-k chunks as text (retrieval.mode | no; semantic = the sentence embedder, frozen_state  |
-|                 | chooses the ranking)                 | = the bank's keys against the question's state      |
-| lora_text_sft   | retrieved chunks as text             | supervised (cross-entropy on the gold letter)       |
-| lora_text_grpo  | retrieved chunks as text             | GRPO (grpo.Trainer with model memory "text"); also  |
-|                 |                                      | at a higher LoRA rank (lora_text_grpo_high_rank)    |
-| elasticmem      | soft tokens (the method)             | GRPO; ablations and the identity projector          |
-| memgen          | K latents a LoRA weaver writes from  | supervised weaver steps, then GRPO; the reasoner    |
-|                 | the retrieved chunks (memgen.py)     | frozen (MemGen-style: the latent-space baseline)    |
-| mem0            | top-k facts the backbone extracted   | no (the stores are built by the frozen backbone);   |
-|                 | and managed, as text (mem0.py)       | also with the warmed-up reader                      |
-| agemem          | the context the agent kept + facts   | step-wise GRPO over a three-stage curriculum        |
-|                 | its tool calls retrieved (agemem.py) | (agemem.store / .filter / .answer)                  |
+params/mini.yaml -p params/ablations/<name>.yaml`). `eval.method` says what a variant is (methods.py's registry:
+its model, its training, what it reads).
 
 Every variant goes through ElasticMem's own retrieval and injection layout, so #Tok counts the same parts for
 every method. The untrained text readers (no_memory, full_context, text_rag) are also reported with the stage-0
@@ -36,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +29,8 @@ from . import evaluate
 from .checks import apply_overrides, merge, read_params, validate
 from .config import Config, derive, from_sections
 from .experiment import resolve, seed_everything, train_dir, write_json
-from .grpo import Trainer
-from .full_context import FullContext
+from .methods import method
 from .model import CHECKPOINT_META, ElasticMem
-
-MEMORY = {"elasticmem": "latent", "no_memory": "none", "full_context": "text", "text_rag": "text",
-          "lora_text_sft": "text", "lora_text_grpo": "text", "memgen": "text", "mem0": "text", "agemem": "text"}
-TRAINED = ("elasticmem", "lora_text_sft", "lora_text_grpo", "memgen", "agemem")
-OWN_READER = ("memgen",)  # trained variants that never start from 03's warmed-up reader (MemGen's reasoner is frozen)
-TEXT_READERS = ("no_memory", "full_context", "text_rag", "mem0")  # also reported with the warmed-up reader
-
 
 # ---- variants as params files ---------------------------------------------------------------------------------
 def variant_file(kind: str, name: str) -> Path:
@@ -97,17 +71,7 @@ def variant_config(cfg: Config, path: str | Path, seed: int | None = None) -> Co
 # ---- models, banks, training ----------------------------------------------------------------------------------
 def build_model(cfg: Config, dataset, backbone, bank) -> ElasticMem:
     """The model a variant's eval.method describes (LoRA is injected into `backbone` in place: `release` after)."""
-    if cfg.eval.method == "full_context":
-        return FullContext(backbone, bank, cfg, {c.chunk_id: c.text for c in dataset.chunks()})
-    if cfg.eval.method == "memgen":
-        from .memgen import MemGen
-        return assemble.model_for(cfg, dataset, backbone, bank, model_class=MemGen)
-    if cfg.eval.method in ("mem0", "agemem"):  # text-memory systems: their own store, ranked by the embedder
-        from .agemem import AgeMem
-        from .mem0 import Mem0
-        cls = Mem0 if cfg.eval.method == "mem0" else AgeMem
-        return assemble.model_for(cfg, dataset, backbone, bank, with_embedder=True, model_class=cls)
-    return assemble.model_for(cfg, dataset, backbone, bank, memory=MEMORY[cfg.eval.method])
+    return method(cfg.eval.method).model(cfg, dataset, backbone, bank)
 
 
 def release(model: ElasticMem) -> None:
@@ -158,43 +122,19 @@ def checkpoint_id(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def sft_steps(cfg: Config, n_train: int) -> int:
-    """Supervised steps of the text-SFT baseline: eval.variant_steps, else grpo.sft_steps, else grpo.epochs over
-    the training questions (capped by grpo.max_steps)."""
-    if cfg.eval.variant_steps > 0:
-        return cfg.eval.variant_steps
-    if cfg.grpo.sft_steps > 0:
-        return cfg.grpo.sft_steps
-    steps = cfg.grpo.epochs * math.ceil(n_train / cfg.grpo.sft_batch_size)
-    return min(steps, cfg.grpo.max_steps) if cfg.grpo.max_steps > 0 else steps
-
-
 def train(model: ElasticMem, dataset, folder: Path, progress: bool = True, reader: Path | None = None) -> Path | None:
-    """Train a variant (resumable) and return the checkpoint to evaluate; None when eval.variant_steps is 0.
+    """Train a variant (resumable) as its method trains (methods.py) and return the checkpoint to evaluate; None
+    when eval.variant_steps is 0 or the method is not trained.
 
     With `reader` (03_train's stage-0 reader of this setting) the variant starts from its LoRA instead of
     repeating stage 0: every trained variant then shares one warmed-up reader, as the method does."""
-    cfg = model.cfg
-    if cfg.eval.variant_steps == 0 or cfg.eval.method not in TRAINED:
+    m = method(model.cfg.eval.method)
+    if model.cfg.eval.variant_steps == 0 or m.train is None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     if reader is not None:
         model.load(reader, parts=("lora",))
-    if cfg.eval.method == "memgen":
-        from . import memgen
-        return memgen.train(model, dataset, folder, progress)
-    if cfg.eval.method == "agemem":
-        from . import agemem
-        return agemem.train(model, dataset, folder, progress)
-    trainer = Trainer(model, dataset.split("train"), dataset.split("val"), folder, setting=dataset.setting)
-    if cfg.eval.method == "lora_text_sft":
-        done = folder / "sft"
-        if not (done / CHECKPOINT_META).is_file():
-            trainer.supervised(sft_steps(cfg, len(trainer.train_q)), "text", "text_sft")
-            model.save(done)
-        return done
-    trainer.train(progress, reader_warmup=reader is None)  # GRPO; resumes from last/, selects best/ on validation
-    return folder / "best"
+    return m.train(model, dataset, folder, progress, reader is not None)
 
 
 # ---- running a variant ----------------------------------------------------------------------------------------
@@ -210,18 +150,18 @@ def run_variant(kind: str, name: str, cfg: Config, run_dir: str | Path, backbone
     results = []
     base = variant_config(cfg, path)  # the run's params with the variant's keys (its seed set per seed below)
     overrides = variant_overrides(path, cfg)
-    method = base.eval.method
+    m = method(base.eval.method)
     for setting, ds in datasets.items():
-        seeds = cfg.eval.seeds if method in TRAINED else [cfg.runtime.seed]  # untrained: deterministic
+        seeds = cfg.eval.seeds if m.train else [cfg.runtime.seed]  # untrained: deterministic
         # 03_train's reader is the run's (runtime.seed): every seed of a variant starts from that one reader
-        reader = reader_checkpoint(run_dir, setting, cfg.runtime.seed) if method in TEXT_READERS else None
+        reader = reader_checkpoint(run_dir, setting, cfg.runtime.seed) if m.text_reader else None
         for seed in seeds:
             folder = Path(run_dir) / kind / name / setting / f"seed{seed}"
             # trained variants start from 03's warmed-up reader (if the run has one) rather than repeat stage 0;
             # one with other LoRA shapes (the high-rank row) cannot load it and runs its own stage 0
             start = starting_reader(folder, run_dir, setting, cfg.runtime.seed) \
-                if method in TRAINED and method not in OWN_READER and cfg.grpo.reader_warmup_steps > 0 and \
-                base.lora == cfg.lora else None
+                if m.train and not m.own_reader and cfg.grpo.reader_warmup_steps > 0 and base.lora == cfg.lora \
+                else None
             for with_reader in ([False, True] if reader else [False]):
                 v = derive(base, f"{name} seed {seed}", runtime={"seed": seed})
                 label = name + ("+reader" if with_reader else "")

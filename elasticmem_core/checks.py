@@ -19,6 +19,7 @@ import yaml
 from . import agemem, alignment, retrieval_loss, rewards
 from .budget import LEARNED, POLICIES
 from .config import Config, ConfigError, from_sections
+from .methods import METHODS
 from .projector import KINDS
 from .retrieval import MODES
 
@@ -86,8 +87,7 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         "grpo.backward": (cfg.grpo.backward, {"group", "rollout"}),
         "grpo.advantage_norm": (cfg.grpo.advantage_norm, {"std", "mean"}),
         "grpo.tracker": (cfg.grpo.tracker, {"", "tensorboard", "wandb"}),
-        "eval.method": (cfg.eval.method, {"elasticmem", "no_memory", "full_context", "text_rag", "lora_text_sft",
-                                          "lora_text_grpo", "memgen", "mem0", "agemem"}),
+        "eval.method": (cfg.eval.method, set(METHODS)),
         "memgen.bridge_init": (cfg.memgen.bridge_init, {"identity", "default"}),
         "memgen.trigger": (cfg.memgen.trigger, {"off", "learned"}),
     }
@@ -150,18 +150,13 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
     if cfg.memgen.trigger == "learned" and not (cfg.memgen.insert_delimiters and cfg.memgen.trigger_steps > 0):
         raise ConfigError(f"{source}: memgen.trigger = learned decides at delimiter insertion points after its own "
                           f"GRPO stage: set memgen.insert_delimiters = true and memgen.trigger_steps > 0")
-    if cfg.eval.method == "memgen" and (cfg.grpo.gradient_checkpointing or cfg.grpo.kl_beta > 0):
-        raise ConfigError(f"{source}: the MemGen-style baseline switches LoRA adapters inside its passes: "
-                          f"grpo.gradient_checkpointing (recomputation would run with another adapter) and "
-                          f"grpo.kl_beta (its reasoner is already the frozen model) are not supported with it")
+    if METHODS[cfg.eval.method].check is not None:  # what a method cannot run with: its registry entry says
+        METHODS[cfg.eval.method].check(cfg, source)
     for key in ("mem0.similar", "mem0.top_k", "agemem.retrieve_k", "agemem.distractors", "agemem.loss_steps",
                 "agemem.format_steps", "agemem.val_memories"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 0:
             raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(getattr(cfg, section), name)}")
-    if cfg.eval.method == "agemem" and (cfg.grpo.kl_beta > 0 or cfg.grpo.policy_only):
-        raise ConfigError(f"{source}: the AgeMem-style baseline trains its tool steps' tokens only: grpo.kl_beta and "
-                          f"grpo.policy_only are not supported with it")
     if not cfg.memgen.delimiters or any(not d for d in cfg.memgen.delimiters):
         raise ConfigError(f"{source}: memgen.delimiters must be a non-empty list of non-empty strings")
     for key in ("mem0.extract_max_new_tokens", "mem0.max_facts_per_turn", "mem0.batch_size", "agemem.max_tool_tokens",

@@ -347,9 +347,8 @@ class EvalConfig:
     batch_size: int = _f(8, "questions answered per batch at evaluation")
     bootstrap: int = _f(1000, "bootstrap resamples for the 95% intervals")
     seeds: list[int] = _f([42], "training seeds (the paper reports means over 5)")
-    method: str = _f("elasticmem", "the method a params file describes: elasticmem | no_memory | full_context | "
-                                   "text_rag | lora_text_sft | lora_text_grpo | memgen | mem0 | agemem (params/baselines/ "
-                                   "select them)")
+    method: str = _f("elasticmem", "the method a params file describes: a name of methods.METHODS (elasticmem, "
+                                   "no_memory, text_rag, memgen, ...; params/baselines/ select them)")
     text_top_k: int = _f(0, "chunks the text-RAG baselines put in as text; 0 = retrieval.top_z (same Z as the method)")
     context_window: int = _f(0, "full-context baseline window in tokens; 0 = the backbone's max_position_embeddings")
     full_context_batch_tokens: int = _f(2048, "full-context prompts longer than this (tokens) are answered one at "

@@ -52,9 +52,10 @@ class Run:
 
 # A notebook's parameters cell (tagged `parameters`): which params to run, nothing else. papermill `-p` replaces
 # these; `papermill -f params/<file>.yaml` injects the file's sections instead, read as that file would be.
+# (no "=" in the comments: papermill's own parameter inspection cannot parse such lines)
 PARAMETERS_CELL = ("params = \"params/smoke.yaml\"  # a params file, or a list: a base, then overlays\n"
-                   "overrides = []  # [\"section.key=value\", ...]\n"
-                   "run_dir = None  # the run folder; None = outputs/<runtime.run_name>\n")
+                   "overrides = []  # section.key overrides, as the CLI's --set takes them\n"
+                   "run_dir = None  # the run folder (None: outputs/<runtime.run_name>)\n")
 PARAMETER_NAMES = ("params", "overrides", "run_dir")
 
 

@@ -44,6 +44,29 @@ def test_every_variant_overlay_names_only_defining_keys():
             assert keys <= allowed, f"{path.name} also changes {keys - allowed}"
 
 
+def test_a_new_baseline_is_one_model_one_registry_entry_one_overlay(tmp_path, tiny_backbone, monkeypatch):
+    """What adding a baseline takes: its model (here a text reader of the top-1 chunk), one entry in
+    methods.METHODS and one overlay in params/baselines/; checks, training, evaluation and results take it as is."""
+    from elasticmem_core import assemble, checks, methods
+    from elasticmem_core.config import derive
+
+    def top_one(cfg, dataset, backbone, bank):   # 1. the model
+        return assemble.model_for(derive(cfg, retrieval={"top_z": 1}), dataset, backbone, bank, memory="text")
+
+    monkeypatch.setitem(methods.METHODS, "top_one_text", methods.Method("text", build=top_one))   # 2. the entry
+    overlay = resolve("params/baselines") / "top_one_text_test.yaml"                               # 3. the overlay
+    overlay.write_text("eval:\n  method: top_one_text\n")
+    try:
+        (res,) = baselines.run_variant("baselines", "top_one_text_test", cfg(), tmp_path, tiny_backbone, dataset(),
+                                       progress=False)
+    finally:
+        overlay.unlink()
+    assert res["method"] == "top_one_text_test" and res["summary"]["n"] == 2
+    assert all(sum(row >= 0 for row in r["rows"]) == 1 and r["tokens"]["memory"] > 0 for r in res["records"])
+    with pytest.raises(checks.ConfigError, match="eval.method = 'top_two_text'"):
+        checks.load(resolve("params/smoke.yaml"), ["eval.method=top_two_text"])
+
+
 @pytest.mark.parametrize("name", ["no_memory", "full_context", "text_rag_keys", "text_rag_semantic"])
 def test_untrained_baselines_run_and_count_tokens(run, name):
     run_dir, backbone = run

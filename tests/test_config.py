@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import papermill
 import pytest
 
 from elasticmem_core import checks
@@ -164,6 +165,8 @@ def test_notebook_parameters_cells_name_a_params_file_only():
         assert "".join(cells[0]["source"]) == PARAMETERS_CELL.rstrip("\n"), nb.name
         after = "".join(data["cells"][data["cells"].index(cells[0]) + 1]["source"])
         assert "runner.start(params, overrides, run_dir)" in after, nb.name
+        # papermill reads the same three names (it warns "Passed unknown parameter" for any it cannot parse)
+        assert list(papermill.inspect_notebook(str(nb))) == list(runner.PARAMETER_NAMES), nb.name
 
 
 def test_notebooks_are_committed_clean():
@@ -182,3 +185,14 @@ def test_exponent_without_dot_is_a_number(tmp_path):
     p.write_text("grpo:\n  lr: 2e-5x\n")
     with pytest.raises(ConfigError, match="grpo.lr"):
         checks.load(p)
+
+
+@pytest.mark.parametrize("method,override,message", [
+    ("memgen", "grpo.kl_beta=0.1", "MemGen-style baseline switches LoRA adapters"),
+    ("agemem", "grpo.kl_beta=0.1", "AgeMem-style baseline trains its tool steps' tokens only"),
+    ("lora_text_grpo", "eval.method=lora_txt_grpo", "eval.method = 'lora_txt_grpo'; choose one of"),
+])
+def test_a_method_refuses_the_params_its_registry_entry_names(method, override, message):
+    checks.load(resolve("params/smoke.yaml"), [f"eval.method={method}"])  # its own params pass
+    with pytest.raises(ConfigError, match=message):
+        checks.load(resolve("params/smoke.yaml"), [f"eval.method={method}", override])

@@ -118,3 +118,19 @@ def test_mismatched_shapes_are_errors():
         stats.bootstrap_mean([])
     with pytest.raises(ValueError, match="per-question values"):
         stats.bootstrap_mean([[[1]]])
+
+
+def test_the_figures_accuracy_table_uses_these_intervals_over_memories_and_seeds():
+    import pandas as pd
+
+    from elasticmem_core import figures
+
+    rows = [{"method": m, "seed": s, "qid": f"q{i}", "memory_id": f"m{i // 3}", "correct": float((i + s + k) % 2)}
+            for k, m in enumerate(("a", "b")) for s in (1, 2) for i in range(9)]
+    table = figures.accuracy_table(pd.DataFrame(rows), ["method"], n_boot=500, seed=3).set_index("method")
+    a = [[r["correct"] for r in rows if r["method"] == "a" and r["seed"] == s] for s in (1, 2)]
+    want = stats.bootstrap_mean(a, [f"m{i // 3}" for i in range(9)], 500, 3)
+    assert table.loc["a", "correct"] == want["mean"] and [table.loc["a", "ci_low"], table.loc["a", "ci_high"]] == want["ci"]
+    assert table.loc["a", "seeds"] == 2 and table.loc["a", "n"] == 9
+    questions = figures.accuracy_table(pd.DataFrame(rows), ["method"], cluster=None, n_boot=500, seed=3)
+    assert questions.loc[0, "ci_low"] != table.loc["a", "ci_low"]  # clusters change the interval
