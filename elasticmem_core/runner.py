@@ -282,11 +282,12 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"recompute and overwrite saved results instead of reusing them (sets {FRESH_ENV}=1 for "
                             "the kernels); training still resumes from its checkpoints")
     p = sub.add_parser("claims", help="build a run's claims ledger (metrics/claims.json) from its results files; "
-                                      "--readme also rewrites README's generated claims block from it")
+                                      "--readme also rewrites the generated blocks of README and docs/results.md")
     p.add_argument("--run-dir", default="outputs/mini", help="the run folder (default outputs/mini)")
     p.add_argument("--reference-dir", default="outputs/reference",
                    help="where overlays' reference folders are found (default outputs/reference)")
-    p.add_argument("--readme", action="store_true", help="rewrite README.md's block between the CLAIMS markers")
+    p.add_argument("--readme", action="store_true", help="rewrite README.md's block between the CLAIMS markers (the "
+                   "ledger) and docs/results.md's between the RESULTS markers (the main table, from the run folder)")
     sub.add_parser("check-params", help="validate every params/**/*.yaml")
     p = sub.add_parser("verify-bank", help="check every shard of bank folder(s) against the sha256 its build recorded "
                                            "(a normal load checks sizes only, unless bank.verify is true)")
@@ -311,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"elasticmem: error: {e}", file=sys.stderr)
                 return 1
             print(claims.markdown(ledger))
-            print(f"elasticmem: wrote {resolve(args.run_dir) / 'metrics' / 'claims.json'}"
-                  + (f"; rewrote {claims.update_readme(ledger)}" if args.readme else ""))
+            rewrote = ""
+            if args.readme:  # the two generated blocks: README's ledger and docs/results.md's main table
+                from .report import update_results_doc
+                rewrote = f"; rewrote {claims.update_readme(ledger)} and {update_results_doc(args.run_dir)}"
+            print(f"elasticmem: wrote {resolve(args.run_dir) / 'metrics' / 'claims.json'}{rewrote}")
         elif args.cmd == "check-params":
             files = sorted(resolve("params").rglob("*.yaml"))
             for f in files:

@@ -1,4 +1,4 @@
-"""One question through the method, stage by stage: what 02_walkthrough shows.
+"""One question through the method, stage by stage: what 04_walkthrough shows.
 
 `trace` answers one question greedily, as evaluation does, and keeps what each stage decided: the question's memory
 (its chunks, which hold the evidence), the retrieval-control token (the paper's retrieval: the reasoner's argmax

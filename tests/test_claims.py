@@ -87,3 +87,32 @@ def test_readme_block_is_rewritten_between_its_markers_only(tmp_path, monkeypatc
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no generated claims block"):
         claims.update_readme(ledger, readme)
+
+
+def test_results_doc_table_is_drawn_from_the_run_folder_between_its_markers(tmp_path):
+    from elasticmem_core import report
+
+    from elasticmem_core.evaluate import summarize
+
+    run = tmp_path / "run"
+    for seed, k in ((42, 2), (43, 3)):
+        _result(run, "elasticmem", seed, lambda i, k=k: i % k == 0, tok=150)
+        _result(run, "text_rag_semantic+reader", seed, lambda i: True, tok=170)
+    for f in (run / "results").rglob("*.json"):  # evaluate writes each file's summary beside its records
+        r = json.loads(f.read_text())
+        full = [{**x, "tokens": {"task_text": 0, "memory": 0, "output": 0}, "seconds": 0.1, "peak_mb": 1.0}
+                for x in r["records"]]
+        write_json(f, {**r, "summary": summarize(full, 100, 0)})
+    write_json(run / "train" / "quality_seed42.json", [{"method": "text memory", "split": "val", "accuracy": 0.7}])
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# Results\n\n{report.MARK_START}\nold\n{report.MARK_END}\n\nprose\n")
+    report.update_results_doc(run, doc)
+    text = doc.read_text()
+    assert text.startswith("# Results\n\n") and text.endswith("\n\nprose\n") and "old" not in text
+    # rows in the main job's order; per seed 12/24 and 8/24 correct, their mean, the mean #Tok
+    assert text.index("text RAG, stage-0 reader | 1.000 | 1.000 | 1.000 | 170") < \
+        text.index("**ElasticMem** (latent memory, learned budget) | 0.500 | 0.333 | 0.417 | 150")
+    assert "| stage-0 reader, memory as text | 0.700 |" in text
+    doc.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="no generated results block"):
+        report.update_results_doc(run, doc)

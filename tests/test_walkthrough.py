@@ -1,4 +1,4 @@
-"""02_walkthrough's library: one question traced through the method on tiny-random."""
+"""04_walkthrough's library: one question traced through the method on tiny-random."""
 from __future__ import annotations
 
 import pytest
