@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from elasticmem_core import evaluate, frontier, pareto, relevance_probe, stats
+from elasticmem_core.budget import BudgetPolicy
 from tinydata import QUESTIONS, tiny_bank, tiny_model
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
@@ -76,12 +77,18 @@ def test_bad_input_is_refused(model, tmp_path):
 
 
 def test_learned_point_trains_the_policy_alone_and_reports_diagnostics(bank, tmp_path):
-    model = tiny_model(bank, *NO_DROPOUT)
+    # a checkpoint's params with an alignment stage: the policy-only phase must not run it (it would find no weights)
+    model = tiny_model(bank, *NO_DROPOUT, "align.steps=2")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("policy.")}
     old_policy = model.policy
     trainer = frontier.train_learned_point(model, QUESTIONS, QUESTIONS[:1], tmp_path / "p", token_price=0.5, seed=1,
                                            steps=2, policy_lr=1e-2)
     assert trainer.step == 2 and trainer.cfg.grpo.policy_only and trainer.cfg.grpo.advantage_norm == "mean"
+    assert trainer.cfg.align.steps == 0
+    with torch.random.fork_rng(devices=[]):  # the fresh policy train_learned_point started from (its seed, 1)
+        torch.manual_seed(1)
+        fresh = BudgetPolicy(model.bank.hidden_size, trainer.cfg.budget, model.cfg.retrieval.top_z)
+    assert any(not torch.equal(p, q) for p, q in zip(model.policy.parameters(), fresh.parameters()))  # it moved
     assert trainer.cfg.grpo.reward_terms == {"task": 1.0, "token_price": 0.5}
     steps = [json.loads(x) for x in trainer.log_path.read_text().splitlines()]
     steps = [r for r in steps if r["stage"] == "grpo"]
