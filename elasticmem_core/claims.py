@@ -123,15 +123,18 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
         if f is None:
             return None
         body = json.loads(f.read_text())
-        learned = [p for p in body.get("learned", body.get("points", [])) if isinstance(p, dict)
-                   and "vs_envelope" in p]
+        points = [p for p in body.get("learned", body.get("points", [])) if isinstance(p, dict)]
+        # the hull (mixes of two rules: no gaps) where the file has it; older files only the staircase envelope
+        key = "vs_hull" if any("vs_hull" in p for p in points) else "vs_envelope"
+        learned = [p for p in points if key in p]
         if not learned:
             return None
         diff = lambda v: v.get("difference", v.get("diff"))  # noqa: E731 (files before 2026-12-04 say "diff")
-        best = max(learned, key=lambda p: diff(p["vs_envelope"]))
-        v = best["vs_envelope"]
+        best = max(learned, key=lambda p: diff(p[key]))
+        v = best[key]
         return {"a": f"learned policy (price {best.get('token_price')})", "b": f"fixed rules at equal tokens "
-                f"({v.get('against')})", "tokens": {"a": best.get("memory_tokens"), "b": v.get("against_memory_tokens")},
+                f"({v.get('against')})", "comparator": key,
+                "tokens": {"a": best.get("memory_tokens"), "b": v.get("against_memory_tokens")},
                 "n": v.get("n", body.get("n")), "seeds": [s["seed"] if isinstance(s, dict) else s
                                                           for s in v.get("seeds", [])],
                 "difference": diff(v), "ci": v["ci"],
@@ -223,7 +226,7 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
         commits = [x for x in row.pop("commits", []) if x not in ("None", run_commit)]
         if source == "main" and run_commit and commits:
             notes.append(f"results made by other code than the run's ({', '.join(commits)} vs {run_commit})")
-        if c.kind == "frontier":
+        if c.kind == "frontier" and row.pop("comparator", None) != "vs_hull":
             notes.append("the comparator is the fixed-rule envelope as frontier.py drew it when the file was made; a "
                          "step envelope leaves gaps that a random mix of two rules at equal tokens fills, so a "
                          "'holds' against it is not yet a fair test")

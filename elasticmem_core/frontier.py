@@ -54,7 +54,7 @@ from .budget import FIXED_RULES, LEARNED, BudgetPolicy
 from .checks import validate
 from .config import derive
 from .experiment import write_json
-from .pareto import TEXT_RAG, envelope_at, envelope_rules, upper_envelope, write_pareto
+from .pareto import TEXT_RAG, envelope_at, envelope_rules, hull_at, upper_envelope, write_pareto
 from .relevance_probe import PROBE_FEATURES, probe_data, relevance_probe
 from .rollout import passes_mode
 
@@ -272,9 +272,33 @@ def vs_envelope(seed_records: dict, memory_tokens: float, fixed: list[dict], n_b
                           "p_mcnemar": c["p_mcnemar"]} for s, c in per_seed.items()]}
 
 
+def vs_hull(seed_records: dict, memory_tokens: float, fixed: list[dict], n_boot: int = 1000,
+            seed: int = 0) -> dict | None:
+    """A learned point ({seed: its records}) against the mix of two fixed rules on the upper hull that spends its
+    memory tokens (pareto.hull_at), on the same questions: per question the mix's expected correctness
+    w c_i + (1 - w) c_j, computed exactly rather than sampled; the difference, its 95% interval and p as
+    vs_envelope's. None below the cheapest fixed rule."""
+    at = hull_at(envelope_rules(fixed), memory_tokens)
+    if at is None:
+        return None
+    lo, hi, w = at
+    _, x, clusters = evaluate.correctness([lo["records"], hi["records"], *seed_records.values()], "the hull comparison")
+    mix = w * x[0] + (1 - w) * x[1]
+    d = stats.paired_difference(x[2:], mix, clusters, n_boot, seed)
+    return {"against": lo["name"] if w == 1 else f"{w:.2f} x {lo['name']} + {1 - w:.2f} x {hi['name']}",
+            "mix": [{"name": lo["name"], "weight": w}, {"name": hi["name"], "weight": 1 - w}],
+            "against_accuracy": float(mix.mean()),
+            "against_memory_tokens": w * lo["memory_tokens"] + (1 - w) * hi["memory_tokens"],
+            "n": d["n"], "units": d["clusters"], "ci_unit": evaluate.ci_unit(clusters), "difference": d["difference"],
+            "ci": d["ci"], "p": d["p"], "seeds": list(seed_records),
+            "per_seed": [{"seed": s, "difference": v} for s, v in zip(seed_records, d["per_seed"])]}
+
+
 def with_holm(points: list[dict]) -> list[dict]:
-    """The points' tests against the envelope as one family: "p_holm" added to each "vs_envelope" (in place)."""
-    stats.with_holm([p["vs_envelope"] for p in points if p.get("vs_envelope")])
+    """The points' tests against the envelope, and against the hull, each as one family: "p_holm" added to each
+    "vs_envelope" and "vs_hull" (in place)."""
+    for key in ("vs_envelope", "vs_hull"):
+        stats.with_holm([p[key] for p in points if p.get(key)])
     return points
 
 
@@ -282,7 +306,8 @@ def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None
                   seed: int = 0) -> dict:
     """One learned point from its seeds' runs [{"seed", "records" (evaluate_point), "diagnostics"}]: accuracy and
     memory tokens = the means over seeds, ci = the bootstrap over seeds and memories (stats.bootstrap_mean),
-    diagnostics averaged over seeds, "seeds" per seed; "vs_envelope" against `fixed` when given."""
+    diagnostics averaged over seeds, "seeds" per seed; "vs_envelope" (the staircase) and "vs_hull" (the mixes of two
+    rules) against `fixed` when given."""
     if not runs or len({r["seed"] for r in runs}) != len(runs):
         raise ValueError(f"learned point at token_price {token_price}: needs runs of distinct seeds, got "
                          f"{[r.get('seed') for r in runs]}")
@@ -299,9 +324,11 @@ def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None
              "memory_tokens": float(np.mean([s["memory_tokens"] for s in per_seed])), **diag,
              "seeds": [{k: s[k] for k in ("seed", "accuracy", "memory_tokens")} for s in per_seed]}
     if fixed:
-        vs = vs_envelope({r["seed"]: r["records"] for r in runs}, point["memory_tokens"], fixed, n_boot, seed)
-        if vs is not None:
-            point["vs_envelope"] = vs
+        records = {r["seed"]: r["records"] for r in runs}
+        for key, test in (("vs_envelope", vs_envelope), ("vs_hull", vs_hull)):
+            vs = test(records, point["memory_tokens"], fixed, n_boot, seed)
+            if vs is not None:
+                point[key] = vs
     return point
 
 

@@ -2,8 +2,10 @@
 (`write_pareto`) and reading it back as a table (`pareto_table`) or a figure (`plot_pareto`); frontier.py measures
 the points, 05 and 07 read them.
 
-The upper envelope of the fixed rules is E(m) = max {acc(p) : p fixed, M(p) <= m} (M = memory tokens per question);
-random budgets and text RAG (its memory in text tokens) are drawn but never on it.
+The upper envelope of the fixed rules is E(m) = max {acc(p) : p fixed, M(p) <= m} (M = memory tokens per question), a
+staircase; their upper concave hull H(m) >= E(m) also counts the mixes of two rules, which reach every token count
+between them (`upper_hull`, `hull_at`). Random budgets and text RAG (its memory in text tokens) are drawn but never
+on either.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ UNIFORM_KEYS = ("budget", "accuracy", "ci", "memory_tokens")
 HEURISTIC_KEYS = ("name", "accuracy", "ci", "memory_tokens")
 LEARNED_KEYS = ("token_price", "accuracy", "ci", "memory_tokens", "entropy", "entropy_uniform", "evidence_budget",
                 "other_budget", "drop_rate", "seeds")
+LEARNED_OPTIONAL = ("vs_envelope", "vs_hull")
 # the same checkpoint reading its retrieved chunks as text: a heuristics entry whose memory tokens are TEXT tokens
 TEXT_RAG = "text RAG, same reader (memory tokens = text tokens)"
 # entries that are not budget rules on the soft-token axis: never on the fixed rules' envelope
@@ -33,6 +36,38 @@ def upper_envelope(points: list[dict]) -> list[dict]:
             out.append(p)
             best = p["accuracy"]
     return out
+
+
+def upper_hull(points: list[dict]) -> list[dict]:
+    """The corners of the fixed points' upper concave hull over (memory tokens, accuracy), cheapest first. A mix of
+    two fixed rules (each question answered by rule i with probability w, else by rule j) spends w m_i + (1 - w) m_j
+    memory tokens on average with expected accuracy w a_i + (1 - w) a_j, so every point of the hull's segments is a
+    fixed rule too: the comparator without the staircase's gaps."""
+    hull: list[dict] = []
+    for p in upper_envelope(points):   # increasing in tokens and in accuracy
+        while len(hull) >= 2:
+            (m0, a0), (m1, a1) = ((q["memory_tokens"], q["accuracy"]) for q in hull[-2:])
+            # drop the middle corner when it lies on or below the chord from hull[-2] to p
+            if (a1 - a0) * (p["memory_tokens"] - m0) <= (p["accuracy"] - a0) * (m1 - m0):
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def hull_at(points: list[dict], memory_tokens: float) -> tuple[dict, dict, float] | None:
+    """The mix of two hull corners (i, j, w: rule i with probability w, else rule j) that spends `memory_tokens` on
+    average; past the last corner that corner alone (w = 1); None below the cheapest fixed point."""
+    hull = upper_hull(points)
+    if not hull or memory_tokens < hull[0]["memory_tokens"] - 1e-9:
+        return None
+    for lo, hi in zip(hull, hull[1:]):
+        if memory_tokens <= hi["memory_tokens"] + 1e-9:
+            span = hi["memory_tokens"] - lo["memory_tokens"]
+            w = min(1.0, max(0.0, (hi["memory_tokens"] - memory_tokens) / span)) if span > 0 else 0.0
+            return lo, hi, w
+    return hull[-1], hull[-1], 1.0
 
 
 def envelope_at(points: list[dict], memory_tokens: float) -> dict | None:
@@ -75,15 +110,18 @@ def write_pareto(path: str | Path, setting: str, split: str, n: int, uniform: li
                  learned: list[dict], oracle: list[dict] | None = None, probe: dict | None = None) -> Path:
     """metrics/budget_pareto.json: {"setting", "split", "n", "uniform": [{budget, accuracy, ci, memory_tokens}],
     "heuristics": [{name, accuracy, ci, memory_tokens}], "learned": [{token_price, accuracy, ci, memory_tokens,
-    entropy, entropy_uniform, evidence_budget, other_budget, drop_rate, seeds[, vs_envelope]}]}, plus "oracle" (the
+    entropy, entropy_uniform, evidence_budget, other_budget, drop_rate, seeds[, vs_envelope, vs_hull]}], "hull":
+    [{name, memory_tokens, accuracy}] (the fixed rules' upper concave hull's corners)}, plus "oracle" (the
     oracle-feature policy's points, the learned points' keys) and "probe" (`relevance_probe`) when given; points may
     carry more (records), which are left out; NaN is written as null."""
     body = {"setting": setting, "split": split, "n": int(n),
             "uniform": _entries(uniform, UNIFORM_KEYS, "uniform"),
             "heuristics": _entries(heuristics, HEURISTIC_KEYS, "heuristics"),
-            "learned": _entries(learned, LEARNED_KEYS, "learned", ("vs_envelope",))}
+            "learned": _entries(learned, LEARNED_KEYS, "learned", LEARNED_OPTIONAL),
+            "hull": [{"name": p["name"], "memory_tokens": p["memory_tokens"], "accuracy": p["accuracy"]}
+                     for p in upper_hull(envelope_rules(_fixed_entries({"uniform": uniform, "heuristics": heuristics})))]}
     if oracle:
-        body["oracle"] = _entries(oracle, LEARNED_KEYS, "oracle", ("vs_envelope",))
+        body["oracle"] = _entries(oracle, LEARNED_KEYS, "oracle", LEARNED_OPTIONAL)
     if probe:
         body["probe"] = probe
     return write_json(path, _clean(body))
@@ -100,7 +138,8 @@ def pareto_table(data: dict):
     """One row per point of a budget_pareto.json (a pandas DataFrame): family, name, memory tokens, accuracy and
     its 95% interval, whether it is on the fixed rules' envelope; learned points also their seed range, diagnostics
     and the paired difference against the envelope's point at their memory tokens, with its p (bootstrap over
-    memories) and p_holm (Holm over the learned points; the oracle points apart)."""
+    memories) and p_holm (Holm over the learned points; the oracle points apart), and against the hull's mix of two
+    rules at their memory tokens (hull_*: the comparator without gaps, when the file has it)."""
     import pandas as pd
 
     fixed = _fixed_entries(data)
@@ -110,7 +149,7 @@ def pareto_table(data: dict):
              "on_envelope": p["name"] in envelope} for p in fixed]
     for family, p in [("learned", p) for p in data["learned"]] + [("oracle", p) for p in data.get("oracle") or []]:
         acc = [s["accuracy"] for s in p["seeds"]]
-        vs = p.get("vs_envelope") or {}
+        vs, hull = p.get("vs_envelope") or {}, p.get("vs_hull") or {}
         label = "learned" if family == "learned" else "oracle-feature (sees evidence)"
         rows.append({"family": family, "name": f"{label}, price {p['token_price']:g}",
                      "memory_tokens": p["memory_tokens"], "accuracy": p["accuracy"], "ci_low": p["ci"][0],
@@ -120,7 +159,10 @@ def pareto_table(data: dict):
                      "drop_rate": p["drop_rate"], "vs_envelope": vs.get("against"),
                      "diff": vs.get("difference", vs.get("diff")),  # "diff": files written before stats.py
                      "diff_ci_low": (vs.get("ci") or [None])[0], "diff_ci_high": (vs.get("ci") or [None, None])[1],
-                     "p": vs.get("p"), "p_holm": vs.get("p_holm")})
+                     "p": vs.get("p"), "p_holm": vs.get("p_holm"),
+                     "vs_hull": hull.get("against"), "hull_diff": hull.get("difference"),
+                     "hull_ci_low": (hull.get("ci") or [None])[0], "hull_ci_high": (hull.get("ci") or [None, None])[1],
+                     "hull_p_holm": hull.get("p_holm")})
     return pd.DataFrame(rows)
 
 
@@ -161,6 +203,10 @@ def plot_pareto(data: dict, ax=None):
     if env:
         ax.step([p["memory_tokens"] for p in env] + [right], [p["accuracy"] for p in env] + [env[-1]["accuracy"]],
                 where="post", color="black", lw=1, ls="--", label="envelope of the fixed rules")
+    hull = upper_hull(envelope_rules(fixed))
+    if len(hull) > 1:  # mixes of two rules reach every point of these segments
+        ax.plot([p["memory_tokens"] for p in hull], [p["accuracy"] for p in hull], color="black", lw=1.5,
+                alpha=0.5, label="hull: mixes of two fixed rules")
     first = set()
     for family, p in trained:
         m, a = p["memory_tokens"], p["accuracy"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +119,7 @@ def test_write_pareto_has_exactly_the_required_keys_and_types(fixed, tmp_path):
     path = pareto.write_pareto(tmp_path / "metrics" / "budget_pareto.json", "tiny", "train", len(QUESTIONS),
                                  uniform, heuristics, [learned])
     data = json.loads(path.read_text())
-    assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned"} and data["n"] == 3
+    assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned", "hull"} and data["n"] == 3
     number = (int, float)
     for e in data["uniform"]:
         assert set(e) == {"budget", "accuracy", "ci", "memory_tokens"} and isinstance(e["budget"], int)
@@ -127,13 +129,14 @@ def test_write_pareto_has_exactly_the_required_keys_and_types(fixed, tmp_path):
         assert isinstance(e["accuracy"], number) and isinstance(e["memory_tokens"], number)
         assert len(e["ci"]) == 2 and all(isinstance(c, number) for c in e["ci"])
     (e,) = data["learned"]
-    assert set(e) == set(pareto.LEARNED_KEYS) | {"vs_envelope"}
+    assert set(e) == set(pareto.LEARNED_KEYS) | {"vs_envelope", "vs_hull"}
     assert e["accuracy"] == pytest.approx((fixed[2]["accuracy"] + fixed[4]["accuracy"]) / 2)
     assert e["memory_tokens"] == pytest.approx((fixed[2]["memory_tokens"] + fixed[4]["memory_tokens"]) / 2)
     assert [set(s) for s in e["seeds"]] == [{"seed", "accuracy", "memory_tokens"}] * 2
     assert [s["seed"] for s in e["seeds"]] == [0, 1] and e["entropy"] == 1.0
     assert {"against", "difference", "ci", "p", "n", "seeds", "per_seed"} <= set(e["vs_envelope"])
     assert len(e["vs_envelope"]["ci"]) == 2 and e["vs_envelope"]["seeds"] == [0, 1]
+    assert {"against", "mix", "difference", "ci", "p", "n", "seeds", "per_seed"} <= set(e["vs_hull"])
     with pytest.raises(ValueError, match="lacks"):
         pareto.write_pareto(tmp_path / "x.json", "tiny", "train", 3, [{"budget": 4}], [], [])
 
@@ -207,7 +210,7 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     out = frontier.run_frontier(model.cfg, tmp_path / "run", "tiny", model, _Data(), checkpoint, log=lambda *a: None)
     assert out["path"] == tmp_path / "run" / "metrics" / "budget_pareto.json"
     data = json.loads(out["path"].read_text())
-    assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned", "oracle", "probe"}
+    assert set(data) == {"setting", "split", "n", "uniform", "heuristics", "learned", "hull", "oracle", "probe"}
     assert (data["setting"], data["split"], data["n"]) == ("tiny", "test", 3)
     assert [e["budget"] for e in data["uniform"]] == [0, 4, 8]
     names = [e["name"] for e in data["heuristics"]]
@@ -218,7 +221,7 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
         assert set(e) == set(pareto.HEURISTIC_KEYS)
     assert [e["token_price"] for e in data["learned"]] == [0.0, 0.5]
     for e in data["learned"]:
-        assert set(e) - {"vs_envelope"} == set(pareto.LEARNED_KEYS)
+        assert set(e) - {"vs_envelope", "vs_hull"} == set(pareto.LEARNED_KEYS)
         assert [s["seed"] for s in e["seeds"]] == [1, 2]
     # text RAG's memory tokens are the retrieved chunks' text tokens; the envelope leaves it and random out
     (text,) = [e for e in data["heuristics"] if e["name"] == pareto.TEXT_RAG]
@@ -232,7 +235,7 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     assert [v["p_holm"] for v in tested] == pytest.approx(stats.holm([v["p"] for v in tested]))
     # the oracle-feature policy (eval.frontier_oracle_prices defaults to [0.0]) is a point of the same shape
     assert [e["token_price"] for e in data["oracle"]] == [0.0]
-    assert set(data["oracle"][0]) - {"vs_envelope"} == set(pareto.LEARNED_KEYS)
+    assert set(data["oracle"][0]) - {"vs_envelope", "vs_hull"} == set(pareto.LEARNED_KEYS)
     assert [p["features"] for p in data["probe"]["probes"]] == list(relevance_probe.PROBE_FEATURES)
     assert data["probe"]["n_test_chunks"] == 3 * 4
     # every point trained its one step into its own folder; the model has its own policy and cfg back
@@ -327,7 +330,7 @@ def test_run_frontier_without_evidence_has_no_oracle_and_no_probe(bank, tmp_path
     logs = []
     out = frontier.run_frontier(model.cfg, tmp_path / "run", "tiny", model, Bare(), model.save(tmp_path / "ckpt"),
                                 log=logs.append)
-    assert set(out["pareto"]) == {"setting", "split", "n", "uniform", "heuristics", "learned"}
+    assert set(out["pareto"]) == {"setting", "split", "n", "uniform", "heuristics", "learned", "hull"}
     assert any("no gold evidence" in x for x in logs) and out["oracle"] == [] and out["probe"] is None
 
 
@@ -345,3 +348,32 @@ def test_bad_frontier_params_are_refused_naming_the_key(override, message):
 
     with pytest.raises(config.ConfigError, match=message):
         tiny_cfg("eval.frontier=true", override)
+
+
+def test_the_hull_counts_mixes_of_two_rules_and_a_learned_point_is_tested_against_the_mix_at_its_tokens():
+    def rule(name, m, correct):
+        records = [{"qid": f"q{i}", "memory_id": f"m{i // 2}", "correct": c, "memory_tokens": m}
+                   for i, c in enumerate(correct)]
+        return {"name": name, "memory_tokens": float(m), "accuracy": float(np.mean(correct)), "ci": [0.0, 1.0],
+                "records": records}
+
+    fixed = [rule("none", 0, [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]), rule("cheap", 10, [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+             rule("mid", 20, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]), rule("dear", 30, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]),
+             rule("all", 40, [1] * 9 + [0]), rule("random", 25, [1] * 10)]   # random: never a comparator
+    corners = pareto.upper_hull(pareto.envelope_rules(fixed))
+    assert [p["name"] for p in corners] == ["none", "mid", "all"]  # cheap lies under the chord, dear adds no accuracy
+    lo, hi, w = pareto.hull_at(pareto.envelope_rules(fixed), 25.0)
+    assert (lo["name"], hi["name"], w) == ("mid", "all", 0.75)
+    assert pareto.hull_at(pareto.envelope_rules(fixed), 55.0)[2] == 1.0 and pareto.hull_at(fixed[1:], 5.0) is None
+    learned = [{**r, "memory_tokens": 25} for r in rule("p", 25, [1, 1, 1, 1, 1, 1, 1, 0, 0, 0])["records"]]
+    vs = frontier.vs_hull({0: learned}, 25.0, fixed, n_boot=200, seed=0)
+    mix = 0.75 * 0.6 + 0.25 * 0.9  # the mix's exact expected accuracy, not a sampled one
+    assert vs["against"] == "0.75 x mid + 0.25 x all" and vs["against_memory_tokens"] == 25.0
+    assert vs["against_accuracy"] == pytest.approx(mix) and vs["difference"] == pytest.approx(0.7 - mix)
+    # the staircase compares the same point with the cheaper corner alone, which flatters it
+    rules = pareto.envelope_rules(fixed)
+    assert frontier.vs_envelope({0: learned}, 25.0, rules, n_boot=200, seed=0)["difference"] == pytest.approx(0.1)
+    path = pareto.write_pareto(Path(tempfile.mkdtemp()) / "p.json", "s", "test", 10,
+                               [{**f, "budget": i} for i, f in enumerate(fixed[:1])],
+                               [{**f} for f in fixed[1:]], [])
+    assert [c["name"] for c in json.loads(path.read_text())["hull"]] == ["none", "mid", "all"]
