@@ -225,12 +225,13 @@ def test_full_context_answers_long_prompts_one_at_a_time(tmp_path):
     prompts above eval.full_context_batch_tokens go through the model alone, with no mask at all (all-ones mask:
     SDPA runs causal); the answers are those of the batched path."""
     from elasticmem_core.backbone import load_backbone
+    from elasticmem_core.full_context import FullContext
     from elasticmem_core.model import ElasticMem
     from tinydata import tiny_bank
 
     bank = tiny_bank(tmp_path / "bank")
     backbone = load_backbone("tiny-random")  # its own: LoRA goes into it in place
-    model = baselines.FullContext(backbone, bank, cfg("eval.batch_size=8"), {c.chunk_id: c.text for c in CHUNKS})
+    model = FullContext(backbone, bank, cfg("eval.batch_size=8"), {c.chunk_id: c.text for c in CHUNKS})
     calls = []
 
     def spy(module, args, kwargs):  # every pass through the first attention layer: rows, query length, its mask
