@@ -4,7 +4,7 @@ A params file (YAML) has one mapping per section (`runtime:`, `data:`, `bank:` .
 the dataclass field of the same name: an unknown or misspelled key, or a value of the wrong type, raises
 `ConfigError` naming the key and the file. Each field carries a one-line help in its metadata (`help(field)`).
 
-Papermill injects the top-level YAML keys as notebook variables, so each section arrives in a notebook as a dict;
+Plain `papermill -f params.yaml` injects the top-level YAML keys as notebook variables (each section a dict);
 `from_sections` turns those dicts back into a typed `Config`. Checking the values (choices, ranges, registries) is
 checks.py's job: `checks.load` / `checks.validate`.
 """

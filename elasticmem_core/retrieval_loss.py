@@ -18,7 +18,7 @@ It is used by the retrieval warm-up (grpo.Trainer.retrieval_warmup, `grpo.retrie
 backward over the question and the control token only) and, weighted by retrieval.aux_weight, beside the GRPO loss.
 
     loss, stats = retrieval_loss.aux_loss(model, questions)      # stats: recall@Z of the greedy ranking
-    table = retrieval_loss.recall_table(model, questions, "control_token", zs=(1, 2, 4, 8))
+    per_question = retrieval_loss.recall_at(model, questions, "control_token", zs=(1, 2, 4, 8))  # {z: [recall]}
 """
 from __future__ import annotations
 
