@@ -137,7 +137,7 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
                 "tokens": {"a": best.get("memory_tokens"), "b": v.get("against_memory_tokens")},
                 "n": v.get("n", body.get("n")), "seeds": [s["seed"] if isinstance(s, dict) else s
                                                           for s in v.get("seeds", [])],
-                "difference": diff(v), "ci": v["ci"],
+                "difference": diff(v), "ci": v["ci"], "points": len(learned), "p_holm": v.get("p_holm"),
                 "per_seed": [diff(s) for s in v.get("per_seed", v.get("seeds", [])) if isinstance(s, dict)],
                 "files": [str(f)]}
     if c.kind == "retrieval":
@@ -232,12 +232,19 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
                          "'holds' against it is not yet a fair test")
         if c.fewer_tokens and row["tokens"].get("a") is not None:
             row["fewer_tokens"] = row["tokens"]["a"] < row["tokens"]["b"]
+        verdict = stats.verdict(row["ci"])
+        k, p_holm = row.pop("points", 1), row.pop("p_holm", None)
+        if verdict == "holds" and k > 1 and not (p_holm is not None and p_holm < 0.05):
+            # the best of k learned points: its own interval is chosen after the fact, Holm's p is not
+            verdict = "not shown"
+            notes.append(f"the best of {k} learned points: its interval is above 0 but its Holm-adjusted p over the "
+                         f"{k} points is {p_holm if p_holm is not None else 'missing'} (>= 0.05)")
         if row.get("n", 0) and row["n"] < 240:
             notes.append(f"n = {row['n']} test questions (< 240: an interval of about +-0.1 on one accuracy)")
         rows.append({"id": c.id, "claim": c.claim, "a": row["a"], "b": row["b"], "tokens": row["tokens"],
                      "setting": setting if c.kind != "alfworld" else "alfworld", "split": split, "n": row.get("n"),
                      "seeds": row.get("seeds", []), "difference": row["difference"], "ci": row["ci"],
-                     "per_seed": row.get("per_seed", []), "verdict": stats.verdict(row["ci"]), "paper": c.paper,
+                     "per_seed": row.get("per_seed", []), "verdict": verdict, "paper": c.paper,
                      "source": source, "file": row["files"][0] if len(row["files"]) == 1 else row["files"],
                      **({"accuracy": row["accuracy"]} if "accuracy" in row else {}),
                      **({k: row[k] for k in ("fewer_tokens", "others") if k in row}), "notes": notes})

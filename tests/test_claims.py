@@ -116,3 +116,23 @@ def test_results_doc_table_is_drawn_from_the_run_folder_between_its_markers(tmp_
     doc.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no generated results block"):
         report.update_results_doc(run, doc)
+
+
+@pytest.mark.parametrize("p_holm,verdict", [(0.09, "not shown"), (0.01, "holds")])
+def test_c5_takes_the_best_learned_point_against_the_hull_and_judges_it_with_holm(tmp_path, p_holm, verdict):
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    _result(run, "elasticmem", 42, lambda i: True)
+
+    def point(price, diff, p):
+        return {"token_price": price, "memory_tokens": 40.0,
+                "vs_envelope": {"against": "top-1 whole", "difference": diff + 0.1, "ci": [diff, diff + 0.2]},
+                "vs_hull": {"against": "mix", "against_memory_tokens": 40.0, "difference": diff, "n": 240,
+                            "ci": [diff - 0.01, diff + 0.1], "p_holm": p, "seeds": [42],
+                            "per_seed": [{"seed": 42, "difference": diff}]}}
+
+    write_json(ref / "frontier-2026-01-01-aaa" / "metrics" / "budget_pareto.json",
+               {"n": 240, "learned": [point(0.0, -0.05, 1.0), point(0.5, 0.06, p_holm), point(0.2, 0.0, 1.0)]})
+    c5 = _by_id(claims.build(run, ref))["C5"]
+    assert c5["a"] == "learned policy (price 0.5)" and c5["difference"] == pytest.approx(0.06)  # the hull, not the staircase
+    assert c5["verdict"] == verdict and not any("step envelope" in n for n in c5["notes"])
+    assert any("best of 3 learned points" in n for n in c5["notes"]) == (verdict == "not shown")
