@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from elasticmem_core import checks
-from elasticmem_core import config, injection
+from elasticmem_core import config
+from elasticmem_core.memorysuite import prompts
 from elasticmem_core import projector as projector_mod
 from elasticmem_core.backbone import load_backbone
 from elasticmem_core.budget import BudgetPolicy
@@ -108,14 +109,14 @@ def test_the_min_budget_1_row_exists_and_is_in_the_paper_recipe():
 # ---- the prompt ---------------------------------------------------------------------------------------------
 def test_generic_prompt_is_unchanged():
     q = QUESTIONS[0]
-    text = injection.tail_text(q.options_text(), len(q.options), "generic")
-    assert text == f"\n{injection.INSTRUCTION}\n{q.options_text()}\n{injection.ANSWER_CUE}"
+    text = prompts.tail_text(q.options_text(), len(q.options), "generic")
+    assert text == f"\n{prompts.INSTRUCTION}\n{q.options_text()}\n{prompts.ANSWER_CUE}"
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 10])
 def test_authors_prompt_by_option_count(n):
     options = "\n".join(f"({chr(97 + i)}) option {i}" for i in range(n))
-    text = injection.tail_text(options, n, "authors")
+    text = prompts.tail_text(options, n, "authors")
     instruction, rest = text.split("\n", 1)
     assert rest == options                         # the options follow the instruction ...
     assert "Answer:" not in text and not text.startswith("\n")  # ... and nothing follows them: no cue
@@ -125,10 +126,10 @@ def test_authors_prompt_by_option_count(n):
         assert "guess" not in instruction
     else:       # the MC10 kind: one of the range, no refusal, a guess when unsure
         assert f"(a) to {last}" in instruction and "guess" in instruction and "refuse" in instruction
-    assert injection.authors_instruction(4).count("(") == 4
-    assert "(a) to (j)" in injection.authors_instruction(10)
+    assert prompts.authors_instruction(4).count("(") == 4
+    assert "(a) to (j)" in prompts.authors_instruction(10)
     with pytest.raises(ValueError, match="data.prompt"):
-        injection.tail_text(options, n, "chatty")
+        prompts.tail_text(options, n, "chatty")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ def test_model_uses_the_prompt_setting_and_alfworld_keeps_its_own(tiny_bank):
     model = _model(tiny_bank, "data.prompt=authors")
     q = QUESTIONS[0]
     text = model.tokenizer.decode(model.tail_ids(q))
-    assert text == injection.tail_text(q.options_text(), 4, "authors") and not text.rstrip().endswith("Answer:")
+    assert text == prompts.tail_text(q.options_text(), 4, "authors") and not text.rstrip().endswith("Answer:")
     assert _model(tiny_bank).tokenizer.decode(_model(tiny_bank).tail_ids(q)).endswith("Answer:")
 
     class Step:  # an ALFWorld step item brings its own tail text, whatever data.prompt says

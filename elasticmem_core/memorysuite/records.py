@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .prompts import option_labels, tail_text
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -37,7 +39,7 @@ class Question:
 
     @property
     def labels(self) -> list[str]:
-        return [f"({chr(ord('a') + i)})" for i in range(len(self.options))]
+        return option_labels(len(self.options))
 
     @property
     def gold_index(self) -> int:
@@ -48,8 +50,6 @@ class Question:
 
     def tail_text(self, prompt: str = "generic") -> str:
         """What follows the memory in the reasoner's input: instruction and options, as data.prompt says."""
-        from ..injection import tail_text
-
         return tail_text(self.options_text(), len(self.options), prompt)
 
 
