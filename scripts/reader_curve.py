@@ -15,11 +15,12 @@ import json
 import statistics
 import time
 
-from elasticmem_core import assemble, grpo
-from elasticmem_core import backbone as bb
-from elasticmem_core.backbone import compute_dtype
-from elasticmem_core.experiment import code_version, environment, resolve, seed_everything, write_json
-from elasticmem_core.runner import resolve_params
+from elasticmem_core.core import backbone as bb
+from elasticmem_core.core.backbone import compute_dtype
+from elasticmem_core.core.experiment import code_version, environment, resolve, seed_everything, write_json
+from elasticmem_core.harness.runner import resolve_params
+from elasticmem_core.method import assemble
+from elasticmem_core.training import grpo
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from elasticmem_core import frontier, pareto
+from elasticmem_core.studies import frontier, pareto
 
 
 def rebuild(folder: Path, out: Path, n_boot: int, seed: int, split: str) -> dict:

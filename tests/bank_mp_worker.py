@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from elasticmem_core.config import BankConfig
+from elasticmem_core.core.config import BankConfig
 from elasticmem_core.memorysuite.records import Chunk
 
 MP_BANK = dict(n_c=4, max_length=64, batch_size=3, shard_size=5)
@@ -25,8 +25,8 @@ def sample_chunks(n_memories: int = 3, per_memory: int = 7) -> list[Chunk]:
 if __name__ == "__main__":
     from accelerate import Accelerator
 
-    from elasticmem_core import bank
-    from elasticmem_core.backbone import load_backbone
+    from elasticmem_core.core.backbone import load_backbone
+    from elasticmem_core.method import bank
 
     accelerator = Accelerator(cpu=True)
     built = bank.build(sample_chunks(), load_backbone("tiny-random"), BankConfig(**MP_BANK), sys.argv[1],

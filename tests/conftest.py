@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from elasticmem_core import checks
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.experiment import resolve
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.experiment import resolve
+from elasticmem_core.harness import checks
 
 
 @pytest.fixture(scope="session")

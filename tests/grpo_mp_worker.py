@@ -11,10 +11,10 @@ import sys
 
 import torch
 from accelerate import Accelerator
-
-from elasticmem_core import bank as bank_mod
-from elasticmem_core import grpo
 from tinydata import QUESTIONS, tiny_cfg, tiny_model
+
+from elasticmem_core.method import bank as bank_mod
+from elasticmem_core.training import grpo
 
 
 class RecordingSGD(torch.optim.SGD):
@@ -38,7 +38,7 @@ def main(bank_path, run_dir, target, questions_per_step="2", n_questions="2", st
     overrides = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0", f"grpo.max_steps={steps}",
                  f"grpo.questions_per_step={questions_per_step}", "grpo.eval_every=100", "grpo.lr=1e-3",
                  "grpo.max_new_tokens=3", "grpo.sft_batch_size=1")
-    from elasticmem_core.backbone import load_backbone
+    from elasticmem_core.core.backbone import load_backbone
     bank = bank_mod.load(bank_path, load_backbone("tiny-random"), tiny_cfg().bank)
     torch.manual_seed(0 + 1000 * acc.process_index)  # rank 1 starts elsewhere: the broadcast must fix it
     model = tiny_model(bank, *overrides)

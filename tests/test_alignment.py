@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-
-from elasticmem_core import alignment, config
-from elasticmem_core import bank as bank_mod
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.model import CheckpointError
 from tinydata import CHUNKS, QUESTIONS, tiny_cfg, tiny_model
+
+from elasticmem_core.core import config
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.method import bank as bank_mod
+from elasticmem_core.method.model import CheckpointError
+from elasticmem_core.training import alignment
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
 # input-embedding cache long enough for a whole tiny chunk, residual projector: soft tokens start as the text
@@ -169,7 +170,7 @@ def test_bad_alignment_input_is_refused_naming_file_and_key(embed_bank, tmp_path
 
 
 def test_the_trainer_runs_alignment_between_the_reader_warmup_and_grpo(embed_bank, tmp_path):
-    from elasticmem_core import grpo
+    from elasticmem_core.training import grpo
 
     model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=2", "grpo.reader_warmup_steps=1",
                        "grpo.sft_steps=0", "grpo.max_steps=1", "grpo.group_size=2", "grpo.sft_batch_size=2")

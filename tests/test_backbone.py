@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from elasticmem_core import backbone as bb
-from elasticmem_core.backbone import BackboneError
+from elasticmem_core.core import backbone as bb
+from elasticmem_core.core.backbone import BackboneError
 
 
 def test_tiny_random_shapes_are_read_from_the_model(tiny_backbone):
@@ -86,7 +86,7 @@ def test_dtype_and_device_resolution(monkeypatch):
 
 
 def test_cpu_bf16_support_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
-    from elasticmem_core import experiment
+    from elasticmem_core.core import experiment
 
     flags = tmp_path / "cpuinfo"
     real = experiment.Path

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bank_mp_worker import MP_BANK, sample_chunks
-from elasticmem_core import bank as B
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.config import BankConfig
-from elasticmem_core.experiment import repo_root
+
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.config import BankConfig
+from elasticmem_core.core.experiment import repo_root
 from elasticmem_core.memorysuite.records import Chunk
+from elasticmem_core.method import bank as B
 
 TEXTS = ["User: I moved to Lisbon last spring and started learning Portuguese.\nAssistant: That sounds exciting!",
          "x", "ab", "User: My favourite colour is blue.\nAssistant: Blue is calm.", "The quick brown fox.",
@@ -143,7 +143,7 @@ def test_corrupt_or_missing_shard(tiny_backbone, tmp_path):
         B.load(tmp_path, tiny_backbone, cfg(verify=True))
     with pytest.raises(B.BankError, match="shard-00001.*corrupt"):
         B.verify(tmp_path)
-    from elasticmem_core import runner
+    from elasticmem_core.harness import runner
     assert runner.main(["verify-bank", str(tmp_path)]) == 1
     shard.write_bytes(bytes(data[:-10]))
     with pytest.raises(B.BankError, match="shard-00001.*corrupt"):
@@ -156,7 +156,7 @@ def test_corrupt_or_missing_shard(tiny_backbone, tmp_path):
 def test_shards_are_hashed_once_per_build_and_verified_on_demand(tiny_backbone, tmp_path, monkeypatch, capsys):
     """The build hashes each shard once (the manifest's sha256); a default load, a cache-hit build and a load of
     every later variant read no shard to hash; bank.verify / verify() / `elasticmem verify-bank` check them all."""
-    from elasticmem_core import runner
+    from elasticmem_core.harness import runner
 
     hashed = []
     sha256_file = B.sha256_file

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from elasticmem_core import claims
-from elasticmem_core.evaluate import ResultsError, result_path
-from elasticmem_core.experiment import write_json
+from elasticmem_core.core.evaluate import ResultsError, result_path
+from elasticmem_core.core.experiment import write_json
+from elasticmem_core.harness import claims, report
 
 
 def _result(run, method, seed, correct, tok=100, setting="mini-personamem", commit="abc"):
@@ -90,9 +90,7 @@ def test_readme_block_is_rewritten_between_its_markers_only(tmp_path, monkeypatc
 
 
 def test_results_doc_table_is_drawn_from_the_run_folder_between_its_markers(tmp_path):
-    from elasticmem_core import report
-
-    from elasticmem_core.evaluate import summarize
+    from elasticmem_core.core.evaluate import summarize
 
     run = tmp_path / "run"
     for seed, k in ((42, 2), (43, 3)):
@@ -136,3 +134,21 @@ def test_c5_takes_the_best_learned_point_against_the_hull_and_judges_it_with_hol
     assert c5["a"] == "learned policy (price 0.5)" and c5["difference"] == pytest.approx(0.06)  # the hull, not the staircase
     assert c5["verdict"] == verdict and not any("step envelope" in n for n in c5["notes"])
     assert any("best of 3 learned points" in n for n in c5["notes"]) == (verdict == "not shown")
+
+
+def test_readme_cost_block_is_drawn_from_the_wallclock_and_the_newest_test_timings(tmp_path):
+    run, ref = tmp_path / "mini-x", tmp_path / "reference"
+    write_json(run / "run.json", {"code_version": {"commit": "abcdef123", "dirty": False}})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{report.COST_START}\nold 99 min\n{report.COST_END}\nend\n")
+    report.update_readme_cost(run, readme, ref)
+    text = readme.read_text()
+    assert "old" not in text and "not measured" in text and text.startswith("top\n") and text.endswith("end\n")
+    (run / "WALLCLOCK.txt").write_text("3439 s wall (fresh clone: git clone + make reproduce)\n")
+    for date, n in (("2026-12-05T10:00:00+00:00", 380), ("2026-12-01T10:00:00+00:00", 300)):  # the newer one counts
+        write_json(ref / f"tests-{date[:10]}.json", {"date": date, "commit": "fedcba9", "pytest": f"{n} passed",
+                                                     "pytest_seconds": 240, "nbval": "99 passed", "nbval_seconds": 300})
+    report.update_readme_cost(run, readme, ref)
+    text = readme.read_text()
+    assert "`make reproduce`: 57.3 min from a fresh clone of abcdef1" in text
+    assert "`make test`: 380 passed in 4.0 min, then nbval 99 passed in 5.0 min" in text and "300 passed" not in text

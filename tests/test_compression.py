@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from elasticmem_core import compression, config, frontier, stats
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.experiment import train_dir
 from tinydata import CHUNKS, QUESTIONS, tiny_cfg, tiny_model
+
+from elasticmem_core.core import config, stats
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.experiment import train_dir
+from elasticmem_core.studies import compression, frontier
 
 ARGS = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0", "bank.n_c=16", "budget.b_max=16",
         "bank.cache_layer=0", "projector.kind=residual", "eval.compression=true",
@@ -30,7 +31,7 @@ class _Data:
 
 
 def test_compression_table_pairs_each_cache_with_truncated_text_and_reuses_everything(tmp_path, monkeypatch):
-    from elasticmem_core import bank as bank_mod
+    from elasticmem_core.method import bank as bank_mod
 
     cfg = tiny_cfg(*ARGS)
     bank = bank_mod.build(CHUNKS, load_backbone("tiny-random"), cfg.bank, tmp_path / "banks" / "tiny", progress=False)

@@ -6,11 +6,11 @@ import json
 import papermill
 import pytest
 
-from elasticmem_core import checks
-from elasticmem_core import config, runner
-from elasticmem_core.config import SECTIONS, ConfigError
-from elasticmem_core.experiment import resolve
-from elasticmem_core.runner import PARAMETERS_CELL, numbered_notebooks
+from elasticmem_core.core import config
+from elasticmem_core.core.config import SECTIONS, ConfigError
+from elasticmem_core.core.experiment import resolve
+from elasticmem_core.harness import checks, runner
+from elasticmem_core.harness.runner import PARAMETERS_CELL, numbered_notebooks
 
 ALL_PARAMS = sorted(resolve("params").rglob("*.yaml"))
 OVERLAYS = [p for p in ALL_PARAMS if p.parent.name in runner.OVERLAYS]

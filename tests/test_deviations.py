@@ -8,19 +8,19 @@ import re
 import pytest
 import torch
 import yaml
-
-from elasticmem_core import checks
-from elasticmem_core import config
-from elasticmem_core.memorysuite import prompts
-from elasticmem_core import projector as projector_mod
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.budget import BudgetPolicy
-from elasticmem_core.experiment import resolve
-from elasticmem_core.model import CheckpointError
 from tinydata import QUESTIONS
 from tinydata import tiny_bank as make_bank
 from tinydata import tiny_cfg as _cfg
 from tinydata import tiny_model as _model
+
+from elasticmem_core.core import config
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.experiment import resolve
+from elasticmem_core.harness import checks
+from elasticmem_core.memorysuite import prompts
+from elasticmem_core.method import projector as projector_mod
+from elasticmem_core.method.budget import BudgetPolicy
+from elasticmem_core.method.model import CheckpointError
 
 DOC = resolve("docs/deviations.md")
 PAPER_FILES = sorted(resolve("params/paper").glob("*.yaml"))

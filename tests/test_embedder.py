@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from elasticmem_core.embedder import SentenceEmbedder, model_dir
+from elasticmem_core.core.embedder import SentenceEmbedder, model_dir
 
 
 def test_embedder_loads_offline_and_ranks_by_meaning():

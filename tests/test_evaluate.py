@@ -5,10 +5,10 @@ import json
 import warnings
 
 import pytest
-
-from elasticmem_core import evaluate
-from elasticmem_core.memorysuite.records import Question
 from tinydata import tiny_cfg
+
+from elasticmem_core.core import evaluate
+from elasticmem_core.memorysuite.records import Question
 
 
 def test_bootstrap_interval_brackets_the_mean_and_is_degenerate_for_constants():
@@ -38,7 +38,7 @@ def test_mcnemar_and_paired_comparison():
 def test_intervals_resample_memories():
     """Every interval is stats.py's bootstrap over the records' memory ids; one memory alone (ALFWorld's skill bank,
     a by-memory row) has only its questions to resample."""
-    from elasticmem_core import stats
+    from elasticmem_core.core import stats
 
     rec = lambda correct: [{"qid": f"q{i:02d}", "memory_id": f"m{i // 5}", "correct": c,  # noqa: E731
                             "tokens": {"task_text": 1, "memory": 0, "output": 1}, "tok": 2, "seconds": 0.1,

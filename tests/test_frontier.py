@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from elasticmem_core import evaluate, frontier, pareto, relevance_probe, stats
-from elasticmem_core.budget import BudgetPolicy
 from tinydata import QUESTIONS, tiny_bank, tiny_model
+
+from elasticmem_core.core import evaluate, stats
+from elasticmem_core.method.budget import BudgetPolicy
+from elasticmem_core.studies import frontier, pareto, relevance_probe
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
 
@@ -291,8 +292,9 @@ def test_oracle_feature_policy_sees_the_evidence_flag(bank):
     with pytest.raises(ValueError, match="has no evidence field"):
         model.plan(no_evidence, sample=False)
     assert not hasattr(tiny_model(bank, *NO_DROPOUT).policy, "evid")
-    from elasticmem_core import config
     from tinydata import tiny_cfg
+
+    from elasticmem_core.core import config
     with pytest.raises(config.ConfigError, match="budget.sees_evidence = true needs a learned budget policy"):
         tiny_cfg("budget.sees_evidence=true", "budget.policy=uniform")
 
@@ -343,8 +345,9 @@ def test_run_frontier_without_evidence_has_no_oracle_and_no_probe(bank, tmp_path
     ("eval.frontier_policy_lr=0", "eval.frontier_policy_lr must be > 0"),
 ])
 def test_bad_frontier_params_are_refused_naming_the_key(override, message):
-    from elasticmem_core import config
     from tinydata import tiny_cfg
+
+    from elasticmem_core.core import config
 
     with pytest.raises(config.ConfigError, match=message):
         tiny_cfg("eval.frontier=true", override)

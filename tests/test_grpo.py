@@ -9,12 +9,13 @@ import sys
 
 import pytest
 import torch
-
-from elasticmem_core import grpo, sampling
-from elasticmem_core import rollout as rollouts
-from elasticmem_core.experiment import resolve, seed_everything
-from elasticmem_core.rewards import WeightedReward
 from tinydata import QUESTIONS, tiny_bank, tiny_model
+
+from elasticmem_core.core import sampling
+from elasticmem_core.core.experiment import resolve, seed_everything
+from elasticmem_core.method import rollout as rollouts
+from elasticmem_core.method.rewards import WeightedReward
+from elasticmem_core.training import grpo
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
 

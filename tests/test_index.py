@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bank_mp_worker import MP_BANK, sample_chunks
-from elasticmem_core import bank as B
-from elasticmem_core.config import BankConfig
-from elasticmem_core.index import MemoryIndex, recall_at_z
+
+from elasticmem_core.core.config import BankConfig
+from elasticmem_core.method import bank as B
+from elasticmem_core.method.index import MemoryIndex, recall_at_z
 
 
 def torch_top_z(keys, memory_ids, query, memory_id, z):

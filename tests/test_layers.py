@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from elasticmem_core.experiment import resolve
+from elasticmem_core.core.experiment import resolve
 
 
 def module_imports(root: Path) -> dict[str, dict[str, list[int]]]:
@@ -96,3 +96,44 @@ def test_every_module_is_under_600_lines():
     root = resolve("elasticmem_core")
     long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) >= 600}
     assert not long, f"modules of 600 lines or more: {long}"
+
+
+# The package's folders, lowest layer first: a module imports only from its own folder or a folder above it here.
+LAYERS = ["core", "memorysuite", "method", "training", "baselines", "alfworld", "harness", "studies"]
+
+
+def upward_imports(edges: dict[str, dict[str, list[int]]], package: str, layers: list[str]) -> list[str]:
+    """'a -> b (line n)' for every import from a lower folder into a higher one (or a module outside the folders)."""
+    def layer(module: str) -> int:
+        parts = module.split(".")
+        return layers.index(parts[1]) if len(parts) > 1 and parts[1] in layers else -1
+
+    out = []
+    for a, targets in edges.items():
+        if a == package:
+            continue
+        if layer(a) < 0:
+            out.append(f"{a} is in no layer folder")
+            continue
+        out += [f"{a} -> {b} (line {lines[0]})" for b, lines in targets.items() if layer(b) > layer(a)]
+    return out
+
+
+def test_folders_are_layers_and_imports_only_point_down():
+    root = resolve("elasticmem_core")
+    assert sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == sorted(LAYERS)
+    bad = upward_imports(module_imports(root), "elasticmem_core", LAYERS)
+    assert not bad, "imports from a lower layer into a higher one:\n" + "\n".join(bad)
+
+
+def test_an_upward_import_is_found(tmp_path):
+    pkg = tmp_path / "pkg"
+    for sub in ("low", "high"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "high" / "b.py").write_text("from ..low import a\n")
+    (pkg / "low" / "a.py").write_text("import math\n")
+    assert upward_imports(module_imports(pkg), "pkg", ["low", "high"]) == []
+    (pkg / "low" / "a.py").write_text("def f():\n    from ..high import b\n")
+    assert upward_imports(module_imports(pkg), "pkg", ["low", "high"]) == ["pkg.low.a -> pkg.high.b (line 2)"]

@@ -1,16 +1,17 @@
 """The MemGen-style baseline on tiny-random: where its latents go, what trains, what a checkpoint restores."""
 from __future__ import annotations
 
-
 import pytest
 import torch
-
-from elasticmem_core import baselines, grpo, memgen
-from elasticmem_core import rollout as rollouts
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.config import ConfigError
 from test_baselines import cfg, dataset
 from tinydata import CHUNKS, QUESTIONS, tiny_bank, tiny_cfg
+
+from elasticmem_core.baselines import memgen
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.config import ConfigError
+from elasticmem_core.harness import variants
+from elasticmem_core.method import rollout as rollouts
+from elasticmem_core.training import grpo
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +196,7 @@ def test_the_learned_trigger_trains_alone_on_its_recorded_decisions(bank):
 
 def test_memgen_runs_as_a_baseline_row_and_counts_both_token_totals(tmp_path, tiny_backbone):
     c = cfg("eval.variant_steps=1")
-    (res,) = baselines.run_variant("baselines", "memgen", c, tmp_path, tiny_backbone, dataset(), progress=False)
+    (res,) = variants.run_variant("baselines", "memgen", c, tmp_path, tiny_backbone, dataset(), progress=False)
     s = res["summary"]
     assert s["memory"] == 8 and s["tok_with_weaver"] > s["tok"]
     assert all(r["tok"] == sum(r["tokens"].values()) and r["weaver_tokens"] > 0 for r in res["records"])

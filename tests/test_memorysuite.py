@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from elasticmem_core import checks
 from elasticmem_core import memorysuite
-from elasticmem_core.experiment import resolve
+from elasticmem_core.core.experiment import resolve
+from elasticmem_core.harness import checks
 from elasticmem_core.memorysuite import DataError, chunk_turns, loaders, mini, splits
 
 FIX = Path(__file__).parent / "fixtures"

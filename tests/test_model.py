@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from elasticmem_core import checks
-from elasticmem_core import bank as bank_mod
-from elasticmem_core import config
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.budget import BudgetPolicy
-from elasticmem_core.experiment import resolve
-from elasticmem_core.memorysuite.records import Question
-from elasticmem_core.model import CheckpointError, ElasticMem
-from elasticmem_core.rewards import parse_answer
 from tinydata import CHUNKS, COLOURS, QUESTIONS
 from tinydata import tiny_bank as make_bank
 from tinydata import tiny_cfg as _cfg
 from tinydata import tiny_model as _model
+
+from elasticmem_core.core import config
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.experiment import resolve
+from elasticmem_core.harness import checks
+from elasticmem_core.memorysuite.records import Question
+from elasticmem_core.method import bank as bank_mod
+from elasticmem_core.method.budget import BudgetPolicy
+from elasticmem_core.method.model import CheckpointError, ElasticMem
+from elasticmem_core.method.rewards import parse_answer
+
 
 @pytest.fixture(scope="module")
 def tiny_bank(tmp_path_factory):
@@ -223,8 +224,8 @@ def test_retrieval_modes_run(tiny_bank, mode):
         assert plan.retrieved.mask.sum(1).tolist() == [1, 1, 1]
 
 def test_semantic_retrieval_ranks_chunk_texts(tiny_bank):
-    from elasticmem_core.embedder import SentenceEmbedder
-    from elasticmem_core.index import MemoryIndex
+    from elasticmem_core.core.embedder import SentenceEmbedder
+    from elasticmem_core.method.index import MemoryIndex
 
     embedder = SentenceEmbedder()
     sem = MemoryIndex(embedder.encode([c.text for c in CHUNKS]), [c.memory_id for c in CHUNKS])
@@ -280,7 +281,7 @@ def test_end_to_end_on_the_embedded_backbone(tmp_path):
 def test_input_embedding_caches_with_a_residual_projector_start_as_the_text(tmp_path):
     """bank.cache_layer=0 + projector.kind=residual: at initialisation, a chunk's soft tokens ARE the embeddings of
     its last b tokens (the latent memory starts as truncated text memory)."""
-    from elasticmem_core.projector import Projector
+    from elasticmem_core.method.projector import Projector
 
     proj = Projector(64, 32, 0.0, "residual")
     x = torch.randn(5, 64)

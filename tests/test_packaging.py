@@ -6,7 +6,7 @@ import tomllib
 
 import yaml
 
-from elasticmem_core.experiment import resolve
+from elasticmem_core.core.experiment import resolve
 
 
 def _pyproject():

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from elasticmem_core import checks
-from elasticmem_core import assemble, evaluate, experiment, grpo
-from elasticmem_core import backbone as bb
+from elasticmem_core.core import backbone as bb
+from elasticmem_core.core import evaluate, experiment
+from elasticmem_core.harness import checks
 from elasticmem_core.memorysuite import splits
+from elasticmem_core.method import assemble
+from elasticmem_core.training import grpo
 
 FIX = Path(__file__).parent / "fixtures"
 PAPER = sorted(Path(experiment.resolve("params/paper")).glob("*.yaml"))
@@ -92,20 +94,20 @@ def test_device_check_runs_on_cpu():
 @pytest.mark.parametrize("params", [p for p in PAPER if "alfworld" in p.name], ids=lambda p: p.stem)
 def test_alfworld_paper_file_trains_through_its_own_path_in_bfloat16(params, fixture_data, tmp_path):
     """ALFWorld's paper files: the authors' replay and card files (fixtures), GRPO on expert steps with the step
-    reward (alfworld_agent.train, as 06 and launch.py), then step accuracy on held-out steps."""
+    reward (agent.train, as 06 and launch.py), then step accuracy on held-out steps."""
     pytest.importorskip("alfworld")
-    from elasticmem_core import alfworld_agent
+    from elasticmem_core.alfworld import agent
 
     cfg = checks.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
                                            "data.alfworld_max_train_steps=2", "data.alfworld_sft_steps=0"])
     experiment.seed_everything(cfg.runtime.seed)
     backbone = bb.from_config(cfg)
-    trainer = alfworld_agent.train(cfg, tmp_path / cfg.runtime.run_name, backbone, progress=False)
+    trainer = agent.train(cfg, tmp_path / cfg.runtime.run_name, backbone, progress=False)
     assert trainer.step == 2 and trainer.skipped == 0 and trainer.model.cfg.grpo.group_size == 8
     assert trainer.model.cfg.grpo.reward_terms == {"alfworld_step": 1.0}
     steps = _grpo_records(trainer.log_path)
     assert len(steps) == 2 and all(math.isfinite(r["lm_loss"]) for r in steps)
-    assert 0.0 <= alfworld_agent.step_accuracy(trainer.model, trainer.val_q) <= 1.0
+    assert 0.0 <= agent.step_accuracy(trainer.model, trainer.val_q) <= 1.0
 
 
 @pytest.mark.parametrize("params,extra", [
@@ -116,7 +118,7 @@ def test_memgen_row_trains_and_evaluates_under_the_paper_files(params, extra, fi
     """The MemGen-style baseline under the paper recipe (control-token retrieval by the frozen reasoner, the authors'
     prompt and trainer settings, bfloat16): supervised weaver steps (one epoch here: the paper has no supervised
     stage), 2 GRPO steps, and with the learned trigger its GRPO stage too."""
-    from elasticmem_core import baselines
+    from elasticmem_core.harness import variants
 
     cfg = checks.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
                                            "eval.variant_steps=-1", "eval.seeds=[42]", "grpo.sft_batch_size=4", *extra])
@@ -124,7 +126,7 @@ def test_memgen_row_trains_and_evaluates_under_the_paper_files(params, extra, fi
     backbone = bb.from_config(cfg)
     run_dir = tmp_path / cfg.runtime.run_name
     datasets = {setting: assemble.load_setting(cfg, setting, backbone, run_dir)}
-    (res,) = baselines.run_variant("baselines", "memgen", cfg, run_dir, backbone, datasets, progress=False)
+    (res,) = variants.run_variant("baselines", "memgen", cfg, run_dir, backbone, datasets, progress=False)
     folder = run_dir / "baselines" / "memgen" / setting / "seed42"
     log = (folder / "train_log.jsonl").read_text()
     assert '"stage": "memgen_sft"' in log and len(_grpo_records(folder / "train_log.jsonl")) == 2
@@ -139,7 +141,8 @@ def test_memgen_row_trains_and_evaluates_under_the_paper_files(params, extra, fi
 def test_text_memory_rows_run_under_the_paper_files(params, fixture_data, tmp_path):
     """The Mem0-style and AgeMem-style rows under the paper recipe in bfloat16: stores built by the backbone, the
     agent's curriculum one epoch per stage (capped here by eval.variant_steps), every tool step in the loss."""
-    from elasticmem_core import agemem, baselines
+    from elasticmem_core.baselines import agemem
+    from elasticmem_core.harness import variants
 
     cfg = checks.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
                                            "eval.variant_steps=1", "eval.seeds=[42]", "grpo.group_size=2",
@@ -150,7 +153,7 @@ def test_text_memory_rows_run_under_the_paper_files(params, fixture_data, tmp_pa
     run_dir = tmp_path / cfg.runtime.run_name
     datasets = {setting: assemble.load_setting(cfg, setting, backbone, run_dir)}
     for name in ("mem0", "agemem"):
-        (res,) = baselines.run_variant("baselines", name, cfg, run_dir, backbone, datasets, progress=False)
+        (res,) = variants.run_variant("baselines", name, cfg, run_dir, backbone, datasets, progress=False)
         assert res["summary"]["n"] > 0 and all(r["tok"] == sum(r["tokens"].values()) for r in res["records"])
     folder = run_dir / "baselines" / "agemem" / setting / "seed42"
     for stage in agemem.STAGES:

@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
-
-from elasticmem_core import config, grpo, retrieval_loss
-from elasticmem_core.embedder import SentenceEmbedder
-from elasticmem_core.index import MemoryIndex
 from tinydata import CHUNKS, QUESTIONS, tiny_bank, tiny_cfg, tiny_model
+
+from elasticmem_core.core import config
+from elasticmem_core.core.embedder import SentenceEmbedder
+from elasticmem_core.method import retrieval_loss
+from elasticmem_core.method.index import MemoryIndex
+from elasticmem_core.training import grpo
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
 
@@ -108,8 +110,8 @@ class _Data:
 
 
 def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_path, monkeypatch):
-    from elasticmem_core import retrieval_study
-    from elasticmem_core.experiment import train_dir
+    from elasticmem_core.core.experiment import train_dir
+    from elasticmem_core.studies import retrieval_study
 
     model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive", "grpo.retrieval_warmup_steps=2",
                        "eval.retrieval_seeds=[1, 2]", "eval.bootstrap=50", "grpo.sft_batch_size=2")
@@ -131,11 +133,11 @@ def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_p
     assert all(r["ci"][0] <= r["recall"] <= r["ci"][1] for r in data["recall"])
     assert [a["mode"] for a in data["accuracy"]] == list(retrieval_study.ACCURACY_MODES)
     # the control token against every other mode: one family of tests, Holm-adjusted
-    from elasticmem_core import stats
+    from elasticmem_core.core import stats
     paired = list(data["paired_control_token_minus"].values())
     assert [x["p_holm"] for x in paired] == pytest.approx(stats.holm([x["p"] for x in paired]))
     # each seed's warm-up trained its own LoRA from the reader: the checkpoints differ from the reader
-    from elasticmem_core.baselines import checkpoint_id
+    from elasticmem_core.harness.variants import checkpoint_id
     ids = {checkpoint_id(tmp_path / "retrieval" / "tiny" / f"warmup-seed{s}") for s in (1, 2)}
     assert checkpoint_id(reader) not in ids
     assert len(retrieval_study.recall_table(data)) == 6
@@ -155,7 +157,7 @@ def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_p
 
 def test_control_token_states_are_the_retrievers_query(bank):
     """01's untrained control-token query is the state the retriever ranks with (greedy control token)."""
-    from elasticmem_core.retrieval import control_token_states
+    from elasticmem_core.method.retrieval import control_token_states
 
     model = tiny_model(bank, *NO_DROPOUT)
     got = control_token_states(model.reasoner, model.tokenizer, [q.question for q in QUESTIONS], batch_size=2)

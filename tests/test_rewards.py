@@ -1,6 +1,6 @@
 """Rewards are pure functions: letter match for multiple choice, snapped expert action for ALFWorld."""
-from elasticmem_core import checks
-from elasticmem_core.rewards import choice_reward, expert_action_reward, parse_answer, snap_to_admissible
+from elasticmem_core.harness import checks
+from elasticmem_core.method.rewards import choice_reward, expert_action_reward, parse_answer, snap_to_admissible
 
 ADMISSIBLE = ["go to countertop 1", "go to countertop 2", "take apple 1 from countertop 1", "open fridge 1",
               "look", "inventory"]
@@ -35,14 +35,14 @@ def test_expert_action_reward():
 # ---- reward terms of a whole rollout ------------------------------------------------------------------------------
 def _rollout(text="(b)", budgets=(8, 0, 4), rows=(3, 5, -1)):
     from elasticmem_core.memorysuite.records import Question
-    from elasticmem_core.rewards import Rollout
+    from elasticmem_core.method.rewards import Rollout
 
     q = Question("q", "?", ["x", "y", "z", "w"], "(b)", "fact", "m", "train")
     return Rollout(q, text, list(rows), list(budgets), {"task_text": 10, "memory": 14, "output": 3}, top_z=3, b_max=8)
 
 
 def test_reward_terms_see_the_rollout_and_weigh_by_name():
-    from elasticmem_core.rewards import WeightedReward, token_price
+    from elasticmem_core.method.rewards import WeightedReward, token_price
 
     r = _rollout()
     assert r.memory_tokens == 8                    # the empty slot's budget is not spent
@@ -58,8 +58,8 @@ def test_reward_terms_see_the_rollout_and_weigh_by_name():
 def test_bad_reward_terms_name_the_params_file_and_key(tmp_path):
     import pytest as _pytest
 
-    from elasticmem_core import config
-    from elasticmem_core.experiment import resolve
+    from elasticmem_core.core import config
+    from elasticmem_core.core.experiment import resolve
 
     cases = [("{task: 1.0, accuracy: 1.0}", "grpo.reward_terms.accuracy: unknown reward term"),
              ("{task: 1.0, token_price: -0.5}", "grpo.reward_terms.token_price = -0.5: a price must be >= 0"),

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
-from elasticmem_core import runner
-from elasticmem_core.checks import read_params
-from elasticmem_core.config import ConfigError
-from elasticmem_core.experiment import resolve
+from elasticmem_core.core.config import ConfigError
+from elasticmem_core.core.experiment import resolve
+from elasticmem_core.harness import runner
+from elasticmem_core.harness.checks import read_params
 
 
 def _notebook(path, *cells):
@@ -23,7 +23,8 @@ def _notebook(path, *cells):
     return path
 
 
-GOOD = ("from elasticmem_core import experiment, runner\n"
+GOOD = ("from elasticmem_core.core import experiment\n"
+        "from elasticmem_core.harness import runner\n"
         "run = runner.start(params, overrides, run_dir)\n"
         "import os\n"
         "experiment.write_json(run.path('seen.json'), {'seed': run.cfg.runtime.seed, 'epochs': run.cfg.grpo.epochs,\n"
@@ -88,7 +89,7 @@ def test_plain_papermill_refuses_a_misspelled_section_in_the_first_cell(tmp_path
                             kernel_name="python3", cwd=str(resolve(".")), progress_bar=False)
     assert e.value.ename == "ConfigError"
     assert e.value.evalue.startswith("<notebook parameters>: unknown section 'gpro'; sections are: runtime, data")
-    assert runner._describe(e.value, out).startswith("cell 2 (`from elasticmem_core import experiment, runner`)")
+    assert runner._describe(e.value, out).startswith("cell 2 (`from elasticmem_core.core import experiment`)")
 
 
 def test_plain_papermill_reads_a_params_file_given_with_f_or_p(tmp_path):

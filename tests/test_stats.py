@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from elasticmem_core import stats
+from elasticmem_core.core import stats
 
 
 def plain_bootstrap(x, n_boot: int, seed: int, level: float = 0.95) -> list[float]:
@@ -123,7 +123,7 @@ def test_mismatched_shapes_are_errors():
 def test_the_figures_accuracy_table_uses_these_intervals_over_memories_and_seeds():
     import pandas as pd
 
-    from elasticmem_core import figures
+    from elasticmem_core.harness import figures
 
     rows = [{"method": m, "seed": s, "qid": f"q{i}", "memory_id": f"m{i // 3}", "correct": float((i + s + k) % 2)}
             for k, m in enumerate(("a", "b")) for s in (1, 2) for i in range(9)]

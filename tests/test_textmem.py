@@ -5,14 +5,15 @@ import json
 
 import pytest
 import torch
-
-from elasticmem_core import agemem, agemem_tools, baselines, mem0
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.config import ConfigError
-from elasticmem_core.fact_store import FactStore, StoreError, mentions
-from elasticmem_core.memorysuite import mini
 from test_baselines import cfg, dataset
 from tinydata import CHUNKS, QUESTIONS, tiny_bank, tiny_cfg
+
+from elasticmem_core.baselines import agemem, agemem_tools, mem0
+from elasticmem_core.baselines.fact_store import FactStore, StoreError, mentions
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.config import ConfigError
+from elasticmem_core.harness import variants
+from elasticmem_core.memorysuite import mini
 
 
 class Embedder:
@@ -121,7 +122,7 @@ def test_mem0_store_survives_interruption_and_resumes(tmp_path, monkeypatch):
 
 def test_mem0_runs_as_a_baseline_row_with_its_store_report(tmp_path, tiny_backbone):
     c = cfg("mem0.extract_max_new_tokens=6", "retrieval.mode=semantic")
-    (res,) = baselines.run_variant("baselines", "mem0", c, tmp_path, tiny_backbone, dataset(), progress=False)
+    (res,) = variants.run_variant("baselines", "mem0", c, tmp_path, tiny_backbone, dataset(), progress=False)
     report = json.loads((tmp_path / "baselines" / "mem0" / "tiny" / "seed42" / "stores" / "report.json").read_text())
     assert report["memories"] >= 1 and set(report["operations"]) == {"ADD", "UPDATE", "DELETE", "NOOP"}
     for r in res["records"]:
@@ -184,11 +185,11 @@ def test_stepwise_grpo_broadcasts_the_trajectory_reward_to_every_step(bank, monk
     item = model.item("m0", QUESTIONS[:1])
     g = model.rollout(item, 3, reward, gen)
     assert len(g.questions) == 3 * 2 and g.rewards.shape == (3,)     # loss_steps = 2 of each trajectory
-    from elasticmem_core.rollout import group_advantages
+    from elasticmem_core.method.rollout import group_advantages
     adv = group_advantages(g.rewards, c.grpo.adv_clip)
     assert torch.equal(g.advantages, adv.repeat_interleave(2)) and g.advantages.abs().sum() > 0
     before = [p.detach().clone() for p in model.trainable_parameters()]
-    loss, _ = __import__("elasticmem_core.grpo", fromlist=["group_loss"]).group_loss(model, g)
+    loss, _ = __import__("elasticmem_core.training.grpo", fromlist=["group_loss"]).group_loss(model, g)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.trainable_parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.trainable_parameters()))
@@ -197,7 +198,7 @@ def test_stepwise_grpo_broadcasts_the_trajectory_reward_to_every_step(bank, monk
 def test_agemem_curriculum_trains_each_stage_and_runs_as_a_baseline(tmp_path, tiny_backbone):
     c = cfg("eval.variant_steps=1", "agemem.max_tool_tokens=4", "agemem.loss_steps=2", "retrieval.mode=semantic",
             "agemem.format_steps=2", "agemem.val_memories=1")
-    (res,) = baselines.run_variant("baselines", "agemem", c, tmp_path, tiny_backbone, dataset(), progress=False)
+    (res,) = variants.run_variant("baselines", "agemem", c, tmp_path, tiny_backbone, dataset(), progress=False)
     folder = tmp_path / "baselines" / "agemem" / "tiny" / "seed42"
     fmt = [json.loads(x) for x in (folder / "format_log.jsonl").read_text().splitlines()]
     assert len(fmt) == 2 and all(r["loss"] > 0 for r in fmt) and (folder / "format" / "elasticmem.json").is_file()
@@ -249,7 +250,7 @@ def test_text_memory_params_are_checked():
 
 
 def test_text_memory_sections_shape_only_their_own_results():
-    from elasticmem_core.evaluate import fingerprint
+    from elasticmem_core.core.evaluate import fingerprint
 
     for method in ("text_rag", "mem0", "agemem"):
         params = fingerprint(tiny_cfg(f"eval.method={method}"), {})["params"]

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
-
-from elasticmem_core import walkthrough
 from tinydata import QUESTIONS, tiny_bank, tiny_model
+
+from elasticmem_core.studies import walkthrough
 
 
 @pytest.mark.parametrize("memory", ["latent", "text"])

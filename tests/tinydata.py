@@ -1,12 +1,12 @@
 """A tiny hand-made memory (two memories of colour facts) and questions, for model and trainer tests."""
 from __future__ import annotations
 
-from elasticmem_core import checks
-from elasticmem_core import bank as bank_mod
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.experiment import resolve
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.experiment import resolve
+from elasticmem_core.harness import checks
 from elasticmem_core.memorysuite.records import Chunk, Question
-from elasticmem_core.model import ElasticMem
+from elasticmem_core.method import bank as bank_mod
+from elasticmem_core.method.model import ElasticMem
 
 COLOURS = ["blue", "red", "green", "pink", "grey", "black"]
 CHUNKS = [Chunk(f"m{m}#{i}", f"m{m}", i, f"User: my {m}th favourite colour was {COLOURS[i]}.\nAssistant: Noted, "

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
-from ..experiment import resolve
+from ..core.experiment import resolve
 from . import mini, splits
 from .chunking import chunk_turns, make_chunks
 from .loaders import load_alfworld, load_mc10, load_personamem
@@ -38,6 +38,13 @@ SETTINGS = tuple(REAL_FILES) + tuple(MINI_FILES)
 FORMAT = {"personamem-32k": "personamem", "personamem-128k": "personamem", "mini-personamem": "personamem",
           "locomo-mc10": "conversation", "mini-locomo": "conversation", "longmemeval-mc10": "haystack",
           "mini-longmemeval": "haystack", "alfworld": "alfworld"}
+# published format -> its loader, called as loader(the setting's files, split file, setting, skip_bad, run_dir)
+LOADERS = {
+    "personamem": lambda f, *rest: load_personamem(f[0], f[1], *rest),
+    "conversation": lambda f, split, setting, *rest: load_mc10(f[0], split, setting, "conversation", *rest),
+    "haystack": lambda f, split, setting, *rest: load_mc10(f[0], split, setting, "haystack", *rest),
+    "alfworld": lambda f, *rest: load_alfworld(f[0], f[1], *rest),
+}
 
 
 def mini_root(cfg, run_dir: str | Path | None = None) -> Path:
@@ -65,13 +72,7 @@ def load(setting: str, cfg, tokenizer=None, run_dir: str | Path | None = None) -
     skip = cfg.data.skip_bad_records
     if setting in MINI_FILES:
         mini.generate(setting, cfg.data.mini, mini_root(cfg, run_dir))
-    fmt = FORMAT[setting]
-    if fmt == "personamem":
-        ds = load_personamem(paths[0], paths[1], split_file, setting, skip, run_dir)
-    elif fmt == "alfworld":
-        ds = load_alfworld(paths[0], paths[1], split_file, setting, skip, run_dir)
-    else:
-        ds = load_mc10(paths[0], split_file, setting, fmt, skip, run_dir)
+    ds = LOADERS[FORMAT[setting]](paths, split_file, setting, skip, run_dir)
     if tokenizer is None:
         ds.summary.notes.append("chunk lengths not checked against data.chunk_max_tokens (no tokenizer given)")
     else:

@@ -19,8 +19,17 @@ from pathlib import Path
 
 from . import splits
 from .chunking import chunk_turns, make_chunks
-from .reading import (DataError, Records, dialogue, evidence_indices, get, get_str_list, json_lines, read_json,
-                      require_file)
+from .reading import (
+    DataError,
+    Records,
+    dialogue,
+    evidence_indices,
+    get,
+    get_str_list,
+    json_lines,
+    read_json,
+    require_file,
+)
 from .records import Dataset, Episode, Memory, Question, Step
 
 PERSONAMEM_COLUMNS = ("question_id", "user_question_or_message", "correct_answer", "all_options",

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from elasticmem_core import bank as B
-from elasticmem_core.backbone import load_backbone
-from elasticmem_core.config import BankConfig
+from elasticmem_core.core.backbone import load_backbone
+from elasticmem_core.core.config import BankConfig
 from elasticmem_core.memorysuite.records import Chunk
+from elasticmem_core.method import bank as B
 
 WORDS = ("i moved to lisbon last spring and started learning portuguese my sister visits every month we like "
          "hiking near the coast the weather was warm so we cooked fish rice and salad then watched a film about "

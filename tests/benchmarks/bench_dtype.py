@@ -22,9 +22,11 @@ import time
 
 import torch
 
-from elasticmem_core import checks
-from elasticmem_core import assemble, experiment, grpo, stats
-from elasticmem_core import backbone as bb
+from elasticmem_core.core import backbone as bb
+from elasticmem_core.core import experiment, stats
+from elasticmem_core.harness import checks
+from elasticmem_core.method import assemble
+from elasticmem_core.training import grpo
 
 
 def setup(params: str, dtype: str, folder: str, extra: list[str]):

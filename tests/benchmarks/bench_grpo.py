@@ -24,10 +24,12 @@ import time
 
 import torch
 
-from elasticmem_core import checks
-from elasticmem_core import rollout as rollouts
-from elasticmem_core import assemble, experiment, grpo, sampling
-from elasticmem_core import backbone as bb
+from elasticmem_core.core import backbone as bb
+from elasticmem_core.core import experiment, sampling
+from elasticmem_core.harness import checks
+from elasticmem_core.method import assemble
+from elasticmem_core.method import rollout as rollouts
+from elasticmem_core.training import grpo
 
 
 def rss_mb() -> float:

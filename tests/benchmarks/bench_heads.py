@@ -22,11 +22,13 @@ import statistics
 import tempfile
 
 import torch
-
 from bench_grpo import measure
-from elasticmem_core import checks
-from elasticmem_core import assemble, experiment, grpo
-from elasticmem_core import backbone as bb
+
+from elasticmem_core.core import backbone as bb
+from elasticmem_core.core import experiment
+from elasticmem_core.harness import checks
+from elasticmem_core.method import assemble
+from elasticmem_core.training import grpo
 
 
 def full_head_loss(model, questions) -> torch.Tensor:

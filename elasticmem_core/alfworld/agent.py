@@ -1,0 +1,372 @@
+"""ElasticMem as an ALFWorld agent: what it sees at a step, training on expert steps, live play and evaluation.
+
+The games, expert replays and skill cards come from alfworld.py; this module plays them:
+
+- `turns(episode)`: each expert step -> (objective, last `history` (action, observation) pairs, current
+  observation, admissible commands) -> expert action, as the authors' `expand_il_samples`.
+- `step_items` (one `StepItem` per expert step of the GRPO games: question = objective, tail = the step's prompt,
+  gold = the expert action), `step_reward` (the expert-action reward), `step_accuracy` (held-out exact match, the
+  training monitor), `training_config` (G, tokens and epochs of data.alfworld_*; no stage-0 reader warm-up),
+  `train` (bank, step items, GRPO on the step reward with step-accuracy model selection: the one training path of
+  06_alfworld and `launch.py train`).
+- `policy(model)` (greedy; retrieval, budgets and the prompt prefix's KV cache once per episode); `play` /
+  `evaluate`: a policy `act(turn) -> text` plays live games, at most `alfworld_max_steps` steps and
+  `alfworld_timeout_s` seconds each (a hung game ends, counted as a failure with its reason); the output is snapped
+  to the admissible commands (rewards.snap_to_admissible); an output that matches none is sent as typed (the game
+  answers "Nothing happens.") and counted in `invalid_actions`. #Tok per episode is summed over steps.
+- `evaluate_policy` (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results
+  file), `task_type_table` (success per task type of saved results).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..core.config import derive
+from ..core.experiment import peak_memory_mb
+from ..memorysuite import loaders
+from ..memorysuite.records import Dataset, Episode
+from ..method.rewards import expert_action_reward, snap_to_admissible
+from .environment import TASK_TYPES, EvalGame, Game, GameTimeout, _progress, deadline, load, objective_of
+
+log = logging.getLogger(__name__)
+
+SYSTEM_INSTRUCTION = ("You are controlling a text-based ALFWorld environment. Choose the NEXT action as ONE "
+                      "admissible command string. Output only the command, copied verbatim from the admissible list.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Turns: what the policy sees at one step
+@dataclass
+class Turn:
+    objective: str
+    history: list[tuple[str, str]]     # the last (action, observation) pairs, oldest first
+    observation: str
+    admissible: list[str]
+    expert_action: str | None = None   # the training target (None when playing)
+    episode_id: str = ""
+    task_type: str = ""
+    step: int = 0                      # 1-based index of the action to choose
+
+    def tail(self) -> str:
+        """History, observation and admissible commands, in the authors' wording (render_prompt_tail)."""
+        parts = []
+        if self.history:
+            lines = [f"{kind}: {text}" for a, o in self.history for kind, text in (("ACTION", a), ("OBSERVATION", o))]
+            parts += ["Interaction history so far:", "\n".join(lines), ""]
+        parts += ["Current observation:", self.observation]
+        if self.admissible:
+            parts += ["", "Admissible actions (choose exactly ONE, copy verbatim):"]
+            parts += [f"- {a}" for a in self.admissible]
+        return "\n".join(parts + ["", "Action:"])
+
+    def text(self) -> str:
+        """The whole prompt of a text-only policy: instruction, goal, tail."""
+        return f"{SYSTEM_INSTRUCTION}\n\nGoal: {self.objective}\n\n{self.tail()}"
+
+
+def turns(episode: Episode, history: int = 5) -> list[Turn]:
+    """One training turn per expert action after the reset step (the authors' expand_il_samples)."""
+    steps = episode.steps
+    out = []
+    for t in range(1, len(steps)):
+        prev = steps[t - 1]
+        out.append(Turn(objective=episode.objective,
+                        history=[(s.action, s.observation) for s in steps[max(1, t - history):t]],
+                        observation=prev.observation or episode.first_observation,
+                        admissible=list(prev.admissible_commands), expert_action=steps[t].action,
+                        episode_id=episode.episode_id, task_type=episode.task_type, step=t))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ElasticMem on ALFWorld: step items for training, the model as a policy
+@dataclass
+class StepItem:
+    """One step as an ElasticMem item (the authors' field mapping): the question is the objective, so retrieval
+    reads the objective and every step of an episode retrieves the same skill cards; the tail is the instruction
+    and the step's prompt; the gold is the expert action (None when playing)."""
+    qid: str                  # "<game id>#<step>"
+    question: str             # the objective
+    gold: str | None          # the expert action
+    question_type: str        # the task type
+    split: str
+    turn: Turn
+    memory_id: str = loaders.SKILL_BANK
+    options: list[str] = field(default_factory=list)   # none: the admissible commands are in the tail
+    evidence: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, turn: Turn, split: str = "play") -> "StepItem":
+        return cls(f"{turn.episode_id}#{turn.step}", turn.objective, turn.expert_action, turn.task_type, split, turn)
+
+    def tail_text(self, prompt: str = "generic") -> str:
+        """What follows the memory: instruction, history, observation, admissible commands, "Action:" (ALFWorld's
+        own prompt, whatever data.prompt says of the QA prompt)."""
+        return f"\n{SYSTEM_INSTRUCTION}\n{self.turn.tail()}"
+
+
+def step_items(dataset: Dataset, split: str, history: int = 5) -> list[StepItem]:
+    """Every expert step of the `split` episodes ("train" | "val": the GRPO games) as a training item."""
+    return [StepItem.of(t, split) for e in dataset.episodes if e.split == split for t in turns(e, history)]
+
+
+def step_reward(text: str, item: StepItem) -> float:
+    """The GRPO reward: 1 if the output, snapped to the step's admissible commands, is the expert action."""
+    return expert_action_reward(text, item.turn.admissible, item.gold)
+
+
+def step_accuracy(model, items: list[StepItem], max_new_tokens: int | None = None) -> float:
+    """Exact match of greedy outputs (snapped) with the expert action on held-out steps: the training monitor
+    (`Trainer(evaluate_fn=...)`); eval.max_questions caps the steps, eval.batch_size batches them."""
+    cap, bs = model.cfg.eval.max_questions, model.cfg.eval.batch_size
+    items = items[:cap] if cap > 0 else items
+    hits = 0.0
+    for i in range(0, len(items), bs):
+        batch = items[i:i + bs]
+        hits += sum(step_reward(o["output"], q) for o, q in zip(model.answer(batch, max_new_tokens), batch))
+    return hits / max(1, len(items))
+
+
+def training_config(cfg):
+    """The config ALFWorld trains with: grpo.group_size, max_new_tokens, epochs, max_steps and sft_steps replaced by
+    the data.alfworld_* values where those are set (the paper: G = 8, 16 tokens, 3 epochs; QA keeps 4, 5 and 10).
+    The QA stage-0 reader warm-up is not run here (grpo.reader_warmup_steps = 0): skill cards as text would cost
+    ~1,200 tokens per item, and stage 1 (grpo.sft_steps, on the expert actions) already teaches the action format."""
+    d, g = cfg.data, cfg.grpo
+    # the task term of a step is the expert-action reward
+    terms = {("alfworld_step" if k == "task" else k): v for k, v in g.reward_terms.items()}
+    return derive(cfg, "ALFWorld training", grpo={
+        "group_size": d.alfworld_group_size or g.group_size, "reader_warmup_steps": 0, "reward_terms": terms,
+        "max_new_tokens": d.alfworld_max_new_tokens or g.max_new_tokens, "epochs": d.alfworld_epochs or g.epochs,
+        "max_steps": d.alfworld_max_train_steps or g.max_steps,
+        "sft_steps": g.sft_steps if d.alfworld_sft_steps < 0 else d.alfworld_sft_steps})
+
+
+def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool = True, dataset: Dataset | None = None,
+          bank=None):
+    """ElasticMem trained on ALFWorld, the one path of 06_alfworld and `launch.py train`: the config of
+    `training_config`, the skill-card bank (built once by the frozen `backbone`, before LoRA goes in), one item per
+    expert step of the GRPO games (`step_items`: train, and val for model selection), GRPO on `step_reward`,
+    validation by `step_accuracy`, checkpoints in experiment.train_dir(run_dir, dataset.setting, runtime.seed).
+    `dataset` / `bank`: the caller's, when it already has them (else loaded / built here). With an accelerate
+    `accelerator`, every process calls this; process 0 prepares the game set first. Returns the trained Trainer
+    (`trainer.model` is the model, its `best/` checkpoint in `trainer.dir`)."""
+    from contextlib import nullcontext
+
+    from ..core.experiment import train_dir
+    from ..method import assemble
+    from ..training.grpo import Trainer
+
+    acfg = training_config(cfg)
+    if dataset is None:
+        with accelerator.main_process_first() if accelerator is not None else nullcontext():
+            dataset = load(acfg, run_dir)  # the game set is generated once (cached by its params), by process 0
+    if bank is None:
+        bank = assemble.bank_for(acfg, dataset, backbone, run_dir, progress=progress, accelerator=accelerator)
+    h = acfg.data.alfworld_history
+    train_items, val_items = step_items(dataset, "train", h), step_items(dataset, "val", h)
+    if not val_items:
+        raise ValueError("no ALFWorld validation game: raise data.alfworld_n_train (validation = 10% of the GRPO "
+                         "games)")
+    model = assemble.model_for(acfg, dataset, backbone, bank)
+    trainer = Trainer(model, train_items, val_items, train_dir(run_dir, dataset.setting, acfg.runtime.seed),
+                      accelerator=accelerator,
+                      evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
+    trainer.train(progress=progress)
+    return trainer
+
+
+def policy(model, max_new_tokens: int | None = None) -> Policy:
+    """ElasticMem (any memory mode) as a greedy ALFWorld policy. Retrieval and budgets are decided once per episode,
+    from the objective, at its first step, and reused at every later step (as in training, where every step item
+    of an episode retrieves from the same objective). The prompt's prefix (objective, control token, memory) is then
+    the same at every step: its KV cache is computed at the first step and reused, so a step runs only its tail
+    (history, observation, admissible commands) and the answer, with the same greedy output as the whole prompt.
+    Returns (text, #Tok by part) per step: task text + injected memory + output (#Tok counts the whole prompt at
+    every step, as the paper). Build a fresh policy after the weights or the memory mode change."""
+    import torch
+
+    max_new_tokens = max_new_tokens or model.cfg.grpo.max_new_tokens
+    episode: dict = {}
+
+    @torch.no_grad()
+    def act(turn: Turn) -> tuple[str, dict[str, int]]:
+        item = StepItem.of(turn)
+        was_training = model.training
+        model.eval()
+        new = turn.step == 1 or episode.get("id") != turn.episode_id
+        if new:
+            episode.update(id=turn.episode_id, plan=model.plan([item], sample=False))
+        batch = model.build([item], episode["plan"])
+        if new:  # question + control token + memory are the same at every step: their KV cache is computed once
+            episode["prefix"] = model.prefill(batch, batch.spans[0]["tail"][0])
+        text = model.generate(batch, max_new_tokens, sample=False, prefix=episode["prefix"]).texts[0]
+        model.train(was_training)
+        return text, dict(batch.counts[0])
+    return act
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+@dataclass
+class EpisodeResult:
+    game_id: str
+    task_type: str
+    split: str
+    objective: str
+    success: bool
+    reason: str                        # won | step_limit | timeout | error: ...
+    steps: int
+    tokens: int                        # #Tok summed over steps (input + injected memory + output)
+    invalid_actions: int
+    seconds: float
+    actions: list[str] = field(default_factory=list)
+    token_parts: dict[str, int] = field(default_factory=dict)  # #Tok by part when the policy reports them
+
+
+Policy = Callable[[Turn], "str | tuple[str, int | dict[str, int]]"]
+
+
+def play(game: EvalGame, act: Policy, max_steps: int = 30, timeout_s: float = 240.0, history: int = 5,
+         count_tokens: Callable[[str], int] | None = None) -> EpisodeResult:
+    """Play one game with `act`. `act(turn)` returns the generated text, or (text, #Tok of the call) when the
+    policy counts its own tokens (with injected memory; an int, or a dict by part such as {task_text, memory,
+    output}, summed per episode into `token_parts`); else #Tok = count_tokens(prompt) + count_tokens(text)."""
+    start = time.monotonic()
+    result = EpisodeResult(game.game_id, game.task_type, game.split, "", False, "step_limit", 0, 0, 0, 0.0)
+    pairs: list[tuple[str, str]] = []
+    live = None
+    try:
+        with deadline(timeout_s):
+            live = Game(game.gamefile, expert=False)
+            state = live.reset()
+            result.objective = objective_of(state.observation)
+            first = state.observation
+            while result.steps < max_steps:
+                if time.monotonic() - start > timeout_s:
+                    raise GameTimeout(f"wall-clock timeout after {timeout_s:g} s")
+                turn = Turn(result.objective, pairs[-history:] if history else [], state.observation or first,
+                            state.admissible, None, game.game_id, game.task_type, result.steps + 1)
+                out = act(turn)
+                text, n_tok = out if isinstance(out, tuple) else (out, None)
+                if n_tok is None:
+                    n_tok = count_tokens(turn.text()) + count_tokens(text) if count_tokens else 0
+                if isinstance(n_tok, dict):
+                    for part, n in n_tok.items():
+                        result.token_parts[part] = result.token_parts.get(part, 0) + n
+                    n_tok = sum(n_tok.values())
+                command = snap_to_admissible(text, state.admissible)
+                if command is None:
+                    result.invalid_actions += 1
+                    command = (text.strip().splitlines() or [""])[0]
+                state = live.step(command)
+                result.steps += 1
+                result.tokens += n_tok
+                result.actions.append(command)
+                pairs.append((command, state.observation))
+                if state.done:
+                    result.success = state.won or state.reward >= 1
+                    result.reason = "won" if result.success else "done"
+                    break
+    except GameTimeout as e:
+        result.reason = "timeout"
+        log.warning("%s: %s", game.game_id, e)
+    except Exception as e:  # a broken game or policy ends this game, never the run
+        result.reason = f"error: {type(e).__name__}: {e}"
+        log.warning("%s: %s", game.game_id, result.reason)
+    finally:
+        if live is not None:
+            live.close()
+    result.seconds = round(time.monotonic() - start, 3)
+    return result
+
+
+def evaluate(games: list[EvalGame], act: Policy, cfg, count_tokens: Callable[[str], int] | None = None,
+             progress: bool = True) -> list[EpisodeResult]:
+    d = cfg.data
+    return [play(g, act, d.alfworld_max_steps, d.alfworld_timeout_s, d.alfworld_history, count_tokens)
+            for g in _progress(games, progress, "playing")]
+
+
+def summarize(results: list[EpisodeResult]) -> dict:
+    """Success rate, #Tok and steps per episode: overall, per split and per task type (counts kept for intervals)."""
+    def stats(rs: list[EpisodeResult]) -> dict:
+        n = max(len(rs), 1)
+        return {"n": len(rs), "successes": sum(r.success for r in rs), "success": sum(r.success for r in rs) / n,
+                "tokens_per_episode": sum(r.tokens for r in rs) / n, "steps_per_episode": sum(r.steps for r in rs) / n,
+                "reasons": dict(Counter(r.reason.split(":")[0] for r in rs))}
+
+    def by(key: str) -> dict:
+        groups = sorted({getattr(r, key) for r in results})
+        return {k: stats([r for r in results if getattr(r, key) == k]) for k in groups}
+    return {"overall": stats(results), "split": by("split"), "task_type": by("task_type")}
+
+
+def results_json(results: list[EpisodeResult]) -> list[dict]:
+    return [asdict(r) for r in results]
+
+
+TOKEN_PARTS = ("task_text", "memory", "output")
+
+
+def episode_record(r: EpisodeResult, peak_mb: float) -> dict:
+    """An episode as a question record of evaluate.py (qid = game, correct = success, tok = #Tok of the episode,
+    tokens = its parts), so `evaluate.load_results` and the QA tables read ALFWorld results unchanged."""
+    rec = asdict(r)
+    parts = rec.pop("token_parts")
+    rec.update(qid=r.game_id, question_type=r.task_type, memory_id=loaders.SKILL_BANK, correct=r.success,
+               tok=r.tokens, tokens={k: parts.get(k, 0) for k in TOKEN_PARTS}, peak_mb=peak_mb)
+    return rec
+
+
+def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: dict, cfg, device="cpu",
+                    progress: bool = True) -> dict:
+    """Play `games` with `act` (a policy reporting #Tok by part, as `policy`) and save the result at `path`
+    (evaluate.result_path: one file per method x setting x split x seed, evaluate.py's format), or reuse the result
+    saved there by the same method, backbone and params. summary.accuracy is the success rate, with its bootstrap
+    95% interval; summary.tok the mean #Tok per episode; steps, invalid actions, end reasons and the same per
+    task type (summary.task_type) are added."""
+    import torch
+
+    from ..core import evaluate as evaluation
+    from ..core.experiment import code_version, environment, write_json
+
+    saved = evaluation.existing(path, cfg, meta)
+    if saved is not None:
+        return saved
+    results = evaluate(games, act, cfg, progress=progress)
+    peak = peak_memory_mb(device)  # on CPU the process's high-water mark, as evaluate.py
+    records = [episode_record(r, peak) for r in results]
+    n = max(1, len(results))
+    summary = {**evaluation.summarize(records, cfg.eval.bootstrap, cfg.runtime.seed),
+               "steps_per_episode": sum(r.steps for r in results) / n,
+               "invalid_actions_per_episode": sum(r.invalid_actions for r in results) / n,
+               "reasons": dict(Counter(r.reason.split(":")[0] for r in results)),
+               "task_type": summarize(results)["task_type"]}
+    result = {**meta, "fingerprint": evaluation.fingerprint(cfg, meta), "params": cfg.to_dict(),
+              "code_version": code_version(), "environment": environment(),
+              "memory_measure": "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss",
+              "summary": summary, "records": records}
+    write_json(path, result)
+    return json.loads(Path(path).read_text())  # exactly what a later reuse returns
+
+
+def task_type_table(results: list[dict]) -> list[dict]:
+    """Success per task type of saved `evaluate_policy` results, read from their episode records: per result
+    (method x split), {"method", "split", "task_type": {each task type and "overall": {n, successes, success}}}
+    (success None where the split has no game of that type)."""
+    rows = []
+    for r in results:
+        cells = {}
+        for task_type in (*TASK_TYPES, "overall"):
+            recs = [x for x in r["records"] if task_type in ("overall", x["task_type"])]
+            wins = sum(bool(x["success"]) for x in recs)
+            cells[task_type] = {"n": len(recs), "successes": wins, "success": wins / len(recs) if recs else None}
+        rows.append({"method": r["method"], "split": r["split"], "task_type": cells})
+    return rows

@@ -1,0 +1,1 @@
+"""Studies on a trained checkpoint: the budget frontier and its envelope, retrieval, compression, the walkthrough."""
