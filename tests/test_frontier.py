@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tinydata import QUESTIONS, tiny_bank, tiny_model
+from tinydata import QUESTIONS, tiny_bank, tiny_cfg, tiny_model
 
 from elasticmem_core.core import evaluate, stats
 from elasticmem_core.method.budget import BudgetPolicy
@@ -26,7 +26,8 @@ def bank(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(bank):  # smoke sizes: Z = 4, B_max = 8, min_budget 0
-    return tiny_model(bank, *NO_DROPOUT, "eval.frontier_uniform=[2, 4, 8, 16]")
+    return tiny_model(bank, *NO_DROPOUT, "eval.frontier_uniform=[2, 4, 8, 16]", "eval.frontier_top1_rest=[4, 8]",
+                      "eval.frontier_thresholds=[0.3, 0.5]", "eval.frontier_softmax_totals=[32, 96]")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,9 @@ def fixed(model):
 
 
 def test_fixed_points_evaluate_and_uniform_memory_grows_with_b(model, fixed):
-    assert [p["name"] for p in fixed] == ["no memory", "uniform 2", "uniform 4", "uniform 8", "top-1 whole",
-                                          "top-2 whole", "threshold 0.3", "threshold 0.5", "random"]  # 16 > B_max
+    assert [p["name"] for p in fixed] == [                   # uniform 16 > B_max and top-1 + uniform 8 = top-1: out
+        "no memory", "uniform 2", "uniform 4", "uniform 8", "top-1 whole", "top-2 whole", "top-1 whole + uniform 4",
+        "threshold 0.3", "threshold 0.5", "score softmax 32", "score softmax 96", "random", pareto.ORACLE_RULE]
     cache_len = model.bank.cache_len
     for p in fixed:
         assert len(p["records"]) == len(QUESTIONS) and 0 <= p["accuracy"] <= 1
@@ -50,6 +52,58 @@ def test_fixed_points_evaluate_and_uniform_memory_grows_with_b(model, fixed):
             assert r["memory_tokens"] == sum(min(p["budget"], int(cache_len[row])) for row in rows)
             assert r["tokens"]["memory"] == r["memory_tokens"] + len(rows)
     assert model.policy.kind == "transformer" and model.memory == "latent"  # restored after each point
+
+
+def test_the_denser_rules_give_the_budgets_they_name(model, fixed):
+    b_max = model.cfg.budget.b_max
+    by_name = {p["name"]: p for p in fixed}
+    for r in by_name["top-1 whole + uniform 4"]["records"]:           # rank_profile [B_max, 4]
+        real = [b for row, b in zip(r["rows"], r["budgets"]) if row >= 0]
+        assert real == [b_max] + [4] * (len(real) - 1)
+    for r in by_name[pareto.ORACLE_RULE]["records"]:                   # the gold evidence whole, the rest dropped
+        q = next(q for q in QUESTIONS if q.qid == r["qid"])
+        gold = {model.bank.row(c) for c in q.evidence}
+        assert [b for row, b in zip(r["rows"], r["budgets"]) if row >= 0] == \
+            [b_max if row in gold else 0 for row in r["rows"] if row >= 0]
+    for name in ("score softmax 32", "score softmax 96"):              # higher score, no smaller budget
+        for r in by_name[name]["records"]:
+            real = [b for row, b in zip(r["rows"], r["budgets"]) if row >= 0]
+            assert all(0 <= b <= b_max for b in real) and real == sorted(real, reverse=True), (name, real)
+    assert pareto.ORACLE_RULE not in {p["name"] for p in pareto.envelope_rules(fixed)}
+
+
+def test_score_softmax_shares_its_total_over_the_real_chunks_only():
+    cfg = dataclasses.replace(tiny_cfg().budget, policy="score_softmax", b_max=48,
+                              softmax_total=60, softmax_temperature=1e6)  # a flat softmax: 60 / 3 real chunks each
+    policy = BudgetPolicy(8, cfg, 4)
+    scores, mask = torch.tensor([[0.9, 0.5, 0.1, 0.0]]), torch.tensor([[True, True, True, False]])
+    d = policy.decide(torch.zeros(1, 8), torch.zeros(1, 4, 8), scores, mask, sample=False)
+    assert d.budgets.tolist() == [[20, 20, 20, 0]]
+    sharp = BudgetPolicy(8, dataclasses.replace(cfg, softmax_temperature=0.01), 4)
+    assert sharp.decide(torch.zeros(1, 8), torch.zeros(1, 4, 8), scores, mask, sample=False).budgets.tolist() == \
+        [[48, 0, 0, 0]]                                                   # one chunk takes it all, clipped to B_max
+    with pytest.raises(ValueError, match="rank_budgets"):
+        BudgetPolicy(8, dataclasses.replace(cfg, policy="rank_profile", rank_budgets=[]), 4)
+    with pytest.raises(ValueError, match="evidence"):
+        BudgetPolicy(8, dataclasses.replace(cfg, policy="evidence_whole"), 4).decide(
+            torch.zeros(1, 8), torch.zeros(1, 4, 8), scores, mask, sample=False)
+
+
+def test_candidate_profiles_are_every_non_increasing_profile():
+    got = frontier.candidate_profiles([0, 4, 8, 99], top_z=3, b_max=8)       # 99 > B_max: left out
+    assert len(got) == 9 and [0, 0, 0] not in got                            # C(3 + 3 - 1, 3) = 10, less all-zero
+    assert all(p == sorted(p, reverse=True) for p in got) and [8, 4, 0] in got and [4, 8, 0] not in got
+
+
+def test_profiles_are_chosen_on_validation_never_on_test(model):
+    val = [dataclasses.replace(q, split="val") for q in QUESTIONS]
+    out = frontier.search_profiles(model, val, [0, 8], n_boot=50, seed=0)
+    assert len(out["points"]) == 1 + 4                                       # no memory + [8,0,0,0] ... [8,8,8,8]
+    hull = {h["name"] for h in pareto.upper_hull(out["points"])} - {"no memory"}   # the validation hull's profiles
+    assert {f"profile {p}" for p in out["profiles"]} == hull
+    assert model.policy.kind == "transformer"                               # restored
+    with pytest.raises(ValueError, match="never on test"):
+        frontier.search_profiles(model, [dataclasses.replace(q, split="test") for q in QUESTIONS], [0, 8])
 
 
 def test_top1_whole_injects_soft_tokens_for_exactly_one_chunk(model, fixed):
@@ -215,15 +269,24 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     assert (data["setting"], data["split"], data["n"]) == ("tiny", "test", 3)
     assert [e["budget"] for e in data["uniform"]] == [0, 4, 8]
     names = [e["name"] for e in data["heuristics"]]
-    assert names == ["top-1 whole", "top-2 whole", "threshold 0.3", "threshold 0.5", "random", pareto.TEXT_RAG]
+    assert names == [p["name"] for p in frontier.fixed_points(model.cfg) if p["family"] == "heuristics"] + \
+        [pareto.TEXT_RAG]
+    assert names[:3] == ["top-1 whole", "top-2 whole", "top-1 whole + uniform 4"] and pareto.ORACLE_RULE in names
     for e in data["uniform"]:
         assert set(e) == set(pareto.UNIFORM_KEYS)
     for e in data["heuristics"]:
         assert set(e) == set(pareto.HEURISTIC_KEYS)
     assert [e["token_price"] for e in data["learned"]] == [0.0, 0.5]
     for e in data["learned"]:
-        assert set(e) - {"vs_envelope", "vs_hull"} == set(pareto.LEARNED_KEYS)
+        assert set(e) - {"vs_envelope", "vs_hull"} == set(pareto.LEARNED_KEYS) | {"per_rank",
+                                                                                "distinct_budget_vectors", "step0"}
         assert [s["seed"] for s in e["seeds"]] == [1, 2]
+        # the controls: the untrained policy of the same seeds, budgets per rank, distinct budget vectors per seed
+        assert [s["seed"] for s in e["step0"]["seeds"]] == [1, 2] and 0 <= e["step0"]["accuracy"] <= 1
+        assert [r["rank"] for r in e["per_rank"]] == [1, 2, 3, 4] and len(e["distinct_budget_vectors"]) == 2
+        assert all(1 <= n <= 3 for n in e["distinct_budget_vectors"])                  # 3 test questions
+    step0 = json.loads((tmp_path / "run" / "frontier" / "tiny" / "step0-seed1-test.json").read_text())
+    assert step0["step0_seed"] == 1 and len(step0["records"]) == 3
     # text RAG's memory tokens are the retrieved chunks' text tokens; the envelope leaves it and random out
     (text,) = [e for e in data["heuristics"] if e["name"] == pareto.TEXT_RAG]
     assert text["memory_tokens"] == pytest.approx(sum(
@@ -236,7 +299,8 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     assert [v["p_holm"] for v in tested] == pytest.approx(stats.holm([v["p"] for v in tested]))
     # the oracle-feature policy (eval.frontier_oracle_prices defaults to [0.0]) is a point of the same shape
     assert [e["token_price"] for e in data["oracle"]] == [0.0]
-    assert set(data["oracle"][0]) - {"vs_envelope", "vs_hull"} == set(pareto.LEARNED_KEYS)
+    assert set(data["oracle"][0]) - {"vs_envelope", "vs_hull"} == set(pareto.LEARNED_KEYS) | {"per_rank",
+                                                                                      "distinct_budget_vectors"}
     assert [p["features"] for p in data["probe"]["probes"]] == list(relevance_probe.PROBE_FEATURES)
     assert data["probe"]["n_test_chunks"] == 3 * 4
     # every point trained its one step into its own folder; the model has its own policy and cfg back
@@ -253,7 +317,7 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     saved_policy = torch.load(checkpoint / "policy.pt")
     assert all(torch.equal(v, saved_policy[k]) for k, v in model.policy.state_dict().items())
     table = pareto.pareto_table(data)
-    assert len(table) == 3 + 6 + 2 + 1 and table.on_envelope.any() and (table.family == "oracle").sum() == 1
+    assert len(table) == 3 + len(names) + 2 + 1 and table.on_envelope.any() and (table.family == "oracle").sum() == 1
     assert len(relevance_probe.probe_table(data)) == len(relevance_probe.PROBE_FEATURES)
     # a second call reuses every point: nothing trains, the file is the same
     logs = {p: p.read_text() for p in (tmp_path / "run" / "frontier").rglob("train_log.jsonl")}

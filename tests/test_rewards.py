@@ -33,26 +33,30 @@ def test_expert_action_reward():
 
 
 # ---- reward terms of a whole rollout ------------------------------------------------------------------------------
-def _rollout(text="(b)", budgets=(8, 0, 4), rows=(3, 5, -1)):
+def _rollout(text="(b)", budgets=(8, 0, 4), rows=(3, 5, -1), memory=9):
     from elasticmem_core.memorysuite.records import Question
     from elasticmem_core.method.rewards import Rollout
 
     q = Question("q", "?", ["x", "y", "z", "w"], "(b)", "fact", "m", "train")
-    return Rollout(q, text, list(rows), list(budgets), {"task_text": 10, "memory": 14, "output": 3}, top_z=3, b_max=8)
+    return Rollout(q, text, list(rows), list(budgets), {"task_text": 10, "memory": memory, "output": 3},
+                   top_z=3, b_max=8)
 
 
 def test_reward_terms_see_the_rollout_and_weigh_by_name():
     from elasticmem_core.method.rewards import WeightedReward, token_price
 
     r = _rollout()
-    assert r.memory_tokens == 8                    # the empty slot's budget is not spent
+    # chunk 3 holds 8 states: 8 soft tokens + 1 separator = 9 memory tokens; the empty slot's budget is not spent
+    assert r.memory_tokens == 8
     assert token_price(r) == -8 / 24               # a share of a full memory (Z x B_max)
+    # a budget above the chunk's length L_j costs what is injected, min(b_j, L_j): a 5-state chunk at budget 8 -> 5
+    assert _rollout(memory=6).memory_tokens == 5
     paper = WeightedReward({"task": 1.0})
     assert paper(r) == 1.0 and paper(_rollout("(c)")) == 0.0
     priced = WeightedReward({"task": 1.0, "token_price": 0.3})
     assert priced.parts(r) == {"task": 1.0, "token_price": -8 / 24}
     assert abs(priced(r) - (1.0 - 0.3 * 8 / 24)) < 1e-12
-    assert WeightedReward({"task": 1.0, "token_price": 1.0})(_rollout(budgets=(8, 8, 0))) == 1.0 - 16 / 24
+    assert WeightedReward({"task": 1.0, "token_price": 1.0})(_rollout(budgets=(8, 8, 0), memory=18)) == 1.0 - 16 / 24
 
 
 def test_bad_reward_terms_name_the_params_file_and_key(tmp_path):

@@ -147,8 +147,9 @@ class RetrievalConfig:
 
 @dataclass
 class BudgetConfig:
-    policy: str = _f("transformer", "transformer | mlp (learned) | uniform | random | top_k_whole | threshold "
-                                    "(fixed rules, no parameters)")
+    policy: str = _f("transformer", "transformer | mlp (learned) | uniform | random | top_k_whole | threshold | "
+                                    "rank_profile | score_softmax (fixed rules, no parameters) | evidence_whole "
+                                    "(an oracle reference: reads the gold evidence)")
     hidden: int = _f(256, "policy hidden size")
     heads: int = _f(4, "policy attention heads")
     layers: int = _f(2, "policy Transformer layers")
@@ -160,6 +161,11 @@ class BudgetConfig:
                           "(dropped at 0; 1 soft token at min_budget 1)")
     score_threshold: float = _f(0.5, "threshold: chunks with retrieval score (cosine) >= this get B_max, the rest "
                                      "min_budget (dropped at 0; 1 soft token at min_budget 1)")
+    rank_budgets: list[int] = _f([], "rank_profile: the budget of each retrieval rank (ranks past the list's end get "
+                                     "its last entry); [B_max, b] = top-1 whole + uniform b for the rest")
+    softmax_total: int = _f(64, "score_softmax: soft tokens shared by the retrieved chunks in proportion to the "
+                                "softmax of their retrieval scores (each clipped to min_budget..B_max)")
+    softmax_temperature: float = _f(0.05, "score_softmax: temperature of that softmax over cosine scores")
     sees_evidence: bool = _f(False, "oracle-feature policy (beyond the paper; the budget frontier's upper bound): each "
                                     "chunk token also carries whether the chunk is gold evidence, which no deployed "
                                     "policy knows; needs questions with an evidence field")
@@ -223,6 +229,8 @@ class GRPOConfig:
     grad_clip: float = _f(1.0, "gradient-norm clip")
     epochs: int = _f(10, "epochs over the training questions (QA 10, ALFWorld 3)")
     warmup_steps: int = _f(0, "linear learning-rate warm-up steps before the cosine schedule")
+    min_lr_ratio: float = _f(0.0, "GRPO's cosine ends at this share of the learning rate (0: decays to 0 at the last "
+                                  "step, the package's default; 1: constant)")
     max_steps: int = _f(0, "stop after this many steps; 0 = epochs decide")
     eval_every: int = _f(100, "validate every N steps (model selection on validation only)")
     reader_warmup_steps: int = _f(0, "stage 0: LoRA SFT steps with the retrieved memory as TEXT (0 = off, as the "
@@ -362,10 +370,20 @@ class EvalConfig:
     ablations: list[str] = _f(["elasticmem_reference", "budget_uniform"],
                               "params/ablations/<name>.yaml run by 05_ablations (each a training run per setting "
                               "and seed; elasticmem_reference is the grid's unablated method)")
-    frontier_uniform: list[int] = _f([4, 8, 12, 16, 24, 32, 48], "uniform budgets b of the accuracy-vs-memory-"
-                                     "tokens frontier (frontier.py; above budget.b_max skipped; no memory is always "
-                                     "a point)")
-    frontier_thresholds: list[float] = _f([0.3, 0.5], "retrieval-score thresholds of the frontier's threshold rule")
+    frontier_uniform: list[int] = _f([4, 8, 12, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 48],
+                                     "uniform budgets b of the accuracy-vs-memory-tokens frontier (frontier.py; above "
+                                     "budget.b_max skipped; no memory is always a point; every 2 tokens where "
+                                     "accuracy moves on mini)")
+    frontier_thresholds: list[float] = _f([0.25, 0.3, 0.35, 0.4, 0.45, 0.5],
+                                          "retrieval-score thresholds of the frontier's threshold rule")
+    frontier_top1_rest: list[int] = _f([4, 8, 16, 24], "the frontier's 'top-1 whole + uniform b for the rest' rules "
+                                       "(rank_profile [B_max, b]), one per b")
+    frontier_softmax_totals: list[int] = _f([32, 64, 96], "the frontier's score-proportional rules (score_softmax), "
+                                            "one per total, at budget.softmax_temperature")
+    frontier_profile_levels: list[int] = _f([0, 16, 32, 48], "per-rank profiles searched on validation: every "
+                                            "non-increasing budget per rank from these levels is answered on "
+                                            "validation, and the profiles on its upper hull join the fixed rules on "
+                                            "test; [] = none")
     frontier: bool = _f(False, "05_frontier measures the budget frontier on 03's checkpoint (costly: see docs/results.md)")
     frontier_prices: list[float] = _f([0.0, 0.2, 0.5], "token prices lambda of the frontier's learned points (one "
                                       "policy-only GRPO run per price and seed)")

@@ -100,6 +100,10 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: grpo.sft_min_lr_ratio must be in (0, 1] and grpo.sft_warmup_steps, "
                           f"grpo.reader_eval_every >= 0 (got {cfg.grpo.sft_min_lr_ratio}, {cfg.grpo.sft_warmup_steps},"
                           f" {cfg.grpo.reader_eval_every})")
+    if not 0 <= cfg.grpo.min_lr_ratio <= 1:
+        raise ConfigError(f"{source}: grpo.min_lr_ratio must be in [0, 1], got {cfg.grpo.min_lr_ratio}")
+    if cfg.budget.policy == "rank_profile" and not cfg.budget.rank_budgets:
+        raise ConfigError(f"{source}: budget.policy = rank_profile needs budget.rank_budgets (a budget per rank)")
     if cfg.budget.min_budget not in (0, 1):
         raise ConfigError(f"{source}: budget.min_budget must be 0 or 1, got {cfg.budget.min_budget}")
     if cfg.budget.b_max > cfg.bank.n_c:

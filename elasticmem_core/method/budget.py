@@ -21,7 +21,10 @@ Ablation variants (budget.policy): `uniform` (every chunk gets uniform_budget), 
 `mlp` (the same per-chunk features, no attention across chunks and no previous choice). Fixed rules a user tries
 first (no parameters, like uniform and random): `top_k_whole` (the budget.keep_top best-ranked chunks get B_max, a
 whole chunk: min(B_max, chunk length) real states; the rest min_budget, i.e. dropped when min_budget = 0) and
-`threshold` (b_j = B_max if s_j >= budget.score_threshold, else min_budget).
+`threshold` (b_j = B_max if s_j >= budget.score_threshold, else min_budget), `rank_profile` (a fixed budget per
+retrieval rank, budget.rank_budgets: "top-1 whole + uniform b for the rest" is [B_max, b]), `score_softmax` (b_j
+proportional to the softmax of the retrieval scores, budget.softmax_total in all) and the oracle reference
+`evidence_whole` (the gold evidence chunks whole, the rest dropped; it reads the evidence, so it bounds, never competes).
 
 The oracle-feature policy (`budget.sees_evidence`, beyond the paper, for the budget frontier only): each chunk token
 also carries e_j = 1 if chunk j is one of the question's gold evidence chunks, x_j += evid[e_j]. No deployable policy
@@ -40,27 +43,51 @@ from ..core import sampling
 
 
 # ---- the budget policies: one registry, read by the config's validation and by checkpoint loading -------------
-def _uniform(policy: "BudgetPolicy", scores: torch.Tensor, generator) -> torch.Tensor:
+# A fixed rule: (policy, scores [B, Z] in rank order, mask [B, Z] real chunks, evidence [B, Z] or None, generator)
+# -> budgets [B, Z].
+def _uniform(policy: "BudgetPolicy", scores, mask, evidence, generator) -> torch.Tensor:
     return torch.full(scores.shape, policy.uniform_budget, dtype=torch.long, device=scores.device)
 
 
-def _random(policy: "BudgetPolicy", scores: torch.Tensor, generator) -> torch.Tensor:
+def _random(policy: "BudgetPolicy", scores, mask, evidence, generator) -> torch.Tensor:
     return sampling.integers(policy.min_budget, policy.b_max + 1, tuple(scores.shape), scores.device, generator,
                              "random budget")
 
 
-def _top_k_whole(policy: "BudgetPolicy", scores: torch.Tensor, generator) -> torch.Tensor:
+def _top_k_whole(policy: "BudgetPolicy", scores, mask, evidence, generator) -> torch.Tensor:
     b, z = scores.shape
     return policy.whole(torch.arange(z, device=scores.device).lt(policy.keep_top).expand(b, z))
 
 
-def _threshold(policy: "BudgetPolicy", scores: torch.Tensor, generator) -> torch.Tensor:
+def _threshold(policy: "BudgetPolicy", scores, mask, evidence, generator) -> torch.Tensor:
     return policy.whole(scores >= policy.score_threshold)
 
 
-# Rules without parameters: name -> budgets [B, Z] from the retrieval scores (chunks in rank order). A new rule is
-# one function here; a new learned policy is a network in BudgetPolicy and a name in LEARNED.
-FIXED_RULES = {"uniform": _uniform, "random": _random, "top_k_whole": _top_k_whole, "threshold": _threshold}
+def _rank_profile(policy: "BudgetPolicy", scores, mask, evidence, generator) -> torch.Tensor:
+    """budget.rank_budgets[j] for rank j (ranks past its end get its last entry): what learned policies collapse to."""
+    b, z = scores.shape
+    profile = list(policy.rank_budgets) + [policy.rank_budgets[-1]] * z
+    return torch.tensor(profile[:z], dtype=torch.long, device=scores.device).expand(b, z).clone()
+
+
+def _score_softmax(policy: "BudgetPolicy", scores, mask, evidence, generator) -> torch.Tensor:
+    """b_j = round(budget.softmax_total x softmax(s / budget.softmax_temperature)_j) over the real chunks."""
+    w = torch.softmax((scores.float() / policy.softmax_temperature).masked_fill(~mask, float("-inf")), dim=-1)
+    return (policy.softmax_total * w.nan_to_num(0.0)).round().long().clamp(policy.min_budget, policy.b_max)
+
+
+def _evidence_whole(policy: "BudgetPolicy", scores, mask, evidence, generator) -> torch.Tensor:
+    """The gold evidence chunks whole, the rest min_budget: an oracle reference (no deployed rule knows the evidence)."""
+    if evidence is None:
+        raise ValueError("budget.policy = evidence_whole needs each question's gold evidence chunks")
+    return policy.whole(evidence.bool())
+
+
+# Rules without parameters: name -> budgets [B, Z]. A new rule is one function here; a new learned policy is a
+# network in BudgetPolicy and a name in LEARNED. EVIDENCE_RULES read the gold evidence (oracle references only).
+FIXED_RULES = {"uniform": _uniform, "random": _random, "top_k_whole": _top_k_whole, "threshold": _threshold,
+               "rank_profile": _rank_profile, "score_softmax": _score_softmax, "evidence_whole": _evidence_whole}
+EVIDENCE_RULES = ("evidence_whole",)
 LEARNED = ("transformer", "mlp")
 POLICIES = LEARNED + tuple(FIXED_RULES)
 
@@ -94,6 +121,14 @@ class BudgetPolicy(nn.Module):
         self.min_budget, self.b_max = cfg.min_budget, cfg.b_max
         self.uniform_budget = cfg.uniform_budget
         self.keep_top, self.score_threshold = cfg.keep_top, cfg.score_threshold
+        self.rank_budgets = list(cfg.rank_budgets)
+        self.softmax_total, self.softmax_temperature = cfg.softmax_total, cfg.softmax_temperature
+        if self.kind == "rank_profile" and not self.rank_budgets:
+            raise ValueError("budget.policy = rank_profile needs budget.rank_budgets (a budget per retrieval rank)")
+        if any(not self.min_budget <= x <= self.b_max for x in self.rank_budgets):
+            raise ValueError(f"budget.rank_budgets = {self.rank_budgets}: each must be in {self.min_budget}..{self.b_max}")
+        if self.softmax_temperature <= 0 or self.softmax_total < 0:
+            raise ValueError("budget.softmax_temperature must be > 0 and budget.softmax_total >= 0")
         self.sees_evidence = bool(getattr(cfg, "sees_evidence", False))
         if self.sees_evidence and self.kind in FIXED_RULES:
             raise ValueError(f"budget.sees_evidence needs a learned policy (transformer or mlp), not {self.kind!r}")
@@ -178,7 +213,7 @@ class BudgetPolicy(nn.Module):
         b, z = scores.shape
         zeros = torch.zeros(b, z, device=scores.device)
         if self.kind in FIXED_RULES:
-            return BudgetDecision(self._fixed(scores, generator).masked_fill(~mask, 0), zeros, zeros)
+            return BudgetDecision(self._fixed(scores, mask, evidence, generator).masked_fill(~mask, 0), zeros, zeros)
         budgets = torch.zeros(b, z, dtype=torch.long, device=scores.device)
         steps = range(z) if self.kind == "transformer" else [z - 1]  # the mlp policy decides all chunks at once
         for j in steps:
@@ -198,9 +233,15 @@ class BudgetPolicy(nn.Module):
         logprob, entropy = self.evaluate(query, keys, scores, mask, budgets, evidence)
         return BudgetDecision(budgets, logprob.detach(), entropy.detach())
 
-    def _fixed(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _fixed(self, scores: torch.Tensor, mask: torch.Tensor, evidence: torch.Tensor | None,
+               generator: torch.Generator | None) -> torch.Tensor:
         """Budgets [B, Z] of a rule without parameters; chunks arrive in rank order (scores high to low)."""
-        return FIXED_RULES[self.kind](self, scores, generator)
+        return FIXED_RULES[self.kind](self, scores, mask, evidence, generator)
+
+    @property
+    def needs_evidence(self) -> bool:
+        """The gold-evidence flags go in: the oracle-feature policy's input, or an oracle reference rule."""
+        return self.sees_evidence or self.kind in EVIDENCE_RULES
 
     def whole(self, keep: torch.Tensor) -> torch.Tensor:
         """B_max where `keep`, else min_budget (dropped at 0): the fixed rules' all-or-nothing budgets."""

@@ -148,7 +148,7 @@ class ElasticMem(nn.Module):
     def plan(self, questions, sample: bool, generator: torch.Generator | None = None) -> Plan:
         retrieved = self.retriever(self.reasoner, questions, sample, generator, need_query=self.memory == "latent")
         keys = self._keys(retrieved.rows)
-        evidence = self.evidence_flags(questions, retrieved.rows) if self.policy.sees_evidence else None
+        evidence = self.evidence_flags(questions, retrieved.rows) if self.policy.needs_evidence else None
         with torch.no_grad():
             decision = self.policy.decide(retrieved.query.to(self.device), keys, retrieved.scores.to(self.device),
                                           retrieved.mask.to(self.device), sample, generator, evidence)

@@ -82,8 +82,10 @@ class Rollout:
 
     @property
     def memory_tokens(self) -> int:
-        """Soft tokens injected (separators excluded): what the budget policy spends."""
-        return int(sum(b for r, b in zip(self.rows, self.budgets) if r >= 0))
+        """Soft tokens injected, sum_j min(b_j, L_j) (separators excluded): what the budget policy spends, counted as
+        the frontier counts it. A budget above a chunk's length L_j costs nothing more: nothing more is injected."""
+        injected = sum(1 for r, b in zip(self.rows, self.budgets) if r >= 0 and b > 0)
+        return int(self.tokens["memory"]) - injected
 
 
 def task_reward(r: Rollout) -> float:

@@ -40,7 +40,6 @@ or all of it, resumable, as 05_frontier runs it (`run_frontier`; eval.frontier_*
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -53,104 +52,42 @@ from ..core import evaluate, stats
 from ..core.config import derive
 from ..core.experiment import write_json
 from ..harness.checks import validate
-from ..method.budget import FIXED_RULES, LEARNED, BudgetPolicy
+from ..method.budget import LEARNED, BudgetPolicy
 from ..method.rollout import passes_mode
 from ..training import grpo
-from .pareto import TEXT_RAG, envelope_at, envelope_rules, hull_at, upper_envelope, write_pareto
+from .fixed_rules import (  # noqa: F401 (fixed_points, evaluate_fixed, ...: the frontier's names, here as before)
+    candidate_profiles,
+    evaluate_fixed,
+    evaluate_point,
+    fixed_points,
+    point_summary,
+    question_list,
+    search_profiles,
+    soft_tokens,
+)
+from .pareto import (
+    ORACLE_RULE,
+    TEXT_RAG,
+    envelope_at,
+    envelope_rules,
+    hull_at,
+    upper_envelope,
+    write_pareto,
+)
 from .relevance_probe import PROBE_FEATURES, probe_data, relevance_probe
 
-TOP_K_WHOLE = (1, 2)          # the top-k-whole rules of the frontier
 POINT_FILE = "frontier_point.json"
 
 
-# ---- the fixed rules --------------------------------------------------------------------------------------------
-def fixed_points(cfg) -> list[dict]:
-    """The fixed rules a user compares first, each {"family" (uniform | heuristics), "name", "budget", "memory",
-    "overrides" (budget keys of its BudgetPolicy; None = no policy)}: no memory (budget 0, memory "none", the same
-    layout as every chunk dropped), uniform b in eval.frontier_uniform (0 < b <= B_max), top-1 and top-2 whole,
-    thresholds eval.frontier_thresholds, random."""
-    b_max, top_z = cfg.budget.b_max, cfg.retrieval.top_z
-    points = [{"family": "uniform", "name": "no memory", "budget": 0, "memory": "none", "overrides": None}]
-    points += [{"family": "uniform", "name": f"uniform {b}", "budget": b, "memory": "latent",
-                "overrides": {"policy": "uniform", "uniform_budget": b}}
-               for b in sorted(set(cfg.eval.frontier_uniform)) if 0 < b <= b_max]
-    heuristic = lambda name, **o: {"family": "heuristics", "name": name, "budget": None,  # noqa: E731
-                                   "memory": "latent", "overrides": o}
-    points += [heuristic(f"top-{k} whole", policy="top_k_whole", keep_top=k) for k in TOP_K_WHOLE if k <= top_z]
-    points += [heuristic(f"threshold {t:g}", policy="threshold", score_threshold=float(t))
-               for t in sorted(set(cfg.eval.frontier_thresholds))]
-    return points + [heuristic("random", policy="random")]
-
-
-def soft_tokens(record: dict, memory: str = "latent") -> int:
-    """M of one answered question: tokens["memory"] less one separator per injected chunk (b_j > 0; every chunk
-    has >= 1 cached state). 0 without memory."""
-    if memory == "none":
-        return 0
-    if memory not in ("latent", "text_tail"):
-        raise ValueError(f"memory = {memory!r}: the frontier counts soft tokens (latent, text_tail or none)")
-    injected = sum(1 for r, b in zip(record["rows"], record["budgets"]) if r >= 0 and b > 0)
-    return int(record["tokens"]["memory"]) - injected
-
-
-def _questions(questions) -> list:
-    questions = list(questions)
-    if not questions:
-        raise ValueError("no questions: the frontier needs at least one")
-    return questions
-
-
-def evaluate_point(model, questions, overrides: dict | None = None, memory: str = "latent",
-                   batch_size: int | None = None, seed: int = 0, progress: bool = False) -> list[dict]:
-    """Greedy records (evaluate.answer_questions) of `model` with its budget policy swapped for a fixed rule
-    BudgetPolicy(dataclasses.replace(cfg.budget, **overrides)), or its own policy when `overrides` is None; each
-    record gains "memory_tokens" (`soft_tokens`). The model's policy and memory mode are restored afterwards;
-    the random rule draws from torch's RNG seeded with `seed` (restored too)."""
-    questions = _questions(questions)
-    if memory not in ("latent", "text_tail", "none"):
-        raise ValueError(f"memory = {memory!r}; choose latent, text_tail (the last b_j text tokens) or none")
-    policy = None
-    if overrides is not None:
-        rule = overrides.get("policy")
-        if rule not in FIXED_RULES:
-            raise ValueError(f"budget rule {rule!r} is not a fixed rule; choose one of {', '.join(FIXED_RULES)}")
-        try:
-            budget = dataclasses.replace(model.cfg.budget, **overrides)
-        except TypeError as e:
-            raise ValueError(f"bad budget overrides {overrides}: {e}") from None
-        policy = BudgetPolicy(model.bank.hidden_size, budget, model.cfg.retrieval.top_z).to(model.device)
-    cuda = [model.device] if model.device.type == "cuda" else []
-    with model.using(memory=memory, policy=policy), torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        records = evaluate.answer_questions(model.answer, questions, batch_size or model.cfg.eval.batch_size,
-                                            bank=model.bank, device=model.device, progress=progress)
-    for r in records:
-        r["memory_tokens"] = soft_tokens(r, memory)
-    return records
-
-
-def point_summary(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """{"n", "accuracy", "ci": [low, high] (evaluate.summarize's 95% bootstrap over memories), "memory_tokens":
-    mean M}."""
-    s = evaluate.summarize(records, n_boot, seed)
-    return {"n": s["n"], "accuracy": s["accuracy"], "ci": [s["ci_low"], s["ci_high"]],
-            "memory_tokens": float(np.mean([r["memory_tokens"] for r in records]))}
-
-
-def evaluate_fixed(model, questions, points: list[dict] | None = None, n_boot: int | None = None,
-                   seed: int | None = None, progress: bool = False) -> list[dict]:
-    """Every fixed point (default `fixed_points(model.cfg)`) evaluated: the point with its summary and records."""
-    cfg = model.cfg
-    n_boot = cfg.eval.bootstrap if n_boot is None else n_boot
-    seed = cfg.runtime.seed if seed is None else seed
-    out = []
-    for p in fixed_points(cfg) if points is None else points:
-        records = evaluate_point(model, questions, p["overrides"], p["memory"], seed=seed, progress=progress)
-        out.append({**p, **point_summary(records, n_boot, seed), "records": records})
-    return out
-
-
 # ---- a learned point ------------------------------------------------------------------------------------------
+def fresh_policy(model, cfg, seed: int) -> BudgetPolicy:
+    """The untrained budget policy a learned point starts from (cfg.budget, initialised under `seed`): the same
+    object for its training and for the step-0 control."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BudgetPolicy(model.bank.hidden_size, cfg.budget, cfg.retrieval.top_z).to(model.device)
+
+
 def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: float, seed: int, steps: int,
                         questions_per_step: int | None = None, policy_lr: float | None = None,
                         advantage_norm: str | None = None, select: str = "last", setting: str | None = None,
@@ -159,14 +96,16 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
     with grpo.policy_only, reward_terms {task: 1, token_price: lambda}, `steps` GRPO steps, no warm-up stages;
     `sees_evidence` trains the oracle-feature policy instead (budget.sees_evidence).
 
-    advantage_norm defaults to "mean" when lambda > 0 (a std-normalised price collapses to the cheapest budget when
-    the task rewards of a group tie: docs/rewards.md), else to the params' value. `select`: "last" keeps the policy
+    advantage_norm defaults to "mean" at every price (a std-normalised price collapses to the cheapest budget when
+    the task rewards of a group tie: docs/rewards.md; one normalisation, so the points differ by their price only).
+    The learning rate stays constant (grpo.min_lr_ratio 1: a short policy-only run whose cosine reached 0 wasted its
+    last quarter of steps). `select`: "last" keeps the policy
     after the last step (validation accuracy ignores the price), "best" loads best/ (the highest validation accuracy).
     The model keeps the trained policy; its cfg and its parameters' requires_grad are restored. `folder` holds one
     point (one price and seed): a finished run there is reused, one of another point is refused.
     Returns the trainer (train_log.jsonl: policy_entropy, evidence_budget, other_budget per step).
     """
-    train_q = _questions(train_q)
+    train_q = question_list(train_q)
     if token_price < 0:
         raise ValueError(f"token_price = {token_price}: a price must be >= 0")
     if steps < 1:
@@ -182,7 +121,7 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
     # the policy alone trains: every warm-up and the alignment stage are the reader's, already done
     train_cfg = derive(cfg, source, grpo={
         "policy_only": True, "reward_terms": {"task": 1.0, "token_price": float(token_price)},
-        "advantage_norm": advantage_norm or ("mean" if token_price > 0 else cfg.grpo.advantage_norm),
+        "advantage_norm": advantage_norm or "mean", "min_lr_ratio": 1.0,
         "policy_lr": cfg.grpo.policy_lr if policy_lr is None else policy_lr, "questions_per_step": qps,
         "max_steps": steps, "epochs": max(1, math.ceil(steps * qps / len(train_q))), "eval_every": steps,
         "reader_warmup_steps": 0, "sft_steps": 0, "retrieval_warmup_steps": 0},
@@ -198,9 +137,7 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
         raise ValueError(f"{folder} holds another frontier point ({(folder / POINT_FILE).read_text().strip()}); "
                          f"give {point} its own folder")
     write_json(folder / POINT_FILE, point)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        policy = BudgetPolicy(model.bank.hidden_size, train_cfg.budget, cfg.retrieval.top_z).to(model.device)
+    policy = fresh_policy(model, train_cfg, seed)
     grads = [(p, p.requires_grad) for p in model.parameters()]
     model.cfg, model.policy = train_cfg, policy
     try:
@@ -222,12 +159,16 @@ def diagnostics(model, questions, batch_size: int | None = None) -> dict:
     entropy_uniform  ln(levels), levels = B_max - min_budget + 1: the entropy of a uniform choice
     evidence_budget  mean b_j of the question's evidence chunks (q.evidence), other_budget of the rest (NaN if none)
     drop_rate        share of chunks with b_j = 0
+    per_rank         per retrieval rank: mean budget, of evidence and of other chunks (does the budget depend on the
+                     chunk beyond its rank?), and how many of each
+    distinct_budget_vectors  how many different budget vectors the policy gives over `questions`
     """
-    questions = _questions(questions)
+    questions = question_list(questions)
     if model.memory != "latent":
         raise ValueError(f"budget diagnostics need latent memory (model.memory = {model.memory!r})")
     bs = batch_size or model.cfg.eval.batch_size
-    entropy, evidence, other, budgets = [], [], [], []
+    entropy, evidence, other, budgets, vectors = [], [], [], [], set()
+    by_rank: dict[int, dict[str, list]] = {}
     with passes_mode(model, False), torch.no_grad():
         for i in range(0, len(questions), bs):
             batch = questions[i:i + bs]
@@ -236,15 +177,24 @@ def diagnostics(model, questions, batch_size: int | None = None) -> dict:
             rows, mask = plan.retrieved.rows.tolist(), plan.retrieved.mask.tolist()
             for q, rs, bs_, es, ms in zip(batch, rows, plan.budgets.budgets.tolist(), ent.tolist(), mask):
                 gold = set(getattr(q, "evidence", None) or ())
-                for r, b, e, m in zip(rs, bs_, es, ms):
+                vectors.add(tuple(b for b, m in zip(bs_, ms) if m))
+                for j, (r, b, e, m) in enumerate(zip(rs, bs_, es, ms)):
                     if m:
                         entropy.append(e)
                         budgets.append(b)
-                        (evidence if model.bank.chunk_ids[r] in gold else other).append(b)
+                        is_gold = model.bank.chunk_ids[r] in gold
+                        (evidence if is_gold else other).append(b)
+                        rank = by_rank.setdefault(j + 1, {"all": [], "evidence": [], "other": []})
+                        rank["all"].append(b)
+                        rank["evidence" if is_gold else "other"].append(b)
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     return {"entropy": mean(entropy), "entropy_uniform": math.log(model.policy.levels),
             "evidence_budget": mean(evidence), "other_budget": mean(other),
-            "drop_rate": mean([float(b == 0) for b in budgets]), "chunks": len(budgets)}
+            "drop_rate": mean([float(b == 0) for b in budgets]), "chunks": len(budgets),
+            "per_rank": [{"rank": j, "budget": mean(v["all"]), "evidence_budget": mean(v["evidence"]),
+                          "other_budget": mean(v["other"]), "evidence_chunks": len(v["evidence"]),
+                          "other_chunks": len(v["other"])} for j, v in sorted(by_rank.items())],
+            "distinct_budget_vectors": len(vectors)}
 
 
 # ---- can the policy's inputs tell evidence from the rest? --------------------------------------------------------
@@ -324,6 +274,17 @@ def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None
              "ci": stats.bootstrap_mean(x, clusters, n_boot, seed)["ci"],
              "memory_tokens": float(np.mean([s["memory_tokens"] for s in per_seed])), **diag,
              "seeds": [{k: s[k] for k in ("seed", "accuracy", "memory_tokens")} for s in per_seed]}
+    if all("per_rank" in r["diagnostics"] for r in runs):  # files saved before these controls lack them
+        ranks = sorted({x["rank"] for r in runs for x in r["diagnostics"]["per_rank"]})
+        point["per_rank"] = [{"rank": j, **{k: float(np.nanmean([x[k] for r in runs for x in r["diagnostics"]["per_rank"]
+                                                                if x["rank"] == j] or [math.nan]))
+                                            for k in ("budget", "evidence_budget", "other_budget")}} for j in ranks]
+        point["distinct_budget_vectors"] = [r["diagnostics"]["distinct_budget_vectors"] for r in runs]
+    step0 = [r["step0"] for r in runs if r.get("step0")]
+    if step0:  # the untrained policy of the same seeds, greedy: what training added
+        point["step0"] = {"accuracy": float(np.mean([s["accuracy"] for s in step0])),
+                          "memory_tokens": float(np.mean([s["memory_tokens"] for s in step0])),
+                          "seeds": [{k: s[k] for k in ("seed", "accuracy", "memory_tokens")} for s in step0]}
     if fixed:
         records = {r["seed"]: r["records"] for r in runs}
         for key, test in (("vs_envelope", vs_envelope), ("vs_hull", vs_hull)):
@@ -342,7 +303,7 @@ def evaluate_text(model, questions, batch_size: int | None = None, progress: boo
     retrieval, every retrieved chunk whole, no budget policy): "text RAG with the same reader". Each record's
     "memory_tokens" = the text tokens of its retrieved chunks (separators not counted, as for soft tokens): another
     unit than a soft token, which is why this point is labelled and kept off the envelope."""
-    questions = _questions(questions)
+    questions = question_list(questions)
     with model.using(memory="text"):
         records = evaluate.answer_questions(model.answer, questions, batch_size or model.cfg.eval.batch_size,
                                             bank=model.bank, device=model.device, progress=progress)
@@ -418,8 +379,8 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
     e = cfg.eval
     checkpoint = Path(checkpoint)
     test_q = list(dataset.split(split))
-    test_q = _questions(test_q[:e.max_questions] if e.max_questions > 0 else test_q)
-    train_q = _questions(dataset.split("train"))
+    test_q = question_list(test_q[:e.max_questions] if e.max_questions > 0 else test_q)
+    train_q = question_list(dataset.split("train"))
     if not e.frontier_prices or not e.frontier_seeds:
         raise ValueError("the frontier needs at least one token price (eval.frontier_prices) and one seed "
                          "(eval.frontier_seeds)")
@@ -441,7 +402,24 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
     with model.using(memory="latent"):
         try:
             model.load(checkpoint)
-            points = fixed_points(cfg)
+            profiles = []
+            if e.frontier_profile_levels:  # the best per-rank profiles, chosen on validation
+                t0 = time.perf_counter()
+                val_q = question_list(dataset.split("val"))
+                prof_meta = {**meta, "split": "val", "qids": [q.qid for q in val_q],
+                             "levels": sorted(set(e.frontier_profile_levels))}
+                got = evaluate.existing(folder / "profiles-val.json", cfg, prof_meta)
+                if got is None:
+                    got = evaluate.save_result(folder / "profiles-val.json", cfg, prof_meta,
+                                               search_profiles(model, val_q, e.frontier_profile_levels, n_boot, bseed,
+                                                               progress))
+                profiles = got["profiles"]
+                seconds["per-rank profiles on validation"] = round(time.perf_counter() - t0, 1)
+                log(f"{setting}: per-rank profiles on the validation hull: {profiles} "
+                    f"({seconds['per-rank profiles on validation']:.0f} s; 0 = reused)")
+            points = fixed_points(cfg, profiles)
+            if not any(getattr(q, "evidence", None) for q in test_q):  # the oracle reference reads the gold evidence
+                points = [p for p in points if p["name"] != ORACLE_RULE]
             fixed_meta = {**meta, "points": [{k: p[k] for k in ("name", "memory", "overrides")} for p in points]}
             t0 = time.perf_counter()
             got = evaluate.existing(folder / f"fixed-{split}.json", cfg, fixed_meta)
@@ -476,6 +454,19 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                 seconds["relevance probe"] = round(time.perf_counter() - t0, 1)
                 log(f"{setting}: relevance probe ({seconds['relevance probe']:.0f} s; 0 = reused): test AUC " +
                     ", ".join(f"{p['features']} {p['auc']:.2f}" for p in probe["probes"]))
+            step0 = {}  # the untrained policy of each seed, greedy on `split` (one per seed: every price starts there)
+            for seed in e.frontier_seeds:
+                step0_meta = {**meta, "step0_seed": seed}
+                got = evaluate.existing(folder / f"step0-seed{seed}-{split}.json", cfg, step0_meta)
+                if got is None:
+                    kind = cfg.budget.policy if cfg.budget.policy in LEARNED else "transformer"
+                    untrained = fresh_policy(model, derive(cfg, "the step-0 control", budget={"policy": kind}), seed)
+                    with model.using(policy=untrained):
+                        got = evaluate.save_result(folder / f"step0-seed{seed}-{split}.json", cfg, step0_meta,
+                                                   {"records": evaluate_point(model, test_q, seed=bseed),
+                                                    "diagnostics": diagnostics(model, test_q)})
+                step0[seed] = {"seed": seed, **point_summary(got["records"], n_boot, bseed),
+                               "diagnostics": got["diagnostics"]}
             oracle = []
             oracle_prices = e.frontier_oracle_prices if with_evidence else []
             for price, is_oracle in [(p, False) for p in e.frontier_prices] + [(p, True) for p in oracle_prices]:
@@ -501,7 +492,8 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                                                        {"records": records, "diagnostics": diagnostics(model, test_q)})
                     took = round(time.perf_counter() - t0, 1)
                     seconds[f"{'oracle ' if is_oracle else ''}price {float(price):g}, seed {seed}"] = took
-                    runs.append({"seed": seed, "records": got["records"], "diagnostics": got["diagnostics"]})
+                    runs.append({"seed": seed, "records": got["records"], "diagnostics": got["diagnostics"],
+                                 **({} if is_oracle else {"step0": step0[seed]})})
                     training.append({"token_price": float(price), "oracle": is_oracle, "seed": seed, "reused": reused,
                                      "seconds": took, **training_summary(where)})
                     log(f"{setting}: {kind} price {float(price):g} seed {seed}: "

@@ -20,11 +20,12 @@ UNIFORM_KEYS = ("budget", "accuracy", "ci", "memory_tokens")
 HEURISTIC_KEYS = ("name", "accuracy", "ci", "memory_tokens")
 LEARNED_KEYS = ("token_price", "accuracy", "ci", "memory_tokens", "entropy", "entropy_uniform", "evidence_budget",
                 "other_budget", "drop_rate", "seeds")
-LEARNED_OPTIONAL = ("vs_envelope", "vs_hull")
+LEARNED_OPTIONAL = ("vs_envelope", "vs_hull", "per_rank", "distinct_budget_vectors", "step0")
 # the same checkpoint reading its retrieved chunks as text: a heuristics entry whose memory tokens are TEXT tokens
 TEXT_RAG = "text RAG, same reader (memory tokens = text tokens)"
 # entries that are not budget rules on the soft-token axis: never on the fixed rules' envelope
-NOT_ON_ENVELOPE = ("random", TEXT_RAG)
+ORACLE_RULE = "evidence whole (oracle reference)"  # reads the gold evidence: a reference, never a competitor
+NOT_ON_ENVELOPE = ("random", TEXT_RAG, ORACLE_RULE)
 
 
 def upper_envelope(points: list[dict]) -> list[dict]:

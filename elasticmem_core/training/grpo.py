@@ -247,7 +247,7 @@ class Trainer:
         return self.acc.reduce(t, reduction="sum") if self.world > 1 else t
 
     def _lr_factor(self, step: int) -> float:
-        return _warmup_cosine(step, self.total_steps, self.cfg.grpo.warmup_steps)
+        return _warmup_cosine(step, self.total_steps, self.cfg.grpo.warmup_steps, self.cfg.grpo.min_lr_ratio)
 
     def _log(self, record: dict) -> None:
         if self.rank == 0:
