@@ -64,15 +64,22 @@ def main_table(run_dir: str | Path, split: str = "test") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_results_doc(run_dir: str | Path, doc: str | Path = "docs/results.md") -> Path:
-    """Rewrite the generated block of docs/results.md from the run folder's files."""
+def replace_block(doc: str | Path, start: str, end: str, body: str, what: str) -> Path:
+    """Rewrite what lies between the marker lines `start` and `end` of `doc` with `body`; the rest stays as it is.
+    ValueError names the file when a marker is missing (`what`: which generated block)."""
     path = resolve(doc)
     text = path.read_text()
-    if MARK_START not in text or MARK_END not in text:
-        raise ValueError(f"{path}: no generated results block (lines {MARK_START!r} ... {MARK_END!r})")
-    block = f"{MARK_START}\nFrom `{Path(run_dir).name}/results/` and `train/`:\n\n{main_table(run_dir)}{MARK_END}"
-    path.write_text(re.sub(re.escape(MARK_START) + r".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S))
+    if start not in text or end not in text:
+        raise ValueError(f"{path}: no generated {what} block (lines {start!r} ... {end!r})")
+    block = f"{start}\n{body}{end}"
+    path.write_text(re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S))
     return path
+
+
+def update_results_doc(run_dir: str | Path, doc: str | Path = "docs/results.md") -> Path:
+    """Rewrite the generated block of docs/results.md from the run folder's files."""
+    return replace_block(doc, MARK_START, MARK_END,
+                         f"From `{Path(run_dir).name}/results/` and `train/`:\n\n{main_table(run_dir)}", "results")
 
 
 def cost_lines(run_dir: str | Path, reference_dir: str | Path = "outputs/reference") -> str:
@@ -99,10 +106,4 @@ def cost_lines(run_dir: str | Path, reference_dir: str | Path = "outputs/referen
 def update_readme_cost(run_dir: str | Path, readme: str | Path = "README.md",
                        reference_dir: str | Path = "outputs/reference") -> Path:
     """Rewrite README's COST block from the run folder's WALLCLOCK.txt and the newest test timings."""
-    path = resolve(readme)
-    text = path.read_text()
-    if COST_START not in text or COST_END not in text:
-        raise ValueError(f"{path}: no generated cost block (lines {COST_START!r} ... {COST_END!r})")
-    block = f"{COST_START}\n{cost_lines(run_dir, reference_dir)}{COST_END}"
-    path.write_text(re.sub(re.escape(COST_START) + r".*?" + re.escape(COST_END), lambda _: block, text, flags=re.S))
-    return path
+    return replace_block(readme, COST_START, COST_END, cost_lines(run_dir, reference_dir), "cost")
