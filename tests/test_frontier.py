@@ -444,3 +444,93 @@ def test_the_hull_counts_mixes_of_two_rules_and_a_learned_point_is_tested_agains
                                [{**f, "budget": i} for i, f in enumerate(fixed[:1])],
                                [{**f} for f in fixed[1:]], [])
     assert [c["name"] for c in json.loads(path.read_text())["hull"]] == ["none", "mid", "all"]
+
+
+def test_the_policy_sees_chunk_lengths_when_asked(bank):
+    """budget.sees_length: the policy's chunk tokens carry min(L_j, B_max) / B_max from bank.cache_len (0 at an empty
+    slot), its logits depend on them, a policy without the flag has no such weights, and a fixed rule refuses it."""
+    model = tiny_model(bank, *NO_DROPOUT, "budget.sees_length=true")
+    plan = model.plan(QUESTIONS, sample=False)
+    rows = plan.retrieved.rows
+    lengths = model._lengths(rows)
+    assert lengths.tolist() == [[int(model.bank.cache_len[r]) if r >= 0 else 0 for r in rs] for rs in rows.tolist()]
+    r = plan.retrieved
+    args = (r.query, model._keys(r.rows), r.scores, model.policy._prev(plan.budgets.budgets), None)
+    with torch.no_grad():
+        model.policy.proj_len.weight.add_(3.0)
+        assert not torch.allclose(model.policy.logits(*args, lengths), model.policy.logits(*args, lengths * 0))
+    logp, _ = model.policy_logprob(plan)
+    assert logp.shape == plan.budgets.budgets.shape
+    with pytest.raises(ValueError, match="needs the retrieved chunks' lengths"):
+        model.policy.logits(*args)
+    plain = tiny_model(bank, *NO_DROPOUT)
+    assert not hasattr(plain.policy, "proj_len") and plain._lengths(rows) is None
+    assert ("budget", "sees_length") in type(model).SHAPING["policy"]  # a checkpoint's policy loads only alike
+    from tinydata import tiny_cfg
+
+    from elasticmem_core.core import config
+    with pytest.raises(config.ConfigError, match="budget.sees_length = true needs a learned budget policy"):
+        tiny_cfg("budget.sees_length=true", "budget.policy=uniform")
+
+
+def test_gold_logprob_is_a_log_probability_of_the_gold_answer_without_sampling_noise(bank):
+    """The dense reward: per rollout log p(gold | prompt, chosen memory) at temperature 1. Over the options these
+    are the log-probabilities of disjoint answers, so their exponentials sum to at most 1; rollouts with the same
+    plan get the same reward whatever they sampled; other budgets give another value."""
+    from elasticmem_core.method import rollout as ro
+    from elasticmem_core.method.rewards import WeightedReward
+
+    model = tiny_model(bank, *NO_DROPOUT)
+    q = QUESTIONS[0]
+    g = ro.rollout(model, q, 4, WeightedReward({"gold_logprob": 1.0}), torch.Generator().manual_seed(0))
+    assert all(p["gold_logprob"] == r for p, r in zip(g.reward_parts, g.rewards.tolist()))
+    assert (g.rewards <= 0).all()
+    again = ro.gold_logprobs(model, g.questions, g.plan)
+    assert again == pytest.approx(g.rewards.tolist(), abs=1e-5)
+    options = [f"({chr(ord('a') + i)})" for i in range(len(q.options))]
+    per_option = [ro.gold_logprobs(model, [dataclasses.replace(q, gold=o)] * 4, g.plan) for o in options]
+    total = np.exp(np.array(per_option)).sum(0)
+    assert (total <= 1 + 1e-4).all() and (total > 0).all()
+    same = [i for i in range(4) if g.plan.budgets.budgets[i].tolist() == g.plan.budgets.budgets[0].tolist()
+            and g.plan.retrieved.rows[i].tolist() == g.plan.retrieved.rows[0].tolist()]
+    assert len({round(again[i], 5) for i in same}) == 1
+    dropped = ro.select_rows(g.plan, [0])
+    dropped.budgets.budgets = torch.zeros_like(dropped.budgets.budgets)
+    assert ro.gold_logprobs(model, [q], dropped)[0] != pytest.approx(again[0], abs=1e-6)
+    from tinydata import tiny_cfg
+
+    from elasticmem_core.core import config
+    with pytest.raises(config.ConfigError, match="gold_logprob .* needs grpo.policy_only = true"):
+        tiny_cfg("grpo.reward_terms={gold_logprob: 1.0}")
+
+
+def test_fixed_rules_resume_rule_by_rule(model, tmp_path, monkeypatch):
+    """With `save`, each rule's records are kept as it finishes: a second pass answers nothing again, and a folder
+    saved under other settings is refused."""
+    from elasticmem_core.studies import fixed_rules
+
+    points = fixed_rules.fixed_points(model.cfg)[:3]
+    calls = []
+    real = fixed_rules.evaluate_point
+    monkeypatch.setattr(fixed_rules, "evaluate_point", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    meta = {"kind": "frontier", "split": "test"}
+    first = fixed_rules.evaluate_fixed(model, QUESTIONS, points, 50, 0, save=(tmp_path / "rules", model.cfg, meta))
+    assert len(calls) == 3 and sorted(p.name for p in (tmp_path / "rules").iterdir()) == \
+        sorted(f"{fixed_rules.rule_slug(p['name'])}.json" for p in points)
+    again = fixed_rules.evaluate_fixed(model, QUESTIONS, points, 50, 0, save=(tmp_path / "rules", model.cfg, meta))
+    assert len(calls) == 3 and [p["records"] for p in again] == [p["records"] for p in first]
+    with pytest.raises(evaluate.ResultsError, match="other settings"):
+        fixed_rules.evaluate_fixed(model, QUESTIONS, points, 50, 0,
+                                   save=(tmp_path / "rules", model.cfg, {**meta, "split": "val"}))
+    assert fixed_rules.rule_slug("top-1 whole + uniform 8") == "top-1-whole-uniform-8"
+
+
+def test_training_summary_reads_the_curve_as_running_means(tmp_path):
+    rows = [{"stage": "grpo", "step": t, "reward_mean": 0.1 * (t >= 4) + 0.01 * (t % 2), "accuracy": 0.5,
+             "policy_entropy": 3.0, "policy_clip_frac": 0.9 if t == 0 else 0.1, "seconds": 1.0} for t in range(8)]
+    (tmp_path / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    s = frontier.training_summary(tmp_path)
+    assert frontier.curve_window(8) == 2 and len(s["reward_mean_curve"]) == 7
+    assert s["reward_mean_moved"]["moved"] == "rose" and s["reward_mean_moved"]["difference"] == pytest.approx(0.1)
+    assert s["accuracy_moved"]["moved"] == "flat" and s["policy_clip_frac_after_first_window"] == pytest.approx(0.1)
+    assert frontier.curve_window(3) == 0 and "reward_mean_curve" not in frontier.training_summary(tmp_path / "none")

@@ -134,3 +134,19 @@ def test_the_figures_accuracy_table_uses_these_intervals_over_memories_and_seeds
     assert table.loc["a", "seeds"] == 2 and table.loc["a", "n"] == 9
     questions = figures.accuracy_table(pd.DataFrame(rows), ["method"], cluster=None, n_boot=500, seed=3)
     assert questions.loc[0, "ci_low"] != table.loc["a", "ci_low"]  # clusters change the interval
+
+
+def test_running_mean_and_window_difference_by_hand():
+    curve = stats.running_mean([0.0, 1.0, 0.0, 1.0], window=2)
+    assert [c["step"] for c in curve] == [1, 2, 3] and [c["mean"] for c in curve] == [0.5, 0.5, 0.5]
+    half = 1.96 * math.sqrt(0.5) / math.sqrt(2)                       # sd of (0, 1) = sqrt(0.5)
+    assert curve[0]["ci"] == pytest.approx([0.5 - half, 0.5 + half])
+    assert stats.running_mean([1.0, 2.0], window=3) == []
+    rose = stats.window_difference([0.1, 0.2, 0.15, 0.8, 0.9, 0.85], window=3)
+    assert rose["difference"] == pytest.approx(0.7) and rose["moved"] == "rose" and rose["ci"][0] > 0
+    assert stats.window_difference([0.0, 1.0, 0.0, 1.0, 0.0, 1.0], window=3)["moved"] == "flat"
+    assert stats.window_difference([0.9, 0.8, 0.85, 0.1, 0.2, 0.15], window=3)["moved"] == "fell"
+    with pytest.raises(ValueError, match="needs >= 6"):
+        stats.window_difference([0.0] * 5, window=3)
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.running_mean([0.0, 1.0], window=1)

@@ -169,6 +169,8 @@ class BudgetConfig:
     sees_evidence: bool = _f(False, "oracle-feature policy (beyond the paper; the budget frontier's upper bound): each "
                                     "chunk token also carries whether the chunk is gold evidence, which no deployed "
                                     "policy knows; needs questions with an evidence field")
+    sees_length: bool = _f(False, "beyond the paper: each chunk token also carries the chunk's length min(L_j, B_max) / "
+                                  "B_max, so a policy priced on injected tokens sees what a budget can inject")
     entropy_coef: float = _f(0.001, "entropy bonus weight of the budget policy")
     arch: str = _f("package", "package (LayerNorm on q and k, pre-LN layers, sinusoidal ranks: no weight depends on "
                               "Z, so a checkpoint runs at any top_z) | authors (plain Linear inputs, post-LN layers, a "
@@ -389,9 +391,16 @@ class EvalConfig:
                                       "policy-only GRPO run per price and seed)")
     frontier_seeds: list[int] = _f([42, 43, 44], "seeds of each learned point's policy training (the point is "
                                    "their mean, with the range)")
-    frontier_steps: int = _f(24, "policy-only GRPO steps per learned point")
-    frontier_questions_per_step: int = _f(4, "questions per policy-only GRPO step of a learned point")
-    frontier_policy_lr: float = _f(1e-3, "budget-policy learning rate of the learned points' GRPO")
+    frontier_steps: int = _f(48, "policy-only GRPO steps per learned point")
+    frontier_questions_per_step: int = _f(8, "questions per policy-only GRPO step of a learned point")
+    frontier_policy_lr: float = _f(3e-4, "budget-policy learning rate of the learned points' GRPO (at 1e-3 against clip 0.05 most of each update was clipped; 3e-4 with clip 0.2: the clip fraction under 0.2 after the first step on mini)")
+    frontier_clip_eps: float = _f(0.2, "PPO clip epsilon of the learned points' GRPO; 0 = grpo.clip_eps")
+    frontier_group_size: int = _f(0, "rollouts per question G of the learned points' GRPO; 0 = grpo.group_size")
+    frontier_reward: str = _f("task", "the learned points' task reward: task (the paper's: the sampled answer is "
+                              "right) | gold_logprob (beyond the paper: the frozen reader's teacher-forced "
+                              "log-probability of the gold answer with the chosen budgets, no sampling noise)")
+    frontier_sees_length: bool = _f(True, "the learned points' policies see each chunk's length (budget.sees_length; "
+                                    "beyond the paper: the price counts injected tokens, min(b_j, L_j))")
     frontier_oracle_prices: list[float] = _f([0.0], "token prices of the oracle-feature policy (budget.sees_evidence: "
                                              "it also sees each chunk's evidence flag), trained like a learned point "
                                              "over eval.frontier_seeds: the bound on what a policy can learn; [] = none")

@@ -114,3 +114,32 @@ def verdict(ci: list[float]) -> str:
         return "not shown"
     lo, hi = ci
     return "holds" if lo > 0 else "reversed" if hi < 0 else "not shown"
+
+
+def running_mean(values, window: int, z: float = 1.96) -> list[dict]:
+    """A training curve as running means: per step t >= window - 1, the mean of the last `window` values with a
+    normal 95% interval (mean +- z x sd / sqrt(window); steps see different questions, so their values are taken as
+    independent). [{"step", "mean", "ci"}]; [] when there are fewer values than `window`."""
+    x = np.asarray(values, dtype=float)
+    if window < 2:
+        raise ValueError(f"window = {window}: a running mean with an interval needs at least 2 values")
+    out = []
+    for t in range(window - 1, len(x)):
+        w = x[t - window + 1:t + 1]
+        half = z * float(w.std(ddof=1)) / math.sqrt(window)
+        out.append({"step": t, "mean": float(w.mean()), "ci": [float(w.mean()) - half, float(w.mean()) + half]})
+    return out
+
+
+def window_difference(values, window: int, z: float = 1.96) -> dict:
+    """Did a training curve move? The mean of its last `window` values minus that of its first `window`, with a
+    normal (Welch) 95% interval; "rose" when the interval lies above 0, "fell" below, else "flat"."""
+    x = np.asarray(values, dtype=float)
+    if window < 2 or len(x) < 2 * window:
+        raise ValueError(f"{len(x)} values: comparing a first and a last window of {window} needs >= {2 * window}")
+    a, b = x[:window], x[-window:]
+    d = float(b.mean() - a.mean())
+    half = z * math.sqrt(a.var(ddof=1) / window + b.var(ddof=1) / window)
+    ci = [d - half, d + half]
+    return {"first": float(a.mean()), "last": float(b.mean()), "difference": d, "ci": ci, "window": window,
+            "moved": "rose" if ci[0] > 0 else "fell" if ci[1] < 0 else "flat"}

@@ -41,9 +41,14 @@ def validate(cfg: Config, source: str = "<params>") -> None:
     if cfg.grpo.policy_only and cfg.budget.policy not in LEARNED:
         raise ConfigError(f"{source}: grpo.policy_only = true needs a trainable budget policy, but budget.policy = "
                           f"{cfg.budget.policy!r} has no parameters (use transformer or mlp)")
-    if cfg.budget.sees_evidence and cfg.budget.policy not in LEARNED:
-        raise ConfigError(f"{source}: budget.sees_evidence = true needs a learned budget policy (transformer or mlp), "
-                          f"not budget.policy = {cfg.budget.policy!r}")
+    for flag in ("sees_evidence", "sees_length"):
+        if getattr(cfg.budget, flag) and cfg.budget.policy not in LEARNED:
+            raise ConfigError(f"{source}: budget.{flag} = true needs a learned budget policy (transformer or mlp), "
+                              f"not budget.policy = {cfg.budget.policy!r}")
+    if cfg.grpo.reward_terms.get("gold_logprob") and not cfg.grpo.policy_only:
+        raise ConfigError(f"{source}: grpo.reward_terms.gold_logprob (the teacher-forced log-probability of the gold "
+                          f"answer) is a reward for the budget policy under a frozen reasoner: it needs "
+                          f"grpo.policy_only = true (a trained reader would raise it by itself)")
     try:
         rewards.check_reward_terms(cfg.grpo.reward_terms)
         if cfg.retrieval.aux_loss != "none":
@@ -84,6 +89,7 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         "projector.ln_gain_init": (cfg.projector.ln_gain_init, {"embedding_rms", "one"}),
         "budget.arch": (cfg.budget.arch, {"package", "authors"}),
         "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
+        "eval.frontier_reward": (cfg.eval.frontier_reward, {"task", "gold_logprob"}),
         "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
         "grpo.backward": (cfg.grpo.backward, {"group", "rollout"}),
@@ -149,6 +155,9 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: eval.frontier_seeds = {cfg.eval.frontier_seeds}: seeds must be distinct")
     if cfg.eval.frontier_policy_lr <= 0:
         raise ConfigError(f"{source}: eval.frontier_policy_lr must be > 0, got {cfg.eval.frontier_policy_lr}")
+    if cfg.eval.frontier_clip_eps < 0 or cfg.eval.frontier_group_size < 0:
+        raise ConfigError(f"{source}: eval.frontier_clip_eps and eval.frontier_group_size must be >= 0 "
+                          f"(0 = grpo's own), got {cfg.eval.frontier_clip_eps}, {cfg.eval.frontier_group_size}")
     if cfg.memgen.max_insertions < 0 or cfg.memgen.sft_steps < -1 or cfg.memgen.trigger_steps < 0 or \
             cfg.memgen.weaver_lr < 0:
         raise ConfigError(f"{source}: memgen.max_insertions, memgen.trigger_steps and memgen.weaver_lr must be >= 0, "

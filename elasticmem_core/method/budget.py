@@ -29,6 +29,10 @@ proportional to the softmax of the retrieval scores, budget.softmax_total in all
 The oracle-feature policy (`budget.sees_evidence`, beyond the paper, for the budget frontier only): each chunk token
 also carries e_j = 1 if chunk j is one of the question's gold evidence chunks, x_j += evid[e_j]. No deployable policy
 has that flag; what it learns bounds what a policy can learn from its real inputs (q, k_j, s_j, ranks).
+
+Chunk lengths (`budget.sees_length`, beyond the paper): each chunk token also carries l_j = min(L_j, B_max) / B_max,
+L_j = the chunk's real cached states (bank.cache_len), x_j += W_l l_j. A budget above L_j injects nothing more, so a
+policy priced on injected tokens needs L_j to know what a budget costs; the paper's policy does not see it.
 """
 from __future__ import annotations
 
@@ -130,8 +134,10 @@ class BudgetPolicy(nn.Module):
         if self.softmax_temperature <= 0 or self.softmax_total < 0:
             raise ValueError("budget.softmax_temperature must be > 0 and budget.softmax_total >= 0")
         self.sees_evidence = bool(getattr(cfg, "sees_evidence", False))
-        if self.sees_evidence and self.kind in FIXED_RULES:
-            raise ValueError(f"budget.sees_evidence needs a learned policy (transformer or mlp), not {self.kind!r}")
+        self.sees_length = bool(getattr(cfg, "sees_length", False))
+        for flag in ("sees_evidence", "sees_length"):
+            if getattr(self, flag) and self.kind in FIXED_RULES:
+                raise ValueError(f"budget.{flag} needs a learned policy (transformer or mlp), not {self.kind!r}")
         if self.keep_top < 1:
             raise ValueError(f"budget.keep_top = {self.keep_top}; keep at least 1 chunk")
         self.levels = self.b_max - self.min_budget + 1
@@ -150,6 +156,8 @@ class BudgetPolicy(nn.Module):
         self.seg = nn.Embedding(2, d)                 # 0 = query token, 1 = chunk token
         if self.sees_evidence:
             self.evid = nn.Embedding(2, d)            # 0 = not evidence, 1 = a gold evidence chunk (the oracle's flag)
+        if self.sees_length:
+            self.proj_len = nn.Linear(1, d)           # min(L_j, B_max) / B_max: what a budget can inject at most
         self.hidden = d
         self.top_z = None
         if self.kind == "transformer" and self.arch == "authors":
@@ -172,9 +180,10 @@ class BudgetPolicy(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------------
     def logits(self, query: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor,
-               prev_budgets: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
+               prev_budgets: torch.Tensor, evidence: torch.Tensor | None = None,
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits [B, Z, levels]; prev_budgets[:, j] is the budget chosen for chunk j-1; `evidence`
-        [B, Z] (0/1) only for the oracle-feature policy."""
+        [B, Z] (0/1) only for the oracle-feature policy, `lengths` [B, Z] (L_j) only for budget.sees_length."""
         dt = self.proj_q.weight.dtype
         q = self.proj_q(self.norm_q(query.to(dt)))                               # [B, d]
         chunk = self.proj_k(self.norm_k(keys.to(dt))) + self.proj_s(scores.to(dt)[..., None])  # [B, Z, d]
@@ -183,6 +192,12 @@ class BudgetPolicy(nn.Module):
                 raise ValueError("the oracle-feature budget policy (budget.sees_evidence) needs the evidence flags "
                                  "of the retrieved chunks (ElasticMem.plan computes them from question.evidence)")
             chunk = chunk + self.evid(evidence.long().to(chunk.device))
+        if self.sees_length:
+            if lengths is None:
+                raise ValueError("the budget policy with budget.sees_length needs the retrieved chunks' lengths "
+                                 "(ElasticMem.plan reads them from bank.cache_len)")
+            frac = lengths.to(chunk.device, dt).clamp(0, self.b_max) / self.b_max
+            chunk = chunk + self.proj_len(frac[..., None])
         z = keys.shape[1]
         if self.kind == "mlp":
             h = self.body(torch.cat([chunk, q[:, None].expand_as(chunk)], dim=-1))
@@ -207,9 +222,9 @@ class BudgetPolicy(nn.Module):
 
     def decide(self, query: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
                sample: bool, generator: torch.Generator | None = None,
-               evidence: torch.Tensor | None = None) -> BudgetDecision:
+               evidence: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> BudgetDecision:
         """Budgets for the retrieved chunks; `mask` [B, Z] is False where a memory had fewer than Z chunks;
-        `evidence` [B, Z] only for the oracle-feature policy."""
+        `evidence` [B, Z] only for the oracle-feature policy, `lengths` [B, Z] only for budget.sees_length."""
         b, z = scores.shape
         zeros = torch.zeros(b, z, device=scores.device)
         if self.kind in FIXED_RULES:
@@ -217,7 +232,7 @@ class BudgetPolicy(nn.Module):
         budgets = torch.zeros(b, z, dtype=torch.long, device=scores.device)
         steps = range(z) if self.kind == "transformer" else [z - 1]  # the mlp policy decides all chunks at once
         for j in steps:
-            logits = self.logits(query, keys, scores, self._prev(budgets), evidence)
+            logits = self.logits(query, keys, scores, self._prev(budgets), evidence, lengths)
             dist = torch.distributions.Categorical(logits=logits.float())
             if sample:
                 u = sampling.uniform(logits.shape[:2], logits.device, generator, "budget")
@@ -230,7 +245,7 @@ class BudgetPolicy(nn.Module):
             else:
                 budgets = level
         budgets = budgets.masked_fill(~mask, 0)
-        logprob, entropy = self.evaluate(query, keys, scores, mask, budgets, evidence)
+        logprob, entropy = self.evaluate(query, keys, scores, mask, budgets, evidence, lengths)
         return BudgetDecision(budgets, logprob.detach(), entropy.detach())
 
     def _fixed(self, scores: torch.Tensor, mask: torch.Tensor, evidence: torch.Tensor | None,
@@ -247,12 +262,13 @@ class BudgetPolicy(nn.Module):
         """B_max where `keep`, else min_budget (dropped at 0): the fixed rules' all-or-nothing budgets."""
         return torch.where(keep, self.b_max, self.min_budget).long()
 
-    def evaluate(self, query, keys, scores, mask, budgets, evidence=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, query, keys, scores, mask, budgets, evidence=None,
+                 lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy [B, Z] of given budgets in one teacher-forced pass (0 at padding chunks)."""
         if self.kind in FIXED_RULES:
             zeros = torch.zeros(budgets.shape, device=budgets.device)
             return zeros, zeros
-        logp = F.log_softmax(self.logits(query, keys, scores, self._prev(budgets), evidence).float(), dim=-1)
+        logp = F.log_softmax(self.logits(query, keys, scores, self._prev(budgets), evidence, lengths).float(), dim=-1)
         level = (budgets - self.min_budget).clamp(0, self.levels - 1)
         chosen = logp.gather(-1, level[..., None]).squeeze(-1)
         entropy = -(logp.exp() * logp).sum(-1)

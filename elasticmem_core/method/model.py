@@ -151,7 +151,8 @@ class ElasticMem(nn.Module):
         evidence = self.evidence_flags(questions, retrieved.rows) if self.policy.needs_evidence else None
         with torch.no_grad():
             decision = self.policy.decide(retrieved.query.to(self.device), keys, retrieved.scores.to(self.device),
-                                          retrieved.mask.to(self.device), sample, generator, evidence)
+                                          retrieved.mask.to(self.device), sample, generator, evidence,
+                                          self._lengths(retrieved.rows))
         return Plan(retrieved, decision, evidence)
 
     def evidence_flags(self, questions, rows: torch.Tensor) -> torch.Tensor:
@@ -165,6 +166,13 @@ class ElasticMem(nn.Module):
             for j, r in enumerate(rs):
                 flags[i, j] = int(r >= 0 and self.bank.chunk_ids[r] in gold)
         return flags.to(self.device)
+
+    def _lengths(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Cached states L_j of the retrieved rows [B, Z] (0 at missing slots), for a policy with budget.sees_length."""
+        if not getattr(self.policy, "sees_length", False):
+            return None
+        lengths = self.bank.cache_len[rows.clamp(min=0).cpu()] * rows.ge(0).cpu()
+        return lengths.to(self.device)
 
     def _keys(self, rows: torch.Tensor) -> torch.Tensor:
         """Bank keys of retrieved rows [B, Z, H] (zeros at missing slots)."""
@@ -192,7 +200,7 @@ class ElasticMem(nn.Module):
         """Differentiable log-probabilities and entropy [B, Z] of the plan's budgets (one teacher-forced pass)."""
         r = plan.retrieved
         return self.policy.evaluate(r.query.to(self.device), self._keys(r.rows), r.scores.to(self.device),
-                                    r.mask.to(self.device), plan.budgets.budgets, plan.evidence)
+                                    r.mask.to(self.device), plan.budgets.budgets, plan.evidence, self._lengths(r.rows))
 
     # ---- 3 + 4: soft tokens and injection -----------------------------------------------------------------------
     def memory_items(self, plan: Plan) -> list[list]:
@@ -326,7 +334,7 @@ class ElasticMem(nn.Module):
     SHAPING = {"projector": [("projector", "kind"), ("projector", "hidden"), ("bank", "cache_layer")],
                "lora": [("lora", k) for k in ("r", "alpha", "target_modules")],
                "policy": [("budget", k) for k in ("policy", "arch", "hidden", "heads", "layers", "b_max",
-                                                  "min_budget", "sees_evidence")]}
+                                                  "min_budget", "sees_evidence", "sees_length")]}
     PARTS = ("lora", "projector", "policy")
 
     def load(self, path: str | Path, parts: tuple[str, ...] | None = None) -> "ElasticMem":

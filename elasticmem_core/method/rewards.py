@@ -79,6 +79,7 @@ class Rollout:
     tokens: dict[str, int]    # counts by part: task_text, memory (soft tokens + separators), output
     top_z: int                # Z
     b_max: int                # B_max
+    gold_logprob: float | None = None  # log p(gold answer | prompt, memory), teacher-forced (only when a term asks)
 
     @property
     def memory_tokens(self) -> int:
@@ -99,6 +100,17 @@ def alfworld_step_reward(r: Rollout) -> float:
     return expert_action_reward(r.text, r.question.turn.admissible, r.question.gold)
 
 
+def gold_logprob(r: Rollout) -> float:
+    """A dense task reward (beyond the paper): the reasoner's teacher-forced log-probability of the gold answer with
+    this rollout's retrieval and budgets, log p(" (c)" EOS | prompt, memory) at temperature 1. No answer is sampled,
+    so two rollouts with the same budgets get the same reward: the noise left is the budgets' own. Meant for a frozen
+    reasoner (grpo.policy_only), where it ranks budget vectors by how well the reader can answer from them."""
+    if r.gold_logprob is None:
+        raise ValueError("reward term gold_logprob: the rollout carries no gold log-probability (rollout.rollout "
+                         "computes it when grpo.reward_terms names gold_logprob)")
+    return float(r.gold_logprob)
+
+
 def token_price(r: Rollout) -> float:
     """Minus the memory spent, as a share of a full memory: -memory tokens / (Z x B_max), in [-1, 0]. Its weight
     lambda (grpo.reward_terms.token_price) is then the reward given up for a full memory."""
@@ -109,8 +121,10 @@ REWARD_TERMS: dict[str, Callable[[Rollout], float]] = {
     "task": task_reward,
     "alfworld_step": alfworld_step_reward,
     "token_price": token_price,
+    "gold_logprob": gold_logprob,
 }
 NONNEGATIVE = ("token_price",)  # a negative price would pay the policy for memory
+MODEL_TERMS = ("gold_logprob",)  # terms that need a reasoner pass: rollout.rollout computes them only when asked
 
 
 def check_reward_terms(terms: dict[str, float], where: str = "grpo.reward_terms") -> None:
@@ -130,6 +144,10 @@ class WeightedReward:
     def __init__(self, terms: dict[str, float]):
         check_reward_terms(terms)
         self.terms = dict(terms)
+
+    @property
+    def needs_gold_logprob(self) -> bool:
+        return bool(self.terms.get("gold_logprob"))
 
     def parts(self, r: Rollout) -> dict[str, float]:
         return {name: REWARD_TERMS[name](r) for name in self.terms}

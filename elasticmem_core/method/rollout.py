@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .retrieval import control_logprobs
-from .rewards import Rollout
+from .rewards import Rollout, task_reward
 
 
 def group_advantages(rewards: torch.Tensor, clip: float, eps: float = 1e-4, norm: str = "std") -> torch.Tensor:
@@ -29,11 +29,12 @@ def group_advantages(rewards: torch.Tensor, clip: float, eps: float = 1e-4, norm
 
 
 def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: bool,
-                   reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   reference: bool = False, temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities [N, 1 + A] of the control token (column 0) and answer tokens, with their mask.
 
     One teacher-forced pass over the injected input; the control token's probability comes from the same pass
     (the model is causal, so it equals the retrieval pass's). `reference` runs with the LoRA adapters disabled.
+    The answer tokens' distribution is at `temperature` (default grpo.temperature, the one answers are sampled at).
     """
     ctx = torch.enable_grad() if with_grad else torch.no_grad()
     with ctx:
@@ -50,7 +51,7 @@ def token_logprobs(model, questions, plan, answers: list[list[int]], with_grad: 
             logits = model.reasoner(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                     position_ids=batch.position_ids, logits_to_keep=keep_ids).logits   # [N, K, V]
         n = logits.shape[0]
-        t_answer = model.cfg.grpo.temperature
+        t_answer = model.cfg.grpo.temperature if temperature is None else temperature
         picks = torch.tensor([[at[c] for c in row] for row in cols.tolist()], dtype=torch.long, device=logits.device)
         picked = logits.gather(1, picks[..., None].expand(-1, -1, logits.shape[-1]))                # [N, A, V]
         ans_logp = torch.log_softmax(picked.float() / t_answer, dim=-1)
@@ -159,12 +160,25 @@ def rollout(model, question, group_size: int, reward_fn, generator: torch.Genera
         gen = model.generate(batch, cfg.max_new_tokens, sample=True, temperature=cfg.temperature,
                              generator=generator)
         rows, budgets = plan.retrieved.rows.tolist(), plan.budgets.budgets.tolist()
+        gold = gold_logprobs(model, qs, plan) if getattr(reward_fn, "needs_gold_logprob", False) else [None] * len(qs)
         parts = [reward_fn.parts(Rollout(question, t, rows[i], budgets[i], batch.counts[i],
-                                         model.cfg.retrieval.top_z, model.cfg.budget.b_max))
+                                         model.cfg.retrieval.top_z, model.cfg.budget.b_max, gold[i]))
                  for i, t in enumerate(gen.texts)]
         rewards = torch.tensor([reward_fn.total(p) for p in parts])
+    stats = {}
+    if "task" not in reward_fn.terms and getattr(question, "options", None):  # e.g. the dense reward: still log
+        stats["sampled_accuracy"] = float(sum(task_reward(Rollout(question, t, [], [], {}, 0, 0)) for t in gen.texts)
+                                          / len(gen.texts))                   # whether the sampled answers were right
     return Group(qs, plan, gen.tokens, gen.texts, rewards,
-                 group_advantages(rewards, cfg.adv_clip, norm=cfg.advantage_norm), batch.counts, parts)
+                 group_advantages(rewards, cfg.adv_clip, norm=cfg.advantage_norm), batch.counts, parts, stats=stats)
+
+
+def gold_logprobs(model, questions, plan) -> list[float]:
+    """log p(gold answer | prompt, memory) per row at temperature 1, teacher-forced with the plan's retrieval and
+    budgets (the dense reward term rewards.gold_logprob)."""
+    answers = [model.answer_ids(q.gold) for q in questions]
+    logp, mask = token_logprobs(model, questions, plan, answers, with_grad=False, temperature=1.0)
+    return (logp[:, 1:] * mask[:, 1:]).sum(1).tolist()   # column 0 is the control token
 
 
 def score_old(model, g: Group) -> None:

@@ -9,6 +9,8 @@ the frontier from these.
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,13 +145,30 @@ def point_summary(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dic
 
 
 def evaluate_fixed(model, questions, points: list[dict] | None = None, n_boot: int | None = None,
-                   seed: int | None = None, progress: bool = False) -> list[dict]:
-    """Every fixed point (default `fixed_points(model.cfg)`) evaluated: the point with its summary and records."""
+                   seed: int | None = None, progress: bool = False,
+                   save: tuple[Path, object, dict] | None = None) -> list[dict]:
+    """Every fixed point (default `fixed_points(model.cfg)`) evaluated: the point with its summary and records.
+    `save` = (folder, cfg, meta) keeps each rule's records in folder/<rule>.json as it finishes (evaluate.cached:
+    an interrupted pass resumes at the first rule not saved; a file of other settings is refused)."""
     cfg = model.cfg
     n_boot = cfg.eval.bootstrap if n_boot is None else n_boot
     seed = cfg.runtime.seed if seed is None else seed
     out = []
     for p in fixed_points(cfg) if points is None else points:
-        records = evaluate_point(model, questions, p["overrides"], p["memory"], seed=seed, progress=progress)
+        def compute(p=p):
+            return {"records": evaluate_point(model, questions, p["overrides"], p["memory"], seed=seed,
+                                              progress=progress)}
+        if save is None:
+            records = compute()["records"]
+        else:
+            folder, run_cfg, meta = save
+            rule = {k: p[k] for k in ("name", "memory", "overrides")}
+            records = evaluate.cached(Path(folder) / f"{rule_slug(p['name'])}.json", run_cfg,
+                                      {**meta, "rule": rule}, compute)["records"]
         out.append({**p, **point_summary(records, n_boot, seed), "records": records})
     return out
+
+
+def rule_slug(name: str) -> str:
+    """A file name for a rule's name ("top-1 whole + uniform 8" -> "top-1-whole-uniform-8")."""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")

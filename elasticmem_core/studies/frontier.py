@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -91,10 +92,14 @@ def fresh_policy(model, cfg, seed: int) -> BudgetPolicy:
 def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: float, seed: int, steps: int,
                         questions_per_step: int | None = None, policy_lr: float | None = None,
                         advantage_norm: str | None = None, select: str = "last", setting: str | None = None,
-                        progress: bool = False, sees_evidence: bool = False):
+                        progress: bool = False, sees_evidence: bool = False, sees_length: bool = False,
+                        reward: str = "task", clip_eps: float | None = None, group_size: int | None = None):
     """Train a fresh budget policy (seeded by `seed`) on the model's current reasoner and projector: grpo.Trainer
     with grpo.policy_only, reward_terms {task: 1, token_price: lambda}, `steps` GRPO steps, no warm-up stages;
-    `sees_evidence` trains the oracle-feature policy instead (budget.sees_evidence).
+    `sees_evidence` trains the oracle-feature policy instead (budget.sees_evidence); `sees_length` gives the policy
+    each chunk's length (budget.sees_length). `reward` is the task term: "task" (the sampled answer is right, the
+    paper's) or "gold_logprob" (the frozen reader's teacher-forced log-probability of the gold answer: dense, no
+    sampling noise). `clip_eps` and `group_size` default to grpo's.
 
     advantage_norm defaults to "mean" at every price (a std-normalised price collapses to the cheapest budget when
     the task rewards of a group tie: docs/rewards.md; one normalisation, so the points differ by their price only).
@@ -112,6 +117,8 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
         raise ValueError(f"steps = {steps}: train at least one step")
     if select not in ("last", "best"):
         raise ValueError(f"select = {select!r}; choose last or best")
+    if reward not in ("task", "gold_logprob"):
+        raise ValueError(f"reward = {reward!r}; choose task or gold_logprob")
     if model.memory != "latent":
         raise ValueError(f"a learned budget needs latent memory (model.memory = {model.memory!r})")
     cfg = model.cfg
@@ -119,20 +126,25 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
     kind = cfg.budget.policy if cfg.budget.policy in LEARNED else "transformer"
     source = f"frontier point (token_price {token_price}, seed {seed})"
     # the policy alone trains: every warm-up and the alignment stage are the reader's, already done
+    inputs = {"policy": kind, "sees_evidence": bool(sees_evidence), "sees_length": bool(sees_length)}
     train_cfg = derive(cfg, source, grpo={
-        "policy_only": True, "reward_terms": {"task": 1.0, "token_price": float(token_price)},
+        "policy_only": True, "reward_terms": {reward: 1.0, "token_price": float(token_price)},
         "advantage_norm": advantage_norm or "mean", "min_lr_ratio": 1.0,
         "policy_lr": cfg.grpo.policy_lr if policy_lr is None else policy_lr, "questions_per_step": qps,
+        "clip_eps": clip_eps or cfg.grpo.clip_eps, "group_size": group_size or cfg.grpo.group_size,
         "max_steps": steps, "epochs": max(1, math.ceil(steps * qps / len(train_q))), "eval_every": steps,
         "reader_warmup_steps": 0, "sft_steps": 0, "retrieval_warmup_steps": 0},
-        budget={"policy": kind, "sees_evidence": bool(sees_evidence)}, runtime={"seed": seed}, align={"steps": 0})
+        budget=inputs, runtime={"seed": seed}, align={"steps": 0})
     validate(train_cfg, source)
     g = train_cfg.grpo
     folder = Path(folder)
     point = {"token_price": float(token_price), "seed": seed, "steps": steps, "policy": kind,
              "advantage_norm": g.advantage_norm, "policy_lr": g.policy_lr, "questions_per_step": qps}
-    if sees_evidence:
-        point["sees_evidence"] = True
+    # settings added later are written only when not at their old values, so a folder trained before them is reused
+    extra = {"sees_evidence": bool(sees_evidence), "sees_length": bool(sees_length), "reward": reward,
+             "clip_eps": g.clip_eps, "group_size": g.group_size}
+    old = {"sees_evidence": False, "sees_length": False, "reward": "task", "clip_eps": 0.05, "group_size": 4}
+    point.update({k: v for k, v in extra.items() if v != old[k]})
     if (folder / POINT_FILE).is_file() and json.loads((folder / POINT_FILE).read_text()) != point:
         raise ValueError(f"{folder} holds another frontier point ({(folder / POINT_FILE).read_text().strip()}); "
                          f"give {point} its own folder")
@@ -146,7 +158,7 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
         if select == "best":
             model.load(folder / "best", parts=("policy",))
     finally:
-        model.cfg = derive(cfg, source, budget={"policy": kind, "sees_evidence": bool(sees_evidence)})  # its policy's
+        model.cfg = derive(cfg, source, budget=inputs)  # its policy's inputs
         for p, flag in grads:
             p.requires_grad_(flag)
     return trainer
@@ -343,10 +355,28 @@ def training_summary(folder: str | Path) -> dict:
         return {"steps": 0}
     out = {"steps": len(steps), "seconds": float(sum(r.get("seconds", 0.0) for r in steps)),
            "zero_advantage_groups": int(sum(r.get("zero_advantage_groups", 0) for r in steps))}
-    for key in ("policy_entropy", "evidence_budget", "other_budget", "mean_budget", "accuracy", "reward_token_price"):
+    for key in ("policy_entropy", "evidence_budget", "other_budget", "mean_budget", "accuracy", "reward_token_price",
+                "policy_clip_frac"):
         out[f"{key}_first"] = steps[0].get(key, float("nan"))
         out[f"{key}_last"] = steps[-1].get(key, float("nan"))
+    # the curve as running means with intervals, and whether the reward moved beyond its interval (first vs last
+    # window): endpoints of single steps of a few questions say nothing
+    window = curve_window(len(steps))
+    if window:
+        for key in ("reward_mean", "accuracy", "policy_entropy", "policy_clip_frac"):
+            values = [r.get(key, float("nan")) for r in steps]
+            if not any(math.isnan(v) for v in values):
+                out[f"{key}_curve"] = stats.running_mean(values, window)
+                out[f"{key}_moved"] = stats.window_difference(values, window)
+        clip = [r.get("policy_clip_frac", float("nan")) for r in steps[window:]]
+        out["policy_clip_frac_after_first_window"] = float(np.mean(clip)) if clip else float("nan")
     return out
+
+
+def curve_window(steps: int) -> int:
+    """Steps per running-mean window of a learned point's curve: a quarter of the run, at least 2; 0 (no curve)
+    under 4 steps."""
+    return max(2, steps // 4) if steps >= 4 else 0
 
 
 def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpoint: str | Path,
@@ -424,11 +454,13 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
             t0 = time.perf_counter()
             got = evaluate.existing(folder / f"fixed-{split}.json", cfg, fixed_meta)
             if got is None:
-                fixed = evaluate_fixed(model, test_q, points, n_boot, bseed, progress)
+                rules_dir = folder / f"fixed-{split}"   # one file per rule while the pass runs: it resumes
+                fixed = evaluate_fixed(model, test_q, points, n_boot, bseed, progress, save=(rules_dir, cfg, fixed_meta))
                 records = evaluate_text(model, test_q, progress=progress)
                 text = {"family": "heuristics", "name": TEXT_RAG, "budget": None, "memory": "text", "overrides": None,
                         **point_summary(records, n_boot, bseed), "records": records}
                 got = evaluate.save_result(folder / f"fixed-{split}.json", cfg, fixed_meta, {"fixed": fixed, "text": text})
+                shutil.rmtree(rules_dir, ignore_errors=True)  # all in fixed-<split>.json now
             # summaries from the saved records, not the saved summaries: a file saved before the memory bootstrap gets it
             fixed = [{**p, **point_summary(p["records"], n_boot, bseed)} for p in got["fixed"]]
             text = {**got["text"], **point_summary(got["text"]["records"], n_boot, bseed)}
@@ -478,6 +510,13 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                                   "questions_per_step": e.frontier_questions_per_step, "policy_lr": e.frontier_policy_lr}
                     if is_oracle:
                         point_meta["sees_evidence"] = True
+                    # later settings join the identity only off their old values: points trained before them reuse
+                    for key, value, was in (("sees_length", e.frontier_sees_length, False),
+                                            ("reward", e.frontier_reward, "task"),
+                                            ("clip_eps", e.frontier_clip_eps or cfg.grpo.clip_eps, 0.05),
+                                            ("group_size", e.frontier_group_size or cfg.grpo.group_size, 4)):
+                        if value != was:
+                            point_meta[key] = value
                     t0 = time.perf_counter()
                     got = evaluate.existing(where / f"{split}.json", cfg, point_meta)
                     reused = got is not None
@@ -486,7 +525,9 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                             model.load(checkpoint, parts=("lora", "projector"))  # the reader every point shares
                             train_learned_point(model, train_q, [], where, price, seed, e.frontier_steps,
                                                 e.frontier_questions_per_step, e.frontier_policy_lr, setting=setting,
-                                                progress=progress, sees_evidence=is_oracle)
+                                                progress=progress, sees_evidence=is_oracle,
+                                                sees_length=e.frontier_sees_length, reward=e.frontier_reward,
+                                                clip_eps=e.frontier_clip_eps, group_size=e.frontier_group_size)
                             records = evaluate_point(model, test_q, seed=bseed, progress=progress)
                             got = evaluate.save_result(where / f"{split}.json", cfg, point_meta,
                                                        {"records": records, "diagnostics": diagnostics(model, test_q)})

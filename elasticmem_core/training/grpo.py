@@ -457,9 +457,10 @@ class Trainer:
         mean = r_sum / max(n, 1)
         std = math.sqrt(max(0.0, (r_sq - n * mean ** 2) / (n - 1))) if n > 1 else 0.0
         by_term = {f"reward_{name}": v / max(n, 1) for name, v in zip(terms, total[11:])}
-        task = next((by_term[f"reward_{k}"] for k in ("task", "alfworld_step") if k in terms), mean)
         own = {k: float(np.mean([grp.stats[k] for grp in groups if k in grp.stats]))
                for k in dict.fromkeys(k for grp in groups for k in grp.stats)}
+        task = next((by_term[f"reward_{k}"] for k in ("task", "alfworld_step") if k in terms),
+                    own.get("sampled_accuracy", mean))   # a reward without the task term: the answers' own score
         out = {"reward_mean": mean, "reward_std": std, "accuracy": task, **by_term, **own,
                "mean_budget": b_sum / max(b_n, 1), "soft_tokens": m_sum / max(n, 1),
                "zero_advantage_groups": int(zero)}
