@@ -136,6 +136,26 @@ def test_c5_takes_the_best_learned_point_against_the_hull_and_judges_it_with_hol
     assert any("best of 3 learned points" in n for n in c5["notes"]) == (verdict == "not shown")
 
 
+def test_c5_notes_carry_the_controls_of_its_learned_point(tmp_path):
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    _result(run, "elasticmem", 42, lambda i: True)
+    point = {"token_price": 0.2, "memory_tokens": 60.0, "step0": {"accuracy": 0.7, "memory_tokens": 95.0},
+             "per_rank": [{"rank": 1, "budget": 40, "evidence_budget": 40.0, "other_budget": 20.0},
+                          {"rank": 2, "budget": 10, "evidence_budget": 12.0, "other_budget": 10.0},
+                          {"rank": 3, "budget": 5, "evidence_budget": None, "other_budget": 5.0}],
+             "distinct_budget_vectors": [3, 5], "training": [{"seed": 42, "reward_mean_moved": {"moved": "rose"}},
+                                                            {"seed": 43, "reward_mean_moved": {"moved": "flat"}}],
+             "vs_hull": {"against": "mix", "against_memory_tokens": 60.0, "difference": 0.01, "n": 240,
+                         "ci": [-0.05, 0.07], "p_holm": 0.8, "seeds": [42, 43], "per_seed": []}}
+    write_json(ref / "frontier-2026-01-01-aaa" / "metrics" / "budget_pareto.json",
+               {"n": 240, "learned": [point], "heuristics": [
+                   {"name": "evidence whole (oracle reference)", "accuracy": 0.81, "memory_tokens": 34.0}]})
+    notes = " | ".join(_by_id(claims.build(run, ref))["C5"]["notes"])
+    assert "untrained (step 0): 0.700 at 95.0 tokens" in notes
+    assert "at most 2.00x (rank 1; the bar is 1.5x)" in notes            # 40 / 20; rank 3 has no evidence chunk
+    assert "[3, 5]" in notes and "rose, flat" in notes and "0.810 at 34.0 tokens" in notes
+
+
 def test_readme_cost_block_is_drawn_from_the_wallclock_and_the_newest_test_timings(tmp_path):
     run, ref = tmp_path / "mini-x", tmp_path / "reference"
     write_json(run / "run.json", {"code_version": {"commit": "abcdef123", "dirty": False}})

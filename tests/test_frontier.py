@@ -258,7 +258,8 @@ class _Data:
 
 def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path, monkeypatch):
     model = tiny_model(bank, *NO_DROPOUT, "eval.frontier_uniform=[4, 8]", "eval.frontier_prices=[0.0, 0.5]",
-                       "eval.frontier_seeds=[1, 2]", "eval.frontier_steps=1", "eval.frontier_questions_per_step=2",
+                       "eval.frontier_dense_prices=[0.5]",
+                       "eval.frontier_seeds=[1, 2]", "eval.frontier_steps=4", "eval.frontier_questions_per_step=2",
                        "eval.frontier_policy_lr=0.01", "eval.bootstrap=100")
     checkpoint = model.save(tmp_path / "ckpt")
     own_policy, own_cfg = model.policy, model.cfg
@@ -276,10 +277,15 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
         assert set(e) == set(pareto.UNIFORM_KEYS)
     for e in data["heuristics"]:
         assert set(e) == set(pareto.HEURISTIC_KEYS)
-    assert [e["token_price"] for e in data["learned"]] == [0.0, 0.5]
+    assert [e["token_price"] for e in data["learned"]] == [0.0, 0.5, 0.5]       # the last on the dense reward
+    assert [e.get("reward") for e in data["learned"]] == [None, None, "gold_logprob"]
     for e in data["learned"]:
-        assert set(e) - {"vs_envelope", "vs_hull"} == set(pareto.LEARNED_KEYS) | {"per_rank",
+        assert set(e) - {"vs_envelope", "vs_hull", "reward"} == set(pareto.LEARNED_KEYS) | {"per_rank", "training",
                                                                                 "distinct_budget_vectors", "step0"}
+        # each seed's policy-only run as a curve of running means (a window of 2 of its 4 steps) and its verdict
+        assert [t["seed"] for t in e["training"]] == [1, 2] and all(t["steps"] == 4 for t in e["training"])
+        assert all(len(t["reward_mean_curve"]) == 3 and t["reward_mean_moved"]["moved"] in ("rose", "flat", "fell")
+                   for t in e["training"])
         assert [s["seed"] for s in e["seeds"]] == [1, 2]
         # the controls: the untrained policy of the same seeds, budgets per rank, distinct budget vectors per seed
         assert [s["seed"] for s in e["step0"]["seeds"]] == [1, 2] and 0 <= e["step0"]["accuracy"] <= 1
@@ -300,24 +306,30 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     # the oracle-feature policy (eval.frontier_oracle_prices defaults to [0.0]) is a point of the same shape
     assert [e["token_price"] for e in data["oracle"]] == [0.0]
     assert set(data["oracle"][0]) - {"vs_envelope", "vs_hull"} == set(pareto.LEARNED_KEYS) | {"per_rank",
-                                                                                      "distinct_budget_vectors"}
+                                                                                      "distinct_budget_vectors",
+                                                                                      "training"}
+    assert len(pareto.plot_training(data)) == 4                      # one panel per learned and oracle point
     assert [p["features"] for p in data["probe"]["probes"]] == list(relevance_probe.PROBE_FEATURES)
     assert data["probe"]["n_test_chunks"] == 3 * 4
     # every point trained its one step into its own folder; the model has its own policy and cfg back
-    for price, oracle in ((0.0, False), (0.5, False), (0.0, True)):
+    for price, kind in ((0.0, "learned"), (0.5, "learned"), (0.5, "dense"), (0.0, "oracle")):
         for seed in (1, 2):
-            where = frontier.learned_folder(tmp_path / "run", "tiny", price, seed, oracle)
-            name = f"{'oracle-' if oracle else ''}price{price:g}"
+            where = frontier.learned_folder(tmp_path / "run", "tiny", price, seed, kind=kind)
+            name = f"{'' if kind == 'learned' else kind + '-'}price{price:g}"
             assert where == tmp_path / "run" / "frontier" / "tiny" / name / f"seed{seed}"
             assert (where / "last" / "trainer_state.pt").is_file() and (where / "test.json").is_file()
     assert json.loads((frontier.learned_folder(tmp_path / "run", "tiny", 0.0, 1, True) / frontier.POINT_FILE)
                       .read_text())["sees_evidence"] is True
-    assert [t["steps"] for t in out["training"]] == [1] * 6 and not any(t["reused"] for t in out["training"])
+    dense = next(r for r in map(json.loads, (frontier.learned_folder(tmp_path / "run", "tiny", 0.5, 1, kind="dense")
+                                            / "train_log.jsonl").read_text().splitlines()) if r["stage"] == "grpo")
+    # its reward is the gold log-probability; its accuracy the sampled answers' own
+    assert dense["reward_gold_logprob"] <= 0 and 0 <= dense["accuracy"] <= 1 and "reward_task" not in dense
+    assert [t["steps"] for t in out["training"]] == [4] * 8 and not any(t["reused"] for t in out["training"])
     assert model.policy is own_policy and model.cfg is own_cfg and model.memory == "latent"
     saved_policy = torch.load(checkpoint / "policy.pt")
     assert all(torch.equal(v, saved_policy[k]) for k, v in model.policy.state_dict().items())
     table = pareto.pareto_table(data)
-    assert len(table) == 3 + len(names) + 2 + 1 and table.on_envelope.any() and (table.family == "oracle").sum() == 1
+    assert len(table) == 3 + len(names) + 3 + 1 and table.on_envelope.any() and (table.family == "oracle").sum() == 1
     assert len(relevance_probe.probe_table(data)) == len(relevance_probe.PROBE_FEATURES)
     # a second call reuses every point: nothing trains, the file is the same
     logs = {p: p.read_text() for p in (tmp_path / "run" / "frontier").rglob("train_log.jsonl")}
@@ -407,6 +419,9 @@ def test_run_frontier_without_evidence_has_no_oracle_and_no_probe(bank, tmp_path
     ("eval.frontier_seeds=[1, 1]", "seeds must be distinct"),
     ("eval.frontier_steps=0", "eval.frontier_steps must be >= 1"),
     ("eval.frontier_policy_lr=0", "eval.frontier_policy_lr must be > 0"),
+    ("eval.frontier_dense_prices=[-0.1]", "eval.frontier_dense_prices .* must be >= 0"),
+    ("eval.frontier_train_split=test", "eval.frontier_train_split = 'test'; choose one of train, val"),
+    ("eval.frontier_clip_eps=-0.1", "eval.frontier_clip_eps and eval.frontier_group_size must be >= 0"),
 ])
 def test_bad_frontier_params_are_refused_naming_the_key(override, message):
     from tinydata import tiny_cfg
@@ -534,3 +549,10 @@ def test_training_summary_reads_the_curve_as_running_means(tmp_path):
     assert s["reward_mean_moved"]["moved"] == "rose" and s["reward_mean_moved"]["difference"] == pytest.approx(0.1)
     assert s["accuracy_moved"]["moved"] == "flat" and s["policy_clip_frac_after_first_window"] == pytest.approx(0.1)
     assert frontier.curve_window(3) == 0 and "reward_mean_curve" not in frontier.training_summary(tmp_path / "none")
+
+
+def test_a_learned_point_never_trains_on_test_questions(bank, tmp_path):
+    model = tiny_model(bank, *NO_DROPOUT)
+    test_q = [dataclasses.replace(q, split="test") for q in QUESTIONS]
+    with pytest.raises(ValueError, match="never on test"):
+        frontier.train_learned_point(model, test_q, [], tmp_path / "p", 0.2, 1, 1)

@@ -391,14 +391,19 @@ class EvalConfig:
                                       "policy-only GRPO run per price and seed)")
     frontier_seeds: list[int] = _f([42, 43, 44], "seeds of each learned point's policy training (the point is "
                                    "their mean, with the range)")
-    frontier_steps: int = _f(48, "policy-only GRPO steps per learned point")
+    frontier_steps: int = _f(32, "policy-only GRPO steps per learned point")
     frontier_questions_per_step: int = _f(8, "questions per policy-only GRPO step of a learned point")
     frontier_policy_lr: float = _f(3e-4, "budget-policy learning rate of the learned points' GRPO (at 1e-3 against clip 0.05 most of each update was clipped; 3e-4 with clip 0.2: the clip fraction under 0.2 after the first step on mini)")
     frontier_clip_eps: float = _f(0.2, "PPO clip epsilon of the learned points' GRPO; 0 = grpo.clip_eps")
     frontier_group_size: int = _f(0, "rollouts per question G of the learned points' GRPO; 0 = grpo.group_size")
-    frontier_reward: str = _f("task", "the learned points' task reward: task (the paper's: the sampled answer is "
-                              "right) | gold_logprob (beyond the paper: the frozen reader's teacher-forced "
-                              "log-probability of the gold answer with the chosen budgets, no sampling noise)")
+    frontier_train_split: str = _f("val", "questions the learned points' policies train on: val (default: the stage-0 "
+                                   "reader has seen the train questions' answers and answers them right with almost "
+                                   "any memory, so their rewards say little about budgets; docs/rewards.md) | train "
+                                   "(the paper's); never test")
+    frontier_dense_prices: list[float] = _f([], "token prices at which a learned point is also trained on the dense "
+                                            "reward (beyond the paper: the frozen reader's teacher-forced "
+                                            "log-probability of the gold answer, gold_logprob, in place of the "
+                                            "sampled answer's 0/1), over eval.frontier_seeds; [] = none")
     frontier_sees_length: bool = _f(True, "the learned points' policies see each chunk's length (budget.sees_length; "
                                     "beyond the paper: the price counts injected tokens, min(b_j, L_j))")
     frontier_oracle_prices: list[float] = _f([0.0], "token prices of the oracle-feature policy (budget.sees_evidence: "

@@ -48,7 +48,7 @@ _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_t
                        "eval": ("splits", "seeds", "bootstrap", "baselines", "ablations",
                                 "frontier_uniform", "frontier_thresholds", "frontier", "frontier_prices",
                                 "frontier_seeds", "frontier_steps", "frontier_questions_per_step",
-                                "frontier_policy_lr", "frontier_clip_eps", "frontier_group_size", "frontier_reward",
+                                "frontier_policy_lr", "frontier_clip_eps", "frontier_group_size", "frontier_dense_prices", "frontier_train_split",
                                 "frontier_sees_length", "frontier_oracle_prices", "frontier_probe", "retrieval_study", "retrieval_seeds",
                                 "compression", "compression_caches", "compression_budgets", "compression_seeds",
                                 "compression_align_steps", "compression_projector"),

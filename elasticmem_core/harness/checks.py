@@ -89,7 +89,7 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         "projector.ln_gain_init": (cfg.projector.ln_gain_init, {"embedding_rms", "one"}),
         "budget.arch": (cfg.budget.arch, {"package", "authors"}),
         "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
-        "eval.frontier_reward": (cfg.eval.frontier_reward, {"task", "gold_logprob"}),
+        "eval.frontier_train_split": (cfg.eval.frontier_train_split, {"train", "val"}),
         "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
         "grpo.backward": (cfg.grpo.backward, {"group", "rollout"}),
@@ -119,7 +119,7 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
                           f"{cfg.budget.min_budget}..{cfg.budget.b_max} (budget.min_budget..budget.b_max)")
     if any(b < 0 for b in cfg.eval.frontier_uniform):
         raise ConfigError(f"{source}: eval.frontier_uniform = {cfg.eval.frontier_uniform}: budgets must be >= 0")
-    for key in ("frontier_prices", "frontier_oracle_prices"):
+    for key in ("frontier_prices", "frontier_oracle_prices", "frontier_dense_prices"):
         if any(p < 0 for p in getattr(cfg.eval, key)):
             raise ConfigError(f"{source}: eval.{key} = {getattr(cfg.eval, key)}: a token price must be >= 0")
     if cfg.retrieval.aux_loss != "none" or cfg.retrieval.aux_weight or cfg.grpo.retrieval_warmup_steps:

@@ -116,6 +116,31 @@ def _accuracy_row(c: Claim, results: list[dict], setting: str, split: str) -> di
     return row
 
 
+def frontier_controls(body: dict, best: dict) -> list[str]:
+    """What the C5 row's learned point did beside its accuracy, from budget_pareto.json: its untrained (step-0)
+    policy, whether its budgets depend on the chunk beyond its rank (the largest evidence / other ratio within a
+    rank), its distinct budget vectors, whether its reward moved in training, and the oracle references."""
+    out = []
+    if best.get("step0"):
+        out.append(f"the same policies untrained (step 0): {best['step0']['accuracy']:.3f} at "
+                   f"{best['step0']['memory_tokens']:.1f} tokens")
+    ratios = [(r["rank"], r["evidence_budget"] / r["other_budget"]) for r in best.get("per_rank") or []
+              if r.get("evidence_budget") is not None and r.get("other_budget")]
+    if ratios:
+        rank, ratio = max(ratios, key=lambda x: x[1])
+        out.append(f"evidence / other budget within a rank: at most {ratio:.2f}x (rank {rank}; the bar is 1.5x)")
+    if best.get("distinct_budget_vectors"):
+        out.append(f"distinct budget vectors on test per seed: {best['distinct_budget_vectors']}")
+    moved = [t.get("reward_mean_moved", {}).get("moved") for t in best.get("training") or []]
+    if moved:
+        out.append(f"training reward, last quarter vs first per seed: {', '.join(str(m) for m in moved)}")
+    oracle = next((h for h in body.get("heuristics", []) if "oracle reference" in h.get("name", "")), None)
+    if oracle:
+        out.append(f"oracle reference (evidence whole, rest dropped): {oracle['accuracy']:.3f} at "
+                   f"{oracle['memory_tokens']:.1f} tokens")
+    return out
+
+
 def _study_row(c: Claim, folder: Path) -> dict | None:
     """C5, C6, C7 from their studies' own files (made by frontier.py, retrieval_study.py, compression.py)."""
     if c.kind == "frontier":
@@ -132,7 +157,7 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
         diff = lambda v: v.get("difference", v.get("diff"))  # noqa: E731 (files before 2026-12-04 say "diff")
         best = max(learned, key=lambda p: diff(p[key]))
         v = best[key]
-        return {"a": f"learned policy (price {best.get('token_price')})", "b": f"fixed rules at equal tokens "
+        return {"notes": frontier_controls(body, best),"a": f"learned policy (price {best.get('token_price')})", "b": f"fixed rules at equal tokens "
                 f"({v.get('against')})", "comparator": key,
                 "tokens": {"a": best.get("memory_tokens"), "b": v.get("against_memory_tokens")},
                 "n": v.get("n", body.get("n")), "seeds": [s["seed"] if isinstance(s, dict) else s
@@ -223,6 +248,7 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
                          "ci": None, "per_seed": [], "verdict": "not shown", "paper": c.paper, "source": source,
                          "file": None, "notes": notes})
             continue
+        notes += row.pop("notes", [])
         commits = [x for x in row.pop("commits", []) if x not in ("None", run_commit)]
         if source == "main" and run_commit and commits:
             notes.append(f"results made by other code than the run's ({', '.join(commits)} vs {run_commit})")

@@ -78,6 +78,10 @@ from .pareto import (
 from .relevance_probe import PROBE_FEATURES, probe_data, relevance_probe
 
 POINT_FILE = "frontier_point.json"
+# what budget_pareto.json keeps of each seed's training_summary
+TRAINING_KEYS = ("steps", "seconds", "zero_advantage_groups", "reward_mean_curve", "reward_mean_moved",
+                 "accuracy_moved", "policy_entropy_moved", "policy_entropy_first", "policy_entropy_last",
+                 "policy_clip_frac_first", "policy_clip_frac_after_first_window")
 
 
 # ---- a learned point ------------------------------------------------------------------------------------------
@@ -111,6 +115,8 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
     Returns the trainer (train_log.jsonl: policy_entropy, evidence_budget, other_budget per step).
     """
     train_q = question_list(train_q)
+    if any(getattr(q, "split", None) == "test" for q in train_q):
+        raise ValueError("a learned point trains on the training or validation split, never on test")
     if token_price < 0:
         raise ValueError(f"token_price = {token_price}: a price must be >= 0")
     if steps < 1:
@@ -292,6 +298,9 @@ def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None
                                                                 if x["rank"] == j] or [math.nan]))
                                             for k in ("budget", "evidence_budget", "other_budget")}} for j in ranks]
         point["distinct_budget_vectors"] = [r["diagnostics"]["distinct_budget_vectors"] for r in runs]
+    if all(r.get("training") for r in runs):  # the policy-only runs' curves: did the reward move?
+        point["training"] = [{"seed": r["seed"], **{k: v for k, v in r["training"].items() if k in TRAINING_KEYS}}
+                             for r in runs]
     step0 = [r["step0"] for r in runs if r.get("step0")]
     if step0:  # the untrained policy of the same seeds, greedy: what training added
         point["step0"] = {"accuracy": float(np.mean([s["accuracy"] for s in step0])),
@@ -324,11 +333,18 @@ def evaluate_text(model, questions, batch_size: int | None = None, progress: boo
     return records
 
 
-def learned_folder(run_dir: str | Path, setting: str, token_price: float, seed: int, oracle: bool = False) -> Path:
+POINT_KINDS = ("learned", "dense", "oracle")  # task reward; dense reward (gold_logprob); oracle-feature policy
+
+
+def learned_folder(run_dir: str | Path, setting: str, token_price: float, seed: int, oracle: bool = False,
+                   kind: str | None = None) -> Path:
     """Where one learned point trains: <run>/frontier/<setting>/price<lambda>/seed<seed> (oracle-price<lambda>/...
-    for the oracle-feature policy)."""
-    return Path(run_dir) / "frontier" / setting / f"{'oracle-' if oracle else ''}price{float(token_price):g}" / \
-        f"seed{seed}"
+    for the oracle-feature policy, dense-price<lambda>/... for the dense reward)."""
+    kind = kind or ("oracle" if oracle else "learned")
+    if kind not in POINT_KINDS:
+        raise ValueError(f"point kind {kind!r}; choose one of {', '.join(POINT_KINDS)}")
+    prefix = "" if kind == "learned" else f"{kind}-"
+    return Path(run_dir) / "frontier" / setting / f"{prefix}price{float(token_price):g}" / f"seed{seed}"
 
 
 def pareto_path(run_dir: str | Path, setting: str, settings: list[str]) -> Path:
@@ -389,8 +405,9 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
        (capped by eval.max_questions, as every result), saved in <run>/frontier/<setting>/fixed-<split>.json;
     3. the relevance probe (eval.frontier_probe; `relevance_probe` fitted on train, chosen on val, reported on
        `split`), saved in <run>/frontier/<setting>/probe-<split>.json;
-    4. per price in eval.frontier_prices (and, with the oracle-feature policy, eval.frontier_oracle_prices) and seed
-       in eval.frontier_seeds, a fresh policy trained by policy-only GRPO on the training split (`train_learned_point`: eval.frontier_steps steps of eval.frontier_questions_per_step
+    4. per price in eval.frontier_prices (with the dense reward, eval.frontier_dense_prices; with the oracle-feature
+       policy, eval.frontier_oracle_prices) and seed
+       in eval.frontier_seeds, a fresh policy trained by policy-only GRPO on eval.frontier_train_split (`train_learned_point`: eval.frontier_steps steps of eval.frontier_questions_per_step
        questions, policy lr eval.frontier_policy_lr; the last step's policy, no validation) in `learned_folder`,
        then evaluated on `split` with its `diagnostics` (<folder>/<split>.json);
     5. each learned point (the mean over its seeds) against the envelope of `envelope_rules` (`vs_envelope`; the
@@ -411,6 +428,10 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
     test_q = list(dataset.split(split))
     test_q = question_list(test_q[:e.max_questions] if e.max_questions > 0 else test_q)
     train_q = question_list(dataset.split("train"))
+    if e.frontier_train_split == split:
+        raise ValueError(f"eval.frontier_train_split = {split!r} is the split the frontier is measured on: train the "
+                         f"learned points on train or val")
+    policy_q = question_list(dataset.split(e.frontier_train_split))  # the learned points' questions (docs/rewards.md)
     if not e.frontier_prices or not e.frontier_seeds:
         raise ValueError("the frontier needs at least one token price (eval.frontier_prices) and one seed "
                          "(eval.frontier_seeds)")
@@ -501,18 +522,24 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                                "diagnostics": got["diagnostics"]}
             oracle = []
             oracle_prices = e.frontier_oracle_prices if with_evidence else []
-            for price, is_oracle in [(p, False) for p in e.frontier_prices] + [(p, True) for p in oracle_prices]:
-                kind = "oracle-feature point" if is_oracle else "learned point"
+            todo = [(p, "learned") for p in e.frontier_prices] + [(p, "dense") for p in e.frontier_dense_prices] + \
+                [(p, "oracle") for p in oracle_prices]
+            for price, point_kind in todo:
+                is_oracle, reward = point_kind == "oracle", "gold_logprob" if point_kind == "dense" else "task"
+                kind = {"learned": "learned point", "dense": "dense-reward point", "oracle": "oracle-feature point"}[
+                    point_kind]
                 runs = []
                 for seed in e.frontier_seeds:
-                    where = learned_folder(run_dir, setting, price, seed, is_oracle)
+                    where = learned_folder(run_dir, setting, price, seed, kind=point_kind)
                     point_meta = {**meta, "token_price": float(price), "seed": seed, "steps": e.frontier_steps,
                                   "questions_per_step": e.frontier_questions_per_step, "policy_lr": e.frontier_policy_lr}
                     if is_oracle:
                         point_meta["sees_evidence"] = True
+                    if e.frontier_train_split != "train":
+                        point_meta["train_split"] = e.frontier_train_split
                     # later settings join the identity only off their old values: points trained before them reuse
                     for key, value, was in (("sees_length", e.frontier_sees_length, False),
-                                            ("reward", e.frontier_reward, "task"),
+                                            ("reward", reward, "task"),
                                             ("clip_eps", e.frontier_clip_eps or cfg.grpo.clip_eps, 0.05),
                                             ("group_size", e.frontier_group_size or cfg.grpo.group_size, 4)):
                         if value != was:
@@ -523,24 +550,29 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                     if got is None:
                         with model.using():  # the point's own policy and config, for its training and evaluation only
                             model.load(checkpoint, parts=("lora", "projector"))  # the reader every point shares
-                            train_learned_point(model, train_q, [], where, price, seed, e.frontier_steps,
+                            train_learned_point(model, policy_q, [], where, price, seed, e.frontier_steps,
                                                 e.frontier_questions_per_step, e.frontier_policy_lr, setting=setting,
                                                 progress=progress, sees_evidence=is_oracle,
-                                                sees_length=e.frontier_sees_length, reward=e.frontier_reward,
+                                                sees_length=e.frontier_sees_length, reward=reward,
                                                 clip_eps=e.frontier_clip_eps, group_size=e.frontier_group_size)
                             records = evaluate_point(model, test_q, seed=bseed, progress=progress)
                             got = evaluate.save_result(where / f"{split}.json", cfg, point_meta,
                                                        {"records": records, "diagnostics": diagnostics(model, test_q)})
                     took = round(time.perf_counter() - t0, 1)
-                    seconds[f"{'oracle ' if is_oracle else ''}price {float(price):g}, seed {seed}"] = took
+                    seconds[f"{'' if point_kind == 'learned' else point_kind + ' '}price {float(price):g}, seed {seed}"] = took
+                    summary = training_summary(where)
                     runs.append({"seed": seed, "records": got["records"], "diagnostics": got["diagnostics"],
-                                 **({} if is_oracle else {"step0": step0[seed]})})
-                    training.append({"token_price": float(price), "oracle": is_oracle, "seed": seed, "reused": reused,
-                                     "seconds": took, **training_summary(where)})
+                                 "training": summary, **({} if is_oracle else {"step0": step0[seed]})})
+                    training.append({"token_price": float(price), "oracle": is_oracle, "reward": reward, "seed": seed,
+                                     "reused": reused,
+                                     "seconds": took, **summary})
                     log(f"{setting}: {kind} price {float(price):g} seed {seed}: "
                         f"{'reused' if reused else 'trained and evaluated'} ({took:.0f} s)")
-                (oracle if is_oracle else learned).append(learned_point(price, runs, rules, n_boot, bseed))
-            with_holm(learned)  # "a learned budget beats every fixed rule" is tested at every price at once
+                point = learned_point(price, runs, rules, n_boot, bseed)
+                if reward != "task":
+                    point["reward"] = reward
+                (oracle if is_oracle else learned).append(point)
+            with_holm(learned)  # "a learned budget beats every fixed rule" is tested at every price and reward at once
             with_holm(oracle)
             uniform = [p for p in fixed if p["family"] == "uniform"]
             heuristics = [p for p in fixed if p["family"] == "heuristics"] + [text]

@@ -20,7 +20,7 @@ UNIFORM_KEYS = ("budget", "accuracy", "ci", "memory_tokens")
 HEURISTIC_KEYS = ("name", "accuracy", "ci", "memory_tokens")
 LEARNED_KEYS = ("token_price", "accuracy", "ci", "memory_tokens", "entropy", "entropy_uniform", "evidence_budget",
                 "other_budget", "drop_rate", "seeds")
-LEARNED_OPTIONAL = ("vs_envelope", "vs_hull", "per_rank", "distinct_budget_vectors", "step0")
+LEARNED_OPTIONAL = ("vs_envelope", "vs_hull", "per_rank", "distinct_budget_vectors", "step0", "training", "reward")
 # the same checkpoint reading its retrieved chunks as text: a heuristics entry whose memory tokens are TEXT tokens
 TEXT_RAG = "text RAG, same reader (memory tokens = text tokens)"
 # entries that are not budget rules on the soft-token axis: never on the fixed rules' envelope
@@ -111,7 +111,8 @@ def write_pareto(path: str | Path, setting: str, split: str, n: int, uniform: li
                  learned: list[dict], oracle: list[dict] | None = None, probe: dict | None = None) -> Path:
     """metrics/budget_pareto.json: {"setting", "split", "n", "uniform": [{budget, accuracy, ci, memory_tokens}],
     "heuristics": [{name, accuracy, ci, memory_tokens}], "learned": [{token_price, accuracy, ci, memory_tokens,
-    entropy, entropy_uniform, evidence_budget, other_budget, drop_rate, seeds[, vs_envelope, vs_hull]}], "hull":
+    entropy, entropy_uniform, evidence_budget, other_budget, drop_rate, seeds[, vs_envelope, vs_hull, per_rank,
+    distinct_budget_vectors, step0, training (per seed: the policy-only run's curve and whether it moved)]}], "hull":
     [{name, memory_tokens, accuracy}] (the fixed rules' upper concave hull's corners)}, plus "oracle" (the
     oracle-feature policy's points, the learned points' keys) and "probe" (`relevance_probe`) when given; points may
     carry more (records), which are left out; NaN is written as null."""
@@ -135,6 +136,14 @@ def _fixed_entries(data: dict) -> list[dict]:
     return out + [{"family": "text" if e["name"] == TEXT_RAG else "heuristics", **e} for e in data["heuristics"]]
 
 
+def point_label(family: str, point: dict) -> str:
+    """How a learned entry is named in tables and figures: learned (the task reward), learned (dense reward) or
+    oracle-feature."""
+    if family == "oracle":
+        return "oracle-feature (sees evidence)"
+    return "learned" if point.get("reward", "task") == "task" else f"learned ({point['reward']} reward)"
+
+
 def pareto_table(data: dict):
     """One row per point of a budget_pareto.json (a pandas DataFrame): family, name, memory tokens, accuracy and
     its 95% interval, whether it is on the fixed rules' envelope; learned points also their seed range, diagnostics
@@ -151,7 +160,7 @@ def pareto_table(data: dict):
     for family, p in [("learned", p) for p in data["learned"]] + [("oracle", p) for p in data.get("oracle") or []]:
         acc = [s["accuracy"] for s in p["seeds"]]
         vs, hull = p.get("vs_envelope") or {}, p.get("vs_hull") or {}
-        label = "learned" if family == "learned" else "oracle-feature (sees evidence)"
+        label = point_label(family, p)
         rows.append({"family": family, "name": f"{label}, price {p['token_price']:g}",
                      "memory_tokens": p["memory_tokens"], "accuracy": p["accuracy"], "ci_low": p["ci"][0],
                      "ci_high": p["ci"][1], "on_envelope": False, "seeds": len(acc), "seed_accuracy_min": min(acc),
@@ -199,7 +208,8 @@ def plot_pareto(data: dict, ax=None):
     draw([p for p in fixed if p["name"] == "random"], "x", "random budgets (not on the envelope)", color="grey")
     draw([p for p in fixed if p["family"] == "text"], "D", "text RAG, same reader (x = TEXT tokens)", color="C2")
     env = upper_envelope(envelope_rules(fixed))
-    trained = [("learned", p) for p in data["learned"]] + [("oracle", p) for p in data.get("oracle") or []]
+    trained = [("learned" if p.get("reward", "task") == "task" else "dense", p) for p in data["learned"]] + \
+        [("oracle", p) for p in data.get("oracle") or []]
     right = max([p["memory_tokens"] for p in fixed] + [p["memory_tokens"] for _, p in trained] + [1.0])
     if env:
         ax.step([p["memory_tokens"] for p in env] + [right], [p["accuracy"] for p in env] + [env[-1]["accuracy"]],
@@ -211,9 +221,10 @@ def plot_pareto(data: dict, ax=None):
     first = set()
     for family, p in trained:
         m, a = p["memory_tokens"], p["accuracy"]
-        color, marker = ("C3", "*") if family == "learned" else ("C4", "P")
-        label = None if family in first else ("learned policy (mean over seeds)" if family == "learned" else
-                                              "oracle-feature policy (sees the evidence flag)")
+        color, marker = {"learned": ("C3", "*"), "dense": ("C5", "v"), "oracle": ("C4", "P")}[family]
+        label = None if family in first else {"learned": "learned policy (mean over seeds)",
+                                              "dense": "learned policy, dense reward (gold log-probability)",
+                                              "oracle": "oracle-feature policy (sees the evidence flag)"}[family]
         draw([p], marker, label, color=color, ms=12 if family == "learned" else 9)
         xs, ys = [s["memory_tokens"] for s in p["seeds"]], [s["accuracy"] for s in p["seeds"]]
         ax.plot([min(xs), max(xs)], [a, a], color=color, lw=4, alpha=0.35,
@@ -227,3 +238,28 @@ def plot_pareto(data: dict, ax=None):
            title=f"{data['setting']}, {data['split']} (n = {data['n']}): the budget frontier")
     ax.legend(fontsize=7, loc="best")
     return ax
+
+
+def plot_training(data: dict, key: str = "reward_mean", axes=None):
+    """Each learned (and oracle-feature) point's training curve from a budget_pareto.json: per seed, the running
+    mean of `key` over a quarter of the steps with its 95% interval; one panel per point."""
+    import matplotlib.pyplot as plt
+
+    points = [("learned", p) for p in data["learned"]] + [("oracle", p) for p in data.get("oracle") or []]
+    points = [(f, p) for f, p in points if p.get("training")]
+    if not points:
+        raise ValueError("this budget_pareto.json has no training curves (made before they were saved)")
+    if axes is None:
+        _, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3), sharey=True, squeeze=False)
+        axes = axes[0]
+    for ax, (family, p) in zip(axes, points):
+        for t in p["training"]:
+            curve = t.get(f"{key}_curve") or []
+            steps = [c["step"] for c in curve]
+            ax.plot(steps, [c["mean"] for c in curve], label=f"seed {t['seed']} ({t.get(f'{key}_moved', {}).get('moved', '?')})")
+            ax.fill_between(steps, [c["ci"][0] for c in curve], [c["ci"][1] for c in curve], alpha=0.2)
+        ax.set_title(f"{point_label(family, p)}, price {p['token_price']:g}", fontsize=9)
+        ax.set_xlabel("policy-only GRPO step")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"{key} (running mean, 95% interval)")
+    return axes
