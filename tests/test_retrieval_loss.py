@@ -175,3 +175,92 @@ def test_contrastive_skips_questions_without_evidence_and_refuses_a_batch_of_the
     assert loss.item() == pytest.approx(retrieval_loss.aux_loss(model, [QUESTIONS[1]])[0].item(), rel=1e-5)
     with pytest.raises(ValueError, match="none of the 1 questions has its gold evidence"):
         retrieval_loss.aux_loss(model, [bare])
+
+
+def _lora(model):
+    return {n: p.detach().clone() for n, p in model.reasoner.named_parameters() if "lora_" in n}
+
+
+def test_the_retrieval_head_starts_at_the_control_token_and_trains_without_touching_reading(bank, tmp_path):
+    """control_token_head: the head (zero-initialised) first ranks exactly as the control token does; its warm-up
+    lowers the retrieval loss while every LoRA, projector and policy weight stays bit-identical; it is saved and
+    loaded as its own checkpoint part, and refused by a model without a head or of another rank."""
+    from elasticmem_core.method.model import CheckpointError
+    from elasticmem_core.training import retrieval_warmup
+
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.mode=control_token_head", "retrieval.aux_loss=contrastive",
+                       "retrieval.head_rank=8", "grpo.retrieval_warmup_lr=0.05", "grpo.sft_batch_size=3")
+    assert model.retrieval_head is not None and model.retriever.head is model.retrieval_head
+    head = model.retriever(model.reasoner, QUESTIONS, False)
+    with model.using(retrieval={"mode": "control_token"}):
+        plain = model.retriever(model.reasoner, QUESTIONS, False)
+    assert torch.equal(head.rows, plain.rows) and torch.allclose(head.query, plain.query, atol=1e-6)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("retrieval_head.")}
+    assert retrieval_warmup.trained_parameters(model) == list(model.retrieval_head.parameters())
+    history = grpo.Trainer(model, QUESTIONS, [], tmp_path / "t").retrieval_warmup(15)
+    assert history[-1]["loss"] < history[0]["loss"]
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in frozen.items())            # reading: bit-identical
+    assert model.retrieval_head.up.weight.abs().sum() > 0                       # the head moved
+    saved = model.save(tmp_path / "ckpt")
+    assert (saved / "retrieval_head.pt").is_file()
+    again = tiny_model(bank, *NO_DROPOUT, "retrieval.mode=control_token_head", "retrieval.head_rank=8").load(saved)
+    assert all(torch.equal(a, b) for a, b in zip(again.retrieval_head.parameters(), model.retrieval_head.parameters()))
+    with pytest.raises(CheckpointError, match="retrieval.head_rank = 8"):
+        tiny_model(bank, *NO_DROPOUT, "retrieval.mode=control_token_head", "retrieval.head_rank=4").load(saved)
+    with pytest.raises(CheckpointError, match="checkpoint has retrieval.mode = .control_token_head."):
+        tiny_model(bank, *NO_DROPOUT).load(saved, parts=("retrieval_head",))
+    with model.using(retrieval={"mode": "control_token_head"}):
+        model.retriever.head = None
+        with pytest.raises(ValueError, match="needs a retrieval head"):
+            model.retriever(model.reasoner, QUESTIONS[:1], False)
+    model.retriever.head = model.retrieval_head
+
+
+def test_the_lora_warmup_adds_the_reading_loss_and_rolls_back_when_reading_drops(bank, tmp_path, monkeypatch):
+    """grpo.retrieval_warmup_reading_weight adds the stage-0 loss to each step; grpo.retrieval_warmup_guard checks
+    reading (memory as text, oracle retrieval) and, when it falls more than the guard below where it started, puts
+    LoRA back to its last checked state and stops, saying so in the log."""
+    from elasticmem_core.training import retrieval_warmup
+
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive", "grpo.retrieval_warmup_lr=0.01",
+                       "grpo.sft_batch_size=3", "grpo.retrieval_warmup_reading_weight=1.0",
+                       "grpo.retrieval_warmup_guard=0.03", "grpo.retrieval_warmup_check_every=1")
+    seen, calls = [], []
+
+    def fake_reading(m, qs):  # before: 0.5; after step 1: 0.49 (kept); after step 2: 0.4 (a drop of 0.1: roll back)
+        assert m.memory == "latent" and len(qs) == len(QUESTIONS)
+        calls.append(len(calls))
+        seen.append(_lora(m))
+        return [0.5, 0.49, 0.4][len(calls) - 1]
+
+    monkeypatch.setattr(retrieval_warmup, "reading_accuracy", fake_reading)
+    history = grpo.Trainer(model, QUESTIONS, QUESTIONS, tmp_path).retrieval_warmup(5)
+    assert len(history) == 2 and all(r["reading_loss"] > 0 for r in history)
+    now = _lora(model)
+    assert all(torch.equal(now[n], seen[1][n]) for n in now)                  # back to the state checked after step 1
+    assert any(not torch.equal(seen[2][n], seen[1][n]) for n in now)           # step 2 had moved it
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    final = log[-1]
+    assert final["stage"] == "retrieval_warmup_reading" and final["rolled_back_at"] == 2
+    assert (final["before"], final["after"], final["steps_run"]) == (0.5, 0.49, 2)
+    # the real check reads with text memory and oracle retrieval, and leaves the model as it was
+    acc = retrieval_warmup.__dict__["reading_accuracy"]
+    assert acc is fake_reading
+    monkeypatch.undo()
+    assert 0 <= retrieval_warmup.reading_accuracy(model, QUESTIONS) <= 1
+    assert model.memory == "latent" and model.retriever.cfg.mode == "control_token"
+
+
+def test_a_warmup_that_cannot_run_is_refused_naming_the_key(bank, tmp_path):
+    import dataclasses
+
+    with pytest.raises(config.ConfigError, match="retrieval.mode = 'semantic' has no control token"):
+        tiny_cfg("retrieval.aux_loss=contrastive", "retrieval.mode=semantic", "grpo.retrieval_warmup_steps=4")
+    with pytest.raises(config.ConfigError, match="retrieval.head_rank must be >= 1"):
+        tiny_cfg("retrieval.head_rank=0")
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive", "grpo.retrieval_warmup_guard=0.03")
+    no_evidence = [dataclasses.replace(q, evidence=[]) for q in QUESTIONS]
+    with pytest.raises(ValueError, match="grpo.retrieval_warmup_guard = 0.03: the reading check needs validation "
+                                         "questions with gold evidence"):
+        grpo.Trainer(model, QUESTIONS, no_evidence, tmp_path).retrieval_warmup(2)

@@ -132,7 +132,10 @@ class BankConfig:
 
 @dataclass
 class RetrievalConfig:
-    mode: str = _f("control_token", "control_token | frozen_state | query_state | semantic | oracle")
+    mode: str = _f("control_token", "control_token (the paper's) | control_token_head (beyond the paper: a retrieval "
+                                    "head on the detached control-token state; reading never moves) | frozen_state | "
+                                    "query_state | semantic | oracle")
+    head_rank: int = _f(64, "control_token_head: rank r of the retrieval head q = s + U V s")
     top_z: int = _f(20, "chunks retrieved per question (Z)")
     temperature: float = _f(1.0, "control-token sampling temperature in training (argmax at evaluation)")
     chat_template: bool = _f(False, "wrap the question in the chat template before the control token (authors: no)")
@@ -240,7 +243,15 @@ class GRPOConfig:
     retrieval_warmup_steps: int = _f(0, "retrieval warm-up steps after stage 0: retrieval.aux_loss alone, a forward "
                                         "and backward over the question and the control token (0 = off, as the "
                                         "paper)")
-    retrieval_warmup_lr: float = _f(1e-3, "LoRA learning rate of the retrieval warm-up")
+    retrieval_warmup_lr: float = _f(1e-3, "learning rate of the retrieval warm-up (LoRA, or the retrieval head in "
+                                          "control_token_head mode)")
+    retrieval_warmup_reading_weight: float = _f(0.0, "weight of the stage-0 reading loss (memory as text, gold answer) "
+                                                     "added to every retrieval warm-up step, so that the shared LoRA "
+                                                     "keeps reading (0 = the retrieval loss alone)")
+    retrieval_warmup_guard: float = _f(0.0, "stop the retrieval warm-up and roll LoRA back to its last checked state "
+                                            "when validation reading accuracy (memory as text, oracle retrieval) "
+                                            "falls more than this below the reader it started from (0 = no check)")
+    retrieval_warmup_check_every: int = _f(25, "retrieval warm-up steps between reading checks")
     sft_steps: int = _f(0, "stage 1 supervised warm-up steps (latent memory, gold answer) before GRPO (0 = off)")
     sft_lr: float = _f(5e-4, "learning rate of both supervised warm-ups")
     sft_warmup_steps: int = _f(0, "supervised warm-ups: linear learning-rate warm-up steps, then a cosine decay to "

@@ -122,6 +122,16 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
     for key in ("frontier_prices", "frontier_oracle_prices", "frontier_dense_prices"):
         if any(p < 0 for p in getattr(cfg.eval, key)):
             raise ConfigError(f"{source}: eval.{key} = {getattr(cfg.eval, key)}: a token price must be >= 0")
+    if cfg.grpo.retrieval_warmup_steps > 0 and cfg.retrieval.mode not in retrieval_loss.TRAINABLE_MODES:
+        raise ConfigError(f"{source}: grpo.retrieval_warmup_steps = {cfg.grpo.retrieval_warmup_steps} trains the "
+                          f"retrieval query, but retrieval.mode = {cfg.retrieval.mode!r} has no control token or "
+                          f"trainable query state (choose one of {', '.join(retrieval_loss.TRAINABLE_MODES)})")
+    g = cfg.grpo
+    if g.retrieval_warmup_reading_weight < 0 or g.retrieval_warmup_guard < 0 or g.retrieval_warmup_check_every < 1:
+        raise ConfigError(f"{source}: grpo.retrieval_warmup_reading_weight and grpo.retrieval_warmup_guard must be "
+                          f">= 0 and grpo.retrieval_warmup_check_every >= 1")
+    if cfg.retrieval.head_rank < 1:
+        raise ConfigError(f"{source}: retrieval.head_rank must be >= 1, got {cfg.retrieval.head_rank}")
     if cfg.retrieval.aux_loss != "none" or cfg.retrieval.aux_weight or cfg.grpo.retrieval_warmup_steps:
         if cfg.retrieval.aux_loss == "none":
             raise ConfigError(f"{source}: retrieval.aux_weight / grpo.retrieval_warmup_steps need a "

@@ -33,7 +33,8 @@ from . import rollout
 from .budget import BudgetDecision, BudgetPolicy
 from .index import MemoryIndex
 from .injection import Batch, Row, build_batch
-from .retrieval import Retrieved, Retriever, question_ids
+from .retrieval import MODES, Retrieved, Retriever, question_ids
+from .retrieval_head import RetrievalHead
 from .rewards import parse_answer
 
 CHECKPOINT_META = "elasticmem.json"
@@ -99,6 +100,10 @@ class ElasticMem(nn.Module):
         self.policy = BudgetPolicy(backbone.hidden_size, cfg.budget, cfg.retrieval.top_z).to(backbone.device)
         self.retriever = Retriever(cfg.retrieval, self.tokenizer, bank, MemoryIndex.from_bank(bank, cfg.bank),
                                    semantic_index, embedder)
+        self.retrieval_head = None  # retrieval.mode control_token_head: a map on the detached control-token state
+        if MODES[cfg.retrieval.mode].head:
+            self.retrieval_head = RetrievalHead(backbone.hidden_size, cfg.retrieval.head_rank).to(backbone.device)
+        self.retriever.head = self.retrieval_head
         self.newline_id = self._single_token("\n")
         self.device = backbone.device
 
@@ -328,20 +333,27 @@ class ElasticMem(nn.Module):
         self.reasoner.save_pretrained(path / "lora")
         torch.save(self.projector.state_dict(), path / "projector.pt")
         torch.save(self.policy.state_dict(), path / "policy.pt")
+        if self.retrieval_head is not None:
+            torch.save(self.retrieval_head.state_dict(), path / "retrieval_head.pt")
 
     # settings that shape each part's weights: a checkpoint loads a part only where they agree; top_z (unless
     # budget.arch = authors), sampling and loss settings need not. A projector is trained on one cache layer's states.
     SHAPING = {"projector": [("projector", "kind"), ("projector", "hidden"), ("bank", "cache_layer")],
                "lora": [("lora", k) for k in ("r", "alpha", "target_modules")],
                "policy": [("budget", k) for k in ("policy", "arch", "hidden", "heads", "layers", "b_max",
-                                                  "min_budget", "sees_evidence", "sees_length")]}
-    PARTS = ("lora", "projector", "policy")
+                                                  "min_budget", "sees_evidence", "sees_length")],
+               "retrieval_head": [("retrieval", "mode"), ("retrieval", "head_rank")]}
+    PARTS = ("lora", "projector", "policy")   # + retrieval_head when the model has one (`parts`)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return self.PARTS + (("retrieval_head",) if getattr(self, "retrieval_head", None) is not None else ())
 
     def load(self, path: str | Path, parts: tuple[str, ...] | None = None) -> "ElasticMem":
         """Load a checkpoint saved by `save` (or only some of its `parts`, e.g. a warmed-up reader's LoRA);
         refuses one from another backbone or hidden size, or whose weight-shaping settings differ."""
         path = Path(path)
-        parts = self.PARTS if parts is None else parts
+        parts = self.parts if parts is None else parts
         meta_file = path / CHECKPOINT_META
         if not meta_file.is_file():
             raise CheckpointError(f"{path}: not an ElasticMem checkpoint ({CHECKPOINT_META} missing)")
@@ -379,6 +391,13 @@ class ElasticMem(nn.Module):
             self.projector.load_state_dict(torch.load(path / "projector.pt", map_location=self.device))
         elif part == "policy":
             self.policy.load_state_dict(torch.load(path / "policy.pt", map_location=self.device))
+        elif part == "retrieval_head":
+            if self.retrieval_head is None:
+                raise CheckpointError(f"{path}: this model has no retrieval head (retrieval.mode = "
+                                      f"{self.cfg.retrieval.mode!r}; the head is control_token_head's)")
+            if not (path / "retrieval_head.pt").is_file():
+                raise CheckpointError(f"{path}: no retrieval_head.pt (a checkpoint made without control_token_head)")
+            self.retrieval_head.load_state_dict(torch.load(path / "retrieval_head.pt", map_location=self.device))
 
     @property
     def lora_model(self):

@@ -146,6 +146,14 @@ def _control_token_query(r, reasoner, seqs, device, sample, generator, need_quer
     return query, tok.tolist(), picked["logprob"].cpu()
 
 
+def _control_token_head_query(r, reasoner, seqs, device, sample, generator, need_query):
+    if getattr(r, "head", None) is None:
+        raise ValueError("retrieval.mode = control_token_head needs a retrieval head: build the model with that mode "
+                         "(ElasticMem makes the head then) or load a checkpoint that has one")
+    query, control_ids, logprob = _control_token_query(r, reasoner, seqs, device, sample, generator, need_query)
+    return r.head(query).float(), control_ids, logprob
+
+
 def _frozen_state_query(r, reasoner, seqs, device, sample, generator, need_query):
     with reasoner.disable_adapter():
         query, _, _ = last_states(reasoner, seqs, r.pad_id, device)
@@ -184,10 +192,13 @@ class Mode:
     control_token: bool = False   # a control token is sampled and sits in the layout
     trainable: bool = False       # ranks with a state LoRA can train (the auxiliary retrieval loss applies)
     embedder: bool = False        # needs the sentence embedder and its chunk index
+    head: bool = False            # ranks with a retrieval head on the detached control-token state (retrieval_head.py)
 
 
 MODES = {
     "control_token": Mode(_control_token_query, _bank_rank, control_token=True, trainable=True),  # the paper's
+    # beyond the paper: the control token's state through a retrieval head; reading weights never see its loss
+    "control_token_head": Mode(_control_token_head_query, _bank_rank, control_token=True, trainable=True, head=True),
     "frozen_state": Mode(_frozen_state_query, _bank_rank),
     "query_state": Mode(_adapted_query, _bank_rank, trainable=True),
     "semantic": Mode(_query_if_needed, _semantic_rank, embedder=True),
@@ -207,6 +218,7 @@ class Retriever:
         if MODES[cfg.mode].embedder and (semantic_index is None or embedder is None):
             raise ValueError(f"retrieval.mode = {cfg.mode} needs the sentence embedder and its chunk index")
         self.pad_id = tokenizer.pad_token_id
+        self.head = None   # the retrieval head (control_token_head mode), set by the model that owns it
         self._allowed: torch.Tensor | None = None
 
     def allowed(self, vocab_size: int, device) -> torch.Tensor:

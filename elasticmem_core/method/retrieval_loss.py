@@ -71,13 +71,19 @@ def query_state(model, questions, mode: str | None = None) -> torch.Tensor:
     mode = mode or r.cfg.mode
     device = model.device
     seqs = [question_ids(tok, q.question, r.cfg.chat_template) for q in questions]
-    if mode == "control_token":
+    if mode in ("control_token", "control_token_head"):
         with torch.no_grad():
             _, logits, _ = last_states(model.reasoner, seqs, r.pad_id, device)
             ctl, _ = sample_control(logits, r.allowed(logits.shape[-1], device), False, r.cfg.temperature)
         seqs = [s + [int(c)] for s, c in zip(seqs, ctl.tolist())]
     elif mode != "query_state":
         raise ValueError(f"retrieval.mode = {mode!r} has no trainable query state ({', '.join(TRAINABLE_MODES)})")
+    if mode == "control_token_head":  # the reasoner's state without gradient; only the head learns
+        if getattr(model, "retrieval_head", None) is None:
+            raise ValueError("retrieval.mode = control_token_head: the model has no retrieval head")
+        with torch.no_grad():
+            state, _, _ = last_states(model.reasoner, seqs, r.pad_id, device)
+        return model.retrieval_head(state).float()
     state, _, _ = last_states(model.reasoner, seqs, r.pad_id, device)
     return state.float()
 

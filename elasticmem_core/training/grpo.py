@@ -42,7 +42,8 @@ from ..core.experiment import peak_memory_mb, write_json
 from ..method import retrieval_loss
 from ..method.rewards import WeightedReward
 from ..method.rollout import Group, layer_checkpointing, passes_mode, select_rows, token_logprobs
-from . import alignment
+from . import alignment, retrieval_warmup
+from .supervision import supervised_loss, validation_accuracy  # noqa: F401 (grpo's names, as before)
 
 RUN_IDENTITY = "run_identity.json"
 
@@ -165,19 +166,6 @@ def _old_rows(g: Group, field: str, rows: list[int], now: torch.Tensor) -> torch
 
 
 # ---- supervised warm-ups --------------------------------------------------------------------------------------
-def supervised_loss(model, questions, reduction: str = "mean"):
-    """Cross-entropy on the gold answer tokens through the same injection path (greedy retrieval and budgets).
-    `reduction="sum"` returns (summed loss, answer-token count) instead, for a mean over several processes."""
-    if not questions:
-        zero = torch.zeros((), device=model.device)
-        return (zero, zero) if reduction == "sum" else zero
-    plan = model.plan(questions, sample=False)
-    answers = [model.answer_ids(q.gold) for q in questions]
-    logp, mask = token_logprobs(model, questions, plan, answers, with_grad=True)
-    total, count = -(logp[:, 1:] * mask[:, 1:]).sum(), mask[:, 1:].sum()
-    return (total, count) if reduction == "sum" else total / count
-
-
 def _warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
     """Learning-rate factor: linear warm-up over `warmup` steps, then a cosine from 1 down to `floor` at `total`."""
     if step < warmup:
@@ -349,33 +337,9 @@ class Trainer:
         return history
 
     def retrieval_warmup(self, steps: int) -> list[dict]:
-        """LoRA on retrieval.aux_loss alone (batches of grpo.sft_batch_size questions, lr grpo.retrieval_warmup_lr):
-        a forward and backward over each question and its control token, no memory, no answer."""
-        if steps <= 0:
-            return []
-        model, g = self.model, self.cfg.grpo
-        # only LoRA moves the query state: the projector and policy stay out (no weight decay on them either)
-        lora = [p for n, p in model.reasoner.named_parameters() if "lora_" in n and p.requires_grad]
-        opt = torch.optim.AdamW(lora, lr=g.retrieval_warmup_lr, weight_decay=g.weight_decay)
-        order = self._order(20_000)
-        history = []
-        with passes_mode(model, False):
-            for step in range(steps):
-                start = (step * g.sft_batch_size) % len(order)
-                idx = (order + order)[start:start + g.sft_batch_size]
-                mine = [self.train_q[j] for n, j in enumerate(idx) if n % self.world == self.rank]
-                t0 = time.perf_counter()
-                loss, stats = retrieval_loss.aux_loss(model, mine)
-                if mine:
-                    (loss * len(mine) / len(idx)).backward()  # a mean over the batch, summed over processes
-                norm = self._apply_gradients(lora, opt)
-                rec = {"stage": "retrieval_warmup", "step": step, "loss": stats.get("aux_retrieval_loss"),
-                       **{k: v for k, v in stats.items() if k.startswith("recall")},
-                       "grad_norm": norm if norm is not None else math.nan,
-                       "seconds": round(time.perf_counter() - t0, 3)}
-                history.append(rec)
-                self._log(rec)
-        return history
+        """The retrieval warm-up on retrieval.aux_loss (retrieval_warmup.py: LoRA with the reading loss and the reading
+        guard, or the retrieval head alone)."""
+        return retrieval_warmup.run(self, steps)
 
     def align(self, progress: bool = True) -> list[dict]:
         """The alignment stage (align.steps; alignment.py): the projector learns to make the cache readable.
@@ -563,14 +527,3 @@ class Trainer:
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         return True
-
-
-def validation_accuracy(model, questions, batch_size: int | None = None) -> float:
-    """Greedy accuracy on `questions` (cfg.eval.max_questions caps the count)."""
-    cap = model.cfg.eval.max_questions
-    qs = questions[:cap] if cap > 0 else questions
-    bs = batch_size or model.cfg.eval.batch_size
-    correct = 0
-    for i in range(0, len(qs), bs):
-        correct += sum(o["correct"] for o in model.answer(qs[i:i + bs]))
-    return correct / max(1, len(qs))
