@@ -292,7 +292,15 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
         assert [r["rank"] for r in e["per_rank"]] == [1, 2, 3, 4] and len(e["distinct_budget_vectors"]) == 2
         assert all(1 <= n <= 3 for n in e["distinct_budget_vectors"])                  # 3 test questions
     step0 = json.loads((tmp_path / "run" / "frontier" / "tiny" / "step0-seed1-test.json").read_text())
-    assert step0["step0_seed"] == 1 and len(step0["records"]) == 3
+    assert step0["step0_seed"] == 1 and len(step0["records"]) == 3 and step0["sees_length"] is True
+    # the step-0 control is the policy the learned points of seed 1 start from: same inputs (chunk lengths), same init
+    from elasticmem_core.core.config import derive
+    start = frontier.fresh_policy(model, derive(model.cfg, "test", budget={"policy": "transformer",
+                                                                           "sees_length": True}), 1)
+    assert hasattr(start, "proj_len")
+    with model.using(policy=start):
+        assert [r["budgets"] for r in frontier.evaluate_point(model, QUESTIONS)] == \
+            [r["budgets"] for r in step0["records"]]
     # text RAG's memory tokens are the retrieved chunks' text tokens; the envelope leaves it and random out
     (text,) = [e for e in data["heuristics"] if e["name"] == pareto.TEXT_RAG]
     assert text["memory_tokens"] == pytest.approx(sum(

@@ -509,11 +509,13 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                     ", ".join(f"{p['features']} {p['auc']:.2f}" for p in probe["probes"]))
             step0 = {}  # the untrained policy of each seed, greedy on `split` (one per seed: every price starts there)
             for seed in e.frontier_seeds:
-                step0_meta = {**meta, "step0_seed": seed}
+                # the very policy each learned point of this seed starts from: the same inputs, the same initialisation
+                step0_meta = {**meta, "step0_seed": seed, **({"sees_length": True} if e.frontier_sees_length else {})}
                 got = evaluate.existing(folder / f"step0-seed{seed}-{split}.json", cfg, step0_meta)
                 if got is None:
                     kind = cfg.budget.policy if cfg.budget.policy in LEARNED else "transformer"
-                    untrained = fresh_policy(model, derive(cfg, "the step-0 control", budget={"policy": kind}), seed)
+                    untrained = fresh_policy(model, derive(cfg, "the step-0 control", budget={
+                        "policy": kind, "sees_length": e.frontier_sees_length}), seed)
                     with model.using(policy=untrained):
                         got = evaluate.save_result(folder / f"step0-seed{seed}-{split}.json", cfg, step0_meta,
                                                    {"records": evaluate_point(model, test_q, seed=bseed),
