@@ -157,7 +157,9 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
         diff = lambda v: v.get("difference", v.get("diff"))  # noqa: E731 (files before 2026-12-04 say "diff")
         best = max(learned, key=lambda p: diff(p[key]))
         v = best[key]
-        return {"notes": frontier_controls(body, best),"a": f"learned policy (price {best.get('token_price')})", "b": f"fixed rules at equal tokens "
+        reward = "" if best.get("reward", "task") == "task" else f", {best['reward']} reward"
+        return {"notes": frontier_controls(body, best), "a": f"learned policy (price {best.get('token_price')}{reward})",
+                "b": f"fixed rules at equal tokens "
                 f"({v.get('against')})", "comparator": key,
                 "tokens": {"a": best.get("memory_tokens"), "b": v.get("against_memory_tokens")},
                 "n": v.get("n", body.get("n")), "seeds": [s["seed"] if isinstance(s, dict) else s

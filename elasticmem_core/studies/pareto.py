@@ -250,7 +250,7 @@ def plot_training(data: dict, key: str = "reward_mean", axes=None):
     if not points:
         raise ValueError("this budget_pareto.json has no training curves (made before they were saved)")
     if axes is None:
-        _, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3), sharey=True, squeeze=False)
+        _, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3), squeeze=False)  # rewards differ in scale
         axes = axes[0]
     for ax, (family, p) in zip(axes, points):
         for t in p["training"]:
