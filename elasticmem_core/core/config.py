@@ -404,7 +404,9 @@ class EvalConfig:
                                    "their mean, with the range)")
     frontier_steps: int = _f(32, "policy-only GRPO steps per learned point")
     frontier_questions_per_step: int = _f(8, "questions per policy-only GRPO step of a learned point")
-    frontier_policy_lr: float = _f(3e-4, "budget-policy learning rate of the learned points' GRPO (at 1e-3 against clip 0.05 most of each update was clipped; 3e-4 with clip 0.2: the clip fraction under 0.2 after the first step on mini)")
+    frontier_policy_lr: float = _f(3e-4, "budget-policy learning rate of the learned points' GRPO (at 1e-3 against "
+                                         "clip 0.05 most of each update was clipped; 3e-4 with clip 0.2: the clip "
+                                         "fraction under 0.2 after the first step on mini)")
     frontier_clip_eps: float = _f(0.2, "PPO clip epsilon of the learned points' GRPO; 0 = grpo.clip_eps")
     frontier_group_size: int = _f(0, "rollouts per question G of the learned points' GRPO; 0 = grpo.group_size")
     frontier_train_split: str = _f("val", "questions the learned points' policies train on: val (default: the stage-0 "

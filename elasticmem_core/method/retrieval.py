@@ -147,7 +147,7 @@ def _control_token_query(r, reasoner, seqs, device, sample, generator, need_quer
 
 
 def _control_token_head_query(r, reasoner, seqs, device, sample, generator, need_query):
-    if getattr(r, "head", None) is None:
+    if r.head is None:
         raise ValueError("retrieval.mode = control_token_head needs a retrieval head: build the model with that mode "
                          "(ElasticMem makes the head then) or load a checkpoint that has one")
     query, control_ids, logprob = _control_token_query(r, reasoner, seqs, device, sample, generator, need_query)

@@ -124,7 +124,6 @@ REWARD_TERMS: dict[str, Callable[[Rollout], float]] = {
     "gold_logprob": gold_logprob,
 }
 NONNEGATIVE = ("token_price",)  # a negative price would pay the policy for memory
-MODEL_TERMS = ("gold_logprob",)  # terms that need a reasoner pass: rollout.rollout computes them only when asked
 
 
 def check_reward_terms(terms: dict[str, float], where: str = "grpo.reward_terms") -> None:

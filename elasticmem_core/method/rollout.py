@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .retrieval import control_logprobs
-from .rewards import Rollout, task_reward
+from .rewards import Rollout, choice_reward
 
 
 def group_advantages(rewards: torch.Tensor, clip: float, eps: float = 1e-4, norm: str = "std") -> torch.Tensor:
@@ -167,8 +167,8 @@ def rollout(model, question, group_size: int, reward_fn, generator: torch.Genera
         rewards = torch.tensor([reward_fn.total(p) for p in parts])
     stats = {}
     if "task" not in reward_fn.terms and getattr(question, "options", None):  # e.g. the dense reward: still log
-        stats["sampled_accuracy"] = float(sum(task_reward(Rollout(question, t, [], [], {}, 0, 0)) for t in gen.texts)
-                                          / len(gen.texts))                   # whether the sampled answers were right
+        right = [choice_reward(t, question.gold, len(question.options)) for t in gen.texts]
+        stats["sampled_accuracy"] = sum(right) / len(right)   # whether the sampled answers were right
     return Group(qs, plan, gen.tokens, gen.texts, rewards,
                  group_advantages(rewards, cfg.adv_clip, norm=cfg.advantage_norm), batch.counts, parts, stats=stats)
 

@@ -78,6 +78,14 @@ from .pareto import (
 from .relevance_probe import PROBE_FEATURES, probe_data, relevance_probe
 
 POINT_FILE = "frontier_point.json"
+# settings a learned point's identity gained later, at the values every point had before them: a point records one
+# only off that value, so folders and results saved before it are still its own (`later_settings`)
+PREDATED = {"sees_evidence": False, "sees_length": False, "reward": "task", "clip_eps": 0.05, "group_size": 4}
+
+
+def later_settings(**values) -> dict:
+    """The `values` (keys of PREDATED) that differ from what points had before those settings existed."""
+    return {k: v for k, v in values.items() if v != PREDATED[k]}
 # what budget_pareto.json keeps of each seed's training_summary
 TRAINING_KEYS = ("steps", "seconds", "zero_advantage_groups", "reward_mean_curve", "reward_mean_moved",
                  "accuracy_moved", "policy_entropy_moved", "policy_entropy_first", "policy_entropy_last",
@@ -146,11 +154,8 @@ def train_learned_point(model, train_q, val_q, folder: str | Path, token_price: 
     folder = Path(folder)
     point = {"token_price": float(token_price), "seed": seed, "steps": steps, "policy": kind,
              "advantage_norm": g.advantage_norm, "policy_lr": g.policy_lr, "questions_per_step": qps}
-    # settings added later are written only when not at their old values, so a folder trained before them is reused
-    extra = {"sees_evidence": bool(sees_evidence), "sees_length": bool(sees_length), "reward": reward,
-             "clip_eps": g.clip_eps, "group_size": g.group_size}
-    old = {"sees_evidence": False, "sees_length": False, "reward": "task", "clip_eps": 0.05, "group_size": 4}
-    point.update({k: v for k, v in extra.items() if v != old[k]})
+    point.update(later_settings(sees_evidence=bool(sees_evidence), sees_length=bool(sees_length), reward=reward,
+                                clip_eps=g.clip_eps, group_size=g.group_size))
     if (folder / POINT_FILE).is_file() and json.loads((folder / POINT_FILE).read_text()) != point:
         raise ValueError(f"{folder} holds another frontier point ({(folder / POINT_FILE).read_text().strip()}); "
                          f"give {point} its own folder")
@@ -539,13 +544,9 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                         point_meta["sees_evidence"] = True
                     if e.frontier_train_split != "train":
                         point_meta["train_split"] = e.frontier_train_split
-                    # later settings join the identity only off their old values: points trained before them reuse
-                    for key, value, was in (("sees_length", e.frontier_sees_length, False),
-                                            ("reward", reward, "task"),
-                                            ("clip_eps", e.frontier_clip_eps or cfg.grpo.clip_eps, 0.05),
-                                            ("group_size", e.frontier_group_size or cfg.grpo.group_size, 4)):
-                        if value != was:
-                            point_meta[key] = value
+                    point_meta.update(later_settings(sees_length=e.frontier_sees_length, reward=reward,
+                                                     clip_eps=e.frontier_clip_eps or cfg.grpo.clip_eps,
+                                                     group_size=e.frontier_group_size or cfg.grpo.group_size))
                     t0 = time.perf_counter()
                     got = evaluate.existing(where / f"{split}.json", cfg, point_meta)
                     reused = got is not None
