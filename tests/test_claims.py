@@ -172,3 +172,28 @@ def test_readme_cost_block_is_drawn_from_the_wallclock_and_the_newest_test_timin
     text = readme.read_text()
     assert "`make reproduce`: 57.3 min from a fresh clone of abcdef1" in text
     assert "`make test`: 380 passed in 4.0 min, then nbval 99 passed in 5.0 min" in text and "300 passed" not in text
+
+
+def test_c6_reads_the_first_retrieval_variant_per_seed_with_its_quality_bar_in_the_notes(tmp_path):
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    _result(run, "elasticmem", 42, lambda i: True)
+
+    def row(b, diff):
+        return {"difference": diff, "ci": [diff - 0.05, diff + 0.04], "p": 0.2, "p_holm": 0.4,
+                "seeds": [{"seed": 42, "difference": diff - 0.01}, {"seed": 43, "difference": diff + 0.01}]}
+    bar = {"variant": "one_lora", "mode": "control_token", "reading_holds": True, "worst_reading_drop": 0.0125,
+           "recall_at_4": 0.9, "recall_ratio": 1.06, "accuracy_minus_semantic": -0.02, "ci": [-0.07, 0.02]}
+    write_json(ref / "retrieval-study-2026-01-01-aaa" / "metrics" / "retrieval.json",
+               {"n": 248, "variants": ["one_lora", "head"], "quality_bar": [bar],
+                "accuracy": [{"variant": "one_lora", "mode": "control_token", "memory_tokens": 90.0},
+                             {"variant": "one_lora", "mode": "semantic", "memory_tokens": 95.0},
+                             {"variant": "head", "mode": "semantic", "memory_tokens": 10.0}],
+                "paired_control_token_minus": {"semantic": row("semantic", -0.02),
+                                               "frozen_state": row("frozen_state", 0.1),
+                                               "query_state": row("query_state", 0.05)}})
+    c6 = _by_id(claims.build(run, ref))["C6"]
+    assert (c6["a"], c6["b"]) == ("control token (one_lora)", "semantic")          # the worst comparison
+    assert c6["seeds"] == [42, 43] and c6["per_seed"] == pytest.approx([-0.03, -0.01])
+    assert c6["tokens"] == {"a": 90.0, "b": 95.0} and c6["verdict"] != "holds"
+    notes = " | ".join(c6["notes"])
+    assert "reading held (largest drop +0.013" in notes and "1.06x the embedder's" in notes

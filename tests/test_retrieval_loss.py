@@ -3,7 +3,9 @@ warm-up lowers the loss and finds the evidence, the teacher is the real sentence
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tinydata import CHUNKS, QUESTIONS, tiny_bank, tiny_cfg, tiny_model
@@ -109,50 +111,86 @@ class _Data:
         return list(QUESTIONS)
 
 
-def test_retrieval_study_writes_the_schema_from_the_runs_checkpoints(bank, tmp_path, monkeypatch):
+def test_retrieval_study_trains_each_variant_per_seed_and_writes_the_schema(bank, tmp_path, monkeypatch):
+    """Both warm-ups per seed from one reader, then GRPO; recall, reading, accuracy per mode, paired against the
+    embedder (Holm per variant), the quality bar; every piece reused on a rerun, a folder made otherwise retrained."""
+    import dataclasses
+
+    from elasticmem_core.core import stats
+    from elasticmem_core.core.backbone import load_backbone
     from elasticmem_core.core.experiment import train_dir
+    from elasticmem_core.harness.variants import checkpoint_id
+    from elasticmem_core.method.model import ElasticMem
     from elasticmem_core.studies import retrieval_study
 
-    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive", "grpo.retrieval_warmup_steps=2",
-                       "eval.retrieval_seeds=[1, 2]", "eval.bootstrap=50", "grpo.sft_batch_size=2")
-    emb = SentenceEmbedder()
-    model.retriever.embedder = emb
-    model.retriever.semantic_index = MemoryIndex(emb.encode([c.text for c in CHUNKS]), [c.memory_id for c in CHUNKS])
-    reader = model.save(train_dir(tmp_path, "tiny", model.cfg.runtime.seed) / "reader")
+    common = (*NO_DROPOUT, "retrieval.aux_loss=contrastive", "grpo.retrieval_warmup_steps=2", "grpo.max_steps=1",
+              "grpo.sft_batch_size=2", "eval.retrieval_seeds=[1, 2]", "eval.bootstrap=50")
+    variants = {"reading": tiny_cfg(*common, "grpo.retrieval_warmup_reading_weight=1.0",
+                                    "grpo.retrieval_warmup_guard=0.03", "grpo.retrieval_warmup_check_every=1"),
+                "head": tiny_cfg(*common, "retrieval.mode=control_token_head", "retrieval.head_rank=4")}
+    built = []
+
+    def build(v):
+        model = ElasticMem(load_backbone("tiny-random"), bank, v, {c.chunk_id: c.text for c in CHUNKS})
+        emb = SentenceEmbedder()
+        model.retriever.embedder = emb
+        model.retriever.semantic_index = MemoryIndex(emb.encode([c.text for c in CHUNKS]),
+                                                     [c.memory_id for c in CHUNKS])
+        built.append(model)
+        return model
+
+    cfg = variants["reading"]
+    reader = build(cfg).save(train_dir(tmp_path, "tiny", cfg.runtime.seed) / "reader")
     logs = []
-    retrieval_study.run_retrieval_study(model.cfg, tmp_path, "tiny", model, _Data(), log=logs.append)
+    got = retrieval_study.run_retrieval_study(cfg, tmp_path, "tiny", variants, build, _Data(), log=logs.append)
     data = json.loads((tmp_path / "metrics" / "retrieval.json").read_text())
-    assert {"setting", "split", "n", "recall", "accuracy"} <= set(data) and data["n"] == 3
+    assert got["data"] == data and data["n"] == 3 and data["seeds"] == [1, 2]
     modes = list(dict.fromkeys(r["mode"] for r in data["recall"]))
     assert modes == ["random", "semantic", "frozen_state", "query_state", retrieval_study.UNTRAINED,
-                     retrieval_study.WARMED]  # no ablation checkpoint: no "after GRPO" row, and the log says so
-    assert any("no retrieval_control_token_warmup checkpoint" in x for x in logs)
+                     "reading, after warm-up", "reading, after GRPO", "head, after warm-up", "head, after GRPO"]
     assert {r["z"] for r in data["recall"]} == set(retrieval_loss.RECALL_ZS)
-    warm = [r for r in data["recall"] if r["mode"] == retrieval_study.WARMED]
-    assert all([s["seed"] for s in r["seeds"]] == [1, 2] for r in warm)
     assert all(r["ci"][0] <= r["recall"] <= r["ci"][1] for r in data["recall"])
-    assert [a["mode"] for a in data["accuracy"]] == list(retrieval_study.ACCURACY_MODES)
-    # the control token against every other mode: one family of tests, Holm-adjusted
-    from elasticmem_core.core import stats
-    paired = list(data["paired_control_token_minus"].values())
-    assert [x["p_holm"] for x in paired] == pytest.approx(stats.holm([x["p"] for x in paired]))
-    # each seed's warm-up trained its own LoRA from the reader: the checkpoints differ from the reader
-    from elasticmem_core.harness.variants import checkpoint_id
-    ids = {checkpoint_id(tmp_path / "retrieval" / "tiny" / f"warmup-seed{s}") for s in (1, 2)}
-    assert checkpoint_id(reader) not in ids
-    assert len(retrieval_study.recall_table(data)) == 6
-    # a second call reuses every piece (nothing retrains: the warm-up logs keep their length)
-    log = tmp_path / "retrieval" / "tiny" / "warmup-seed1-log" / "train_log.jsonl"
+    assert all([s["seed"] for s in r["seeds"]] == [1, 2] for r in data["recall"] if "variant" in r)
+    # accuracy: every mode on each variant's own checkpoints, each seed's figure beside the mean
+    assert [(a["variant"], a["mode"]) for a in data["accuracy"]] == \
+        [("reading", m) for m in ("control_token", *retrieval_study.OTHER_MODES)] + \
+        [("head", m) for m in ("control_token_head", *retrieval_study.OTHER_MODES)]
+    for a in data["accuracy"]:
+        assert a["accuracy"] == pytest.approx(np.mean([s["accuracy"] for s in a["seeds"]]))
+    # reading, per variant and seed: the reader's figure before; the head's warm-up cannot change it
+    assert [(r["warmup"], r["seed"]) for r in data["reading"]] == [("reading", 1), ("reading", 2), ("head", 1),
+                                                                    ("head", 2)]
+    assert all(r["after"] == r["before"] for r in data["reading"] if r["warmup"] == "head")
+    assert all(r["steps_run"] in (1, 2) for r in data["reading"])   # the guard may roll back after step 1
+    # paired: each variant's own retrieval against the embedder, frozen and query states; Holm within a variant
+    for name, mine in (("reading", "control_token"), ("head", "control_token_head")):
+        rows = [x for x in data["paired"] if x["variant"] == name]
+        assert [(x["a"], x["b"]) for x in rows] == [(mine, b) for b in retrieval_study.AGAINST]
+        assert [x["p_holm"] for x in rows] == pytest.approx(stats.holm([x["p"] for x in rows]))
+        assert all(x["difference"] == pytest.approx(np.mean([s["difference"] for s in x["seeds"]])) for x in rows)
+    assert set(data["paired_control_token_minus"]) == set(retrieval_study.AGAINST)   # the first variant's: C6
+    bar = {b["variant"]: b for b in data["quality_bar"]}
+    assert bar["head"]["reading_holds"] and bar["head"]["worst_reading_drop"] == 0
+    assert bar["reading"]["accuracy_holds"] == (bar["reading"]["ci"][1] >= 0)
+    # each seed trained its own checkpoints from the one reader
+    ids = {checkpoint_id(Path(p)) for c in data["checkpoints"].values() for p in c.values()}
+    assert len(ids) == 4 and checkpoint_id(reader) not in ids
+    assert len(retrieval_study.recall_table(data)) == 9
+    # a second call reuses every piece: nothing retrains (the training logs keep their length)
+    log = tmp_path / "retrieval" / "tiny" / "reading" / "seed1" / "train_log.jsonl"
     n = len(log.read_text().splitlines())
-    again = retrieval_study.run_retrieval_study(model.cfg, tmp_path, "tiny", model, _Data(), log=logs.append)
+    again = retrieval_study.run_retrieval_study(cfg, tmp_path, "tiny", variants, build, _Data(), log=logs.append)
     assert again["data"] == data and len(log.read_text().splitlines()) == n
-    # a warm-up made with other params is never reused, not even under --fresh (which recomputes the results but
-    # would otherwise find the old warm-up folder): it is retrained
-    import dataclasses
+    # a variant trained with other params is never reused, not even under --fresh: it is retrained
     monkeypatch.setenv("ELASTICMEM_FRESH", "1")
-    other = dataclasses.replace(model.cfg, grpo=dataclasses.replace(model.cfg.grpo, retrieval_warmup_steps=3))
-    retrieval_study.run_retrieval_study(other, tmp_path, "tiny", model, _Data(), log=logs.append)
-    assert any("warmed up otherwise" in x for x in logs) and len(log.read_text().splitlines()) == 3
+    variants["reading"] = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, retrieval_warmup_steps=3))
+    retrieval_study.run_retrieval_study(cfg, tmp_path, "tiny", variants, build, _Data(), log=logs.append)
+    assert any("retraining" in x and "reading/seed1" in x for x in logs)
+    assert sum(r.get("stage") == "retrieval_warmup" for r in map(json.loads, log.read_text().splitlines())) <= 3
+    with pytest.raises(ValueError, match="eval.retrieval_variants is empty"):
+        retrieval_study.run_retrieval_study(cfg, tmp_path, "tiny", {}, build, _Data())
+    for model in built:
+        model.reasoner.unload() if hasattr(model.reasoner, "unload") else None
 
 
 def test_control_token_states_are_the_retrievers_query(bank):
@@ -206,6 +244,13 @@ def test_the_retrieval_head_starts_at_the_control_token_and_trains_without_touch
     assert (saved / "retrieval_head.pt").is_file()
     again = tiny_model(bank, *NO_DROPOUT, "retrieval.mode=control_token_head", "retrieval.head_rank=8").load(saved)
     assert all(torch.equal(a, b) for a, b in zip(again.retrieval_head.parameters(), model.retrieval_head.parameters()))
+    torch.save({"down.weight": torch.zeros(8, 7), "up.weight": torch.zeros(7, 8)}, tmp_path / "ckpt-h7.pt")
+    bad = tmp_path / "bad"
+    import shutil
+    shutil.copytree(saved, bad)
+    shutil.copy(tmp_path / "ckpt-h7.pt", bad / "retrieval_head.pt")
+    with pytest.raises(CheckpointError, match="bad/retrieval_head.pt: retrieval head of shapes"):
+        again.load(bad)
     with pytest.raises(CheckpointError, match="retrieval.head_rank = 8"):
         tiny_model(bank, *NO_DROPOUT, "retrieval.mode=control_token_head", "retrieval.head_rank=4").load(saved)
     with pytest.raises(CheckpointError, match="checkpoint has retrieval.mode = .control_token_head."):

@@ -422,10 +422,14 @@ class EvalConfig:
     frontier_oracle_prices: list[float] = _f([0.0], "token prices of the oracle-feature policy (budget.sees_evidence: "
                                              "it also sees each chunk's evidence flag), trained like a learned point "
                                              "over eval.frontier_seeds: the bound on what a policy can learn; [] = none")
-    retrieval_study: bool = _f(False, "05_retrieval measures recall@Z and accuracy of each retrieval mode on the run's "
-                                      "checkpoints (retrieval_study.py; needs the retrieval_control_token_warmup "
-                                      "ablation for its 'after GRPO' row)")
-    retrieval_seeds: list[int] = _f([42, 43, 44], "seeds (data orders) of the retrieval study's warm-up runs")
+    retrieval_study: bool = _f(False, "05_retrieval trains each eval.retrieval_variants entry from 03's reader (warm-up, "
+                                      "then GRPO) per eval.retrieval_seeds entry and measures recall@Z, reading and "
+                                      "accuracy with each retrieval mode (retrieval_study.py -> metrics/retrieval.json)")
+    retrieval_seeds: list[int] = _f([42, 43, 44], "seeds of the retrieval study's runs (warm-up data order, GRPO "
+                                    "sampling, a retrieval head's initialisation)")
+    retrieval_variants: list[str] = _f(["retrieval_control_token_reading_warmup", "retrieval_head_warmup"],
+                                       "the retrieval study's variants (params/ablations/<name>.yaml, each with a "
+                                       "trainable retrieval); the first is the ledger's C6 row: the paper's way")
     frontier_probe: bool = _f(True, "the frontier also fits linear probes: can the policy's inputs (query state, "
                                     "keys, scores, ranks) tell an evidence chunk from the others?")
     compression: bool = _f(False, "05_compression measures accuracy against tokens per chunk for truncated text and each content "

@@ -50,6 +50,7 @@ _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_t
                                 "frontier_seeds", "frontier_steps", "frontier_questions_per_step",
                                 "frontier_policy_lr", "frontier_clip_eps", "frontier_group_size", "frontier_dense_prices", "frontier_train_split",
                                 "frontier_sees_length", "frontier_oracle_prices", "frontier_probe", "retrieval_study", "retrieval_seeds",
+                                "retrieval_variants",
                                 "compression", "compression_caches", "compression_budgets", "compression_seeds",
                                 "compression_align_steps", "compression_projector"),
                        "grpo": ("settings",)}
@@ -290,11 +291,12 @@ def warn_code_version(path: str | Path, saved: dict) -> None:
     print(f"WARNING: {msg}", file=sys.stderr, flush=True)
 
 
-def existing(path: str | Path, cfg: Config, meta: dict) -> dict | None:
+def existing(path: str | Path, cfg: Config, meta: dict, even_fresh: bool = False) -> dict | None:
     """The saved result at `path` if it was made by the same method, backbone and params; None if there is none,
-    or under $ELASTICMEM_FRESH=1 (recompute). Reusing one made by another code version warns (warn_code_version)."""
+    or under $ELASTICMEM_FRESH=1 (recompute) unless `even_fresh` (a training folder's record: training resumes).
+    Reusing one made by another code version warns (warn_code_version)."""
     path = Path(path)
-    if not path.is_file() or fresh():
+    if not path.is_file() or (fresh() and not even_fresh):
         return None
     saved = json.loads(path.read_text())
     now = _without_new_defaults(json.loads(json.dumps(fingerprint(cfg, meta), default=str)), saved["fingerprint"])

@@ -19,6 +19,7 @@ import yaml
 from ..baselines import agemem
 from ..baselines.methods import METHODS
 from ..core.config import Config, ConfigError, from_sections
+from ..core.experiment import resolve
 from ..method import retrieval_loss, rewards
 from ..method.budget import LEARNED, POLICIES
 from ..method.projector import KINDS
@@ -156,8 +157,13 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
             raise ConfigError(f"{source}: eval.compression = true needs eval.compression_caches and "
                               f"eval.compression_budgets >= 1, at least one within bank.n_c = {cfg.bank.n_c} (got "
                               f"{cfg.eval.compression_budgets})")
-    if cfg.eval.retrieval_study and not cfg.eval.retrieval_seeds:
-        raise ConfigError(f"{source}: eval.retrieval_study = true needs at least one eval.retrieval_seeds entry")
+    if cfg.eval.retrieval_study and not (cfg.eval.retrieval_seeds and cfg.eval.retrieval_variants):
+        raise ConfigError(f"{source}: eval.retrieval_study = true needs at least one eval.retrieval_seeds entry and "
+                          f"one eval.retrieval_variants entry")
+    for name in cfg.eval.retrieval_variants if cfg.eval.retrieval_study else []:
+        if not resolve(f"params/ablations/{name}.yaml").is_file():
+            raise ConfigError(f"{source}: eval.retrieval_variants names {name!r}, but params/ablations/{name}.yaml "
+                              f"does not exist")
     if cfg.eval.frontier and not (cfg.eval.frontier_prices and cfg.eval.frontier_seeds):
         raise ConfigError(f"{source}: eval.frontier = true needs at least one eval.frontier_prices entry and one "
                           f"eval.frontier_seeds entry")

@@ -141,6 +141,18 @@ def frontier_controls(body: dict, best: dict) -> list[str]:
     return out
 
 
+def retrieval_controls(body: dict) -> list[str]:
+    """C6's notes: per retrieval variant, whether reading held, recall against the embedder's, and its accuracy
+    against the embedder's (the issue's bar), from retrieval.json's quality_bar."""
+    out = []
+    for b in body.get("quality_bar", []):
+        out.append(f"{b['variant']} ({b['mode']}): reading {'held' if b['reading_holds'] else 'fell'} (largest drop "
+                   f"{b['worst_reading_drop']:+.3f} on validation with oracle retrieval); recall@4 "
+                   f"{b['recall_at_4']:.3f} = {b['recall_ratio']:.2f}x the embedder's; accuracy minus the "
+                   f"embedder's {b['accuracy_minus_semantic']:+.3f} [{b['ci'][0]:+.3f}, {b['ci'][1]:+.3f}]")
+    return out
+
+
 def _study_row(c: Claim, folder: Path) -> dict | None:
     """C5, C6, C7 from their studies' own files (made by frontier.py, retrieval_study.py, compression.py)."""
     if c.kind == "frontier":
@@ -168,8 +180,8 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
                 "per_seed": [diff(s) for s in v.get("per_seed", v.get("seeds", [])) if isinstance(s, dict)],
                 "files": [str(f)]}
     if c.kind == "retrieval":
-        f = folder / "retrieval.json"
-        if not f.is_file():
+        f = next((x for x in (folder / "metrics" / "retrieval.json", folder / "retrieval.json") if x.is_file()), None)
+        if f is None:
             return None
         body = json.loads(f.read_text())
         paired = {m: x for m, x in body.get("paired_control_token_minus", {}).items()
@@ -177,11 +189,15 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
         if not paired:
             return None
         mode, worst = min(paired.items(), key=lambda kv: kv[1]["difference"])
-        tok = {x["mode"]: x.get("memory_tokens") for x in body.get("accuracy", [])}
-        return {"a": "control token", "b": mode, "tokens": {"a": tok.get("control_token"), "b": tok.get(mode)},
-                "n": body.get("n"), "seeds": [], "difference": worst["difference"], "ci": worst["ci"],
-                "per_seed": [], "files": [str(f)],
-                "others": [{"b": m, **x} for m, x in paired.items() if m != mode]}
+        first = (body.get("variants") or [None])[0]   # files before 2026-12-05: one checkpoint, no variants
+        tok = {x["mode"]: x.get("memory_tokens") for x in body.get("accuracy", []) if x.get("variant") == first}
+        per_seed = worst.get("seeds", [])
+        return {"a": f"control token ({first})" if first else "control token", "b": mode,
+                "tokens": {"a": tok.get("control_token"), "b": tok.get(mode)},
+                "n": body.get("n"), "seeds": [x["seed"] for x in per_seed], "difference": worst["difference"],
+                "ci": worst["ci"], "per_seed": [x["difference"] for x in per_seed], "files": [str(f)],
+                "others": [{"b": m, **x} for m, x in paired.items() if m != mode],
+                "notes": retrieval_controls(body)}
     if c.kind == "compression":
         f = next(iter(sorted(folder.glob("metrics/compression*.json"))), None)
         if f is None:

@@ -397,7 +397,14 @@ class ElasticMem(nn.Module):
                                       f"{self.cfg.retrieval.mode!r}; the head is control_token_head's)")
             if not (path / "retrieval_head.pt").is_file():
                 raise CheckpointError(f"{path}: no retrieval_head.pt (a checkpoint made without control_token_head)")
-            self.retrieval_head.load_state_dict(torch.load(path / "retrieval_head.pt", map_location=self.device))
+            state = torch.load(path / "retrieval_head.pt", map_location=self.device)
+            want = {k: tuple(v.shape) for k, v in self.retrieval_head.state_dict().items()}
+            got = {k: tuple(v.shape) for k, v in state.items()}
+            if got != want:  # e.g. a head trained on another hidden size, its file copied in by hand
+                raise CheckpointError(f"{path / 'retrieval_head.pt'}: retrieval head of shapes {got}, this model's "
+                                      f"(hidden size {self.backbone.hidden_size}, retrieval.head_rank "
+                                      f"{self.cfg.retrieval.head_rank}) {want}")
+            self.retrieval_head.load_state_dict(state)
 
     @property
     def lora_model(self):

@@ -23,7 +23,12 @@ class RetrievalHead(nn.Module):
         self.hidden_size, self.rank = hidden_size, rank
         self.down = nn.Linear(hidden_size, rank, bias=False)
         self.up = nn.Linear(rank, hidden_size, bias=False)
-        nn.init.zeros_(self.up.weight)   # identity at the start: retrieval begins where the control token is
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh head: random V, U = 0 (the identity: retrieval begins where the control token is)."""
+        self.down.reset_parameters()
+        nn.init.zeros_(self.up.weight)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         s = state.detach().to(self.down.weight.dtype)   # the reasoner gets no gradient from retrieval

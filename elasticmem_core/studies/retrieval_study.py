@@ -1,51 +1,60 @@
-"""Does reasoner-state retrieval learn? recall@Z and accuracy of each retrieval, on one run's checkpoints.
+"""Does reasoner-state retrieval learn, and does the reader still read? recall@Z, reading and accuracy per retrieval.
 
-On the test split (05_retrieval with eval.retrieval_study), for one trained setting:
+On the test split (05_retrieval with eval.retrieval_study), for one trained setting, from 03's stage-0 reader:
 
 - recall@Z (Z = 1, 2, 4, 8) of the gold evidence chunks for: random chunks; the sentence embedder (semantic); the
-  frozen base model's state (frozen_state); the LoRA reasoner's question state (query_state) and control-token state
-  (control_token, "untrained": 03's stage-0 reader, before any retrieval training); the control token after the
-  retrieval warm-up (one run per seed in eval.retrieval_seeds, from the same reader); and after GRPO (the
-  `retrieval_control_token_warmup` ablation's selected checkpoint, when 05_ablations trained it);
-- ElasticMem's accuracy (and memory tokens) with each retrieval mode on that one checkpoint (after GRPO, else after
-  the warm-up): only the retrieval differs, the reader, projector and budget policy are the same.
+  frozen base model's state (frozen_state); the reader's question state (query_state) and control-token state
+  (control_token, "untrained": before any retrieval training);
+- for each retrieval variant in eval.retrieval_variants (params/ablations/<name>.yaml: the paper's single LoRA warmed
+  up with the reading loss beside the retrieval loss, and beyond the paper a retrieval head on the detached control
+  token) and each seed in eval.retrieval_seeds: the variant's retrieval warm-up and then GRPO as the variant trains
+  (the control token's log-probability in the clipped surrogate), both from the same reader; recall of its own
+  retrieval after the warm-up and after GRPO; reading (validation accuracy with memory as text and ORACLE retrieval:
+  reading, not retrieval) before the warm-up, after it and after GRPO; and the GRPO checkpoint's accuracy (and memory
+  tokens) with each retrieval mode, only the retrieval differing.
 
-Written to metrics/retrieval.json: {"setting", "split", "n", "recall": [{"mode", "z", "recall", "ci", "seeds"?}],
-"accuracy": [{"mode", "accuracy", "ci", "memory_tokens"}], "checkpoint", "paired_control_token_minus": {mode:
-{"difference", "ci", "p", "p_holm", "p_mcnemar"}}}. Intervals and p-values are stats.py's bootstrap over memories
-(recall: and seeds); the control token's paired tests against the other modes are one family, Holm-adjusted. Every
-piece is saved (named by the checkpoint it measured) and reused like a result, and a
-warm-up folder records what made it (reader, seed, steps, loss), so that one of other params is retrained.
+Written to metrics/retrieval.json: {"setting", "split", "n", "recall": [{"mode", "z", "recall", "ci", "seeds"?,
+"variant"?}], "accuracy": [{"variant", "mode", "accuracy", "ci", "memory_tokens", "seeds"}], "reading": [{"warmup",
+"seed", "before", "after", "after_grpo", "rolled_back_at", "steps_run"}], "paired": [{"variant", "a", "b",
+"difference", "ci", "p", "p_holm", "seeds"}], "quality_bar": [{"variant", ...}], "checkpoint", "checkpoints",
+"paired_control_token_minus": {mode: {...}} (the first variant's, the paper's: what the claims ledger's C6 reads)}.
+Intervals are stats.py's bootstrap over memories and seeds; each variant's trained retrieval against the other modes
+is one family, Holm-adjusted. Every piece is saved (named by the checkpoint it measured) and reused like a result;
+each training folder records the params and reader that made it, and one made otherwise is retrained.
 """
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..core import evaluate, stats
-from ..core.config import derive
-from ..core.experiment import train_dir, write_json
+from ..core.config import Config, derive
+from ..core.experiment import seed_everything, train_dir, write_json
+from ..method.model import CHECKPOINT_META
 from ..method.retrieval_loss import RECALL_ZS, recall_at
 from ..training import grpo
+from ..training.retrieval_warmup import reading_accuracy
 
-VARIANT = "retrieval_control_token_warmup"   # the ablation whose checkpoint is "after GRPO"
 RECALL_MODES = ("random", "semantic", "frozen_state", "query_state", "control_token")
-ACCURACY_MODES = ("control_token", "query_state", "frozen_state", "semantic", "oracle")
-UNTRAINED, WARMED, GRPO_TRAINED = "control token, untrained", "control token, after warm-up", \
-    "control token, after GRPO"
+OTHER_MODES = ("query_state", "frozen_state", "semantic", "oracle")   # beside each variant's own retrieval
+AGAINST = ("semantic", "frozen_state", "query_state")                  # the paper's claim: above each of these
+UNTRAINED = "control token, untrained"
+READING_GUARD = 0.03     # the quality bar: reading within 0.03 of the reader before the warm-up
+RECALL_RATIO = 0.8       # ... and recall@4 at least 0.8x the embedder's
 
 
 def _recall_rows(mode: str, per_seed: dict[int, dict[int, list[float]]], n_boot: int, seed: int,
-                 clusters=None) -> list[dict]:
+                 clusters=None, **extra) -> list[dict]:
     """One row per Z: the mean over seeds of the mean recall, its 95% bootstrap interval over seeds and `clusters`
     (the questions' memory ids; None: questions), and (several seeds) each seed's recall."""
     rows = []
     for z in next(iter(per_seed.values())):
         x = np.array([r[z] for r in per_seed.values()], dtype=float)  # [seeds, questions]
-        row = {"mode": mode, "z": int(z), "recall": float(x.mean()),
+        row = {"mode": mode, **extra, "z": int(z), "recall": float(x.mean()),
                "ci": stats.bootstrap_mean(x, clusters, n_boot, seed)["ci"]}
         if len(per_seed) > 1:
             row["seeds"] = [{"seed": s, "recall": float(np.mean(r[z]))} for s, r in per_seed.items()]
@@ -60,119 +69,189 @@ def accuracy_with(model, questions, mode: str, batch_size: int | None = None) ->
                                          bank=model.bank, device=model.device)
 
 
-def run_retrieval_study(cfg, run_dir: str | Path, setting: str, model, dataset, split: str = "test",
-                        log=print) -> dict:
-    """The study above for `model` (an ElasticMem of `dataset`'s bank built with the sentence embedder:
-    assemble.model_for(..., with_embedder=True), under the variant's params), written to
-    metrics/retrieval.json (retrieval-<setting>.json when the run trains several settings)."""
-    from ..harness.variants import checkpoint_id, reader_checkpoint
+def train_variant(v: Config, name: str, seed: int, model, reader: Path, dataset, folder: Path, log=print) -> Path:
+    """The variant's retrieval warm-up and GRPO for one seed, from `reader` (its LoRA, projector and policy; a
+    retrieval head starts at the identity with the seed's random down-projection), in `folder` (resumable: GRPO
+    resumes from last/). Returns `folder`. A folder made with other params or from another reader is retrained."""
+    from ..harness.variants import checkpoint_id
+
+    vs = derive(v, f"{name} seed {seed}", runtime={"seed": seed})
+    made = {"kind": "retrieval_variant", "variant": name, "seed": seed, "reader": checkpoint_id(reader)}
+    try:
+        done = evaluate.existing(folder / "made.json", vs, made, even_fresh=True)  # training resumes under --fresh
+    except evaluate.ResultsError as e:
+        log(f"{e}: retraining {folder}")
+        shutil.rmtree(folder)
+        done = None
+    if done is not None and done.get("finished"):
+        return folder
+    seed_everything(seed)
+    model.load(reader, parts=model.PARTS)
+    if model.retrieval_head is not None:
+        model.retrieval_head.reset()
+    with model.using(cfg=vs):
+        trainer = grpo.Trainer(model, dataset.split("train"), dataset.split("val"), folder, setting=dataset.setting)
+        trainer.train(progress=False, reader_warmup=False)
+    evaluate.save_result(folder / "made.json", vs, made, {"finished": True})
+    return folder
+
+
+def _paired_rows(name: str, mine: str, records: dict, seeds: list[int], n_boot: int, seed: int) -> list[dict]:
+    """The variant's own retrieval minus each of AGAINST on the same checkpoints, pooled over seeds: one family."""
+    rows = []
+    for other in AGAINST:
+        _, x, clusters = evaluate.correctness([records[(s, mine)] for s in seeds])
+        _, y, _ = evaluate.correctness([records[(s, other)] for s in seeds])
+        d = stats.paired_difference(x, y, clusters, n_boot, seed)
+        rows.append({"variant": name, "a": mine, "b": other, "n": int(x.shape[1]), "difference": d["difference"],
+                     "ci": d["ci"], "p": d["p"],
+                     "seeds": [{"seed": s, "difference": v} for s, v in zip(seeds, d["per_seed"])]})
+    return stats.with_holm(rows)
+
+
+def run_retrieval_study(cfg: Config, run_dir: str | Path, setting: str, variants: dict[str, Config],
+                        build: Callable[[Config], object], dataset, split: str = "test", log=print) -> dict:
+    """The study above. `variants` maps each retrieval variant's name to its params (variants.variant_config of
+    params/ablations/<name>.yaml); `build(params)` makes an ElasticMem of `dataset`'s bank under them with the
+    sentence embedder (assemble.model_for(..., with_embedder=True)); each model is released after its variant."""
+    from ..harness.variants import checkpoint_id, reader_checkpoint, release
 
     e, seed0 = cfg.eval, cfg.runtime.seed
-    n_boot = e.bootstrap
+    n_boot, seeds = e.bootstrap, list(e.retrieval_seeds)
+    if not variants:
+        raise ValueError("eval.retrieval_variants is empty: the retrieval study trains at least one retrieval variant")
     questions = list(dataset.split(split))
     questions = questions[:e.max_questions] if e.max_questions > 0 else questions
     questions = [q for q in questions if getattr(q, "evidence", None)]
     if not questions:
         raise ValueError(f"{setting} {split}: no questions with gold evidence: recall cannot be measured")
+    val = [q for q in dataset.split("val") if getattr(q, "evidence", None)]
+    if not val:
+        raise ValueError(f"{setting} val: no questions with gold evidence: reading (oracle retrieval) cannot be "
+                         f"checked")
     reader = reader_checkpoint(run_dir, setting, seed0)
     if reader is None:
         raise FileNotFoundError(f"no stage-0 reader at {train_dir(run_dir, setting, seed0) / 'reader'}: run 03 first")
     folder = Path(run_dir) / "retrieval" / setting
-    variant_dir = Path(run_dir) / "ablations" / VARIANT / setting / f"seed{seed0}"
-    meta = {"kind": "retrieval_study", "setting": setting, "split": split, "backbone": model.backbone.identity,
+    meta = {"kind": "retrieval_study", "setting": setting, "split": split, "backbone": None,
             "qids": [q.qid for q in questions]}
-    recall, accuracy, seconds = [], [], {}
-    clusters = evaluate.memory_clusters([q.memory_id for q in questions])  # recall's resampling units
+    clusters = evaluate.memory_clusters([q.memory_id for q in questions])  # the resampling units
+    recall, accuracy, reading, paired, bar, seconds, checkpoints = [], [], [], [], [], {}, {}
 
-    def recall_of(checkpoint: Path, modes, tag: str) -> dict:
+    def piece(model, v: Config, checkpoint: Path, what: str, compute) -> dict:
+        """A measurement of one checkpoint under params `v`, saved under its content hash and reused like a
+        result."""
         ckid = checkpoint_id(checkpoint)
-        m = {**meta, "checkpoint_id": ckid, "modes": list(modes)}
+        m = {**meta, "backbone": model.backbone.identity, "checkpoint_id": ckid, "what": what}
 
-        def compute():
-            model.load(checkpoint)
-            return {mode: {str(z): v for z, v in recall_at(model, questions, mode, RECALL_ZS).items()}
-                    for mode in modes}
-        # named by the checkpoint: another checkpoint in the same role gets its own file, never a clash
-        got = evaluate.cached(folder / f"recall-{tag}-{ckid}-{split}.json", cfg, m,
-                              lambda: {"body": compute()})["body"]
-        return {mode: {int(z): v for z, v in got[mode].items()} for mode in modes}
+        def run():
+            model.load(checkpoint, parts=model.parts if (checkpoint / "retrieval_head.pt").is_file()
+                       else model.PARTS)
+            return {"body": compute()}
+        return evaluate.cached(folder / f"{what}-{ckid}.json", v, m, run)["body"]
 
-    t0 = time.perf_counter()
-    base = recall_of(reader, RECALL_MODES, "reader")
-    for mode in RECALL_MODES:
-        recall += _recall_rows(UNTRAINED if mode == "control_token" else mode, {seed0: base[mode]}, n_boot, seed0,
-                               clusters)
-    seconds["recall, reader"] = round(time.perf_counter() - t0, 1)
+    def recall_of(model, v, checkpoint, modes) -> dict:
+        got = piece(model, v, checkpoint, f"recall-{'-'.join(modes)}-{split}", lambda: {
+            mode: {str(z): r for z, r in recall_at(model, questions, mode, RECALL_ZS).items()} for mode in modes})
+        return {mode: {int(z): r for z, r in got[mode].items()} for mode in modes}
 
-    # the warm-up alone, one run per seed, each from the same reader
-    warmed = {}
-    for s in e.retrieval_seeds:
-        t0 = time.perf_counter()
-        where = folder / f"warmup-seed{s}"
-        g, r = cfg.grpo, cfg.retrieval
-        made = {"reader": checkpoint_id(reader), "seed": s, "steps": g.retrieval_warmup_steps,
-                "lr": g.retrieval_warmup_lr, "batch_size": g.sft_batch_size, "aux_loss": r.aux_loss,
-                "aux_temperature": r.aux_temperature, "mode": r.mode}
-        if (where / "warmup.json").is_file() and json.loads((where / "warmup.json").read_text()) != made:
-            log(f"{setting}: {where} was warmed up otherwise ({(where / 'warmup.json').read_text().strip()}): "
-                f"retraining it")
-            import shutil
-            shutil.rmtree(where)
-            shutil.rmtree(folder / f"warmup-seed{s}-log", ignore_errors=True)
-        if s == seed0 and (variant_dir / "retrieval_warmup").is_dir():
-            where = variant_dir / "retrieval_warmup"   # the variant's own warm-up (same reader, steps and seed)
-        elif not (where / "warmup.json").is_file():
-            model.load(reader)
-            train_q = list(dataset.split("train"))
-            with model.using(cfg=derive(cfg, f"retrieval warm-up seed {s}", runtime={"seed": s})):
-                grpo.Trainer(model, train_q, [], folder / f"warmup-seed{s}-log", setting=setting) \
-                    .retrieval_warmup(cfg.grpo.retrieval_warmup_steps)
-            model.save(where)
-            write_json(where / "warmup.json", made)  # what made it: a warm-up of other params is retrained
-        warmed[s] = recall_of(where, ("control_token",), f"warmup-seed{s}")["control_token"]
-        seconds[f"warm-up seed {s}"] = round(time.perf_counter() - t0, 1)
-        log(f"{setting}: retrieval warm-up seed {s}: recall@4 {np.mean(warmed[s][4]):.3f} "
-            f"({seconds[f'warm-up seed {s}']:.0f} s)")
-    recall += _recall_rows(WARMED, warmed, n_boot, seed0, clusters)
+    def reading_of(model, v, checkpoint) -> float:
+        return piece(model, v, checkpoint, "reading-val", lambda: {"accuracy": reading_accuracy(model, val)})[
+            "accuracy"]
 
-    evaluated = None
-    if (variant_dir / "best" / "elasticmem.json").is_file():
-        evaluated = variant_dir / "best"
-        after = recall_of(evaluated, ("control_token",), "grpo")["control_token"]
-        recall += _recall_rows(GRPO_TRAINED, {seed0: after}, n_boot, seed0, clusters)
-    else:
-        log(f"{setting}: no {VARIANT} checkpoint at {variant_dir / 'best'} (05_ablations trains it): no "
-            f"'after GRPO' row; accuracy is measured on the warm-up checkpoint of seed {e.retrieval_seeds[0]}")
-        evaluated = (variant_dir / "retrieval_warmup") if e.retrieval_seeds[0] == seed0 and \
-            (variant_dir / "retrieval_warmup").is_dir() else folder / f"warmup-seed{e.retrieval_seeds[0]}"
+    for k, (name, v) in enumerate(variants.items()):
+        mine = v.retrieval.mode
+        model = build(v)
+        try:
+            if k == 0:   # the reader's own retrievals, before any retrieval training (one reader: seed0's)
+                t0 = time.perf_counter()
+                base = recall_of(model, cfg, reader, RECALL_MODES)   # the run's params: any variant order
+                for mode in RECALL_MODES:
+                    recall += _recall_rows(UNTRAINED if mode == "control_token" else mode, {seed0: base[mode]},
+                                           n_boot, seed0, clusters)
+                before = reading_of(model, cfg, reader)
+                seconds["reader"] = round(time.perf_counter() - t0, 1)
+            warmed, trained, records, checkpoints[name] = {}, {}, {}, {}
+            for s in seeds:
+                t0 = time.perf_counter()
+                where = train_variant(v, name, s, model, reader, dataset, folder / name / f"seed{s}", log)
+                best = where / "best"
+                checkpoints[name][s] = str(best)
+                warmed[s] = recall_of(model, v, where / "retrieval_warmup", (mine,))[mine]
+                trained[s] = recall_of(model, v, best, (mine,))[mine]
+                guard = _guard_record(where)
+                reading.append({"warmup": name, "seed": s, "before": before,
+                                "after": reading_of(model, v, where / "retrieval_warmup"),
+                                "after_grpo": reading_of(model, v, best), **guard})
+                got = piece(model, v, best, f"accuracy-{split}", lambda: {
+                    mode: accuracy_with(model, questions, mode) for mode in (mine, *OTHER_MODES)})
+                for mode, recs in got.items():
+                    records[(s, mode)] = recs
+                seconds[f"{name} seed {s}"] = round(time.perf_counter() - t0, 1)
+                r = reading[-1]
+                log(f"{setting}: {name} seed {s}: reading {r['before']:.3f} -> {r['after']:.3f} (warm-up) -> "
+                    f"{r['after_grpo']:.3f} (GRPO); recall@4 {np.mean(warmed[s][4]):.3f} -> "
+                    f"{np.mean(trained[s][4]):.3f}; accuracy {mine} {np.mean([x['correct'] for x in got[mine]]):.3f}"
+                    f", semantic {np.mean([x['correct'] for x in got['semantic']]):.3f} "
+                    f"({seconds[f'{name} seed {s}']:.0f} s)")
+        finally:
+            release(model)
+        recall += _recall_rows(f"{name}, after warm-up", warmed, n_boot, seed0, clusters, variant=name)
+        recall += _recall_rows(f"{name}, after GRPO", trained, n_boot, seed0, clusters, variant=name)
+        for mode in (mine, *OTHER_MODES):
+            _, x, units = evaluate.correctness([records[(s, mode)] for s in seeds])  # sorted by qid
+            b = stats.bootstrap_mean(x, units, n_boot, seed0)
+            accuracy.append({"variant": name, "mode": mode, "accuracy": b["mean"], "ci": b["ci"],
+                             "memory_tokens": float(np.mean([r["tokens"]["memory"] for s in seeds
+                                                             for r in records[(s, mode)]])),
+                             "seeds": [{"seed": s, "accuracy": a} for s, a in zip(seeds, b["per_seed"])]})
+        paired += _paired_rows(name, mine, records, seeds, n_boot, seed0)
+        bar.append(_quality_bar(name, mine, reading, recall, paired, base))
 
-    t0 = time.perf_counter()
-    m = {**meta, "checkpoint_id": checkpoint_id(evaluated), "modes": list(ACCURACY_MODES)}
-
-    def compute_accuracy():
-        model.load(evaluated)
-        return {mode: accuracy_with(model, questions, mode) for mode in ACCURACY_MODES}
-    records = evaluate.cached(folder / f"accuracy-{m['checkpoint_id']}-{split}.json", cfg, m,
-                              lambda: {"body": compute_accuracy()})["body"]
-    for mode in ACCURACY_MODES:
-        s = evaluate.summarize(records[mode], n_boot, seed0)
-        accuracy.append({"mode": mode, "accuracy": s["accuracy"], "ci": [s["ci_low"], s["ci_high"]],
-                         "memory_tokens": float(np.mean([r["tokens"]["memory"] for r in records[mode]]))})
-    seconds["accuracy"] = round(time.perf_counter() - t0, 1)
-    paired = {mode: evaluate.paired_comparison(records["control_token"], records[mode], n_boot, seed0)
-              for mode in ACCURACY_MODES if mode != "control_token"}
-    stats.with_holm(list(paired.values()))  # the control token against every other mode: one family
-    settings = cfg.grpo.settings or cfg.data.settings
-    name = "retrieval.json" if len(settings) <= 1 else f"retrieval-{setting}.json"
-    out = write_json(Path(run_dir) / "metrics" / name,
-                     {"setting": setting, "split": split, "n": len(questions), "recall": recall, "accuracy": accuracy,
-                      "checkpoint": str(evaluated),
-                      "paired_control_token_minus": {k: {"difference": v["difference"],
-                                                         "ci": [v["ci_low"], v["ci_high"]], "p": v["p"],
-                                                         "p_holm": v["p_holm"], "p_mcnemar": v["p_mcnemar"]}
-                                                     for k, v in paired.items()}})
-    model.load(evaluated)
+    first = next(iter(variants))
+    out = write_json(Path(run_dir) / "metrics" / _file_name(cfg, setting),
+                     {"setting": setting, "split": split, "n": len(questions), "seeds": seeds,
+                      "variants": list(variants), "recall": recall, "accuracy": accuracy, "reading": reading,
+                      "paired": paired, "quality_bar": bar,
+                      "checkpoint": checkpoints[first][seeds[0]], "checkpoints": checkpoints,
+                      "paired_control_token_minus": {x["b"]: {k: x[k] for k in ("difference", "ci", "p", "p_holm",
+                                                                                "seeds")}
+                                                     for x in paired if x["variant"] == first}})
+    import json
     return {"path": out, "data": json.loads(out.read_text()), "seconds": seconds}
+
+
+def _file_name(cfg: Config, setting: str) -> str:
+    settings = cfg.grpo.settings or cfg.data.settings
+    return "retrieval.json" if len(settings) <= 1 else f"retrieval-{setting}.json"
+
+
+def _guard_record(folder: Path) -> dict:
+    """What the warm-up's reading guard did (training/retrieval_warmup.py's closing log line), if it ran."""
+    import json
+
+    log = folder / "train_log.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    starts = [i for i, r in enumerate(lines) if r.get("stage") == "retrieval_warmup" and r.get("step") == 0]
+    lines = lines[starts[-1]:] if starts else lines   # an interrupted warm-up restarts: its last run counts
+    last = [r for r in lines if r.get("stage") == "retrieval_warmup_reading" and "steps_run" in r]
+    steps = sum(r.get("stage") == "retrieval_warmup" for r in lines)
+    return {"rolled_back_at": last[-1]["rolled_back_at"] if last else None, "steps_run": steps}
+
+
+def _quality_bar(name: str, mine: str, reading: list, recall: list, paired: list, base: dict) -> dict:
+    """The issue's bar for one variant: reading held on every seed, recall@4 after GRPO >= 0.8x the embedder's,
+    accuracy not below the embedder's (the paired interval reaching 0 or above)."""
+    mine_r = [r for r in reading if r["warmup"] == name]
+    rec = next(r["recall"] for r in recall if r["mode"] == f"{name}, after GRPO" and r["z"] == 4)
+    sem = float(np.mean(base["semantic"][4]))
+    vs = next(x for x in paired if x["variant"] == name and x["b"] == "semantic")
+    return {"variant": name, "mode": mine,
+            "reading_holds": all(r["after"] >= r["before"] - READING_GUARD for r in mine_r),
+            "worst_reading_drop": max(r["before"] - r["after"] for r in mine_r),
+            "recall_at_4": rec, "semantic_recall_at_4": sem, "recall_ratio": rec / sem if sem else float("nan"),
+            "recall_holds": rec >= RECALL_RATIO * sem,
+            "accuracy_minus_semantic": vs["difference"], "ci": vs["ci"], "accuracy_holds": vs["ci"][1] >= 0}
 
 
 def recall_table(data: dict):
