@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..core import evaluate, stats
 from ..core.config import Config, derive
 from ..core.experiment import seed_everything, train_dir, write_json
-from ..method.model import CHECKPOINT_META
 from ..method.retrieval_loss import RECALL_ZS, recall_at
 from ..training import grpo
 from ..training.retrieval_warmup import reading_accuracy
