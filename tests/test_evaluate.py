@@ -91,6 +91,14 @@ def test_results_round_trip_resume_and_refusal(tmp_path):
     del older["fingerprint"]["params"]["align"], older["fingerprint"]["params"]["bank"]["cache_layer"]
     path.write_text(json.dumps(older))
     assert evaluate.evaluate(answer, QS, path, meta, cfg)["summary"] == res["summary"] and calls == [3, 3, 1]
+    # a result saved when ALFWorld's params were data.alfworld_* keys is reused: they are read as the alfworld section
+    older["fingerprint"]["params"]["data"].update(
+        {f"alfworld_{k}": v for k, v in older["fingerprint"]["params"].pop("alfworld").items()})
+    path.write_text(json.dumps(older))
+    assert evaluate.evaluate(answer, QS, path, meta, cfg)["summary"] == res["summary"] and calls == [3, 3, 1]
+    with pytest.raises(evaluate.ResultsError, match=r"params.alfworld.n_train: 18 -> 5"):
+        evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3",
+                                                           "alfworld.n_train=5"))
     # the align section shapes nothing while align.steps = 0
     assert evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3",
                                                               "align.lr=0.5"))["summary"] == res["summary"]

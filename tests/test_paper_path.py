@@ -94,20 +94,20 @@ def test_device_check_runs_on_cpu():
 @pytest.mark.parametrize("params", [p for p in PAPER if "alfworld" in p.name], ids=lambda p: p.stem)
 def test_alfworld_paper_file_trains_through_its_own_path_in_bfloat16(params, fixture_data, tmp_path):
     """ALFWorld's paper files: the authors' replay and card files (fixtures), GRPO on expert steps with the step
-    reward (agent.train, as 06 and launch.py), then step accuracy on held-out steps."""
+    reward (training.train, as 06 and launch.py), then step accuracy on held-out steps."""
     pytest.importorskip("alfworld")
-    from elasticmem_core.alfworld import agent
+    from elasticmem_core.alfworld import training
 
     cfg = checks.load(params, CPU_SIZED + [f"data.data_dir={fixture_data}", f"runtime.output_dir={tmp_path}",
-                                           "data.alfworld_max_train_steps=2", "data.alfworld_sft_steps=0"])
+                                           "alfworld.max_train_steps=2", "alfworld.sft_steps=0"])
     experiment.seed_everything(cfg.runtime.seed)
     backbone = bb.from_config(cfg)
-    trainer = agent.train(cfg, tmp_path / cfg.runtime.run_name, backbone, progress=False)
+    trainer = training.train(cfg, tmp_path / cfg.runtime.run_name, backbone, progress=False)
     assert trainer.step == 2 and trainer.skipped == 0 and trainer.model.cfg.grpo.group_size == 8
     assert trainer.model.cfg.grpo.reward_terms == {"alfworld_step": 1.0}
     steps = _grpo_records(trainer.log_path)
     assert len(steps) == 2 and all(math.isfinite(r["lm_loss"]) for r in steps)
-    assert 0.0 <= agent.step_accuracy(trainer.model, trainer.val_q) <= 1.0
+    assert 0.0 <= training.step_accuracy(trainer.model, trainer.val_q) <= 1.0
 
 
 @pytest.mark.parametrize("params,extra", [

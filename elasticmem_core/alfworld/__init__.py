@@ -1,2 +1,2 @@
-"""ALFWorld: the games (generated offline, or the real ones), the environment with expert replays and skill cards,
-and ElasticMem as the agent that plays them."""
+"""ALFWorld: the games (generated offline, or the real ones) with expert replays (environment.py, alfred_problems.py),
+the skill cards (cards.py), what ElasticMem learns from (training.py) and ElasticMem playing them (play.py)."""

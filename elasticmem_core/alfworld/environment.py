@@ -1,20 +1,21 @@
-"""ALFWorld's games: live TextWorld games, an offline game set, expert replays and skill cards.
+"""ALFWorld's games: live TextWorld games, the game set (offline or ALFWorld's own) and the expert's replays.
 
 Runs the real `alfworld` (0.4.2) + `textworld[pddl]` (1.7.0) environment code (optional extra `alfworld`):
 
 - `Game`: one game file through the same wrapper chain as `alfworld-generate` (PddlEnv, AlfredDemangler,
-  AlfredInfos, AlfredExpert(planner)): observation, admissible commands, expert plan, reward, done.
-- `prepare(cfg)`: the game set. With ALFWorld's own data (`data.alfworld_data` or $ALFWORLD_DATA holding
+  AlfredInfos, AlfredExpert(planner)): observation, admissible commands, expert plan, reward, done; `deadline` /
+  `GameTimeout` bound a game's wall-clock time.
+- `prepare(cfg)`: the game set. With ALFWorld's own data (`alfworld.data` or $ALFWORLD_DATA holding
   json_2.1.1/valid_seen and valid_unseen) evaluation plays those games, and when it holds json_2.1.1/train too the
-  replays and cards below are recorded on `data.alfworld_n_train` of its training games; otherwise the package
-  writes ALFRED-format problems (alfred_problems.py), turns them into games with `alfworld-generate`, and keeps only
-  the games the expert planner wins within the step limit (a rejected game is listed with its reason). Cached:
-  skipped when the manifest says the same params made it.
-- Expert replays in the authors' JSON format (docs/method.md §3; steps[0] is the reset: action null, the first
-  observation), skill cards from a deterministic template (no paid API), a split file; `memorysuite.loaders.
+  replays and cards are recorded on `alfworld.n_train` of its training games; otherwise the package writes
+  ALFRED-format problems (alfred_problems.py), turns them into games with `alfworld-generate`
+  (`run_alfworld_generate`), and keeps only the games the expert planner wins within the step limit (a rejected game
+  is listed with its reason). Cached: skipped when the manifest says the same params made it.
+- Expert replays in the authors' JSON format (`replay_expert`; docs/method.md §3; steps[0] is the reset: action
+  null, the first observation), the bank games' skill cards (cards.py), a split file; `memorysuite.loaders.
   load_alfworld` reads them back (`load`). Evaluation games never get a skill card (checked); `eval_games` lists them.
 
-ElasticMem as the agent that plays them (turns, training on expert steps, live evaluation) is agent.py.
+What ElasticMem learns from the replays is training.py; playing the games with it, play.py.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from ..core.experiment import resolve
 from ..memorysuite import loaders, splits
 from ..memorysuite.records import Dataset
 from . import alfred_problems
+from .cards import backbone_card, skill_card
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ def objective_of(first_observation: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Expert replays (the authors' format) and skill cards
+# Expert replays (the authors' format)
 def replay_expert(gamefile: str | Path, max_steps: int, timeout_s: float) -> dict:
     """Play the expert planner's plan; the record of docs/method.md §3 (with "error" when the expert did not win)."""
     steps, total, error = [], 0.0, None
@@ -178,106 +180,21 @@ def _trajectory_text(steps: list[dict]) -> str:
     return "\n".join(lines + ["", f"TRAJECTORY_STATUS: {'SUCCESS' if won else 'FAILED'}"])
 
 
-_GLOSS = {
-    "pick_and_place_simple": "find one object and put it in or on a receptacle",
-    "look_at_obj_in_light": "find an object, carry it to a desk lamp and switch the lamp on while holding it",
-    "pick_clean_then_place_in_recep": "find an object, clean it with the sink basin, then put it in place",
-    "pick_heat_then_place_in_recep": "find an object, heat it with the microwave, then put it in place",
-    "pick_cool_then_place_in_recep": "find an object, cool it with the fridge, then put it in place",
-    "pick_two_obj_and_place": "find two objects of one kind and put both in the same receptacle",
-}
-_STRATEGY = {
-    "pick_and_place_simple": [
-        "Read the objective to learn the object type and the target receptacle type.",
-        "Search the receptacles where such an object usually lies; open closed cabinets, drawers or the fridge "
-        "and read what the observation lists inside.",
-        "Take the object as soon as it appears, with the exact take command from the admissible list.",
-        "Go to the target receptacle (open it first if it is closed) and move the object there."],
-    "look_at_obj_in_light": [
-        "Read the objective to learn which object to examine and that a desk lamp gives the light.",
-        "Search tables, desks, dressers and shelves for the object and take it.",
-        "Keep holding the object and go to the receptacle where the desk lamp stands.",
-        "Use the desk lamp while holding the object; switching it on finishes the task."],
-    "pick_clean_then_place_in_recep": [
-        "Read the objective to learn the object type and the target receptacle type.",
-        "Search counters, cabinets, drawers and the sink for the object and take it.",
-        "Go to the sink basin and clean the object with it while holding it.",
-        "Go to the target receptacle, open it if needed, and move the clean object there."],
-    "pick_heat_then_place_in_recep": [
-        "Read the objective to learn the object type and the target receptacle type.",
-        "Search counters, the fridge, cabinets and tables for the object and take it.",
-        "Go to the microwave and heat the object with it; the microwave need not be opened.",
-        "Go to the target receptacle, open it if needed, and move the hot object there."],
-    "pick_cool_then_place_in_recep": [
-        "Read the objective to learn the object type and the target receptacle type.",
-        "Search counters, cabinets, tables and the microwave for the object and take it.",
-        "Go to the fridge and cool the object with it; cooling does not need the fridge opened.",
-        "Go to the target receptacle, open it if needed, and move the cool object there."],
-    "pick_two_obj_and_place": [
-        "Read the objective to learn the object type and the target receptacle type; two objects are needed.",
-        "Find the first object, take it, go to the target receptacle and move it there.",
-        "The hands hold one object at a time, so search again for a second object of the same type.",
-        "Take the second one and move it to the same receptacle; remember where the first search looked."],
-}
-
-
-def skill_card(task_type: str, gamefile: str, replay: dict) -> dict:
-    """A procedural summary of one expert trajectory (150-300 words), the authors' card format."""
-    actions = [s["action"] for s in replay["steps"][1:]]
-    taken = [a for a in actions if a.startswith("take ")]
-    visited = [a[len("go to "):] for a in actions if a.startswith("go to ")]
-    opened = [a[len("open "):] for a in actions if a.startswith("open ")]
-    changes = [a for a in actions if a.split(" ", 1)[0] in ("heat", "cool", "clean", "use")]
-    found = [re.sub(r"^take (.+) from (.+)$", r"\1 in or on \2", a) for a in taken]
-    lines = [f"Task type: {task_type}. Objective pattern: {replay['objective']} ({_GLOSS[task_type]})."]
-    lines += [f"{i}. {text}" for i, text in enumerate(_STRATEGY[task_type], 1)]
-    lines.append(f"In this game the expert solved it in {len(actions)} steps. It visited "
-                 f"{', '.join(visited) or 'no receptacle'}"
-                 + (f", opened {', '.join(opened)}" if opened else "")
-                 + f", found {'; '.join(found) or 'nothing to take'}"
-                 + (f", then did: {'; '.join(changes)}" if changes else "")
-                 + f", and finished with: {actions[-1] if actions else 'nothing'}.")
-    lines.append("Why it works: every command must be copied from the admissible list; objects inside a closed "
-                 "receptacle stay hidden until it is opened, so check closed places after the open surfaces; "
-                 "go to a receptacle before acting on it; the task ends the moment the goal holds, so do not "
-                 "wander after the last move. If an action answers 'Nothing happens', it was not valid there: "
-                 "re-read the observation and pick another admissible command.")
-    return {"task_type": task_type, "gamefile": gamefile, "objective": replay["objective"],
-            "summary": "\n".join(lines)}
-
-
-CARD_PROMPT = ("You write skill cards for a household robot. Summarise how the expert solved this task as a reusable "
-               "strategy in 150-300 words: the steps in order, where objects were found, and why the plan works.\n"
-               "Task type: {task_type}\nObjective: {objective}\nExpert actions:\n{actions}")
-
-
-def backbone_card(card: dict, replay: dict, backbone, max_new_tokens: int = 320) -> dict:
-    """`card` with its summary written by the local backbone (greedy, through its chat template) from the expert
-    trajectory, as the authors had Gemini write theirs. The first line (task type and objective) stays, so retrieval
-    keys on the same objective; an empty generation keeps the template text and says so in `written_by`."""
-    actions = "\n".join(f"{i}. {s['action']}" for i, s in enumerate(replay["steps"][1:], 1))
-    prompt = CARD_PROMPT.format(task_type=card["task_type"], objective=card["objective"], actions=actions)
-    text = backbone.chat(prompt, max_new_tokens)
-    head = card["summary"].split("\n", 1)[0]
-    if not text:
-        return {**card, "written_by": f"template (the backbone {backbone.identity} wrote nothing)"}
-    return {**card, "summary": f"{head}\n{text}", "written_by": f"backbone {backbone.identity}"}
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The game set
 def real_data_root(cfg, splits: tuple[str, ...] = EVAL_SPLITS) -> Path | None:
     """ALFWorld's own data folder when it holds the games of `splits` (default: the evaluation games), else None."""
-    root = cfg.data.alfworld_data or os.environ.get("ALFWORLD_DATA")
+    root = cfg.alfworld.data or os.environ.get("ALFWORLD_DATA")
     if root and all((Path(root) / "json_2.1.1" / s).is_dir() for s in splits):
         return Path(root)
     return None
 
 
 def games_dir(cfg, run_dir: str | Path | None = None) -> Path:
-    """data.alfworld_games_dir, else <data.mini_dir or run folder>/data/alfworld-offline."""
-    if cfg.data.alfworld_games_dir:
-        return resolve(cfg.data.alfworld_games_dir)
+    """alfworld.games_dir, else <mini folder>/alfworld-offline (the mini folder: data.mini_dir, else
+    <run folder>/data)."""
+    if cfg.alfworld.games_dir:
+        return resolve(cfg.alfworld.games_dir)
     from ..memorysuite import mini_root
     return mini_root(cfg, run_dir) / "alfworld-offline"
 
@@ -291,28 +208,27 @@ def replays_dir(cfg, run_dir: str | Path | None = None) -> Path:
 
 
 def _params(cfg, real: Path | None) -> dict:
-    d = cfg.data
+    a = cfg.alfworld
     if real is not None:  # the evaluation games are played where they lie: no counts, no rooms
-        return {"format": FORMAT_VERSION, "alfworld_data": str(real), "seed": d.alfworld_seed,
-                "n_train": d.alfworld_n_train, "bank_ratio": d.alfworld_bank_ratio,
-                "max_steps": d.alfworld_max_steps, "timeout_s": d.alfworld_timeout_s, **_card_params(cfg)}
-    return {"format": FORMAT_VERSION, "seed": d.alfworld_seed, "n_train": d.alfworld_n_train, **_card_params(cfg),
-            "n_seen": d.alfworld_n_seen, "n_unseen": d.alfworld_n_unseen, "bank_ratio": d.alfworld_bank_ratio,
-            "max_steps": d.alfworld_max_steps, "timeout_s": d.alfworld_timeout_s,
+        return {"format": FORMAT_VERSION, "alfworld_data": str(real), "seed": a.seed, "n_train": a.n_train,
+                "bank_ratio": a.bank_ratio, "max_steps": a.max_steps, "timeout_s": a.timeout_s, **_card_params(cfg)}
+    return {"format": FORMAT_VERSION, "seed": a.seed, "n_train": a.n_train, **_card_params(cfg),
+            "n_seen": a.n_seen, "n_unseen": a.n_unseen, "bank_ratio": a.bank_ratio,
+            "max_steps": a.max_steps, "timeout_s": a.timeout_s,
             "seen_rooms": alfred_problems.SEEN_ROOMS, "unseen_rooms": alfred_problems.UNSEEN_ROOMS}
 
 
 def _card_params(cfg) -> dict:
     """What decides the cards' text (recorded in the manifest, so a change rewrites them)."""
-    if cfg.data.alfworld_cards == "template":
+    if cfg.alfworld.cards == "template":
         return {}
-    return {"cards": cfg.data.alfworld_cards, "card_backbone": cfg.runtime.backbone}
+    return {"cards": cfg.alfworld.cards, "card_backbone": cfg.runtime.backbone}
 
 
 def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Expert replays, skill cards and the split file (skipped when the same params made them). Offline: write,
     generate and verify the game set, then replay every game. With ALFWorld's own data (json_2.1.1/train,
-    valid_seen and valid_unseen): the same replay and card code on `data.alfworld_n_train` of its training games
+    valid_seen and valid_unseen): the same replay and card code on `alfworld.n_train` of its training games
     (0 = all); its evaluation games are played where they lie (`eval_games`)."""
     real = real_data_root(cfg, alfred_problems.SPLITS)
     root = replays_dir(cfg, run_dir)
@@ -325,25 +241,24 @@ def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Pa
             shutil.rmtree(root / sub, ignore_errors=True)
     elif root.is_dir() and any(root.iterdir()):
         raise FileExistsError(f"{root}: not an ALFWorld replay folder made here (no manifest.json); "
-                              "give data.alfworld_games_dir (or data.mini_dir) an empty or new folder")
-    d = cfg.data
+                              "give alfworld.games_dir (or data.mini_dir) an empty or new folder")
+    a = cfg.alfworld
     t0 = time.monotonic()
     if real is None:
-        if d.alfworld_n_train < 1:
-            raise ValueError("data.alfworld_n_train = 0 means every game of ALFWorld's json_2.1.1/train, which is not "
+        if a.n_train < 1:
+            raise ValueError("alfworld.n_train = 0 means every game of ALFWorld's json_2.1.1/train, which is not "
                              "here (no ALFWORLD_DATA): give the number of offline training games to make")
         problems = root / "problems" / "json_2.1.1"
-        counts = {"train": d.alfworld_n_train, "valid_seen": d.alfworld_n_seen, "valid_unseen": d.alfworld_n_unseen}
-        folders = alfred_problems.write_problems(problems, counts, d.alfworld_seed)
+        counts = {"train": a.n_train, "valid_seen": a.n_seen, "valid_unseen": a.n_unseen}
+        folders = alfred_problems.write_problems(problems, counts, a.seed)
         t1 = time.monotonic()
-        run_alfworld_generate(problems, root / "json_2.1.1", d.alfworld_seed)
+        run_alfworld_generate(problems, root / "json_2.1.1", a.seed)
         json_root = root / "json_2.1.1"
         games = [(f.relative_to(problems), f / "traj_data.json") for f in folders]
     else:
         t1 = t0
         json_root = real / "json_2.1.1"
-        games = [(t.parent.relative_to(json_root), t) for t in _real_train_games(real, d.alfworld_n_train,
-                                                                                  d.alfworld_seed)]
+        games = [(t.parent.relative_to(json_root), t) for t in _real_train_games(real, a.n_train, a.seed)]
     t2 = time.monotonic()
 
     # the expert's replay of every game (the same code for offline and real games)
@@ -353,7 +268,7 @@ def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Pa
         split, task_type = rel.parts[0], json.loads(traj.read_text())["task_type"]
         gamefile = json_root / rel / "game.tw-pddl"
         game_id = f"json_2.1.1/{rel.as_posix()}/game.tw-pddl"
-        record = replay_expert(gamefile, d.alfworld_max_steps, d.alfworld_timeout_s) if _solvable(gamefile) \
+        record = replay_expert(gamefile, a.max_steps, a.timeout_s) if _solvable(gamefile) \
             else {"error": "alfworld-generate: the planner found no plan"}
         if record.get("error"):  # rejected at generation, with the reason
             rejected.append({"gamefile": game_id, "reason": record["error"]})
@@ -368,11 +283,11 @@ def prepare(cfg, run_dir: str | Path | None = None, progress: bool = True) -> Pa
     train = replays["train"]
     units = sorted(g for games in train.values() for g in games)
     order = list(units)
-    random.Random(d.alfworld_seed).shuffle(order)  # the authors' M/T cut: shuffle, the first 80% -> bank
-    bank = set(order[:int(d.alfworld_bank_ratio * len(order))])
+    random.Random(a.seed).shuffle(order)  # the authors' M/T cut: shuffle, the first 80% -> bank
+    bank = set(order[:int(a.bank_ratio * len(order))])
     cards = [skill_card(t, g, rec) for t, games in sorted(train.items()) for g, rec in sorted(games.items())
              if g in bank]
-    if d.alfworld_cards == "backbone":  # the local model rewrites each card's summary (no API)
+    if a.cards == "backbone":  # the local model rewrites each card's summary (no API)
         from ..core.backbone import from_config
         writer = from_config(cfg)
         cards = [backbone_card(c, train[c["task_type"]][c["gamefile"]], writer)

@@ -2,7 +2,8 @@
 
 A params file (YAML) has one mapping per section (`runtime:`, `data:`, `bank:` ...). Every key is checked against
 the dataclass field of the same name: an unknown or misspelled key, or a value of the wrong type, raises
-`ConfigError` naming the key and the file. Each field carries a one-line help in its metadata (`help(field)`).
+`ConfigError` naming the key and the file; a key that has moved (renamed.py) is refused with its new name. Each
+field carries a one-line help in its metadata (`help(field)`).
 
 Plain `papermill -f params.yaml` injects the top-level YAML keys as notebook variables (each section a dict);
 `from_sections` turns those dicts back into a typed `Config`. Checking the values (choices, ranges, registries) is
@@ -17,6 +18,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from .renamed import RENAMED
 
 
 class ConfigError(ValueError):
@@ -87,29 +90,35 @@ class DataConfig:
                                 "per-setting instruction chosen by the option count, the options, no cue)")
     skip_bad_records: bool = _f(False, "skip malformed records (each listed in the load summary) instead of failing")
     mini: MiniConfig = field(default_factory=MiniConfig, metadata={"help": "MemorySuite-mini generator"})
-    alfworld_data: str | None = _f(None, "ALFWorld's data folder (json_2.1.1 with valid_seen/valid_unseen games); "
-                                         "None = $ALFWORLD_DATA when it holds them, else the offline game set")
-    alfworld_games_dir: str | None = _f(None, "offline ALFWorld game set folder; None = <mini folder>/alfworld-offline")
-    alfworld_seed: int = _f(42, "seed of the offline game set (rooms, goals, placement) and of the bank/GRPO cut")
-    alfworld_n_train: int = _f(120, "training games (bank + GRPO pool), task types in turn: offline ones, or with "
-                                    "ALFWorld's json_2.1.1/train that many of its games replayed here (0 = all)")
-    alfworld_n_seen: int = _f(36, "offline valid_seen games (training rooms and goal kinds)")
-    alfworld_n_unseen: int = _f(36, "offline valid_unseen games (new rooms, held-out object-receptacle goals)")
-    alfworld_cards: str = _f("template", "who writes the skill cards: template (deterministic, from the expert "
-                                         "trajectory) | backbone (the configured local model summarises it; no API)")
-    alfworld_bank_ratio: float = _f(0.8, "share of the successful training replays summarised into skill cards "
-                                         "(authors: 0.8); the rest are GRPO games")
-    alfworld_max_steps: int = _f(30, "steps per ALFWorld game before it ends as a failure")
-    alfworld_timeout_s: float = _f(240.0, "wall-clock seconds per ALFWorld game (policy included) before it ends "
-                                          "as a failure")
-    alfworld_history: int = _f(5, "last (action, observation) pairs in each ALFWorld prompt")
-    alfworld_group_size: int = _f(8, "GRPO group size G for ALFWorld (paper 8); 0 = grpo.group_size")
-    alfworld_max_new_tokens: int = _f(16, "tokens generated per ALFWorld step, training and play (paper 16); "
-                                          "0 = grpo.max_new_tokens")
-    alfworld_epochs: int = _f(3, "GRPO epochs over the ALFWorld training steps (paper 3); 0 = grpo.epochs")
-    alfworld_max_train_steps: int = _f(0, "cap on ALFWorld GRPO steps; 0 = grpo.max_steps (a CPU-sized run caps it)")
-    alfworld_sft_steps: int = _f(-1, "ALFWorld stage-1 supervised steps on the expert actions; -1 = grpo.sft_steps, "
-                                     "0 = off")
+
+
+@dataclass
+class AlfworldConfig:
+    """The ALFWorld setting (data.settings: [alfworld]; 06_alfworld): games, skill cards, live play, and the GRPO
+    settings its training uses in place of grpo's (alfworld/training.py: training_config)."""
+    data: str | None = _f(None, "ALFWorld's own data folder (json_2.1.1/valid_seen and valid_unseen; with train too, "
+                                "replays are recorded on its games); None = $ALFWORLD_DATA if it holds them, else "
+                                "the offline game set the package writes")
+    games_dir: str | None = _f(None, "folder of the offline game set; None = <mini folder>/alfworld-offline")
+    seed: int = _f(42, "seed of the offline game set (rooms, goals, placement), of the choice of ALFWorld's own "
+                       "training games, and of the bank/GRPO cut")
+    n_train: int = _f(120, "training games (bank + GRPO games), task types in turn: offline ones, or with "
+                           "ALFWorld's json_2.1.1/train that many of its games replayed here (0 = all of them)")
+    n_seen: int = _f(36, "offline valid_seen evaluation games (training rooms and goal kinds)")
+    n_unseen: int = _f(36, "offline valid_unseen evaluation games (new rooms, held-out object-receptacle goals)")
+    cards: str = _f("template", "who writes the skill cards: template (deterministic, from the expert trajectory) | "
+                                "backbone (the configured local model summarises it; no API)")
+    bank_ratio: float = _f(0.8, "share of the successful training replays summarised into skill cards, the bank "
+                                "(authors: 0.8); the rest are GRPO games, 10% of them for validation")
+    max_steps: int = _f(30, "steps per game (expert replay and live play) before it ends as a failure")
+    timeout_s: float = _f(240.0, "wall-clock seconds per game (expert replay, or play with the policy included) "
+                                 "before it ends as a failure")
+    history: int = _f(5, "last (action, observation) pairs shown in each step's prompt")
+    group_size: int = _f(8, "GRPO group size G of ALFWorld training (paper 8); 0 = grpo.group_size")
+    max_new_tokens: int = _f(16, "tokens generated per step, training and play (paper 16); 0 = grpo.max_new_tokens")
+    epochs: int = _f(3, "GRPO epochs over the ALFWorld training steps (paper 3); 0 = grpo.epochs")
+    max_train_steps: int = _f(0, "cap on ALFWorld's GRPO steps; 0 = grpo.max_steps (a CPU-sized run caps it)")
+    sft_steps: int = _f(-1, "stage-1 supervised steps on the expert actions; -1 = grpo.sft_steps, 0 = off")
 
 
 @dataclass
@@ -453,6 +462,7 @@ class EvalConfig:
 class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    alfworld: AlfworldConfig = field(default_factory=AlfworldConfig)
     bank: BankConfig = field(default_factory=BankConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -535,6 +545,8 @@ def _build(cls: type, values: Any, where: str):
     defaults = None
     for key, value in values.items():
         if key not in known:
+            if _join(where, str(key)) in RENAMED:  # moved (renamed.py): say where to
+                raise ConfigError(f"{_join(where, str(key))}: an old key; it is now {RENAMED[_join(where, str(key))]}")
             close = [k for k in known if _similar(k, str(key))]
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
             raise ConfigError(f"{_join(where, str(key))}: unknown key{hint}")

@@ -42,6 +42,7 @@ from . import stats
 from .backbone import compute_dtype
 from .config import Config
 from .experiment import FRESH_ENV, code_version, environment, fresh, peak_memory_mb, write_json
+from .renamed import upgrade
 
 # keys that do not change a result (where files go, threads, which notebooks run what), left out of the fingerprint
 _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_threads", "chat_prompt", "max_new_tokens"),
@@ -261,6 +262,14 @@ def _without_new_defaults(now: dict, saved: dict) -> dict:
     return {**now, "params": params}
 
 
+def _upgraded(saved: dict) -> dict:
+    """A saved fingerprint with the params keys that have moved since (renamed.RENAMED: data.alfworld_* ->
+    alfworld.*) in their new places: a result of older code compares as today's code would have fingerprinted it."""
+    if not isinstance(saved.get("params"), dict):
+        return saved
+    return {**saved, "params": upgrade(saved["params"])}
+
+
 def _differences(a, b, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{where}.{k}".strip("."))]
@@ -299,8 +308,9 @@ def existing(path: str | Path, cfg: Config, meta: dict, even_fresh: bool = False
     if not path.is_file() or (fresh() and not even_fresh):
         return None
     saved = json.loads(path.read_text())
-    now = _without_new_defaults(json.loads(json.dumps(fingerprint(cfg, meta), default=str)), saved["fingerprint"])
-    diff = _differences(saved["fingerprint"], now)
+    was = _upgraded(saved["fingerprint"])
+    now = _without_new_defaults(json.loads(json.dumps(fingerprint(cfg, meta), default=str)), was)
+    diff = _differences(was, now)
     if diff:
         raise ResultsError(f"{path} was made with other settings ({'; '.join(diff[:5])}); delete it to recompute, "
                            f"or use another run folder")

@@ -91,7 +91,7 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         "budget.arch": (cfg.budget.arch, {"package", "authors"}),
         "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
         "eval.frontier_train_split": (cfg.eval.frontier_train_split, {"train", "val"}),
-        "data.alfworld_cards": (cfg.data.alfworld_cards, {"template", "backbone"}),
+        "alfworld.cards": (cfg.alfworld.cards, {"template", "backbone"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
         "grpo.backward": (cfg.grpo.backward, {"group", "rollout"}),
         "grpo.advantage_norm": (cfg.grpo.advantage_norm, {"std", "mean"}),

@@ -5,8 +5,9 @@
 
 `bank`: every process encodes a disjoint share of the shards of each setting's bank (bank.build).
 `train`: every process takes its share of each step's questions; gradients are averaged (grpo.Trainer). The
-`alfworld` setting trains as 06_alfworld does (agent.train: expert-step items, the expert-action reward, model
-selection on step accuracy; its folders are named by the game set, e.g. train/alfworld-offline/seed<seed>/).
+`alfworld` setting trains as 06_alfworld does (alfworld.training.train: expert-step items, the expert-action
+reward, model selection on step accuracy; its folders are named by the game set, e.g.
+train/alfworld-offline/seed<seed>/).
 Results land in <runtime.output_dir>/<runtime.run_name>/ (banks/<setting>/, train/<setting>/seed<seed>/), where
 notebooks 04, 05 and 07 read them. On CPU (tests), use `torchrun --nproc_per_node 2` instead of `accelerate launch
 --cpu`, which starts a single process.
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..alfworld import agent, environment
+from ..alfworld import environment, training
 from ..core import backbone as bb
 from ..core.experiment import resolve, seed_everything, train_dir, write_yaml
 from ..method import assemble
 from .runner import resolve_params
 
-ALFWORLD = "alfworld"  # the setting trained by agent.train (as 06_alfworld), not by the QA path
+ALFWORLD = "alfworld"  # the setting trained by training.train (as 06_alfworld), not by the QA path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             backbone.device = acc.device
         if setting == ALFWORLD:  # step items, the expert-action reward and step accuracy: 06_alfworld's path
             if args.job == "train":
-                trainer = agent.train(cfg, run_dir, backbone, accelerator=acc)
+                trainer = training.train(cfg, run_dir, backbone, accelerator=acc)
                 if acc.is_main_process:
                     print(f"{setting}: {trainer.step} steps on {acc.num_processes} process(es); best validation "
                           f"step accuracy {trainer.best:.3f}")

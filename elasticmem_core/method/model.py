@@ -28,6 +28,7 @@ from torch import nn
 
 from ..core import sampling
 from ..core.config import Config, from_sections
+from ..core.renamed import upgrade
 from . import projector as projector_mod
 from . import rollout
 from .budget import BudgetDecision, BudgetPolicy
@@ -365,7 +366,7 @@ class ElasticMem(nn.Module):
         if unknown:
             raise CheckpointError(f"{path}: {type(self).__name__} has no part {unknown[0]!r} (parts: "
                                   f"{', '.join(self.PARTS)})")
-        saved = from_sections(str(meta_file), **meta["config"])
+        saved = from_sections(str(meta_file), **upgrade(meta["config"]))  # a checkpoint of older code reads too
         for section, key in (pair for part in parts for pair in self.SHAPING[part]):  # only the parts loaded
             was, now = getattr(getattr(saved, section), key), getattr(getattr(self.cfg, section), key)
             if was != now:

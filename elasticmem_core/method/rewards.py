@@ -96,7 +96,7 @@ def task_reward(r: Rollout) -> float:
 
 def alfworld_step_reward(r: Rollout) -> float:
     """ALFWorld's: 1 if the output, snapped to the step's admissible commands, is the expert action (the question is
-    an alfworld.agent.StepItem: gold = the expert action)."""
+    an alfworld.training.StepItem: gold = the expert action)."""
     return expert_action_reward(r.text, r.question.turn.admissible, r.question.gold)
 
 

@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 
 from ..core import sampling
+from ..core.renamed import upgrade
 from ..method.budget import BudgetDecision
 from ..method.injection import Batch, Row, build_batch
 
@@ -246,6 +247,14 @@ def recipe(model, questions) -> dict:
                                  list(model.projector.parameters()))}
 
 
+def _upgraded(saved: dict | None) -> dict | None:
+    """A recipe saved by older code with its params' moved keys in their new places (renamed.upgrade), so that a
+    renamed key alone does not throw a finished stage away."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
+        return saved
+    return {**saved, "params": upgrade(saved["params"])}
+
+
 def run(model, questions, train_dir: str | Path, log: Callable[[dict], None] | None = None,
         progress: bool = True, save: bool = True) -> list[dict]:
     """Run (or resume, or reuse) align.steps steps; returns this call's step records (empty when reused)."""
@@ -259,7 +268,7 @@ def run(model, questions, train_dir: str | Path, log: Callable[[dict], None] | N
     want = recipe(model, questions)
     parts = ("lora", "projector") if cfg.align.train_lora else ("projector",)
     if (done / RECIPE).is_file():
-        if json.loads((done / RECIPE).read_text()).get("recipe") == want:
+        if _upgraded(json.loads((done / RECIPE).read_text()).get("recipe")) == want:
             model.load(done, parts=parts)
             return []
         if save:
@@ -269,7 +278,7 @@ def run(model, questions, train_dir: str | Path, log: Callable[[dict], None] | N
     start = 0
     if (partial / STATE).is_file():
         state = torch.load(partial / STATE, weights_only=False)
-        if state.get("recipe") == want:
+        if _upgraded(state.get("recipe")) == want:
             model.load(partial, parts=parts)
             opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])

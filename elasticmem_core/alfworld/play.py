@@ -1,21 +1,15 @@
-"""ElasticMem as an ALFWorld agent: what it sees at a step, training on expert steps, live play and evaluation.
+"""ElasticMem playing ALFWorld, and the results: the model as a policy, live play, evaluation and its result files.
 
-The games, expert replays and skill cards come from alfworld.py; this module plays them:
-
-- `turns(episode)`: each expert step -> (objective, last `history` (action, observation) pairs, current
-  observation, admissible commands) -> expert action, as the authors' `expand_il_samples`.
-- `step_items` (one `StepItem` per expert step of the GRPO games: question = objective, tail = the step's prompt,
-  gold = the expert action), `step_reward` (the expert-action reward), `step_accuracy` (held-out exact match, the
-  training monitor), `training_config` (G, tokens and epochs of data.alfworld_*; no stage-0 reader warm-up),
-  `train` (bank, step items, GRPO on the step reward with step-accuracy model selection: the one training path of
-  06_alfworld and `launch.py train`).
-- `policy(model)` (greedy; retrieval, budgets and the prompt prefix's KV cache once per episode); `play` /
-  `evaluate`: a policy `act(turn) -> text` plays live games, at most `alfworld_max_steps` steps and
-  `alfworld_timeout_s` seconds each (a hung game ends, counted as a failure with its reason); the output is snapped
+- `policy(model)`: greedy; retrieval, budgets and the prompt prefix's KV cache once per episode.
+- `play` / `evaluate`: a policy `act(turn) -> text` plays live games, at most `alfworld.max_steps` steps and
+  `alfworld.timeout_s` seconds each (a hung game ends, counted as a failure with its reason); the output is snapped
   to the admissible commands (rewards.snap_to_admissible); an output that matches none is sent as typed (the game
   answers "Nothing happens.") and counted in `invalid_actions`. #Tok per episode is summed over steps.
-- `evaluate_policy` (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results
-  file), `task_type_table` (success per task type of saved results).
+- `summarize`, `results_json`, `episode_record` (an episode as an evaluate.py question record); `evaluate_policy`
+  (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results file),
+  `task_type_table` (success per task type of saved results).
+
+The games come from environment.py, what the policy sees at a step (`Turn`, `StepItem`) from training.py.
 """
 from __future__ import annotations
 
@@ -27,161 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..core.config import derive
 from ..core.experiment import peak_memory_mb
 from ..memorysuite import loaders
-from ..memorysuite.records import Dataset, Episode
-from ..method.rewards import expert_action_reward, snap_to_admissible
-from .environment import TASK_TYPES, EvalGame, Game, GameTimeout, _progress, deadline, load, objective_of
+from ..method.rewards import snap_to_admissible
+from .environment import TASK_TYPES, EvalGame, Game, GameTimeout, _progress, deadline, objective_of
+from .training import StepItem, Turn
 
 log = logging.getLogger(__name__)
 
-SYSTEM_INSTRUCTION = ("You are controlling a text-based ALFWorld environment. Choose the NEXT action as ONE "
-                      "admissible command string. Output only the command, copied verbatim from the admissible list.")
-
 
 # ---------------------------------------------------------------------------------------------------------------
-# Turns: what the policy sees at one step
-@dataclass
-class Turn:
-    objective: str
-    history: list[tuple[str, str]]     # the last (action, observation) pairs, oldest first
-    observation: str
-    admissible: list[str]
-    expert_action: str | None = None   # the training target (None when playing)
-    episode_id: str = ""
-    task_type: str = ""
-    step: int = 0                      # 1-based index of the action to choose
-
-    def tail(self) -> str:
-        """History, observation and admissible commands, in the authors' wording (render_prompt_tail)."""
-        parts = []
-        if self.history:
-            lines = [f"{kind}: {text}" for a, o in self.history for kind, text in (("ACTION", a), ("OBSERVATION", o))]
-            parts += ["Interaction history so far:", "\n".join(lines), ""]
-        parts += ["Current observation:", self.observation]
-        if self.admissible:
-            parts += ["", "Admissible actions (choose exactly ONE, copy verbatim):"]
-            parts += [f"- {a}" for a in self.admissible]
-        return "\n".join(parts + ["", "Action:"])
-
-    def text(self) -> str:
-        """The whole prompt of a text-only policy: instruction, goal, tail."""
-        return f"{SYSTEM_INSTRUCTION}\n\nGoal: {self.objective}\n\n{self.tail()}"
-
-
-def turns(episode: Episode, history: int = 5) -> list[Turn]:
-    """One training turn per expert action after the reset step (the authors' expand_il_samples)."""
-    steps = episode.steps
-    out = []
-    for t in range(1, len(steps)):
-        prev = steps[t - 1]
-        out.append(Turn(objective=episode.objective,
-                        history=[(s.action, s.observation) for s in steps[max(1, t - history):t]],
-                        observation=prev.observation or episode.first_observation,
-                        admissible=list(prev.admissible_commands), expert_action=steps[t].action,
-                        episode_id=episode.episode_id, task_type=episode.task_type, step=t))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ElasticMem on ALFWorld: step items for training, the model as a policy
-@dataclass
-class StepItem:
-    """One step as an ElasticMem item (the authors' field mapping): the question is the objective, so retrieval
-    reads the objective and every step of an episode retrieves the same skill cards; the tail is the instruction
-    and the step's prompt; the gold is the expert action (None when playing)."""
-    qid: str                  # "<game id>#<step>"
-    question: str             # the objective
-    gold: str | None          # the expert action
-    question_type: str        # the task type
-    split: str
-    turn: Turn
-    memory_id: str = loaders.SKILL_BANK
-    options: list[str] = field(default_factory=list)   # none: the admissible commands are in the tail
-    evidence: list[str] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, turn: Turn, split: str = "play") -> "StepItem":
-        return cls(f"{turn.episode_id}#{turn.step}", turn.objective, turn.expert_action, turn.task_type, split, turn)
-
-    def tail_text(self, prompt: str = "generic") -> str:
-        """What follows the memory: instruction, history, observation, admissible commands, "Action:" (ALFWorld's
-        own prompt, whatever data.prompt says of the QA prompt)."""
-        return f"\n{SYSTEM_INSTRUCTION}\n{self.turn.tail()}"
-
-
-def step_items(dataset: Dataset, split: str, history: int = 5) -> list[StepItem]:
-    """Every expert step of the `split` episodes ("train" | "val": the GRPO games) as a training item."""
-    return [StepItem.of(t, split) for e in dataset.episodes if e.split == split for t in turns(e, history)]
-
-
-def step_reward(text: str, item: StepItem) -> float:
-    """The GRPO reward: 1 if the output, snapped to the step's admissible commands, is the expert action."""
-    return expert_action_reward(text, item.turn.admissible, item.gold)
-
-
-def step_accuracy(model, items: list[StepItem], max_new_tokens: int | None = None) -> float:
-    """Exact match of greedy outputs (snapped) with the expert action on held-out steps: the training monitor
-    (`Trainer(evaluate_fn=...)`); eval.max_questions caps the steps, eval.batch_size batches them."""
-    cap, bs = model.cfg.eval.max_questions, model.cfg.eval.batch_size
-    items = items[:cap] if cap > 0 else items
-    hits = 0.0
-    for i in range(0, len(items), bs):
-        batch = items[i:i + bs]
-        hits += sum(step_reward(o["output"], q) for o, q in zip(model.answer(batch, max_new_tokens), batch))
-    return hits / max(1, len(items))
-
-
-def training_config(cfg):
-    """The config ALFWorld trains with: grpo.group_size, max_new_tokens, epochs, max_steps and sft_steps replaced by
-    the data.alfworld_* values where those are set (the paper: G = 8, 16 tokens, 3 epochs; QA keeps 4, 5 and 10).
-    The QA stage-0 reader warm-up is not run here (grpo.reader_warmup_steps = 0): skill cards as text would cost
-    ~1,200 tokens per item, and stage 1 (grpo.sft_steps, on the expert actions) already teaches the action format."""
-    d, g = cfg.data, cfg.grpo
-    # the task term of a step is the expert-action reward
-    terms = {("alfworld_step" if k == "task" else k): v for k, v in g.reward_terms.items()}
-    return derive(cfg, "ALFWorld training", grpo={
-        "group_size": d.alfworld_group_size or g.group_size, "reader_warmup_steps": 0, "reward_terms": terms,
-        "max_new_tokens": d.alfworld_max_new_tokens or g.max_new_tokens, "epochs": d.alfworld_epochs or g.epochs,
-        "max_steps": d.alfworld_max_train_steps or g.max_steps,
-        "sft_steps": g.sft_steps if d.alfworld_sft_steps < 0 else d.alfworld_sft_steps})
-
-
-def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool = True, dataset: Dataset | None = None,
-          bank=None):
-    """ElasticMem trained on ALFWorld, the one path of 06_alfworld and `launch.py train`: the config of
-    `training_config`, the skill-card bank (built once by the frozen `backbone`, before LoRA goes in), one item per
-    expert step of the GRPO games (`step_items`: train, and val for model selection), GRPO on `step_reward`,
-    validation by `step_accuracy`, checkpoints in experiment.train_dir(run_dir, dataset.setting, runtime.seed).
-    `dataset` / `bank`: the caller's, when it already has them (else loaded / built here). With an accelerate
-    `accelerator`, every process calls this; process 0 prepares the game set first. Returns the trained Trainer
-    (`trainer.model` is the model, its `best/` checkpoint in `trainer.dir`)."""
-    from contextlib import nullcontext
-
-    from ..core.experiment import train_dir
-    from ..method import assemble
-    from ..training.grpo import Trainer
-
-    acfg = training_config(cfg)
-    if dataset is None:
-        with accelerator.main_process_first() if accelerator is not None else nullcontext():
-            dataset = load(acfg, run_dir)  # the game set is generated once (cached by its params), by process 0
-    if bank is None:
-        bank = assemble.bank_for(acfg, dataset, backbone, run_dir, progress=progress, accelerator=accelerator)
-    h = acfg.data.alfworld_history
-    train_items, val_items = step_items(dataset, "train", h), step_items(dataset, "val", h)
-    if not val_items:
-        raise ValueError("no ALFWorld validation game: raise data.alfworld_n_train (validation = 10% of the GRPO "
-                         "games)")
-    model = assemble.model_for(acfg, dataset, backbone, bank)
-    trainer = Trainer(model, train_items, val_items, train_dir(run_dir, dataset.setting, acfg.runtime.seed),
-                      accelerator=accelerator,
-                      evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
-    trainer.train(progress=progress)
-    return trainer
-
-
+# The model as a policy
 def policy(model, max_new_tokens: int | None = None) -> Policy:
     """ElasticMem (any memory mode) as a greedy ALFWorld policy. Retrieval and budgets are decided once per episode,
     from the objective, at its first step, and reused at every later step (as in training, where every step item
@@ -289,8 +139,8 @@ def play(game: EvalGame, act: Policy, max_steps: int = 30, timeout_s: float = 24
 
 def evaluate(games: list[EvalGame], act: Policy, cfg, count_tokens: Callable[[str], int] | None = None,
              progress: bool = True) -> list[EpisodeResult]:
-    d = cfg.data
-    return [play(g, act, d.alfworld_max_steps, d.alfworld_timeout_s, d.alfworld_history, count_tokens)
+    a = cfg.alfworld
+    return [play(g, act, a.max_steps, a.timeout_s, a.history, count_tokens)
             for g in _progress(games, progress, "playing")]
 
 

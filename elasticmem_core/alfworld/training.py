@@ -1,0 +1,166 @@
+"""What ElasticMem learns from on ALFWorld: the expert's steps as training items, their reward, and the training run.
+
+- `turns(episode)`: each expert step -> (objective, last `history` (action, observation) pairs, current
+  observation, admissible commands) -> expert action, as the authors' `expand_il_samples`.
+- `step_items` (one `StepItem` per expert step of the GRPO games: question = objective, tail = the step's prompt,
+  gold = the expert action), `step_reward` (the expert-action reward), `step_accuracy` (held-out exact match, the
+  training monitor), `training_config` (grpo with G, tokens, epochs and step caps of the alfworld section; no
+  stage-0 reader warm-up), `train` (bank, step items, GRPO on the step reward with step-accuracy model selection:
+  the one training path of 06_alfworld and `launch.py train`).
+
+The games, replays and cards come from environment.py; playing the trained model is play.py's job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.config import derive
+from ..memorysuite import loaders
+from ..memorysuite.records import Dataset, Episode
+from ..method.rewards import expert_action_reward
+from .environment import load
+
+SYSTEM_INSTRUCTION = ("You are controlling a text-based ALFWorld environment. Choose the NEXT action as ONE "
+                      "admissible command string. Output only the command, copied verbatim from the admissible list.")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Turns: what the policy sees at one step
+@dataclass
+class Turn:
+    objective: str
+    history: list[tuple[str, str]]     # the last (action, observation) pairs, oldest first
+    observation: str
+    admissible: list[str]
+    expert_action: str | None = None   # the training target (None when playing)
+    episode_id: str = ""
+    task_type: str = ""
+    step: int = 0                      # 1-based index of the action to choose
+
+    def tail(self) -> str:
+        """History, observation and admissible commands, in the authors' wording (render_prompt_tail)."""
+        parts = []
+        if self.history:
+            lines = [f"{kind}: {text}" for a, o in self.history for kind, text in (("ACTION", a), ("OBSERVATION", o))]
+            parts += ["Interaction history so far:", "\n".join(lines), ""]
+        parts += ["Current observation:", self.observation]
+        if self.admissible:
+            parts += ["", "Admissible actions (choose exactly ONE, copy verbatim):"]
+            parts += [f"- {a}" for a in self.admissible]
+        return "\n".join(parts + ["", "Action:"])
+
+    def text(self) -> str:
+        """The whole prompt of a text-only policy: instruction, goal, tail."""
+        return f"{SYSTEM_INSTRUCTION}\n\nGoal: {self.objective}\n\n{self.tail()}"
+
+
+def turns(episode: Episode, history: int = 5) -> list[Turn]:
+    """One training turn per expert action after the reset step (the authors' expand_il_samples)."""
+    steps = episode.steps
+    out = []
+    for t in range(1, len(steps)):
+        prev = steps[t - 1]
+        out.append(Turn(objective=episode.objective,
+                        history=[(s.action, s.observation) for s in steps[max(1, t - history):t]],
+                        observation=prev.observation or episode.first_observation,
+                        admissible=list(prev.admissible_commands), expert_action=steps[t].action,
+                        episode_id=episode.episode_id, task_type=episode.task_type, step=t))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ElasticMem on ALFWorld: the step items it trains on, their reward, the training run
+@dataclass
+class StepItem:
+    """One step as an ElasticMem item (the authors' field mapping): the question is the objective, so retrieval
+    reads the objective and every step of an episode retrieves the same skill cards; the tail is the instruction
+    and the step's prompt; the gold is the expert action (None when playing)."""
+    qid: str                  # "<game id>#<step>"
+    question: str             # the objective
+    gold: str | None          # the expert action
+    question_type: str        # the task type
+    split: str
+    turn: Turn
+    memory_id: str = loaders.SKILL_BANK
+    options: list[str] = field(default_factory=list)   # none: the admissible commands are in the tail
+    evidence: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, turn: Turn, split: str = "play") -> "StepItem":
+        return cls(f"{turn.episode_id}#{turn.step}", turn.objective, turn.expert_action, turn.task_type, split, turn)
+
+    def tail_text(self, prompt: str = "generic") -> str:
+        """What follows the memory: instruction, history, observation, admissible commands, "Action:" (ALFWorld's
+        own prompt, whatever data.prompt says of the QA prompt)."""
+        return f"\n{SYSTEM_INSTRUCTION}\n{self.turn.tail()}"
+
+
+def step_items(dataset: Dataset, split: str, history: int = 5) -> list[StepItem]:
+    """Every expert step of the `split` episodes ("train" | "val": the GRPO games) as a training item."""
+    return [StepItem.of(t, split) for e in dataset.episodes if e.split == split for t in turns(e, history)]
+
+
+def step_reward(text: str, item: StepItem) -> float:
+    """The GRPO reward: 1 if the output, snapped to the step's admissible commands, is the expert action."""
+    return expert_action_reward(text, item.turn.admissible, item.gold)
+
+
+def step_accuracy(model, items: list[StepItem], max_new_tokens: int | None = None) -> float:
+    """Exact match of greedy outputs (snapped) with the expert action on held-out steps: the training monitor
+    (`Trainer(evaluate_fn=...)`); eval.max_questions caps the steps, eval.batch_size batches them."""
+    cap, bs = model.cfg.eval.max_questions, model.cfg.eval.batch_size
+    items = items[:cap] if cap > 0 else items
+    hits = 0.0
+    for i in range(0, len(items), bs):
+        batch = items[i:i + bs]
+        hits += sum(step_reward(o["output"], q) for o, q in zip(model.answer(batch, max_new_tokens), batch))
+    return hits / max(1, len(items))
+
+
+def training_config(cfg):
+    """The config ALFWorld trains with: grpo.group_size, max_new_tokens, epochs, max_steps and sft_steps replaced by
+    the alfworld section's group_size, max_new_tokens, epochs, max_train_steps and sft_steps where those are set
+    (the paper: G = 8, 16 tokens, 3 epochs; QA keeps 4, 5 and 10).
+    The QA stage-0 reader warm-up is not run here (grpo.reader_warmup_steps = 0): skill cards as text would cost
+    ~1,200 tokens per item, and stage 1 (grpo.sft_steps, on the expert actions) already teaches the action format."""
+    a, g = cfg.alfworld, cfg.grpo
+    # the task term of a step is the expert-action reward
+    terms = {("alfworld_step" if k == "task" else k): v for k, v in g.reward_terms.items()}
+    return derive(cfg, "ALFWorld training", grpo={
+        "group_size": a.group_size or g.group_size, "reader_warmup_steps": 0, "reward_terms": terms,
+        "max_new_tokens": a.max_new_tokens or g.max_new_tokens, "epochs": a.epochs or g.epochs,
+        "max_steps": a.max_train_steps or g.max_steps,
+        "sft_steps": g.sft_steps if a.sft_steps < 0 else a.sft_steps})
+
+
+def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool = True, dataset: Dataset | None = None,
+          bank=None):
+    """ElasticMem trained on ALFWorld, the one path of 06_alfworld and `launch.py train`: the config of
+    `training_config`, the skill-card bank (built once by the frozen `backbone`, before LoRA goes in), one item per
+    expert step of the GRPO games (`step_items`: train, and val for model selection), GRPO on `step_reward`,
+    validation by `step_accuracy`, checkpoints in experiment.train_dir(run_dir, dataset.setting, runtime.seed).
+    `dataset` / `bank`: the caller's, when it already has them (else loaded / built here). With an accelerate
+    `accelerator`, every process calls this; process 0 prepares the game set first. Returns the trained Trainer
+    (`trainer.model` is the model, its `best/` checkpoint in `trainer.dir`)."""
+    from contextlib import nullcontext
+
+    from ..core.experiment import train_dir
+    from ..method import assemble
+    from ..training.grpo import Trainer
+
+    acfg = training_config(cfg)
+    if dataset is None:
+        with accelerator.main_process_first() if accelerator is not None else nullcontext():
+            dataset = load(acfg, run_dir)  # the game set is generated once (cached by its params), by process 0
+    if bank is None:
+        bank = assemble.bank_for(acfg, dataset, backbone, run_dir, progress=progress, accelerator=accelerator)
+    h = acfg.alfworld.history
+    train_items, val_items = step_items(dataset, "train", h), step_items(dataset, "val", h)
+    if not val_items:
+        raise ValueError("no ALFWorld validation game: raise alfworld.n_train (validation = 10% of the GRPO games)")
+    model = assemble.model_for(acfg, dataset, backbone, bank)
+    trainer = Trainer(model, train_items, val_items, train_dir(run_dir, dataset.setting, acfg.runtime.seed),
+                      accelerator=accelerator,
+                      evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
+    trainer.train(progress=progress)
+    return trainer
