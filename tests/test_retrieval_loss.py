@@ -14,7 +14,7 @@ from elasticmem_core.core import config
 from elasticmem_core.core.embedder import SentenceEmbedder
 from elasticmem_core.method import retrieval_loss
 from elasticmem_core.method.index import MemoryIndex
-from elasticmem_core.training import grpo
+from elasticmem_core.training import grpo, retrieval_warmup
 
 NO_DROPOUT = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0")
 
@@ -139,8 +139,11 @@ def test_retrieval_study_trains_each_variant_per_seed_and_writes_the_schema(bank
         built.append(model)
         return model
 
-    cfg = variants["reading"]
+    cfg = tiny_cfg(*common)   # the run's params: not any variant's
     reader = build(cfg).save(train_dir(tmp_path, "tiny", cfg.runtime.seed) / "reader")
+    # seed 1's first reading check fails: its warm-up rolls back to the reader (the same checkpoint, other params)
+    checks = iter([0.5, 0.0])
+    monkeypatch.setattr(retrieval_warmup, "reading_accuracy", lambda model, val: next(checks, 0.5))
     logs = []
     got = retrieval_study.run_retrieval_study(cfg, tmp_path, "tiny", variants, build, _Data(), log=logs.append)
     data = json.loads((tmp_path / "metrics" / "retrieval.json").read_text())
@@ -161,7 +164,10 @@ def test_retrieval_study_trains_each_variant_per_seed_and_writes_the_schema(bank
     assert [(r["warmup"], r["seed"]) for r in data["reading"]] == [("reading", 1), ("reading", 2), ("head", 1),
                                                                     ("head", 2)]
     assert all(r["after"] == r["before"] for r in data["reading"] if r["warmup"] == "head")
-    assert all(r["steps_run"] in (1, 2) for r in data["reading"])   # the guard may roll back after step 1
+    assert [(r["rolled_back_at"], r["steps_run"]) for r in data["reading"] if r["warmup"] == "reading"] == \
+        [(1, 1), (None, 2)]
+    rolled = tmp_path / "retrieval" / "tiny" / "reading" / "seed1" / "retrieval_warmup"
+    assert checkpoint_id(rolled) == checkpoint_id(reader)   # measured again under the variant's params, no clash
     # paired: each variant's own retrieval against the embedder, frozen and query states; Holm within a variant
     for name, mine in (("reading", "control_token"), ("head", "control_token_head")):
         rows = [x for x in data["paired"] if x["variant"] == name]
@@ -183,7 +189,8 @@ def test_retrieval_study_trains_each_variant_per_seed_and_writes_the_schema(bank
     assert again["data"] == data and len(log.read_text().splitlines()) == n
     # a variant trained with other params is never reused, not even under --fresh: it is retrained
     monkeypatch.setenv("ELASTICMEM_FRESH", "1")
-    variants["reading"] = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, retrieval_warmup_steps=3))
+    was = variants["reading"]
+    variants["reading"] = dataclasses.replace(was, grpo=dataclasses.replace(was.grpo, retrieval_warmup_steps=3))
     retrieval_study.run_retrieval_study(cfg, tmp_path, "tiny", variants, build, _Data(), log=logs.append)
     assert any("retraining" in x and "reading/seed1" in x for x in logs)
     assert sum(r.get("stage") == "retrieval_warmup" for r in map(json.loads, log.read_text().splitlines())) <= 3

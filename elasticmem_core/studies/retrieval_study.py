@@ -19,7 +19,8 @@ Written to metrics/retrieval.json: {"setting", "split", "n", "recall": [{"mode",
 "difference", "ci", "p", "p_holm", "seeds"}], "quality_bar": [{"variant", ...}], "checkpoint", "checkpoints",
 "paired_control_token_minus": {mode: {...}} (the first variant's, the paper's: what the claims ledger's C6 reads)}.
 Intervals are stats.py's bootstrap over memories and seeds; each variant's trained retrieval against the other modes
-is one family, Holm-adjusted. Every piece is saved (named by the checkpoint it measured) and reused like a result;
+is one family, Holm-adjusted. Every piece is saved (in the reader's or the variant's folder, named by the checkpoint
+it measured) and reused like a result;
 each training folder records the params and reader that made it, and one made otherwise is retrained.
 """
 from __future__ import annotations
@@ -137,9 +138,10 @@ def run_retrieval_study(cfg: Config, run_dir: str | Path, setting: str, variants
     clusters = evaluate.memory_clusters([q.memory_id for q in questions])  # the resampling units
     recall, accuracy, reading, paired, bar, seconds, checkpoints = [], [], [], [], [], {}, {}
 
-    def piece(model, v: Config, checkpoint: Path, what: str, compute) -> dict:
-        """A measurement of one checkpoint under params `v`, saved under its content hash and reused like a
-        result."""
+    def piece(model, v: Config, checkpoint: Path, what: str, compute, role: str) -> dict:
+        """A measurement of one checkpoint under params `v`, saved in `role`'s folder (the reader's, or a
+        variant's: a warm-up the guard rolled back is the reader's checkpoint measured under the variant's params)
+        under the checkpoint's content hash, and reused like a result."""
         ckid = checkpoint_id(checkpoint)
         m = {**meta, "backbone": model.backbone.identity, "checkpoint_id": ckid, "what": what}
 
@@ -147,16 +149,17 @@ def run_retrieval_study(cfg: Config, run_dir: str | Path, setting: str, variants
             model.load(checkpoint, parts=model.parts if (checkpoint / "retrieval_head.pt").is_file()
                        else model.PARTS)
             return {"body": compute()}
-        return evaluate.cached(folder / f"{what}-{ckid}.json", v, m, run)["body"]
+        return evaluate.cached(folder / role / f"{what}-{ckid}.json", v, m, run)["body"]
 
-    def recall_of(model, v, checkpoint, modes) -> dict:
+    def recall_of(model, v, checkpoint, modes, role) -> dict:
         got = piece(model, v, checkpoint, f"recall-{'-'.join(modes)}-{split}", lambda: {
-            mode: {str(z): r for z, r in recall_at(model, questions, mode, RECALL_ZS).items()} for mode in modes})
+            mode: {str(z): r for z, r in recall_at(model, questions, mode, RECALL_ZS).items()} for mode in modes},
+            role)
         return {mode: {int(z): r for z, r in got[mode].items()} for mode in modes}
 
-    def reading_of(model, v, checkpoint) -> float:
-        return piece(model, v, checkpoint, "reading-val", lambda: {"accuracy": reading_accuracy(model, val)})[
-            "accuracy"]
+    def reading_of(model, v, checkpoint, role) -> float:
+        return piece(model, v, checkpoint, "reading-val", lambda: {"accuracy": reading_accuracy(model, val)},
+                     role)["accuracy"]
 
     for k, (name, v) in enumerate(variants.items()):
         mine = v.retrieval.mode
@@ -164,11 +167,11 @@ def run_retrieval_study(cfg: Config, run_dir: str | Path, setting: str, variants
         try:
             if k == 0:   # the reader's own retrievals, before any retrieval training (one reader: seed0's)
                 t0 = time.perf_counter()
-                base = recall_of(model, cfg, reader, RECALL_MODES)   # the run's params: any variant order
+                base = recall_of(model, cfg, reader, RECALL_MODES, "reader")   # the run's params: any variant order
                 for mode in RECALL_MODES:
                     recall += _recall_rows(UNTRAINED if mode == "control_token" else mode, {seed0: base[mode]},
                                            n_boot, seed0, clusters)
-                before = reading_of(model, cfg, reader)
+                before = reading_of(model, cfg, reader, "reader")
                 seconds["reader"] = round(time.perf_counter() - t0, 1)
             warmed, trained, records, checkpoints[name] = {}, {}, {}, {}
             for s in seeds:
@@ -176,14 +179,14 @@ def run_retrieval_study(cfg: Config, run_dir: str | Path, setting: str, variants
                 where = train_variant(v, name, s, model, reader, dataset, folder / name / f"seed{s}", log)
                 best = where / "best"
                 checkpoints[name][s] = str(best)
-                warmed[s] = recall_of(model, v, where / "retrieval_warmup", (mine,))[mine]
-                trained[s] = recall_of(model, v, best, (mine,))[mine]
+                warmed[s] = recall_of(model, v, where / "retrieval_warmup", (mine,), name)[mine]
+                trained[s] = recall_of(model, v, best, (mine,), name)[mine]
                 guard = _guard_record(where)
                 reading.append({"warmup": name, "seed": s, "before": before,
-                                "after": reading_of(model, v, where / "retrieval_warmup"),
-                                "after_grpo": reading_of(model, v, best), **guard})
+                                "after": reading_of(model, v, where / "retrieval_warmup", name),
+                                "after_grpo": reading_of(model, v, best, name), **guard})
                 got = piece(model, v, best, f"accuracy-{split}", lambda: {
-                    mode: accuracy_with(model, questions, mode) for mode in (mine, *OTHER_MODES)})
+                    mode: accuracy_with(model, questions, mode) for mode in (mine, *OTHER_MODES)}, name)
                 for mode, recs in got.items():
                     records[(s, mode)] = recs
                 seconds[f"{name} seed {s}"] = round(time.perf_counter() - t0, 1)
