@@ -39,7 +39,8 @@ def test_every_variant_overlay_names_only_defining_keys():
                "budget.b_max", "budget.uniform_budget", "bank.n_c", "bank.cache_layer", "lora.r", "lora.alpha",
                # the control-token retrieval ablation is defined by how its retrieval is trained
                "retrieval.aux_loss", "retrieval.aux_weight", "grpo.retrieval_warmup_steps",
-               "grpo.retrieval_warmup_reading_weight", "grpo.retrieval_warmup_guard"}
+               "grpo.retrieval_warmup_reading_weight", "grpo.retrieval_warmup_guard", "grpo.retrieval_warmup_lr",
+               "grpo.retrieval_warmup_check_every"}
     for kind in ("baselines", "ablations"):
         for path in sorted(resolve(f"params/{kind}").glob("*.yaml")):
             keys = {o.split("=")[0] for o in variants.variant_overrides(path)}
