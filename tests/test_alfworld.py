@@ -299,6 +299,64 @@ def test_generate_with_a_prefix_matches_the_whole_prompt_and_keeps_the_prefix(mo
         assert gen.logprob[0] == pytest.approx(whole.logprob[0], abs=1e-4)
 
 
+def test_ranking_scores_each_command_as_teacher_forcing_the_whole_prompt_would(model, ds):
+    """continuation_logprobs (one prompt pass, its KV cache repeated for the candidates) gives each admissible
+    command's log-likelihood as a teacher-forced pass over prompt + command does, with and without the prefix cache."""
+    from elasticmem_core.method.rollout import token_logprobs
+
+    item = next(i for i in training.step_items(ds, "train") if len(i.turn.admissible) > 3)
+    model.eval()
+    commands = item.turn.admissible
+    answers = [model.answer_ids(c) for c in commands]
+    assert len({len(a) for a in answers}) > 1                     # candidates of several lengths: padding is tested
+    with torch.no_grad():
+        plan = model.plan([item] * len(commands), sample=False)
+        logp, mask = token_logprobs(model, [item] * len(commands), plan, answers, with_grad=False, temperature=1.0)
+        reference = (logp[:, 1:] * mask[:, 1:]).sum(1).tolist()
+        batch = model.build([item], model.plan([item], sample=False))
+        prefix = model.prefill(batch, batch.spans[0]["tail"][0])
+        plain = model.continuation_logprobs(batch, answers)
+        cached = model.continuation_logprobs(batch, answers, prefix=prefix)
+        assert prefix.get_seq_length() == batch.spans[0]["tail"][0]       # the prefix is copied, never extended
+        action, n = training.ranked_action(model, batch, commands)
+    assert plain == pytest.approx(reference, abs=1e-3) and cached == pytest.approx(reference, abs=1e-3)
+    best = max(range(len(commands)), key=reference.__getitem__)
+    assert (action, n) == (commands[best], len(answers[best]))
+    with pytest.raises(ValueError, match="ONE prompt"):
+        model.continuation_logprobs(model.build([item] * 2, model.plan([item] * 2, sample=False)), answers)
+
+
+def test_a_ranking_policy_plays_only_admissible_commands_and_counts_the_chosen_one(model, cfg, monkeypatch):
+    """alfworld.action_selection = rank: every step sends an admissible command (no invalid action), the one the
+    model scores highest; #Tok's output is that command's tokens; step_accuracy ranks the same way."""
+    from elasticmem_core.core.config import derive
+
+    ranked = derive(model.cfg, alfworld={"action_selection": "rank"})
+    chosen = []
+    real = training.ranked_action
+    monkeypatch.setattr(play, "ranked_action", lambda *a, **k: (lambda r: chosen.append(r) or r)(real(*a, **k)))
+    with model.using(cfg=ranked):
+        games = [environment.eval_games(cfg, s)[0] for s in environment.EVAL_SPLITS]
+        results = [play.play(g, play.policy(model), max_steps=3) for g in games]
+        items = training.step_items(environment.load(cfg), "train")[:6]
+        gold = items[0].gold   # a ranking that always names this command: right where it is the expert's
+        monkeypatch.setattr(training, "ranked_action", lambda m, b, admissible, prefix=None: (gold, 1))
+        accuracy = training.step_accuracy(model, items)
+    assert [a for r in results for a in r.actions] == [c for c, _ in chosen]
+    assert all(r.invalid_actions == 0 for r in results)
+    assert sum(r.token_parts["output"] for r in results) == sum(n for _, n in chosen)
+    assert accuracy == pytest.approx(sum(i.gold == gold for i in items) / len(items))
+
+
+def test_behaviour_cloning_runs_epochs_checked_on_held_out_steps():
+    cfg = tiny_cfg("alfworld.bc_epochs=5", "alfworld.bc_patience=2", "grpo.sft_batch_size=4")
+    bc = training.behaviour_cloning_config(cfg, 10)
+    assert (bc.grpo.sft_steps, bc.grpo.sft_eval_every, bc.grpo.sft_patience) == (15, 3, 2)   # 3 steps an epoch
+    assert training.behaviour_cloning_config(tiny_cfg(), 10) == tiny_cfg()                   # off by default
+    with pytest.raises(ConfigError, match="action_selection"):
+        tiny_cfg("alfworld.action_selection=sample")
+
+
 def test_grpo_on_alfworld_step_items_runs(model, ds, tmp_path):
     items = training.step_items(ds, "train")
     trainer = grpo.Trainer(model, items[2:], items[:2], tmp_path, reward_fn=WeightedReward({"alfworld_step": 1.0}),

@@ -355,7 +355,34 @@ def test_stage0_warms_up_decays_and_keeps_the_reader_at_its_best_validation_poin
     assert [(r["step"], r["val_text_accuracy"]) for r in log if r["stage"] == "reader_val"] == \
         [(2, 0.5), (4, 0.9), (6, 0.1)]
     assert [r for r in log if r["stage"] == "reader_selected"] == \
-        [{"stage": "reader_selected", "step": 4, "val_text_accuracy": 0.9}]
+        [{"stage": "reader_selected", "step": 4, "val_text_accuracy": 0.9, "steps_run": 6}]
     final = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert all(torch.equal(final[n], seen[1][n]) for n in final)                    # the step-4 reader, exactly
     assert any(not torch.equal(final[n], seen[2][n]) for n in final)                # not the last step's
+
+
+def test_stage1_draws_its_curve_stops_when_it_plateaus_and_keeps_its_best_point(bank, tmp_path):
+    """grpo.sft_eval_every checks stage 1 with the GRPO validation measure in the model's own memory mode;
+    grpo.sft_patience stops it after that many checks without a better one; the best point is kept and saved
+    as sft/ (ALFWorld's behaviour cloning)."""
+    seed_everything(42)
+    model = tiny_model(bank, *NO_DROPOUT, "grpo.sft_lr=1e-2", "grpo.sft_steps=20", "grpo.sft_eval_every=2",
+                       "grpo.sft_patience=2", "grpo.sft_batch_size=2", "grpo.epochs=0")
+    model.memory = "none"
+    scripted, seen = iter([0.5, 0.6, 0.6, 0.4]), []
+
+    def check(questions):
+        seen.append((model.memory, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+        return next(scripted, 0.0)   # then the validation before GRPO
+    trainer = grpo.Trainer(model, QUESTIONS, QUESTIONS[:2], tmp_path, evaluate_fn=check)
+    trainer.train(progress=False)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val_accuracy"]) for r in log if r["stage"] == "sft_val"] == [(2, 0.5), (4, 0.6), (6, 0.6),
+                                                                                         (8, 0.4)]
+    assert sum(r["stage"] == "sft" for r in log) == 8                       # two checks without gain: stopped
+    assert [r for r in log if r["stage"] == "sft_selected"] == \
+        [{"stage": "sft_selected", "step": 4, "val_accuracy": 0.6, "steps_run": 8}]
+    assert all(memory == "none" for memory, _ in seen)                       # the agent's own memory mode
+    final = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(final[n], seen[1][1][n]) for n in final)          # the step-4 weights, exactly
+    assert (tmp_path / "sft").is_dir()

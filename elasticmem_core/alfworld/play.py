@@ -25,7 +25,7 @@ from ..core.experiment import peak_memory_mb
 from ..memorysuite import loaders
 from ..method.rewards import snap_to_admissible
 from .environment import TASK_TYPES, EvalGame, Game, GameTimeout, _progress, deadline, objective_of
-from .training import StepItem, Turn
+from .training import StepItem, Turn, ranked_action
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,15 @@ def policy(model, max_new_tokens: int | None = None) -> Policy:
     of an episode retrieves from the same objective). The prompt's prefix (objective, control token, memory) is then
     the same at every step: its KV cache is computed at the first step and reused, so a step runs only its tail
     (history, observation, admissible commands) and the answer, with the same greedy output as the whole prompt.
-    Returns (text, #Tok by part) per step: task text + injected memory + output (#Tok counts the whole prompt at
-    every step, as the paper). Build a fresh policy after the weights or the memory mode change."""
+    Under alfworld.action_selection = rank the step's answer is the admissible command the model finds most likely
+    (training.ranked_action, on the same prefix cache) and #Tok's output is that command's tokens; scoring the
+    other commands is compute #Tok does not count. Returns (text, #Tok by part) per step: task text + injected
+    memory + output (#Tok counts the whole prompt at every step, as the paper). Build a fresh policy after the
+    weights or the memory mode change."""
     import torch
 
     max_new_tokens = max_new_tokens or model.cfg.grpo.max_new_tokens
+    rank = model.cfg.alfworld.action_selection == "rank"
     episode: dict = {}
 
     @torch.no_grad()
@@ -56,9 +60,13 @@ def policy(model, max_new_tokens: int | None = None) -> Policy:
         batch = model.build([item], episode["plan"])
         if new:  # question + control token + memory are the same at every step: their KV cache is computed once
             episode["prefix"] = model.prefill(batch, batch.spans[0]["tail"][0])
-        text = model.generate(batch, max_new_tokens, sample=False, prefix=episode["prefix"]).texts[0]
+        counts = batch.counts[0]
+        if rank and turn.admissible:   # the admissible command of highest log-likelihood, on the same prefix cache
+            text, counts["output"] = ranked_action(model, batch, turn.admissible, prefix=episode["prefix"])
+        else:
+            text = model.generate(batch, max_new_tokens, sample=False, prefix=episode["prefix"]).texts[0]
         model.train(was_training)
-        return text, dict(batch.counts[0])
+        return text, dict(counts)
     return act
 
 

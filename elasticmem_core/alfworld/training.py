@@ -3,10 +3,12 @@
 - `turns(episode)`: each expert step -> (objective, last `history` (action, observation) pairs, current
   observation, admissible commands) -> expert action, as the authors' `expand_il_samples`.
 - `step_items` (one `StepItem` per expert step of the GRPO games: question = objective, tail = the step's prompt,
-  gold = the expert action), `step_reward` (the expert-action reward), `step_accuracy` (held-out exact match, the
-  training monitor), `training_config` (grpo with G, tokens, epochs and step caps of the alfworld section; no
-  stage-0 reader warm-up), `train` (bank, step items, GRPO on the step reward with step-accuracy model selection:
-  the one training path of 06_alfworld and `launch.py train`).
+  gold = the expert action), `step_reward` (the expert-action reward), `ranked_action` (the admissible command of
+  highest log-likelihood: alfworld.action_selection = rank), `step_accuracy` (held-out exact match of the chosen
+  action, the training monitor), `training_config` (grpo with G, tokens, epochs and step caps of the alfworld
+  section; no stage-0 reader warm-up), `behaviour_cloning_config` (stage 1 as epochs of imitation until held-out
+  step accuracy plateaus), `train` (bank, step items, behaviour cloning, GRPO on the step reward with step-accuracy
+  model selection: the one training path of 06_alfworld and `launch.py train`).
 
 The games, replays and cards come from environment.py; playing the trained model is play.py's job.
 """
@@ -105,11 +107,33 @@ def step_reward(text: str, item: StepItem) -> float:
     return expert_action_reward(text, item.turn.admissible, item.gold)
 
 
+def ranked_action(model, batch, admissible: list[str], prefix=None) -> tuple[str, int]:
+    """The admissible command of highest log-likelihood as `batch`'s one prompt's answer (" <command>" + EOS, the
+    tokens stage 1 teaches), and its token count (the #Tok output of the step)."""
+    candidates = [model.answer_ids(c) for c in admissible]
+    scores = model.continuation_logprobs(batch, candidates, prefix=prefix)
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return admissible[best], len(candidates[best])
+
+
 def step_accuracy(model, items: list[StepItem], max_new_tokens: int | None = None) -> float:
-    """Exact match of greedy outputs (snapped) with the expert action on held-out steps: the training monitor
-    (`Trainer(evaluate_fn=...)`); eval.max_questions caps the steps, eval.batch_size batches them."""
+    """Exact match of the chosen action with the expert's on held-out steps: the training monitor (`Trainer(
+    evaluate_fn=...)`), under alfworld.action_selection (greedy output snapped, or the ranked admissible command);
+    eval.max_questions caps the steps, eval.batch_size batches the generated ones."""
     cap, bs = model.cfg.eval.max_questions, model.cfg.eval.batch_size
     items = items[:cap] if cap > 0 else items
+    if model.cfg.alfworld.action_selection == "rank":
+        import torch
+
+        hits, was_training = 0, model.training
+        model.eval()
+        with torch.no_grad():
+            for q in items:
+                batch = model.build([q], model.plan([q], sample=False))
+                action = ranked_action(model, batch, q.turn.admissible)[0] if q.turn.admissible else ""
+                hits += action.strip().lower() == q.gold.strip().lower()
+        model.train(was_training)
+        return hits / max(1, len(items))
     hits = 0.0
     for i in range(0, len(items), bs):
         batch = items[i:i + bs]
@@ -131,6 +155,18 @@ def training_config(cfg):
         "max_new_tokens": a.max_new_tokens or g.max_new_tokens, "epochs": a.epochs or g.epochs,
         "max_steps": a.max_train_steps or g.max_steps,
         "sft_steps": g.sft_steps if a.sft_steps < 0 else a.sft_steps})
+
+
+def behaviour_cloning_config(cfg, n_items: int):
+    """Stage 1 as behaviour cloning when alfworld.bc_epochs is set: up to that many epochs over the `n_items` expert
+    steps, the held-out step accuracy checked after each epoch (grpo.sft_eval_every), stopped after
+    alfworld.bc_patience epochs without a better one (grpo.sft_patience), the best epoch kept and saved as sft/."""
+    a, g = cfg.alfworld, cfg.grpo
+    if a.bc_epochs <= 0:
+        return cfg
+    per_epoch = -(-n_items // g.sft_batch_size)
+    return derive(cfg, "ALFWorld behaviour cloning", grpo={"sft_steps": a.bc_epochs * per_epoch,
+                                                           "sft_eval_every": per_epoch, "sft_patience": a.bc_patience})
 
 
 def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool = True, dataset: Dataset | None = None,
@@ -158,6 +194,7 @@ def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool =
     train_items, val_items = step_items(dataset, "train", h), step_items(dataset, "val", h)
     if not val_items:
         raise ValueError("no ALFWorld validation game: raise alfworld.n_train (validation = 10% of the GRPO games)")
+    acfg = behaviour_cloning_config(acfg, len(train_items))
     model = assemble.model_for(acfg, dataset, backbone, bank)
     trainer = Trainer(model, train_items, val_items, train_dir(run_dir, dataset.setting, acfg.runtime.seed),
                       accelerator=accelerator,

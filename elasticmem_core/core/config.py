@@ -119,6 +119,14 @@ class AlfworldConfig:
     epochs: int = _f(3, "GRPO epochs over the ALFWorld training steps (paper 3); 0 = grpo.epochs")
     max_train_steps: int = _f(0, "cap on ALFWorld's GRPO steps; 0 = grpo.max_steps (a CPU-sized run caps it)")
     sft_steps: int = _f(-1, "stage-1 supervised steps on the expert actions; -1 = grpo.sft_steps, 0 = off")
+    bc_epochs: int = _f(0, "behaviour cloning: stage 1 as up to this many epochs over the expert steps of the "
+                           "training games, held-out step accuracy checked after each, the best epoch kept "
+                           "(replaces alfworld.sft_steps; 0 = off)")
+    bc_patience: int = _f(2, "behaviour cloning stops after this many epochs without a better held-out step "
+                             "accuracy (0 = run every epoch)")
+    action_selection: str = _f("generate", "how a step's action is chosen: generate (greedy text snapped to the "
+                                           "nearest admissible command) | rank (the admissible command of highest "
+                                           "log-likelihood after the prompt, BUTLER's choice among commands)")
 
 
 @dataclass
@@ -271,6 +279,11 @@ class GRPOConfig:
     reader_eval_every: int = _f(0, "stage 0: text-memory validation accuracy every N steps and at the end (the "
                                    "reader's learning curve in train_log.jsonl, stage reader_val); the reader kept is "
                                    "the best point of that curve (0 = no curve, the last step's reader)")
+    sft_eval_every: int = _f(0, "stage 1: validation accuracy (the GRPO validation measure) every N steps and at "
+                                "the end (train_log.jsonl, stage sft_val); the model kept is the best point of that "
+                                "curve (0 = no curve, the last step's)")
+    sft_patience: int = _f(0, "stage 1 with sft_eval_every: stop after this many checks without a better validation "
+                              "accuracy (0 = run every step)")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
     tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
     settings: list[str] = _f([], "settings trained (03, one model each) and compared (02, 04, 05); empty = every "

@@ -92,6 +92,7 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         "data.prompt": (cfg.data.prompt, {"generic", "authors"}),
         "eval.frontier_train_split": (cfg.eval.frontier_train_split, {"train", "val"}),
         "alfworld.cards": (cfg.alfworld.cards, {"template", "backbone"}),
+        "alfworld.action_selection": (cfg.alfworld.action_selection, {"generate", "rank"}),
         "grpo.loss_type": (cfg.grpo.loss_type, {"token_mean", "sequence_mean"}),
         "grpo.backward": (cfg.grpo.backward, {"group", "rollout"}),
         "grpo.advantage_norm": (cfg.grpo.advantage_norm, {"std", "mean"}),
@@ -107,6 +108,9 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: grpo.sft_min_lr_ratio must be in (0, 1] and grpo.sft_warmup_steps, "
                           f"grpo.reader_eval_every >= 0 (got {cfg.grpo.sft_min_lr_ratio}, {cfg.grpo.sft_warmup_steps},"
                           f" {cfg.grpo.reader_eval_every})")
+    if min(cfg.grpo.sft_eval_every, cfg.grpo.sft_patience, cfg.alfworld.bc_epochs, cfg.alfworld.bc_patience) < 0:
+        raise ConfigError(f"{source}: grpo.sft_eval_every, grpo.sft_patience, alfworld.bc_epochs and "
+                          f"alfworld.bc_patience must be >= 0")
     if not 0 <= cfg.grpo.min_lr_ratio <= 1:
         raise ConfigError(f"{source}: grpo.min_lr_ratio must be in [0, 1], got {cfg.grpo.min_lr_ratio}")
     if cfg.budget.policy == "rank_profile" and not cfg.budget.rank_budgets:

@@ -293,6 +293,38 @@ class ElasticMem(nn.Module):
         return Generation(tokens, texts, logprobs)
 
     @torch.no_grad()
+    def continuation_logprobs(self, batch: Batch, candidates: list[list[int]], prefix=None) -> list[float]:
+        """log p(candidate | prompt), summed over the candidate's tokens, for each candidate continuation of
+        `batch`'s one prompt: the prompt runs once (after `prefix`, as in `generate`), its KV cache is repeated
+        for the candidates, and all of them are teacher-forced in one pass (ALFWorld's ranking of the admissible
+        commands, each candidate ending in EOS so that a command is not rewarded for being a prefix of another)."""
+        if batch.attention_mask.shape[0] != 1 or not candidates or not all(candidates):
+            raise ValueError(f"continuation_logprobs scores continuations of ONE prompt: got {batch.attention_mask.shape[0]}"
+                             f" prompts and {len(candidates)} candidates (every candidate needs a token)")
+        mask, pos = batch.attention_mask, batch.position_ids
+        start = 0 if prefix is None else prefix.get_seq_length()
+        out = self.reasoner(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=mask,
+                            position_ids=pos[:, start:], cache=None if prefix is None else copy.deepcopy(prefix),
+                            use_cache=True, logits_to_keep=1)
+        k, longest = len(candidates), max(map(len, candidates))
+        ids = torch.full((k, longest), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        real = torch.zeros(k, longest, device=self.device)
+        for i, c in enumerate(candidates):   # right-padded: a real token never sees a pad
+            ids[i, :len(c)] = torch.tensor(c, device=self.device)
+            real[i, :len(c)] = 1
+        scores = torch.log_softmax(out.logits[0, -1].float(), -1)[ids[:, 0]]
+        if longest > 1:
+            cache = out.cache
+            cache.batch_repeat_interleave(k)
+            steps = torch.arange(1, longest, device=self.device)[None]
+            rest = self.reasoner(inputs_embeds=self.reasoner.get_input_embeddings()(ids[:, :-1]),
+                                 attention_mask=torch.cat([mask.expand(k, -1), real[:, :-1].to(mask.dtype)], 1),
+                                 position_ids=(pos[:, -1:] + steps).expand(k, -1), cache=cache, use_cache=True)
+            logp = torch.log_softmax(rest.logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+            scores = scores + (logp * real[:, 1:]).sum(1)
+        return scores.tolist()
+
+    @torch.no_grad()
     def answer(self, questions, max_new_tokens: int | None = None) -> list[dict]:
         """Greedy evaluation: retrieval by argmax, budgets by argmax, greedy answer. Deterministic."""
         was_training = self.training

@@ -285,21 +285,31 @@ class Trainer:
     # ---- stages -----------------------------------------------------------------------------------------------
     def supervised(self, steps: int, memory: str, tag: str) -> list[dict]:
         """Stage 0 (memory='text') or stage 1 (memory='latent'): cross-entropy on the gold answers, at grpo.sft_lr
-        after grpo.sft_warmup_steps of linear warm-up, decaying (cosine) to grpo.sft_min_lr_ratio of it. Stage 0 with
-        grpo.reader_eval_every > 0 draws the reader's learning curve (text-memory validation accuracy) and keeps
-        the reader at its best point: a curve that still rises at the end says the stage stopped too early."""
+        after grpo.sft_warmup_steps of linear warm-up, decaying (cosine) to grpo.sft_min_lr_ratio of it. Each stage
+        may draw its learning curve and keep its best point: stage 0 every grpo.reader_eval_every steps (text-memory
+        validation accuracy: a curve that still rises at the end says the stage stopped too early), stage 1 every
+        grpo.sft_eval_every steps (the GRPO validation measure, `evaluate_fn`), stopping after grpo.sft_patience
+        checks without a better one (ALFWorld's behaviour cloning: epochs until held-out step accuracy plateaus)."""
         if steps <= 0:
             return []
+        g = self.cfg.grpo
+        if tag == "reader_warmup":
+            curve = (g.reader_eval_every, lambda: validation_accuracy(self.model, self.val_q), "reader_val",
+                     "val_text_accuracy", 0)
+        else:
+            curve = (g.sft_eval_every, lambda: self.evaluate_fn(self.val_q), f"{tag}_val", "val_accuracy",
+                     g.sft_patience)
         with self.model.using(memory=memory):
-            return self._supervised(steps, tag)
+            return self._supervised(steps, tag, *curve)
 
-    def _supervised(self, steps: int, tag: str) -> list[dict]:
+    def _supervised(self, steps: int, tag: str, every: int, check, stage: str, key: str, patience: int) -> list[dict]:
         model, g = self.model, self.cfg.grpo
         opt = torch.optim.AdamW(model.optimizer_groups(g.sft_lr), lr=g.sft_lr, weight_decay=g.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps, g.sft_warmup_steps,
                                                                                   g.sft_min_lr_ratio))
-        curve = tag == "reader_warmup" and g.reader_eval_every > 0 and bool(self.val_q)
-        best = (-1.0, 0, None)   # (validation accuracy, step, trainable weights) of the best reader so far
+        curve = every > 0 and bool(self.val_q)
+        best = (-1.0, 0, None)   # (validation accuracy, step, trainable weights) of the best point so far
+        stale = 0                # checks since the best one
         order = self._order(10_000 + len(tag))
         history = []
         model.train()
@@ -321,19 +331,24 @@ class Trainer:
                    "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
             history.append(rec)
             self._log(rec)
-            if curve and ((step + 1) % g.reader_eval_every == 0 or step + 1 == steps):
-                acc = validation_accuracy(model, self.val_q)   # model.memory is "text" here: reading, not latents
+            if curve and ((step + 1) % every == 0 or step + 1 == steps):
+                acc = check()
                 model.train()
-                self._log({"stage": "reader_val", "step": step + 1, "val_text_accuracy": acc})
-                if acc > best[0]:  # every process computes the same accuracy, so all keep the same reader
-                    best = (acc, step + 1, {n: p.detach().clone() for n, p in model.named_parameters()
-                                            if p.requires_grad})
+                self._log({"stage": stage, "step": step + 1, key: acc})
+                if acc > best[0]:  # every process computes the same accuracy, so all keep the same weights
+                    best, stale = (acc, step + 1, {n: p.detach().clone() for n, p in model.named_parameters()
+                                                   if p.requires_grad}), 0
+                else:
+                    stale += 1
+                    if patience and stale >= patience:
+                        break
         if curve:
             with torch.no_grad():
                 for n, p in model.named_parameters():
                     if n in best[2]:
                         p.copy_(best[2][n])
-            self._log({"stage": "reader_selected", "step": best[1], "val_text_accuracy": best[0]})
+            self._log({"stage": "reader_selected" if tag == "reader_warmup" else f"{tag}_selected",
+                       "step": best[1], key: best[0], "steps_run": len(history)})
         return history
 
     def retrieval_warmup(self, steps: int) -> list[dict]:
@@ -445,7 +460,10 @@ class Trainer:
             if self.retrieval_warmup(g.retrieval_warmup_steps) and self.rank == 0:
                 self.model.save(self.dir / "retrieval_warmup")  # the reader after the retrieval warm-up (recall)
             self.align(progress)
-            self.supervised(g.sft_steps, "latent", "sft")
+            # stage 1 in the model's own memory mode (latent for ElasticMem; an ALFWorld agent without memory or
+            # with cards as text imitates the expert the same way)
+            if self.supervised(g.sft_steps, self.model.memory, "sft") and self.rank == 0 and g.sft_eval_every:
+                self.model.save(self.dir / "sft")  # the imitation policy GRPO starts from
             self._validate()
         history = []
         bar = tqdm(total=self.total_steps, initial=self.step, desc="GRPO", disable=not progress or self.rank != 0)
