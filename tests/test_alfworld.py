@@ -357,6 +357,63 @@ def test_behaviour_cloning_runs_epochs_checked_on_held_out_steps():
         tiny_cfg("alfworld.action_selection=sample")
 
 
+def test_agents_imitate_from_one_start_in_their_own_folders_and_only_elasticmem_runs_grpo(ds, tmp_path,
+                                                                                            monkeypatch):
+    """training.train per memory mode: behaviour cloning (epochs checked on the held-out game's steps) for every
+    agent from the same initial weights (init/), GRPO after it for ElasticMem only; the no-memory agent in
+    agent-none/ with its own sft/ and best/."""
+    import dataclasses
+
+    from elasticmem_core.core.experiment import train_dir
+
+    episodes = [dataclasses.replace(e, split="val") if i == 0 else e for i, e in enumerate(ds.episodes)]
+    data = dataclasses.replace(ds, episodes=episodes)   # one held-out game for the checks
+    cfg = tiny_cfg("alfworld.bc_epochs=2", "alfworld.bc_patience=0", "grpo.sft_batch_size=8", "grpo.max_steps=1",
+                   "alfworld.max_train_steps=1", "alfworld.group_size=2", "alfworld.max_new_tokens=3",
+                   "alfworld.action_selection=rank")
+    backbone = load_backbone("tiny-random")
+    bank = bank_mod.build(data.chunks(), backbone, cfg.bank, tmp_path / "bank", progress=False)
+    starts, train = [], grpo.Trainer.train
+    monkeypatch.setattr(grpo.Trainer, "train", lambda self, **kw: starts.append(
+        {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}) or train(self, **kw))
+    seed_everything(42)
+    latent = training.train(cfg, tmp_path, backbone, progress=False, dataset=data, bank=bank)
+    seed_everything(7)   # the second agent's start comes from init/, not from the RNG
+    none = training.train(cfg, tmp_path, backbone, progress=False, dataset=data, bank=bank, memory="none",
+                          model=latent.model)
+    home = train_dir(tmp_path, data.setting, 42)
+    assert latent.dir == home and none.dir == home / "agent-none" and (home / "init").is_dir()
+    assert all(torch.equal(starts[0][n], starts[1][n]) for n in starts[0])
+    for trainer, grpo_steps in ((latent, 1), (none, 0)):
+        log = [json.loads(line) for line in trainer.log_path.read_text().splitlines()]
+        n_items = len(training.step_items(data, "train"))
+        assert sum(r["stage"] == "sft" for r in log) == 2 * -(-n_items // 8)        # two epochs
+        assert [r["step"] for r in log if r["stage"] == "sft_val"] == [-(-n_items // 8), 2 * -(-n_items // 8)]
+        assert sum(r["stage"] == "grpo" for r in log) == grpo_steps
+        assert (trainer.dir / "sft").is_dir() and (trainer.dir / "best").is_dir()
+    assert none.model.memory == "none"
+    with pytest.raises(ConfigError, match="bc_epochs"):
+        training.train(tiny_cfg(), tmp_path, backbone, dataset=data, bank=bank, memory="text", model=latent.model)
+    with pytest.raises(ValueError, match="memory = 'cards'"):
+        training.train(cfg, tmp_path, backbone, dataset=data, bank=bank, memory="cards", model=latent.model)
+
+
+def test_paired_success_matches_games_per_split_and_over_both():
+    def result(method, split, wins, tok):
+        return {"method": method, "split": split,
+                "records": [{"qid": f"{split}-{i}", "correct": w, "memory_id": loaders.SKILL_BANK, "tok": tok,
+                             "tokens": {"task_text": tok - 10, "memory": 10, "output": 0}} for i, w in enumerate(wins)]}
+    results = [result("elasticmem", "valid_seen", [1, 1, 0, 1], 100), result("no_memory", "valid_seen", [0, 1, 0, 0], 90),
+               result("elasticmem", "valid_unseen", [1, 0], 100), result("no_memory", "valid_unseen", [1, 0], 90)]
+    rows = play.paired_success(results, [("elasticmem", "no_memory"), ("elasticmem", "text_memory")], n_boot=200)
+    assert [(r["split"], r["n"]) for r in rows] == [("valid_seen", 4), ("valid_unseen", 2), ("both", 6)]
+    seen, unseen, both = rows
+    assert seen["difference"] == pytest.approx(0.5) and (seen["a_only"], seen["b_only"]) == (2, 0)
+    assert unseen["difference"] == 0 and both["difference"] == pytest.approx(2 / 6)
+    assert both["ci_low"] <= both["difference"] <= both["ci_high"] and both["tok_a"] == 100 and both["tok_b"] == 90
+    assert both["memory_tokens_a"] == 10
+
+
 def test_grpo_on_alfworld_step_items_runs(model, ds, tmp_path):
     items = training.step_items(ds, "train")
     trainer = grpo.Trainer(model, items[2:], items[:2], tmp_path, reward_fn=WeightedReward({"alfworld_step": 1.0}),

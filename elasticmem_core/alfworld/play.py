@@ -7,7 +7,7 @@
   answers "Nothing happens.") and counted in `invalid_actions`. #Tok per episode is summed over steps.
 - `summarize`, `results_json`, `episode_record` (an episode as an evaluate.py question record); `evaluate_policy`
   (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results file),
-  `task_type_table` (success per task type of saved results).
+  `task_type_table` (success per task type of saved results), `paired_success` (two methods on the same games).
 
 The games come from environment.py, what the policy sees at a step (`Turn`, `StepItem`) from training.py.
 """
@@ -213,6 +213,30 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
               "summary": summary, "records": records}
     write_json(path, result)
     return json.loads(Path(path).read_text())  # exactly what a later reuse returns
+
+
+def paired_success(results: list[dict], pairs: list[tuple[str, str]], n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Method a minus method b in success on the same games (saved `evaluate_policy` results, matched by game):
+    per evaluation split and over both, the paired bootstrap interval over games and McNemar's exact p
+    (evaluate.paired_comparison), with each side's #Tok and memory tokens per episode. A pair of which either side
+    was not played is left out."""
+    from ..core import evaluate as evaluation
+
+    by = {(r["method"], r["split"]): r["records"] for r in results}
+    splits = list(dict.fromkeys(r["split"] for r in results))
+    rows = []
+    for a, b in pairs:
+        for split in (*splits, "both"):
+            use = splits if split == "both" else [split]
+            if not all((m, s) in by for m in (a, b) for s in use):
+                continue
+            ra = [x for s in use for x in by[(a, s)]]
+            rb = [x for s in use for x in by[(b, s)]]
+            d = evaluation.paired_comparison(ra, rb, n_boot, seed)
+            tok = lambda rs, k: sum(x["tokens"][k] if k else x["tok"] for x in rs) / len(rs)  # noqa: E731
+            rows.append({"a": a, "b": b, "split": split, **d, "tok_a": tok(ra, None), "tok_b": tok(rb, None),
+                         "memory_tokens_a": tok(ra, "memory"), "memory_tokens_b": tok(rb, "memory")})
+    return rows
 
 
 def task_type_table(results: list[dict]) -> list[dict]:

@@ -169,22 +169,44 @@ def behaviour_cloning_config(cfg, n_items: int):
                                                            "sft_eval_every": per_epoch, "sft_patience": a.bc_patience})
 
 
+MEMORIES = ("latent", "none", "text")   # ElasticMem's agent, and imitation agents without memory / with cards as text
+
+
+def agent_dir(run_dir: str | Path, setting: str, seed: int, memory: str = "latent") -> Path:
+    """Where an agent trains: ElasticMem's (latent memory) in experiment.train_dir, the others beside its
+    checkpoints in agent-<memory>/."""
+    from ..core.experiment import train_dir
+
+    folder = train_dir(run_dir, setting, seed)
+    return folder if memory == "latent" else folder / f"agent-{memory}"
+
+
 def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool = True, dataset: Dataset | None = None,
-          bank=None):
-    """ElasticMem trained on ALFWorld, the one path of 06_alfworld and `launch.py train`: the config of
-    `training_config`, the skill-card bank (built once by the frozen `backbone`, before LoRA goes in), one item per
-    expert step of the GRPO games (`step_items`: train, and val for model selection), GRPO on `step_reward`,
-    validation by `step_accuracy`, checkpoints in experiment.train_dir(run_dir, dataset.setting, runtime.seed).
-    `dataset` / `bank`: the caller's, when it already has them (else loaded / built here). With an accelerate
-    `accelerator`, every process calls this; process 0 prepares the game set first. Returns the trained Trainer
-    (`trainer.model` is the model, its `best/` checkpoint in `trainer.dir`)."""
+          bank=None, memory: str = "latent", model=None):
+    """An agent trained on ALFWorld, the one path of 06_alfworld and `launch.py train`: the config of
+    `training_config` (and `behaviour_cloning_config`), the skill-card bank (built once by the frozen `backbone`,
+    before LoRA goes in), one item per expert step of the GRPO games (`step_items`: train, and val for model
+    selection), behaviour cloning when alfworld.bc_epochs is set, GRPO on `step_reward`, validation by
+    `step_accuracy`, checkpoints in `agent_dir`. `memory`: latent (ElasticMem: imitation, then GRPO) or, for the
+    paired comparison, none / text (the same imitation, no GRPO: alfworld.bc_epochs must be set). Every agent
+    starts from the same weights (init/, saved by the first). `dataset` / `bank` / `model`: the caller's, when it
+    already has them (else loaded / built here; one model serves every agent: LoRA goes into the backbone once).
+    With an accelerate `accelerator`, every process calls this; process 0 prepares the game set first. Returns the
+    trained Trainer (`trainer.model` is the model, its `best/` checkpoint in `trainer.dir`)."""
     from contextlib import nullcontext
 
-    from ..core.experiment import train_dir
+    from ..core.config import ConfigError
     from ..method import assemble
     from ..training.grpo import Trainer
 
+    if memory not in MEMORIES:
+        raise ValueError(f"memory = {memory!r}: an ALFWorld agent has one of {', '.join(MEMORIES)}")
     acfg = training_config(cfg)
+    if memory != "latent":
+        if acfg.alfworld.bc_epochs <= 0:
+            raise ConfigError(f"an ALFWorld agent with memory {memory!r} is trained by imitation only: set "
+                              f"alfworld.bc_epochs")
+        acfg = derive(acfg, f"ALFWorld agent, memory {memory}", grpo={"epochs": 0})   # no GRPO steps
     if dataset is None:
         with accelerator.main_process_first() if accelerator is not None else nullcontext():
             dataset = load(acfg, run_dir)  # the game set is generated once (cached by its params), by process 0
@@ -195,8 +217,14 @@ def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool =
     if not val_items:
         raise ValueError("no ALFWorld validation game: raise alfworld.n_train (validation = 10% of the GRPO games)")
     acfg = behaviour_cloning_config(acfg, len(train_items))
-    model = assemble.model_for(acfg, dataset, backbone, bank)
-    trainer = Trainer(model, train_items, val_items, train_dir(run_dir, dataset.setting, acfg.runtime.seed),
+    model = model if model is not None else assemble.model_for(acfg, dataset, backbone, bank)
+    init = agent_dir(run_dir, dataset.setting, acfg.runtime.seed) / "init"
+    if (init / "elasticmem.json").is_file():
+        model.load(init, parts=model.parts)
+    elif accelerator is None or accelerator.is_main_process:
+        model.save(init)   # the weights before any training: every agent of this run starts from them
+    model.cfg, model.memory = acfg, memory
+    trainer = Trainer(model, train_items, val_items, agent_dir(run_dir, dataset.setting, acfg.runtime.seed, memory),
                       accelerator=accelerator,
                       evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
     trainer.train(progress=progress)
