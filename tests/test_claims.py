@@ -197,3 +197,22 @@ def test_c6_reads_the_first_retrieval_variant_per_seed_with_its_quality_bar_in_t
     assert c6["tokens"] == {"a": 90.0, "b": 95.0} and c6["verdict"] != "holds"
     notes = " | ".join(c6["notes"])
     assert "reading held (largest drop +0.013" in notes and "1.06x the embedder's" in notes
+
+
+def test_c8_pools_both_alfworld_splits_from_the_alfworld_overlays_reference_folder(tmp_path):
+    """ALFWorld is an overlay: C8 comes from the newest alfworld-* reference folder, seen and unseen games pooled
+    (one success record per game), ElasticMem against the closer of text_memory / no_memory."""
+    run, ref = tmp_path / "run", tmp_path / "reference" / "alfworld-2026-12-06-abc"
+    _result(run, "elasticmem", 42, lambda i: True)
+    wins = {"elasticmem": lambda i: i < 12, "text_memory": lambda i: i < 6, "no_memory": lambda i: i < 3}
+    for method, won in wins.items():
+        for split in ("valid_seen", "valid_unseen"):
+            records = [{"qid": f"g{i}", "memory_id": "skill-bank", "correct": won(i), "success": won(i),
+                        "tok": 500 if method == "text_memory" else 300} for i in range(20)]
+            write_json(result_path(ref, method, "alfworld-offline", split, 42),
+                       {"method": method, "setting": "alfworld-offline", "split": split, "seed": 42,
+                        "backbone": "tiny", "records": records})
+    c8 = _by_id(claims.build(run, tmp_path / "reference"))["C8"]
+    assert c8["source"].endswith("alfworld-2026-12-06-abc") and c8["n"] == 40 and c8["b"] == "text_memory"
+    assert c8["difference"] == pytest.approx(12 / 40) and c8["tokens"] == {"a": 300, "b": 500}
+    assert c8["fewer_tokens"] is True and c8["others"][0]["b"] == "no_memory"

@@ -63,7 +63,7 @@ CLAIMS = (
           "aligned cache", ("truncated text",), overlay="compression-", kind="compression"),
     Claim("C8", "On ALFWorld ElasticMem succeeds more often than the baselines, with the fewest tokens per episode",
           "elasticmem", ("text_memory", "no_memory"), paper="Qwen2.5-7B 0.529 at 9,033 #Tok vs Mem0 0.416",
-          kind="alfworld", fewer_tokens=True),
+          kind="alfworld", fewer_tokens=True, overlay="alfworld-"),
 )
 
 
@@ -214,6 +214,17 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
     return None
 
 
+def _alfworld_row(c: Claim, results: list[dict]) -> dict | None:
+    """C8 from ALFWorld results: valid_seen and valid_unseen games pooled, one success record per game."""
+    alf = [{**r, "split": "valid", "records": [{**x, "qid": f"{r['split']}/{x['qid']}"} for x in r["records"]]}
+           for r in results if r["setting"].startswith("alfworld")]
+    merged: dict = {}
+    for r in alf:
+        key = (r["method"], r["seed"])
+        merged[key] = {**r, "records": merged[key]["records"] + r["records"]} if key in merged else r
+    return _accuracy_row(c, list(merged.values()), alf[0]["setting"], "valid") if merged else None
+
+
 def _setting_of(results: list[dict], split: str) -> str | None:
     settings = sorted({r["setting"] for r in results if r["split"] == split and r["method"] == "elasticmem"})
     return settings[0] if settings else None
@@ -233,22 +244,17 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
         row, source, notes = None, "main", []
         if c.kind == "accuracy" and setting:
             row = _accuracy_row(c, results, setting, split)
-        elif c.kind == "alfworld":  # seen and unseen games pooled: one success record per game
-            alf = [{**r, "split": "valid", "records": [{**x, "qid": f"{r['split']}/{x['qid']}"} for x in r["records"]]}
-                   for r in results if r["setting"].startswith("alfworld")]
-            merged: dict = {}
-            for r in alf:
-                key = (r["method"], r["seed"])
-                merged[key] = {**r, "records": merged[key]["records"] + r["records"]} if key in merged else r
-            if merged:
-                row = _accuracy_row(c, list(merged.values()), alf[0]["setting"], "valid")
+        elif c.kind == "alfworld":
+            row = _alfworld_row(c, results)
         elif c.kind in ("frontier",):
             row = _study_row(c, run_dir)
         if row is None and c.overlay:
             folder = _newest_reference(c.overlay, reference_dir)
             if folder is not None:
                 source = str(folder.relative_to(resolve(".")) if folder.is_relative_to(resolve(".")) else folder)
-                if c.kind == "accuracy":
+                if c.kind == "alfworld":
+                    row = _alfworld_row(c, load_results(folder))
+                elif c.kind == "accuracy":
                     ref = load_results(folder)
                     s = setting or _setting_of(ref, split)
                     row = _accuracy_row(c, ref, s, split) if s else None
