@@ -131,6 +131,20 @@ def test_turns_expand_a_trajectory(ds):
     assert f"Goal: {ep.objective}" in text and text.endswith("Action:")
 
 
+def test_a_replay_in_another_engines_action_syntax_is_refused_by_episode_and_step(ds):
+    """Demonstrations whose expert action the step's admissible commands lack (ALFWorld < 0.4's "put X in/on Y"
+    against 0.4's "move X to Y") would teach commands the engine refuses: refused, naming the replay and step."""
+    import dataclasses
+
+    ep = next(e for e in ds.episodes if any(s.action and s.action.startswith("move ") for s in e.steps))
+    t = next(i for i, s in enumerate(ep.steps) if s.action and s.action.startswith("move "))
+    old = ep.steps[t].action
+    steps = list(ep.steps)
+    steps[t] = dataclasses.replace(steps[t], action=old.replace("move ", "put ").replace(" to ", " in/on "))
+    with pytest.raises(ValueError, match=f"expert replay {ep.episode_id}, step {t}: the action 'put "):
+        training.turns(dataclasses.replace(ep, steps=steps))
+
+
 def test_a_real_data_folder_gets_its_training_replays_and_cards_recorded_here(cfg, tmp_path):
     """ALFWorld's own folder (here the offline games, laid out as json_2.1.1/train, valid_seen, valid_unseen), no
     authors' replays: the training games' replays and cards are recorded by playing the expert plan, as offline."""

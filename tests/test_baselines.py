@@ -40,7 +40,7 @@ def test_every_variant_overlay_names_only_defining_keys():
                # the control-token retrieval ablation is defined by how its retrieval is trained
                "retrieval.aux_loss", "retrieval.aux_weight", "grpo.retrieval_warmup_steps",
                "grpo.retrieval_warmup_reading_weight", "grpo.retrieval_warmup_guard", "grpo.retrieval_warmup_lr",
-               "grpo.retrieval_warmup_check_every"}
+               "grpo.retrieval_warmup_check_every", "grpo.retrieval_warmup_reading_retrieval"}
     for kind in ("baselines", "ablations"):
         for path in sorted(resolve(f"params/{kind}").glob("*.yaml")):
             keys = {o.split("=")[0] for o in variants.variant_overrides(path)}

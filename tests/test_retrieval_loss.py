@@ -304,6 +304,24 @@ def test_the_lora_warmup_adds_the_reading_loss_and_rolls_back_when_reading_drops
     assert model.memory == "latent" and model.retriever.cfg.mode == "control_token"
 
 
+@pytest.mark.parametrize("reads, mode", [("", "control_token"), ("oracle", "oracle")])
+def test_the_warmups_reading_loss_reads_the_chunks_its_setting_retrieves(bank, tmp_path, monkeypatch, reads, mode):
+    """grpo.retrieval_warmup_reading_retrieval: the reading loss reads text retrieved by that mode ("" = the control
+    token being trained), while the retrieval loss still trains the control token."""
+    from elasticmem_core.training import retrieval_warmup
+
+    model = tiny_model(bank, *NO_DROPOUT, "retrieval.aux_loss=contrastive", "grpo.sft_batch_size=2",
+                       "grpo.retrieval_warmup_reading_weight=1.0",
+                       f"grpo.retrieval_warmup_reading_retrieval={reads or chr(34) * 2}")
+    seen, loss = [], retrieval_warmup.supervised_loss
+    monkeypatch.setattr(retrieval_warmup, "supervised_loss",
+                        lambda m, qs: seen.append((m.memory, m.retriever.cfg.mode)) or loss(m, qs))
+    grpo.Trainer(model, QUESTIONS, QUESTIONS, tmp_path).retrieval_warmup(2)
+    assert seen == [("text", mode)] * 2 and model.retriever.cfg.mode == "control_token"
+    with pytest.raises(config.ConfigError, match="retrieval_warmup_reading_retrieval = 'gold'"):
+        tiny_cfg("grpo.retrieval_warmup_reading_retrieval=gold")
+
+
 def test_a_warmup_that_cannot_run_is_refused_naming_the_key(bank, tmp_path):
     import dataclasses
 

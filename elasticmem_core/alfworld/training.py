@@ -62,6 +62,13 @@ def turns(episode: Episode, history: int = 5) -> list[Turn]:
     out = []
     for t in range(1, len(steps)):
         prev = steps[t - 1]
+        if prev.admissible_commands and steps[t].action not in prev.admissible_commands:
+            # e.g. "put X in/on Y" demonstrations against ALFWorld 0.4's "move X to Y": imitation would teach
+            # commands the engine refuses
+            raise ValueError(f"expert replay {episode.episode_id}, step {t}: the action {steps[t].action!r} is not "
+                             f"among that step's admissible commands ({', '.join(prev.admissible_commands[:6])}, ...): "
+                             f"replays recorded by an engine with another action syntax; re-record them with the "
+                             f"installed one (delete the game set's folder, alfworld.games_dir)")
         out.append(Turn(objective=episode.objective,
                         history=[(s.action, s.observation) for s in steps[max(1, t - history):t]],
                         observation=prev.observation or episode.first_observation,

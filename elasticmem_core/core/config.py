@@ -265,6 +265,10 @@ class GRPOConfig:
     retrieval_warmup_reading_weight: float = _f(0.0, "weight of the stage-0 reading loss (memory as text, gold answer) "
                                                      "added to every retrieval warm-up step, so that the shared LoRA "
                                                      "keeps reading (0 = the retrieval loss alone)")
+    retrieval_warmup_reading_retrieval: str = _f("", "what the warm-up's reading loss reads: the text of the chunks "
+                                                      "retrieved by this mode (semantic, oracle, ...; \"\" = "
+                                                      "retrieval.mode, the control token being trained: on the mini "
+                                                      "reader that trained it to answer from the wrong chunks)")
     retrieval_warmup_guard: float = _f(0.0, "stop the retrieval warm-up and roll LoRA back to its last checked state "
                                             "when validation reading accuracy (memory as text, oracle retrieval) "
                                             "falls more than this below the reader it started from (0 = no check)")

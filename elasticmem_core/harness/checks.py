@@ -135,6 +135,9 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
     if g.retrieval_warmup_reading_weight < 0 or g.retrieval_warmup_guard < 0 or g.retrieval_warmup_check_every < 1:
         raise ConfigError(f"{source}: grpo.retrieval_warmup_reading_weight and grpo.retrieval_warmup_guard must be "
                           f">= 0 and grpo.retrieval_warmup_check_every >= 1")
+    if g.retrieval_warmup_reading_retrieval not in ("", *MODES):
+        raise ConfigError(f"{source}: grpo.retrieval_warmup_reading_retrieval = {g.retrieval_warmup_reading_retrieval!r};"
+                          f" choose \"\" (retrieval.mode) or one of {', '.join(MODES)}")
     if cfg.retrieval.head_rank < 1:
         raise ConfigError(f"{source}: retrieval.head_rank must be >= 1, got {cfg.retrieval.head_rank}")
     if cfg.retrieval.aux_loss != "none" or cfg.retrieval.aux_weight or cfg.grpo.retrieval_warmup_steps:
