@@ -85,6 +85,8 @@ def train_variant(v: Config, name: str, seed: int, model, reader: Path, dataset,
         done = None
     if done is not None and done.get("finished"):
         return folder
+    # recorded before training, so that a run stopped midway is resumed only under the same params and reader
+    evaluate.save_result(folder / "made.json", vs, made, {"finished": False})
     seed_everything(seed)
     model.load(reader, parts=model.PARTS)
     if model.retrieval_head is not None:
