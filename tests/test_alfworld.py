@@ -227,7 +227,9 @@ def test_step_reward_scores_the_snapped_output(ds):
 
 @pytest.fixture(scope="module")
 def model(ds, tmp_path_factory):
-    cfg = training.training_config(tiny_cfg("grpo.max_steps=2", "grpo.eval_every=1"))
+    # generated actions, no imitation (the smoke params' ALFWorld agent ranks and imitates: tested on its own)
+    cfg = training.training_config(tiny_cfg("grpo.max_steps=2", "grpo.eval_every=1", "alfworld.action_selection=generate",
+                                            "alfworld.bc_epochs=0"))
     backbone = load_backbone("tiny-random")
     bank = bank_mod.build(ds.chunks(), backbone, cfg.bank, tmp_path_factory.mktemp("bank"), progress=False)
     # seeded as runner.start seeds a notebook: the untrained LoRA, projector and policy (whose greedy budgets the
@@ -366,7 +368,8 @@ def test_behaviour_cloning_runs_epochs_checked_on_held_out_steps():
     cfg = tiny_cfg("alfworld.bc_epochs=5", "alfworld.bc_patience=2", "grpo.sft_batch_size=4")
     bc = training.behaviour_cloning_config(cfg, 10)
     assert (bc.grpo.sft_steps, bc.grpo.sft_eval_every, bc.grpo.sft_patience) == (15, 3, 2)   # 3 steps an epoch
-    assert training.behaviour_cloning_config(tiny_cfg(), 10) == tiny_cfg()                   # off by default
+    off = tiny_cfg("alfworld.bc_epochs=0")
+    assert training.behaviour_cloning_config(off, 10) == off and Config().alfworld.bc_epochs == 0   # off by default
     with pytest.raises(ConfigError, match="action_selection"):
         tiny_cfg("alfworld.action_selection=sample")
 
@@ -405,9 +408,15 @@ def test_agents_imitate_from_one_start_in_their_own_folders_and_only_elasticmem_
         assert [r["step"] for r in log if r["stage"] == "sft_val"] == [-(-n_items // 8), 2 * -(-n_items // 8)]
         assert sum(r["stage"] == "grpo" for r in log) == grpo_steps
         assert (trainer.dir / "sft").is_dir() and (trainer.dir / "best").is_dir()
-    assert none.model.memory == "none"
+    assert latent.model.memory == "latent" and latent.model.cfg.grpo.epochs == 1   # the model is left as it was
     with pytest.raises(ConfigError, match="bc_epochs"):
-        training.train(tiny_cfg(), tmp_path, backbone, dataset=data, bank=bank, memory="text", model=latent.model)
+        training.train(tiny_cfg("alfworld.bc_epochs=0"), tmp_path, backbone, dataset=data, bank=bank, memory="text",
+                       model=latent.model)
+    import shutil
+
+    shutil.rmtree(none.dir / "sft")   # a folder trained without imitation is not resumed as if it had been
+    with pytest.raises(ConfigError, match="without behaviour cloning"):
+        training.train(cfg, tmp_path, backbone, dataset=data, bank=bank, memory="none", model=latent.model)
     with pytest.raises(ValueError, match="memory = 'cards'"):
         training.train(cfg, tmp_path, backbone, dataset=data, bank=bank, memory="cards", model=latent.model)
 
@@ -519,7 +528,7 @@ def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_
                  "--set", "grpo.settings=[]", "--set", f"alfworld.games_dir={tmp_path / 'games'}",
                  "--set", "alfworld.n_train=12", "--set", "alfworld.bank_ratio=0.1",
                  "--set", "alfworld.max_steps=30", "--set", "grpo.max_steps=2", "--set", "grpo.eval_every=2",
-                 "--set", "alfworld.sft_steps=0", "--set", "eval.max_questions=2"])
+                 "--set", "alfworld.sft_steps=0", "--set", "alfworld.bc_epochs=0", "--set", "eval.max_questions=2"])
     folder = train_dir(tmp_path / "launch-alfworld", "alfworld-offline", 42)
     records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     grpo_records = [r for r in records if r["stage"] == "grpo"]

@@ -68,7 +68,10 @@ def fake_answer(batch):
 
 
 def test_results_round_trip_resume_and_refusal(tmp_path):
-    cfg = tiny_cfg("eval.max_questions=0", "eval.batch_size=3")
+    def base(*overrides):   # ALFWorld's later keys at their defaults: the older results below predate them
+        return tiny_cfg("eval.max_questions=0", "eval.batch_size=3", "alfworld.bc_epochs=0",
+                        "alfworld.action_selection=generate", *overrides)
+    cfg = base()
     meta = {"method": "fake", "setting": "s", "split": "test", "seed": 42, "backbone": "b"}
     path = evaluate.result_path(tmp_path, "fake", "s", "test", 42)
     calls = []
@@ -82,30 +85,30 @@ def test_results_round_trip_resume_and_refusal(tmp_path):
     # reused, not recomputed; identical to what was saved
     again = evaluate.evaluate(answer, QS, path, meta, cfg)
     assert calls == [3, 3, 1] and again == json.loads(path.read_text()) == res
-    assert evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3",
-                                                              "eval.baselines=[no_memory]")) == res  # not shaping
+    assert evaluate.evaluate(answer, QS, path, meta, base("eval.baselines=[no_memory]")) == res  # not shaping
     with pytest.raises(evaluate.ResultsError, match="grpo.lr"):
-        evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3", "grpo.lr=1"))
+        evaluate.evaluate(answer, QS, path, meta, base("grpo.lr=1"))
     # a result saved before a section (or key) existed is reused while the new params stay at their defaults
     older = json.loads(path.read_text())
     del older["fingerprint"]["params"]["align"], older["fingerprint"]["params"]["bank"]["cache_layer"]
     path.write_text(json.dumps(older))
     assert evaluate.evaluate(answer, QS, path, meta, cfg)["summary"] == res["summary"] and calls == [3, 3, 1]
     # a result saved when ALFWorld's params were data.alfworld_* keys is reused: they are read as the alfworld section
+    from elasticmem_core.core import renamed
+
+    moved = {new.split(".")[1] for new in renamed.RENAMED.values()}   # the keys the section had when it moved
     older["fingerprint"]["params"]["data"].update(
-        {f"alfworld_{k}": v for k, v in older["fingerprint"]["params"].pop("alfworld").items()})
+        {f"alfworld_{k}": v for k, v in older["fingerprint"]["params"].pop("alfworld").items() if k in moved})
     path.write_text(json.dumps(older))
     assert evaluate.evaluate(answer, QS, path, meta, cfg)["summary"] == res["summary"] and calls == [3, 3, 1]
     with pytest.raises(evaluate.ResultsError, match=r"params.alfworld.n_train: 18 -> 5"):
-        evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3",
-                                                           "alfworld.n_train=5"))
+        evaluate.evaluate(answer, QS, path, meta, base("alfworld.n_train=5"))
     # the align section shapes nothing while align.steps = 0
-    assert evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3",
-                                                              "align.lr=0.5"))["summary"] == res["summary"]
+    assert evaluate.evaluate(answer, QS, path, meta, base("align.lr=0.5"))["summary"] == res["summary"]
     for changed, message in (("align.steps=5", r"params.align: None -> \{'steps': 5"),
                              ("bank.cache_layer=0", r"params.bank.cache_layer: None -> 0")):
         with pytest.raises(evaluate.ResultsError, match=message):
-            evaluate.evaluate(answer, QS, path, meta, tiny_cfg("eval.max_questions=0", "eval.batch_size=3", changed))
+            evaluate.evaluate(answer, QS, path, meta, base(changed))
     path.write_text(json.dumps(res))
     # tables: per type, per memory, pooled = size-weighted over settings
     evaluate.evaluate(answer, QS[:4], evaluate.result_path(tmp_path, "fake", "t", "test", 42), {**meta, "setting": "t"},

@@ -230,8 +230,9 @@ def paired_success(results: list[dict], pairs: list[tuple[str, str]], n_boot: in
             use = splits if split == "both" else [split]
             if not all((m, s) in by for m in (a, b) for s in use):
                 continue
-            ra = [x for s in use for x in by[(a, s)]]
-            rb = [x for s in use for x in by[(b, s)]]
+            # game ids are matched within a split: two splits may name a game alike
+            ra = [{**x, "qid": f"{s}/{x['qid']}"} for s in use for x in by[(a, s)]]
+            rb = [{**x, "qid": f"{s}/{x['qid']}"} for s in use for x in by[(b, s)]]
             d = evaluation.paired_comparison(ra, rb, n_boot, seed)
             tok = lambda rs, k: sum(x["tokens"][k] if k else x["tok"] for x in rs) / len(rs)  # noqa: E731
             rows.append({"a": a, "b": b, "split": split, **d, "tok_a": tok(ra, None), "tok_b": tok(rb, None),

@@ -225,14 +225,18 @@ def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool =
         raise ValueError("no ALFWorld validation game: raise alfworld.n_train (validation = 10% of the GRPO games)")
     acfg = behaviour_cloning_config(acfg, len(train_items))
     model = model if model is not None else assemble.model_for(acfg, dataset, backbone, bank)
+    folder = agent_dir(run_dir, dataset.setting, acfg.runtime.seed, memory)
+    if acfg.alfworld.bc_epochs > 0 and (folder / "last").is_dir() and not (folder / "sft").is_dir():
+        raise ConfigError(f"{folder} holds a training run without behaviour cloning (no sft/), and alfworld.bc_epochs "
+                          f"is {acfg.alfworld.bc_epochs}: give this run its own folder (runtime.run_name) or delete it")
     init = agent_dir(run_dir, dataset.setting, acfg.runtime.seed) / "init"
-    if (init / "elasticmem.json").is_file():
-        model.load(init, parts=model.parts)
-    elif accelerator is None or accelerator.is_main_process:
+    if not (init / "elasticmem.json").is_file() and (accelerator is None or accelerator.is_main_process):
         model.save(init)   # the weights before any training: every agent of this run starts from them
-    model.cfg, model.memory = acfg, memory
-    trainer = Trainer(model, train_items, val_items, agent_dir(run_dir, dataset.setting, acfg.runtime.seed, memory),
-                      accelerator=accelerator,
-                      evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
-    trainer.train(progress=progress)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    model.load(init, parts=model.parts)
+    with model.using(cfg=acfg, memory=memory):
+        trainer = Trainer(model, train_items, val_items, folder, accelerator=accelerator,
+                          evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
+        trainer.train(progress=progress)
     return trainer

@@ -119,14 +119,11 @@ class AlfworldConfig:
     epochs: int = _f(3, "GRPO epochs over the ALFWorld training steps (paper 3); 0 = grpo.epochs")
     max_train_steps: int = _f(0, "cap on ALFWorld's GRPO steps; 0 = grpo.max_steps (a CPU-sized run caps it)")
     sft_steps: int = _f(-1, "stage-1 supervised steps on the expert actions; -1 = grpo.sft_steps, 0 = off")
-    bc_epochs: int = _f(0, "behaviour cloning: stage 1 as up to this many epochs over the expert steps of the "
-                           "training games, held-out step accuracy checked after each, the best epoch kept "
-                           "(replaces alfworld.sft_steps; 0 = off)")
-    bc_patience: int = _f(2, "behaviour cloning stops after this many epochs without a better held-out step "
-                             "accuracy (0 = run every epoch)")
-    action_selection: str = _f("generate", "how a step's action is chosen: generate (greedy text snapped to the "
-                                           "nearest admissible command) | rank (the admissible command of highest "
-                                           "log-likelihood after the prompt, BUTLER's choice among commands)")
+    bc_epochs: int = _f(0, "behaviour cloning: stage 1 as up to this many epochs over the expert steps, checked on "
+                           "held-out steps after each, the best kept (replaces sft_steps; 0 = off)")
+    bc_patience: int = _f(2, "behaviour cloning stops after this many epochs without a better check (0 = never)")
+    action_selection: str = _f("generate", "generate (greedy text snapped to an admissible command) | rank (the "
+                                           "admissible command of highest log-likelihood)")
 
 
 @dataclass
@@ -229,11 +226,9 @@ class GRPOConfig:
     adv_clip: float = _f(5.0, "advantages clamped to [-adv_clip, adv_clip]")
     loss_type: str = _f("token_mean", "token_mean (pool the group's tokens; package default) | sequence_mean "
                                       "(mean per rollout, then over G: the authors')")
-    reward_terms: dict[str, float] = _f({"task": 1.0}, "weighted reward terms by name (rewards.REWARD_TERMS): task "
-                                        "(answer correct, the paper's only term), alfworld_step (expert action; "
-                                        "ALFWorld uses it in place of task), token_price (-memory tokens / (Z x "
-                                        "B_max): its weight lambda is the reward given up for a full memory; beyond "
-                                        "the paper)")
+    reward_terms: dict[str, float] = _f({"task": 1.0}, "weighted reward terms (rewards.REWARD_TERMS): task (answer "
+                                        "correct: the paper's), alfworld_step (expert action, ALFWorld's task), "
+                                        "token_price (-memory tokens / (Z x B_max), weight lambda; beyond the paper)")
     advantage_norm: str = _f("std", "std ((r - mean) / std within a group: the paper) | mean (r - mean only: a "
                                     "token price keeps its scale when every task reward of a group ties)")
     policy_only: bool = _f(False, "GRPO trains the budget policy alone: reasoner and projector frozen, rollouts and "
@@ -265,10 +260,8 @@ class GRPOConfig:
     retrieval_warmup_reading_weight: float = _f(0.0, "weight of the stage-0 reading loss (memory as text, gold answer) "
                                                      "added to every retrieval warm-up step, so that the shared LoRA "
                                                      "keeps reading (0 = the retrieval loss alone)")
-    retrieval_warmup_reading_retrieval: str = _f("", "what the warm-up's reading loss reads: the text of the chunks "
-                                                      "retrieved by this mode (semantic, oracle, ...; \"\" = "
-                                                      "retrieval.mode, the control token being trained: on the mini "
-                                                      "reader that trained it to answer from the wrong chunks)")
+    retrieval_warmup_reading_retrieval: str = _f("", "the retrieval mode whose chunks the warm-up's reading loss "
+                                                      "reads (\"\" = retrieval.mode, the control token in training)")
     retrieval_warmup_guard: float = _f(0.0, "stop the retrieval warm-up and roll LoRA back to its last checked state "
                                             "when validation reading accuracy (memory as text, oracle retrieval) "
                                             "falls more than this below the reader it started from (0 = no check)")
@@ -283,11 +276,9 @@ class GRPOConfig:
     reader_eval_every: int = _f(0, "stage 0: text-memory validation accuracy every N steps and at the end (the "
                                    "reader's learning curve in train_log.jsonl, stage reader_val); the reader kept is "
                                    "the best point of that curve (0 = no curve, the last step's reader)")
-    sft_eval_every: int = _f(0, "stage 1: validation accuracy (the GRPO validation measure) every N steps and at "
-                                "the end (train_log.jsonl, stage sft_val); the model kept is the best point of that "
-                                "curve (0 = no curve, the last step's)")
-    sft_patience: int = _f(0, "stage 1 with sft_eval_every: stop after this many checks without a better validation "
-                              "accuracy (0 = run every step)")
+    sft_eval_every: int = _f(0, "stage 1: the GRPO validation measure every N steps and at the end (stage sft_val); "
+                                "the best point is kept (0 = no curve)")
+    sft_patience: int = _f(0, "stage 1: stop after this many checks without a better one (0 = never)")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
     tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
     settings: list[str] = _f([], "settings trained (03, one model each) and compared (02, 04, 05); empty = every "
@@ -298,11 +289,10 @@ class GRPOConfig:
 class AlignConfig:
     steps: int = _f(0, "alignment steps between the reader warm-up and GRPO (alignment.py; 0 = off, as the paper): "
                        "the projector learns to make the content cache readable before any task reward")
-    objectives: dict[str, float] = _f({"reconstruction": 1.0}, "weighted alignment losses by name "
-                                      "(alignment.OBJECTIVES): reconstruction (regenerate a chunk's text from its "
-                                      "last b soft tokens; ICAE), self_distill (KL from the answer distribution "
-                                      "with the retrieved chunks as text to the one with them as latent memory; "
-                                      "xRAG), answer (cross-entropy on the gold answer with latent memory)")
+    objectives: dict[str, float] = _f({"reconstruction": 1.0}, "weighted alignment losses "
+                                      "(alignment.OBJECTIVES): reconstruction (a chunk's text from its last b soft "
+                                      "tokens; ICAE), self_distill (KL from the answer with text memory to the one "
+                                      "with latent memory; xRAG), answer (gold answer with latent memory)")
     lr: float = _f(1e-3, "learning rate of the alignment stage (a projector pretraining rate, far above GRPO's)")
     train_lora: bool = _f(False, "LoRA learns in the alignment stage too (false: the projector alone)")
     batch_size: int = _f(8, "chunks (reconstruction) and questions (self_distill, answer) per alignment step")
@@ -319,10 +309,8 @@ class AlignConfig:
 class MemGenConfig:
     """The MemGen-style baseline (memgen.py; eval.method = memgen): a frozen reasoner, a LoRA weaver."""
     latents: int = _f(8, "K: latent tokens the weaver writes per insertion (MemGen: 8 in most settings)")
-    bridge_init: str = _f("identity", "start of the two Linear bridges (reasoner embeddings -> weaver, weaver states "
-                                      "-> reasoner embeddings): identity (needs one hidden size; the weaver starts "
-                                      "reading the text as its base LLM does) | default (torch's random init, as "
-                                      "MemGen's code)")
+    bridge_init: str = _f("identity", "the two Linear bridges' start: identity (one hidden size; the weaver "
+                                      "reads the text as its base LLM does) | default (random, as MemGen's code)")
     insert_delimiters: bool = _f(False, "also weave K latents after each ',', '.' or newline the reasoner generates, "
                                         "up to memgen.max_insertions (MemGen's inference augmentation; its released "
                                         "results: off)")
@@ -336,10 +324,8 @@ class MemGenConfig:
     trigger_lr: float = _f(1e-6, "learning rate of the trigger stage (MemGen: 1e-6)")
     weaver_lr: float = _f(0.0, "learning rate of the weaver's own weights (bridges, query latents; its LoRA keeps the "
                                "stage's rate) in every stage; 0 = the stage's rate (grpo.sft_lr, grpo.lr)")
-    sft_steps: int = _f(-1, "supervised weaver steps before GRPO (batches of grpo.sft_batch_size, lr grpo.sft_lr); "
-                            "-1 = as many as the method's supervised stages (grpo.reader_warmup_steps + "
-                            "grpo.sft_steps), so both see the same examples and updates, or one epoch over the "
-                            "training questions where the method has none (the paper recipe)")
+    sft_steps: int = _f(-1, "supervised weaver steps before GRPO (grpo.sft_batch_size, grpo.sft_lr); -1 = as many as "
+                            "the method's (grpo.reader_warmup_steps + grpo.sft_steps), or one epoch where it has none")
 
 
 @dataclass

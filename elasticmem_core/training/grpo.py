@@ -332,7 +332,10 @@ class Trainer:
             history.append(rec)
             self._log(rec)
             if curve and ((step + 1) % every == 0 or step + 1 == steps):
+                # one verdict for every process (a bf16 near-tie could differ): an early stop on one alone would hang
                 acc = check()
+                if self.world > 1:
+                    acc = float(self._reduce_sum(torch.tensor(acc, dtype=torch.float64, device=model.device))) / self.world
                 model.train()
                 self._log({"stage": stage, "step": step + 1, key: acc})
                 if acc > best[0]:  # every process computes the same accuracy, so all keep the same weights
