@@ -372,6 +372,8 @@ def test_behaviour_cloning_runs_epochs_checked_on_held_out_steps():
     assert training.behaviour_cloning_config(off, 10) == off and Config().alfworld.bc_epochs == 0   # off by default
     with pytest.raises(ConfigError, match="action_selection"):
         tiny_cfg("alfworld.action_selection=sample")
+    with pytest.raises(ConfigError, match="alfworld.agents"):
+        tiny_cfg("alfworld.agents=[latent]")
 
 
 def test_agents_imitate_from_one_start_in_their_own_folders_and_only_elasticmem_runs_grpo(ds, tmp_path,

@@ -69,7 +69,7 @@ def fake_answer(batch):
 
 def test_results_round_trip_resume_and_refusal(tmp_path):
     def base(*overrides):   # ALFWorld's later keys at their defaults: the older results below predate them
-        return tiny_cfg("eval.max_questions=0", "eval.batch_size=3", "alfworld.bc_epochs=0",
+        return tiny_cfg("eval.max_questions=0", "eval.batch_size=3", "alfworld.bc_epochs=0", "alfworld.agents=[none, text]",
                         "alfworld.action_selection=generate", *overrides)
     cfg = base()
     meta = {"method": "fake", "setting": "s", "split": "test", "seed": 42, "backbone": "b"}

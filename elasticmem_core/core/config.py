@@ -122,6 +122,7 @@ class AlfworldConfig:
     bc_epochs: int = _f(0, "behaviour cloning: stage 1 as up to this many epochs over the expert steps, checked on "
                            "held-out steps after each, the best kept (replaces sft_steps; 0 = off)")
     bc_patience: int = _f(2, "behaviour cloning stops after this many epochs without a better check (0 = never)")
+    agents: list[str] = _f(["none", "text"], "memory modes of the comparison agents 06 trains by the same imitation")
     action_selection: str = _f("generate", "generate (greedy text snapped to an admissible command) | rank (the "
                                            "admissible command of highest log-likelihood)")
 
@@ -276,8 +277,7 @@ class GRPOConfig:
     reader_eval_every: int = _f(0, "stage 0: text-memory validation accuracy every N steps and at the end (the "
                                    "reader's learning curve in train_log.jsonl, stage reader_val); the reader kept is "
                                    "the best point of that curve (0 = no curve, the last step's reader)")
-    sft_eval_every: int = _f(0, "stage 1: the GRPO validation measure every N steps and at the end (stage sft_val); "
-                                "the best point is kept (0 = no curve)")
+    sft_eval_every: int = _f(0, "stage 1: the GRPO validation measure every N steps and at the end; best kept")
     sft_patience: int = _f(0, "stage 1: stop after this many checks without a better one (0 = never)")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
     tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
