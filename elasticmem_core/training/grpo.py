@@ -293,16 +293,15 @@ class Trainer:
         if steps <= 0:
             return []
         g = self.cfg.grpo
-        if tag == "reader_warmup":
-            curve = (g.reader_eval_every, lambda: validation_accuracy(self.model, self.val_q), "reader_val",
+        if tag == "reader_warmup":   # logged as stages reader_val / reader_selected
+            curve = (g.reader_eval_every, lambda: validation_accuracy(self.model, self.val_q), "reader",
                      "val_text_accuracy", 0)
         else:
-            curve = (g.sft_eval_every, lambda: self.evaluate_fn(self.val_q), f"{tag}_val", "val_accuracy",
-                     g.sft_patience)
+            curve = (g.sft_eval_every, lambda: self.evaluate_fn(self.val_q), tag, "val_accuracy", g.sft_patience)
         with self.model.using(memory=memory):
             return self._supervised(steps, tag, *curve)
 
-    def _supervised(self, steps: int, tag: str, every: int, check, stage: str, key: str, patience: int) -> list[dict]:
+    def _supervised(self, steps: int, tag: str, every: int, check, name: str, key: str, patience: int) -> list[dict]:
         model, g = self.model, self.cfg.grpo
         opt = torch.optim.AdamW(model.optimizer_groups(g.sft_lr), lr=g.sft_lr, weight_decay=g.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps, g.sft_warmup_steps,
@@ -335,10 +334,11 @@ class Trainer:
                 # one verdict for every process (a bf16 near-tie could differ): an early stop on one alone would hang
                 acc = check()
                 if self.world > 1:
-                    acc = float(self._reduce_sum(torch.tensor(acc, dtype=torch.float64, device=model.device))) / self.world
+                    total = self._reduce_sum(torch.tensor(acc, dtype=torch.float64, device=model.device))
+                    acc = float(total) / self.world
                 model.train()
-                self._log({"stage": stage, "step": step + 1, key: acc})
-                if acc > best[0]:  # every process computes the same accuracy, so all keep the same weights
+                self._log({"stage": f"{name}_val", "step": step + 1, key: acc})
+                if acc > best[0]:  # the same accuracy on every process, so all keep the same weights
                     best, stale = (acc, step + 1, {n: p.detach().clone() for n, p in model.named_parameters()
                                                    if p.requires_grad}), 0
                 else:
@@ -350,8 +350,7 @@ class Trainer:
                 for n, p in model.named_parameters():
                     if n in best[2]:
                         p.copy_(best[2][n])
-            self._log({"stage": "reader_selected" if tag == "reader_warmup" else f"{tag}_selected",
-                       "step": best[1], key: best[0], "steps_run": len(history)})
+            self._log({"stage": f"{name}_selected", "step": best[1], key: best[0], "steps_run": len(history)})
         return history
 
     def retrieval_warmup(self, steps: int) -> list[dict]:
