@@ -32,7 +32,7 @@ def lora_state(model):
 def test_reconstruction_batch_puts_b_soft_tokens_before_the_cue_and_teacher_forces_the_text(embed_bank):
     model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=1", "align.max_text_tokens=5")
     rows, budgets = [0, 3], [2, 7]
-    b = alignment.reconstruction_batch(model, rows, budgets)
+    b = alignment.reconstruction_batch(model, alignment.corpus_of(model, QUESTIONS), rows, budgets)
     cue = model.tokenizer(model.cfg.align.cue, add_special_tokens=False)["input_ids"]
     for i, (r, k) in enumerate(zip(rows, budgets)):
         s, e = b.spans[i]["memory"]
@@ -42,8 +42,18 @@ def test_reconstruction_batch_puts_b_soft_tokens_before_the_cue_and_teacher_forc
         assert torch.allclose(b.inputs_embeds[i, s:s + k], want, atol=1e-6)
         t0, t1 = b.spans[i]["tail"]
         assert t1 - t0 == len(cue)
-        text = model._chunk_ids(r)[:5] + [model.tokenizer.eos_token_id]
+        # an input-embedding cache regenerates the b tokens it is, not text it never saw
+        text = model._chunk_ids(r)[-k:] + [model.tokenizer.eos_token_id]
         assert b.answer_ids[i, b.answer_mask[i]].tolist() == text
+
+
+def test_a_deeper_layers_cache_regenerates_the_chunks_first_tokens(tmp_path):
+    deep = ("bank.n_c=48", "bank.cache_layer=1", "budget.b_max=48", "projector.kind=mlp")
+    bank = bank_mod.build(CHUNKS, load_backbone("tiny-random"), tiny_cfg(*deep).bank, tmp_path, progress=False)
+    model = tiny_model(bank, *deep, *NO_DROPOUT, "align.steps=1", "align.max_text_tokens=5")
+    b = alignment.reconstruction_batch(model, alignment.corpus_of(model, QUESTIONS), [0, 3], [2, 7])
+    for i, r in enumerate([0, 3]):
+        assert b.answer_ids[i, b.answer_mask[i]].tolist() == model._chunk_ids(r)[:5] + [model.tokenizer.eos_token_id]
 
 
 def test_self_distill_is_zero_when_latent_memory_is_exactly_the_text(embed_bank):
@@ -54,11 +64,12 @@ def test_self_distill_is_zero_when_latent_memory_is_exactly_the_text(embed_bank)
     q = QUESTIONS[0]
     row = int(model.plan([q], sample=False).retrieved.rows[0, 0])
     n = len(model._chunk_ids(row))
-    exact = alignment.AlignBatch(rows=[], chunk_budgets=[], questions=[q], budget=n)
+    corpus = alignment.corpus_of(model, QUESTIONS)
+    exact = alignment.AlignBatch(corpus=corpus, rows=[], chunk_budgets=[], questions=[q], budget=n)
     assert alignment.self_distill(model, exact).item() == pytest.approx(0.0, abs=1e-5)
     s, t, _, mask = alignment.question_passes(model, exact)
     assert torch.allclose(s, t, atol=1e-4) and mask.sum() > 1
-    short = alignment.AlignBatch(rows=[], chunk_budgets=[], questions=[q], budget=2)
+    short = alignment.AlignBatch(corpus=corpus, rows=[], chunk_budgets=[], questions=[q], budget=2)
     assert alignment.self_distill(model, short).item() > 1e-4  # two tokens of the chunk: another distribution
     assert alignment.answer(model, short).item() > 0
 
@@ -80,7 +91,96 @@ def test_the_stage_trains_the_projector_alone_and_lowers_the_reconstruction_loss
     assert recipe["recipe"]["params"]["bank"]["cache_layer"] == 0 and recipe["steps"] == 25
     assert recipe["recipe"]["bank"] == model.bank.manifest["content_hash"]
     # only the training questions' memories are reconstructed
-    assert set(alignment.training_rows(model, QUESTIONS[:1])) == set(model.bank.rows(QUESTIONS[0].memory_id))
+    assert set(alignment.corpus_of(model, QUESTIONS[:1]).rows) == set(model.bank.rows(QUESTIONS[0].memory_id))
+    # every step is in the stage's own log, and none was skipped
+    logged = alignment.read_log(tmp_path)
+    assert [r["step"] for r in logged] == list(range(25)) and recipe["nonfinite_steps"] == 0
+    assert [r["reconstruction"] for r in logged] == [h["reconstruction"] for h in history]
+
+
+def test_the_learning_curve_is_measured_on_validation_at_its_steps(embed_bank, tmp_path):
+    model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=4", "align.lr=0.01", "align.b_min=4",
+                       "align.b_max=8", "align.curve_steps=[0, 2, 4]", "align.curve_b=6",
+                       "align.objectives={reconstruction: 1.0, self_distill: 1.0}")
+    seen = []
+
+    def evaluate():   # the caller's figure, e.g. validation accuracy at curve_b tokens per chunk
+        seen.append(model.training)
+        return {"val_accuracy": 0.25 * len(seen)}
+
+    history = alignment.run(model, QUESTIONS[:2], tmp_path, progress=False, val_questions=QUESTIONS[2:],
+                            evaluate=evaluate)
+    points = [h for h in history if h["stage"] == "align_val"]
+    assert [p["step"] for p in points] == [0, 2, 4] and seen == [False, False, False]
+    assert [p["val_accuracy"] for p in points] == [0.25, 0.5, 0.75] and all(p["b"] == 6 for p in points)
+    assert all(p["val_reconstruction"] > 0 and p["val_self_distill"] >= 0 for p in points)
+    # the curve reads validation memories only, and is the stage's record too
+    assert points[0]["val_reconstruction"] != points[2]["val_reconstruction"]
+    assert json.loads((tmp_path / "align" / "align.json").read_text())["curve"] == points
+    assert [h["stage"] for h in history] == ["align_val", "align", "align", "align_val", "align", "align",
+                                             "align_val"]
+    with pytest.raises(ValueError, match="no validation questions"):
+        alignment.run(tiny_model(embed_bank, *EMBED, "align.steps=4", "align.curve_steps=[2]"), QUESTIONS,
+                      tmp_path / "none", progress=False)
+    with pytest.raises(ValueError, match=r"align.curve_steps = \[9\].*0..align.steps \(4\)"):
+        alignment.run(tiny_model(embed_bank, *EMBED, "align.steps=4", "align.curve_steps=[9]"), QUESTIONS,
+                      tmp_path / "far", progress=False, val_questions=QUESTIONS)
+
+
+def test_a_non_finite_step_is_skipped_counted_and_logged(embed_bank, tmp_path, monkeypatch):
+    model = tiny_model(embed_bank, *EMBED, *NO_DROPOUT, "align.steps=3", "align.lr=0.01")
+    real = alignment.OBJECTIVES["reconstruction"]
+    calls = {"n": 0}
+
+    def nan_at_step_1(m, b):
+        calls["n"] += 1
+        loss = real(m, b)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setitem(alignment.OBJECTIVES, "reconstruction", nan_at_step_1)
+    before = {}
+
+    def log(rec):  # the projector's weights after each step
+        before[rec["step"]] = [p.detach().clone() for p in model.projector.parameters()]
+
+    history = alignment.run(model, QUESTIONS, tmp_path, log, progress=False)
+    assert [h["nonfinite"] for h in history] == [False, True, False]
+    assert [h["nonfinite_total"] for h in history] == [0, 1, 1]
+    assert all(torch.equal(a, b) for a, b in zip(before[0], before[1]))   # the non-finite step changed nothing
+    assert json.loads((tmp_path / "align" / "align.json").read_text())["nonfinite_steps"] == 1
+
+
+def test_a_generated_corpus_has_its_own_bank_and_is_what_reconstruction_reads(embed_bank, tmp_path, monkeypatch):
+    from elasticmem_core import memorysuite
+    from elasticmem_core.method import assemble
+
+    args = (*EMBED, *NO_DROPOUT, "align.steps=2", "align.corpus_memories=3")
+    cfg = tiny_cfg(*args, f"data.mini_dir={tmp_path / 'mini'}")
+    corpus = assemble.alignment_corpus(cfg, memorysuite.load("mini-personamem", cfg), load_backbone("tiny-random"),
+                                       tmp_path, progress=False)
+    assert corpus.bank.path.name == "mini-personamem-align-corpus-n3@cache_layer=0"
+    assert corpus.rows == list(range(len(corpus.bank.chunk_ids))) and len(set(corpus.bank.memory_ids)) == 3
+    assert all(c.startswith("align-corpus/") for c in corpus.bank.chunk_ids)
+    model = tiny_model(embed_bank, *args)
+    with pytest.raises(ValueError, match=r"align.corpus_memories = 3, but the stage got no corpus"):
+        alignment.run(model, QUESTIONS, tmp_path / "a", progress=False)
+    seen, real = [], alignment.reconstruction_batch
+    monkeypatch.setattr(alignment, "reconstruction_batch",
+                        lambda m, c, rows, b: seen.append((c, rows)) or real(m, c, rows, b))
+    alignment.run(model, QUESTIONS, tmp_path / "b", progress=False, corpus=corpus)
+    assert len(seen) == 2 and all(c is corpus and set(rows) <= set(corpus.rows) for c, rows in seen)
+    made = json.loads((tmp_path / "b" / "align" / "align.json").read_text())
+    assert made["recipe"]["corpus"] == corpus.identity() != alignment.corpus_of(model, QUESTIONS).identity()
+
+
+def test_the_b_curriculum_falls_from_b_start_to_b_max():
+    cfg = tiny_cfg(*EMBED, "align.steps=5", "align.b_min=2", "align.b_max=8", "align.b_start=16")
+    assert [alignment.b_range(cfg, s)[1] for s in range(5)] == [16, 14, 12, 10, 8]
+    corpus = alignment.Corpus(bank=None, texts={}, rows=list(range(40)))
+    for s in range(5):
+        batch = alignment.step_batch(cfg, corpus, [], s)
+        assert max(batch.chunk_budgets) <= alignment.b_range(cfg, s)[1] and min(batch.chunk_budgets) >= 2
+    assert alignment.b_range(tiny_cfg(*EMBED, "align.steps=5", "align.b_max=8"), 0) == (2, 8)   # off
 
 
 def test_every_weighted_objective_is_logged_with_its_b(embed_bank, tmp_path):
@@ -128,6 +228,8 @@ def test_an_interrupted_stage_resumes_to_the_weights_of_an_uninterrupted_one(emb
     again = tiny_model(embed_bank, *args)  # a fresh process: the same reader, then the saved state
     history = alignment.run(again, QUESTIONS, tmp_path / "cut", progress=False)
     assert [h["step"] for h in history] == [4, 5] and not (tmp_path / "cut" / "align.partial").exists()
+    # the log keeps the steps before the saved state once, and the resumed ones after them
+    assert [r["step"] for r in alignment.read_log(tmp_path / "cut")] == list(range(6))
     for a, b in zip(whole.projector.parameters(), again.projector.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
 
@@ -164,9 +266,13 @@ def test_bad_alignment_input_is_refused_naming_file_and_key(embed_bank, tmp_path
                               ("align.save_every=0", r"align.save_every >= 1"),
                               ("align.b_min=0", r"align.b_min"),
                               ("align.objectives={rebuild: 1.0}", r"align.objectives: unknown objective 'rebuild'"),
-                              ("align.objectives={reconstruction: 0.0}", r"sum to nothing")):
+                              ("align.objectives={reconstruction: 0.0}", r"sum to nothing"),
+                              ("align.b_start=8", r"align.b_start = 8: a curriculum over b starts above align.b_max"),
+                              ("align.b_start=64", r"align.b_start = 64.*within bank.n_c = 48"),
+                              ("align.curve_steps=[1]\x00align.curve_b=49", r"align.curve_b = 49"),
+                              ("align.corpus_memories=2", r"align.corpus_memories must be 0 .* or >= 3")):
         with pytest.raises(config.ConfigError, match=message):
-            tiny_cfg(*EMBED, "align.steps=1", override)
+            tiny_cfg(*EMBED, "align.steps=1", "align.b_max=8", *override.split("\x00"))
 
 
 def test_the_trainer_runs_alignment_between_the_reader_warmup_and_grpo(embed_bank, tmp_path):
@@ -183,7 +289,7 @@ def test_the_trainer_runs_alignment_between_the_reader_warmup_and_grpo(embed_ban
 def test_seeds_draw_different_data_orders():
     def rows(seed, step):
         cfg = tiny_cfg(*EMBED, "align.steps=1", f"runtime.seed={seed}", "align.batch_size=4")
-        return alignment.step_batch(cfg, list(range(12)), [], step).rows
+        return alignment.step_batch(cfg, alignment.Corpus(None, {}, list(range(12))), [], step).rows
 
     # 12 chunks in batches of 4: step 3 starts seed 42's second epoch, which must not be seed 43's first
     assert rows(42, 0) != rows(43, 0) and rows(42, 3) != rows(43, 0)

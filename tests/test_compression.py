@@ -16,7 +16,7 @@ ARGS = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0", "bank.n_c=1
         "bank.cache_layer=0", "projector.kind=residual", "eval.compression=true",
         "eval.compression_caches=['0', 'mid+align']", "eval.compression_budgets=[2, 4, 32]",
         "eval.compression_seeds=[1, 2]", "eval.compression_align_steps=2", "eval.bootstrap=50",
-        "align.batch_size=4", "grpo.settings=[tiny]")
+        "align.batch_size=4", "align.curve_steps=[0, 2]", "align.curve_b=2", "grpo.settings=[tiny]")
 
 
 class _Data:
@@ -66,6 +66,13 @@ def test_compression_table_pairs_each_cache_with_truncated_text_and_reuses_every
         assert (tmp_path / "compression" / "tiny" / f"layer1-align-seed{seed}" / "align" / "align.json").is_file()
     assert (tmp_path / "banks" / "tiny@cache_layer=1" / "manifest.json").is_file()
     assert len(compression.compression_table(data)) == 6 and data["meta"]["skipped_budgets"] == [32]
+    # each alignment's learning curve on validation: before and after its steps, with accuracy at curve_b
+    assert [(c["cache"], c["seed"], [p["step"] for p in c["points"]]) for c in data["curves"]] == [
+        ("cache: layer 1, aligned", 1, [0, 2]), ("cache: layer 1, aligned", 2, [0, 2])]
+    assert all(0 <= p["val_accuracy"] <= 1 and p["val_reconstruction"] > 0 for c in data["curves"]
+               for p in c["points"]) and all(c["nonfinite_steps"] == 0 for c in data["curves"])
+    assert [r["step"] for r in compression.alignment.read_log(tmp_path / "compression" / "tiny" /
+                                                              "layer1-align-seed1") if r["stage"] == "align"] == [0, 1]
     # a second call recomputes nothing
     monkeypatch.setattr(frontier, "evaluate_point", lambda *a, **k: pytest.fail("a saved point was recomputed"))
     monkeypatch.setitem(compression.alignment.OBJECTIVES, "reconstruction",
@@ -85,6 +92,14 @@ def test_compression_table_pairs_each_cache_with_truncated_text_and_reuses_every
 def test_bad_compression_params_are_refused_naming_the_key(override, message):
     with pytest.raises(config.ConfigError, match=message):
         tiny_cfg(*ARGS, override)
+
+
+def test_a_curriculum_outside_the_tables_range_is_refused():
+    # the table reads b = 2 and 4 (32 is above N_c): a curriculum from 8 trains b the table never reads
+    with pytest.raises(ValueError, match=r"align.b_start = 8 leaves b outside the table's range 2..4"):
+        compression.check(tiny_cfg(*ARGS, "align.b_max=4", "align.b_start=8"), n_layers=2, n_c=16)
+    with pytest.raises(ValueError, match=r"align.curve_b = 8 leaves b outside the table's range 2..4"):
+        compression.check(tiny_cfg(*ARGS, "align.curve_b=8"), n_layers=2, n_c=16)
 
 
 def test_a_layer_the_backbone_lacks_is_refused():

@@ -332,11 +332,47 @@ def test_alfworld_bad_records(tmp_path):
         alfworld(folder)
 
 
+def test_alfworld_card_in_another_engines_syntax_is_refused_or_counted(tmp_path):
+    """The fixture's replays were recorded with "put X in/on Y" (ALFWorld < 0.4): a card naming "move X to Y" would
+    teach a command that engine refuses; a card in the replays' own syntax passes."""
+    folder = _copy(tmp_path, "alfworld")
+    cards = json.loads((folder / "skill_cards.json").read_text())
+    cards[0]["summary"] += " Finish with: put pen 1 in/on desk 1."   # the replays' syntax: accepted
+    (folder / "skill_cards.json").write_text(json.dumps(cards))
+    assert len(alfworld(folder).memories["alfworld-skills"].chunks) == 2
+    cards[1]["summary"] += " Then: move potato 1 to fridge 1."
+    (folder / "skill_cards.json").write_text(json.dumps(cards))
+    with pytest.raises(DataError, match=r"skill_cards.json \[1\] field 'summary': names 'move potato 1 to fridge 1', "
+                                        r"a command the engine that recorded .*expert_replays.json does not accept"):
+        alfworld(folder)
+    ds = alfworld(folder, skip=True)
+    assert len(ds.memories["alfworld-skills"].chunks) == 1 and ds.summary.counts["records_skipped"] == 1
+
+
 # ---------------------------------------------------------------------------------------------------- load(), mini
 @pytest.fixture()
 def mini_cfg(smoke_cfg, tmp_path):
     smoke_cfg.data.mini_dir = str(tmp_path / "mini")
     return smoke_cfg
+
+
+def test_the_alignment_corpus_is_new_memories_and_refuses_overlap_with_validation_or_test(mini_cfg, monkeypatch):
+    ds = memorysuite.load("mini-personamem", mini_cfg)
+    corpus = memorysuite.alignment_corpus(ds, mini_cfg, 3)
+    assert corpus.setting == "mini-personamem-align-corpus-n3" and corpus.questions == []
+    assert len(corpus.memories) == 3 and all(m.startswith("align-corpus/") for m in corpus.memories)
+    assert all(c.chunk_id.startswith("align-corpus/") and c.memory_id in corpus.memories for c in corpus.chunks())
+    held = {q.memory_id for q in ds.questions if q.split != "train"}
+    trained = {c.text for m, mem in ds.memories.items() if m not in held for c in mem.chunks}
+    unique = {c.text for m in held for c in ds.memories[m].chunks} - trained   # small talk is shared by all
+    assert unique and not unique & {c.text for c in corpus.chunks()}
+    # the generator's own seed for the corpus: the dataset's memories again are refused, naming the key
+    monkeypatch.setattr(memorysuite, "CORPUS_SEED_OFFSET", 0)
+    with pytest.raises(DataError, match=r"align.corpus_memories: the alignment corpus .* has chunk .*the text of the "
+                                        r"validation/test chunk"):
+        memorysuite.alignment_corpus(ds, mini_cfg, mini_cfg.data.mini.n_memories)
+    with pytest.raises(DataError, match=r"align.corpus_memories = 3: .*not 'personamem-fixture'"):
+        memorysuite.alignment_corpus(personamem(), mini_cfg, 3)
 
 
 @pytest.mark.parametrize("setting", MINI)

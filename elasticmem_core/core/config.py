@@ -298,8 +298,15 @@ class AlignConfig:
     batch_size: int = _f(8, "chunks (reconstruction) and questions (self_distill, answer) per alignment step")
     b_min: int = _f(2, "smallest b: soft tokens per chunk, drawn uniformly from align.b_min..align.b_max each step")
     b_max: int = _f(0, "largest b; 0 = budget.b_max (must be <= bank.n_c)")
-    max_text_tokens: int = _f(64, "reconstruction target: at most this many of the chunk's first text tokens, "
-                                  "then EOS")
+    max_text_tokens: int = _f(64, "reconstruction target of a deeper layer's cache: the chunk's first text tokens, "
+                                  "at most this many, then EOS (a layer-0 cache regenerates its own b tokens)")
+    corpus_memories: int = _f(0, "alignment corpus: 0 = the training questions' memories; N >= 3 = N MemorySuite-mini "
+                                 "memories written for alignment alone, disjoint from validation and test (checked)")
+    b_start: int = _f(0, "curriculum over b: the upper bound of b starts here and falls linearly to align.b_max at "
+                         "the last step (many tokens first); 0 = off")
+    curve_steps: list[int] = _f([], "steps at which the learning curve is measured on validation (0 = before any "
+                                    "step): reconstruction, KL, and accuracy at align.curve_b tokens per chunk")
+    curve_b: int = _f(8, "tokens per chunk of the learning curve's validation accuracy")
     cue: str = _f("Repeat the text above.", "text between a chunk's soft tokens and its regenerated text")
     kl_temperature: float = _f(1.0, "temperature tau of self_distill (the loss is scaled by tau^2)")
     save_every: int = _f(50, "alignment steps between resumable saves (<train dir>/align.partial/)")

@@ -157,6 +157,15 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
                               f"budget.b_max) must lie within 1..bank.n_c = {cfg.bank.n_c}")
         if cfg.align.lr <= 0 or cfg.align.kl_temperature <= 0 or cfg.align.save_every < 1:
             raise ConfigError(f"{source}: align.lr and align.kl_temperature must be > 0, align.save_every >= 1")
+        a = cfg.align
+        if a.b_start and not hi < a.b_start <= cfg.bank.n_c:
+            raise ConfigError(f"{source}: align.b_start = {a.b_start}: a curriculum over b starts above align.b_max "
+                              f"({hi}) and within bank.n_c = {cfg.bank.n_c} (0 = no curriculum)")
+        if a.curve_steps and not 1 <= a.curve_b <= cfg.bank.n_c:
+            raise ConfigError(f"{source}: align.curve_b = {a.curve_b} must lie within 1..bank.n_c = {cfg.bank.n_c}")
+        if a.corpus_memories in (1, 2) or a.corpus_memories < 0 or any(s < 0 for s in a.curve_steps):
+            raise ConfigError(f"{source}: align.corpus_memories must be 0 (the training memories) or >= 3 (the "
+                              f"generator splits what it writes), align.curve_steps >= 0")
     if cfg.align.steps and cfg.projector.kind == "identity" and not cfg.align.train_lora:
         raise ConfigError(f"{source}: align.steps > 0 with projector.kind = identity and align.train_lora = "
                           f"false: nothing would learn")

@@ -80,6 +80,41 @@ def load(setting: str, cfg, tokenizer=None, run_dir: str | Path | None = None) -
     return ds
 
 
+CORPUS_SEED_OFFSET = 7_919   # the alignment corpus's generator seed: data.mini.seed + this (its own personas)
+
+
+def alignment_corpus(dataset: Dataset, cfg, n: int, tokenizer=None, run_dir: str | Path | None = None) -> Dataset:
+    """`n` MemorySuite-mini memories written for the alignment stage alone (align.corpus_memories): `dataset`'s
+    generator run with its own seed (data.mini.seed + CORPUS_SEED_OFFSET) into <mini folder>/align-corpus/, every
+    split of it corpus, its memory and chunk ids prefixed "align-corpus/". Refused (DataError naming the key) when a
+    chunk of it is also in `dataset`'s validation or test memories and in none of its training ones (small talk
+    that every memory shares is not evidence of anything)."""
+    from ..core.config import derive
+
+    setting = dataset.setting
+    if setting not in MINI_FILES:
+        raise DataError(f"align.corpus_memories = {n}: an alignment corpus is generated for the MemorySuite-mini "
+                        f"settings ({', '.join(MINI_FILES)}), not {setting!r}; set it to 0 (the training memories)")
+    m = cfg.data.mini
+    folder = mini_root(cfg, run_dir) / "align-corpus" / f"seed{m.seed + CORPUS_SEED_OFFSET}-n{n}"
+    corpus_cfg = derive(cfg, "alignment corpus", data={"mini_dir": str(folder), "mini": {
+        **cfg.to_dict()["data"]["mini"], "seed": m.seed + CORPUS_SEED_OFFSET, "n_memories": n,
+        "extra_test_memories": 0}})
+    ds = load(setting, corpus_cfg, tokenizer, run_dir)
+    held_out = {q.memory_id for q in dataset.questions if q.split in ("val", "test")}
+    trained = {c.text for mid, mem in dataset.memories.items() if mid not in held_out for c in mem.chunks}
+    unique = {c.text: c.chunk_id for mid in held_out for c in dataset.memories[mid].chunks if c.text not in trained}
+    for c in ds.chunks():
+        if c.text in unique:
+            raise DataError(f"align.corpus_memories: the alignment corpus ({folder}) has chunk {c.chunk_id!r}, the "
+                            f"text of the validation/test chunk {unique[c.text]!r}: a corpus must be disjoint from "
+                            f"the memories the stage is judged on")
+    prefix = "align-corpus/"
+    memories = {prefix + mid: Memory(prefix + mid, [replace(c, chunk_id=prefix + c.chunk_id, memory_id=prefix + mid)
+                                                    for c in mem.chunks]) for mid, mem in ds.memories.items()}
+    return replace(ds, setting=f"{setting}-align-corpus-n{n}", questions=[], memories=memories)
+
+
 def token_counts(texts: list[str], tokenizer) -> list[int]:
     """Tokens per text (no special tokens: the bank encodes the raw chunk text)."""
     if not texts:

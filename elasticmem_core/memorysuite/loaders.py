@@ -227,7 +227,7 @@ def load_alfworld(replays_json: Path, cards_json: Path, split_file: Path, settin
             if game in bank_games:
                 raise DataError(f"{where} field 'gamefile': {game!r} already has a skill card")
             bank_games[game] = "bank"
-            texts.append(f"[{task_type}] {summary}")
+            texts.append((where, f"[{task_type}] {summary}"))
         except DataError as e:
             records.bad(e)
 
@@ -253,6 +253,7 @@ def load_alfworld(replays_json: Path, cards_json: Path, split_file: Path, settin
             else:
                 episodes.append(episode)
 
+    texts = _cards_in_engine_syntax(texts, episodes, records, replays_json)
     units = {e.episode_id for e in episodes} | set(bank_games)
     split_of = splits.assign(split_file, units, records, fixed=bank_games, run_dir=run_dir)
     for e in episodes:
@@ -261,6 +262,28 @@ def load_alfworld(replays_json: Path, cards_json: Path, split_file: Path, settin
     records.counts.update(episodes=len(episodes), chunks=len(texts))
     memories = {SKILL_BANK: Memory(SKILL_BANK, make_chunks(SKILL_BANK, texts))}
     return Dataset(setting=setting, questions=[], memories=memories, summary=records.finish(), episodes=episodes)
+
+
+def _cards_in_engine_syntax(cards: list[tuple[str, str]], episodes: list[Episode], records: Records,
+                            replays_json: Path) -> list[str]:
+    """The cards' texts, each checked against the syntax of the engine that recorded the replays: a card naming
+    `put X in/on Y` where the replays' engine writes `move X to Y` (ALFWorld 0.4), or the reverse, would teach
+    an agent commands its engine refuses (a bad record: an error, or counted and skipped with skip_bad_records)."""
+    from ..alfworld.cards import command_verbs, foreign_commands
+
+    verbs = command_verbs(c for e in episodes for s in e.steps for c in [s.action, *s.admissible_commands])
+    kept = []
+    for where, text in cards:
+        foreign = foreign_commands(text, verbs)
+        if foreign:
+            records.bad(DataError(
+                f"{where} field 'summary': names {foreign[0]!r}, a command the engine that recorded {replays_json} "
+                f"does not accept (its verbs: {', '.join(sorted(verbs))}): a card written for another ALFWorld "
+                f"version's syntax; rewrite it in the replays' syntax, or let the package record its own cards "
+                f"(no authors' files in data.data_dir/alfworld/)"))
+            continue
+        kept.append(text)
+    return kept
 
 
 def _episode(rec: dict, task_type: str, game: str, where: str) -> Episode:

@@ -26,6 +26,20 @@ def bank_for(cfg: Config, dataset, backbone: Backbone, run_dir: str | Path, prog
                           progress=progress, accelerator=accelerator)
 
 
+def alignment_corpus(cfg: Config, dataset, backbone: Backbone, run_dir: str | Path, progress: bool = True):
+    """The alignment stage's corpus when align.corpus_memories > 0 (memorysuite.alignment_corpus, its own bank with
+    the run's bank settings, built by the bare backbone: call before model_for), else None (the training memories)."""
+    n = cfg.align.corpus_memories
+    if n <= 0:
+        return None
+    from ..training.alignment import Corpus
+
+    corpus = memorysuite.alignment_corpus(dataset, cfg, n, backbone.tokenizer, run_dir)
+    folder = bank_dir(run_dir, f"{corpus.setting}@cache_layer={cfg.bank.cache_layer}")  # one per cache layer
+    bank = bank_mod.build(corpus.chunks(), backbone, cfg.bank, folder, progress=progress)
+    return Corpus(bank, {c.chunk_id: c.text for c in corpus.chunks()}, list(range(len(bank.chunk_ids))))
+
+
 def model_for(cfg: Config, dataset, backbone: Backbone, bank, memory: str = "latent",
               with_embedder: bool = False, model_class: type = ElasticMem) -> ElasticMem:
     """ElasticMem (or `model_class`, a model built the same way, e.g. memgen.MemGen) around `backbone` (LoRA is

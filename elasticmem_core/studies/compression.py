@@ -24,6 +24,7 @@ projector its alignment folder: everything resumes and is reused under the same 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,13 @@ def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, bool]]:
                          f"bank.n_c = {n_c}")
     if any(a for _, a in caches) and e.compression_align_steps < 1:
         raise ValueError("eval.compression_caches has an aligned cache but eval.compression_align_steps < 1")
+    table = [b for b in e.compression_budgets if b <= n_c]
+    a = cfg.align
+    for key, b in (("align.b_start", a.b_start), ("align.b_max", a.b_max),
+                   ("align.curve_b", a.curve_b if a.curve_steps else 0)):
+        if b and not min(table) <= b <= max(table):   # the stage would train or judge b the table never reads
+            raise ValueError(f"{key} = {b} leaves b outside the table's range {min(table)}..{max(table)} "
+                             f"(eval.compression_budgets within bank.n_c = {n_c})")
     return caches
 
 
@@ -126,14 +134,25 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
 
     def build(v, seed):
         bank = bank_for(v, cfg, dataset, backbone, run_dir, progress)  # bare backbone: before LoRA goes in
+        corpus = assemble.alignment_corpus(v, dataset, backbone, run_dir, progress) if v.align.steps else None
         seed_everything(seed)
         model = assemble.model_for(v, dataset, backbone, bank)
         model.load(reader, parts=("lora",))
-        return model
+        return model, corpus
+
+    val_q = dataset.split("val")
+    val_q = val_q[:cap] if cap > 0 else val_q
+
+    def val_accuracy(model):   # the learning curve's accuracy: validation, align.curve_b tokens per chunk
+        b = model.cfg.align.curve_b
+        records = frontier.evaluate_point(model, val_q, {"policy": "uniform", "uniform_budget": b})
+        return {"val_accuracy": float(np.mean([r["correct"] for r in records]))}
+
+    curves = []
 
     # the ends and truncated text: memory modes that do not read a cache (the run's own bank)
     text_v = variant(cfg, cfg.bank.cache_layer, False)
-    model = build(text_v, seed0)
+    model, _ = build(text_v, seed0)
     try:
         ends = {
             "no memory": _records(folder / "no_memory.json", text_v, {**base, "point": "no memory"},
@@ -156,15 +175,20 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
         for seed in (e.compression_seeds if aligned else [seed0]):
             v_seed = derive(v, f"compression seed {seed}", runtime={"seed": seed})
             tag = f"layer{layer}" + (f"-align-seed{seed}" if aligned else "")
-            model = build(v_seed, seed)
+            model, corpus = build(v_seed, seed)
             try:
                 projector = "projector (untrained)"
                 if aligned:
-                    history = alignment.run(model, train_q, folder / tag, progress=progress)
+                    history = alignment.run(model, train_q, folder / tag, progress=progress, corpus=corpus,
+                                            val_questions=val_q, evaluate=lambda: val_accuracy(model))
                     projector = f"aligned {checkpoint_id(folder / tag / alignment.FOLDER)}"
-                    if history:
-                        log(f"{setting} {label} seed {seed}: alignment {len(history)} steps, loss "
-                            f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}")
+                    steps = [r for r in history if r["stage"] == "align"]
+                    if steps:
+                        log(f"{setting} {label} seed {seed}: alignment {len(steps)} steps, loss "
+                            f"{steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}")
+                    made = json.loads((folder / tag / alignment.FOLDER / alignment.RECIPE).read_text())
+                    curves.append({"cache": label, "seed": seed, "steps": made["steps"],
+                                   "nonfinite_steps": made.get("nonfinite_steps", 0), "points": made.get("curve", [])})
                 for b in budgets:
                     meta = {**base, "point": label, "tokens_per_chunk": b, "projector": projector, "seed": seed}
                     results.setdefault((label, b), []).append(_records(
@@ -192,6 +216,7 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
         out[key] = {"accuracy": acc, "ci": ci}
     out["text_full"]["memory_tokens"] = float(np.mean([r["memory_tokens"] for r in ends["text_full"]]))
     out["rows"], out["paired"] = rows, stats.with_holm(pairs)  # every cache row against truncated text: one family
+    out["curves"] = curves   # each alignment's learning curve on validation (align.curve_steps) and non-finite steps
     out["meta"] = {"reader": base["reader"], "caches": list(e.compression_caches), "budgets": budgets,
                    "skipped_budgets": sorted(b for b in set(e.compression_budgets) if b > cfg.bank.n_c),
                    "align_steps": e.compression_align_steps, "align_seeds": list(e.compression_seeds),
@@ -240,3 +265,25 @@ def plot_compression(data: dict, ax=None):
     ax.set_title(f"{data['setting']}: compressed memory against truncated text")
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_curves(data: dict, axes=None):
+    """Each alignment's learning curve on validation (align.curve_steps): accuracy at align.curve_b tokens per
+    chunk, and the reconstruction loss, against steps; one line per (cache, seed). None when no curve was measured."""
+    import matplotlib.pyplot as plt
+
+    curves = [c for c in data.get("curves", []) if c["points"]]
+    if not curves:
+        return None
+    axes = axes if axes is not None else plt.subplots(1, 2, figsize=(10, 3.6))[1]
+    for c in curves:
+        steps = [p["step"] for p in c["points"]]
+        label = f"{c['cache']}, seed {c['seed']}"
+        if "val_accuracy" in c["points"][0]:
+            axes[0].plot(steps, [p["val_accuracy"] for p in c["points"]], marker="o", label=label)
+        axes[1].plot(steps, [p["val_reconstruction"] for p in c["points"]], marker="o", label=label)
+    b = curves[0]["points"][0]["b"]
+    axes[0].set(xlabel="alignment steps", ylabel=f"validation accuracy at b = {b}", title="learning curve")
+    axes[1].set(xlabel="alignment steps", ylabel="validation reconstruction (nats per token)")
+    axes[0].legend(fontsize=8)
+    return axes

@@ -361,7 +361,8 @@ class Trainer:
     def align(self, progress: bool = True) -> list[dict]:
         """The alignment stage (align.steps; alignment.py): the projector learns to make the cache readable.
         Resumable in <dir>/align.partial/, finished in <dir>/align/ (reused under the same recipe)."""
-        return alignment.run(self.model, self.train_q, self.dir, self._log, progress, save=self.rank == 0)
+        return alignment.run(self.model, self.train_q, self.dir, self._log, progress, save=self.rank == 0,
+                             val_questions=self.val_q)
 
     def train_step(self) -> dict:
         g = self.cfg.grpo
