@@ -199,6 +199,26 @@ def test_c6_reads_the_first_retrieval_variant_per_seed_with_its_quality_bar_in_t
     assert "reading held (largest drop +0.013" in notes and "1.06x the embedder's" in notes
 
 
+def test_c7_is_judged_at_the_alignments_b_not_at_the_best_b_on_test(tmp_path):
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    _result(run, "elasticmem", 42, lambda i: True)
+
+    def pair(a, b, diff, p_holm):
+        return {"a": a, "b": "text, last b tokens", "tokens_per_chunk": b, "n": 248, "difference": diff,
+                "ci": [diff - 0.05, diff + 0.05], "p": p_holm / 2, "p_holm": p_holm}
+    write_json(ref / "compression-2026-01-01-aaa" / "metrics" / "compression.json",
+               {"n": 248, "meta": {"align": {"curve_b": 8}},
+                "paired": [pair("cache: layer 15, aligned", 4, 0.2, 0.01),   # the best b on test, not the bar's
+                           pair("cache: layer 15, aligned", 8, 0.01, 0.9),
+                           pair("cache: layer 15, aligned with LoRA", 8, 0.03, 0.8),
+                           pair("cache: input embeddings", 8, 0.0, 1.0)]})
+    c7 = _by_id(claims.build(run, ref))["C7"]
+    assert (c7["a"], c7["tokens"]["a"], c7["difference"]) == ("cache: layer 15, aligned with LoRA", 8, 0.03)
+    notes = " | ".join(c7["notes"])
+    assert "judged at b = 8" in notes and "Holm-adjusted p over the table's rows 0.800" in notes
+    assert "cache: layer 15, aligned at b = 8: +0.010" in notes and c7["verdict"] != "holds"
+
+
 def test_c8_pools_both_alfworld_splits_from_the_alfworld_overlays_reference_folder(tmp_path):
     """ALFWorld is an overlay: C8 comes from the newest alfworld-* reference folder, seen and unseen games pooled
     (one success record per game), ElasticMem against the closer of text_memory / no_memory."""

@@ -14,7 +14,7 @@ from elasticmem_core.studies import compression, frontier
 
 ARGS = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0", "bank.n_c=16", "budget.b_max=16",
         "bank.cache_layer=0", "projector.kind=residual", "eval.compression=true",
-        "eval.compression_caches=['0', 'mid+align']", "eval.compression_budgets=[2, 4, 32]",
+        "eval.compression_caches=['0', 'mid+align', 'mid+align+lora']", "eval.compression_budgets=[2, 4, 32]",
         "eval.compression_seeds=[1, 2]", "eval.compression_align_steps=2", "eval.bootstrap=50",
         "align.batch_size=4", "align.curve_steps=[0, 2]", "align.curve_b=2", "grpo.settings=[tiny]")
 
@@ -43,12 +43,14 @@ def test_compression_table_pairs_each_cache_with_truncated_text_and_reuses_every
     assert set(data["no_memory"]) == {"accuracy", "ci"} and set(data["text_full"]) == {"accuracy", "ci",
                                                                                         "memory_tokens"}
     kinds = {(r["cache"], r["tokens_per_chunk"]) for r in data["rows"]}
-    labels = [compression.TEXT_TAIL, "cache: input embeddings", "cache: layer 1, aligned"]  # tiny: 2 layers
+    labels = [compression.TEXT_TAIL, "cache: input embeddings", "cache: layer 1, aligned",  # tiny: 2 layers
+              "cache: layer 1, aligned with LoRA"]
     assert kinds == {(c, b) for c in labels for b in (2, 4)}
     for r in data["rows"]:
         assert set(compression.ROW_KEYS) <= set(r) and r["ci"][0] <= r["accuracy"] <= r["ci"][1]
         if r["aligned"]:
             assert len(r["seeds"]) == 2 and r["layer"] == 1
+        assert r["align_lora"] == r["cache"].endswith("with LoRA")
     assert {(p["a"], p["tokens_per_chunk"]) for p in data["paired"]} == {(c, b) for c in labels[1:] for b in (2, 4)}
     for p in data["paired"]:
         assert set(compression.PAIRED_KEYS) <= set(p) and p["b"] == compression.TEXT_TAIL and p["n"] == 3
@@ -65,10 +67,14 @@ def test_compression_table_pairs_each_cache_with_truncated_text_and_reuses_every
     for seed in (1, 2):
         assert (tmp_path / "compression" / "tiny" / f"layer1-align-seed{seed}" / "align" / "align.json").is_file()
     assert (tmp_path / "banks" / "tiny@cache_layer=1" / "manifest.json").is_file()
-    assert len(compression.compression_table(data)) == 6 and data["meta"]["skipped_budgets"] == [32]
+    assert len(compression.compression_table(data)) == 8 and data["meta"]["skipped_budgets"] == [32]
     # each alignment's learning curve on validation: before and after its steps, with accuracy at curve_b
     assert [(c["cache"], c["seed"], [p["step"] for p in c["points"]]) for c in data["curves"]] == [
-        ("cache: layer 1, aligned", 1, [0, 2]), ("cache: layer 1, aligned", 2, [0, 2])]
+        (f"cache: layer 1, aligned{arm}", seed, [0, 2]) for arm in ("", " with LoRA") for seed in (1, 2)]
+    # the LoRA arm reads with the LoRA its alignment trained; the projector-only arm with the stage-0 reader's
+    lora_arm = json.loads((tmp_path / "compression" / "tiny" / "layer1-align-lora-seed1" / "align" /
+                           "align.json").read_text())
+    assert lora_arm["recipe"]["params"]["align"]["train_lora"] is True
     assert all(0 <= p["val_accuracy"] <= 1 and p["val_reconstruction"] > 0 for c in data["curves"]
                for p in c["points"]) and all(c["nonfinite_steps"] == 0 for c in data["curves"])
     assert [r["step"] for r in compression.alignment.read_log(tmp_path / "compression" / "tiny" /
@@ -86,6 +92,7 @@ def test_compression_table_pairs_each_cache_with_truncated_text_and_reuses_every
     ("eval.compression_budgets=[0, 4]", r"eval.compression_budgets >= 1"),
     ("eval.compression_caches=['x+align']", r"compression_caches entry 'x\+align'"),
     ("eval.compression_caches=['3+aligned']", r"compression_caches entry '3\+aligned'"),
+    ("eval.compression_caches=['3+lora']", r"compression_caches entry '3\+lora'"),
     ("eval.compression_projector=linear", r"eval.compression_projector = 'linear'"),
     ("align.save_every=0", r"align.save_every >= 1"),  # the align section is checked when an aligned cache uses it
 ])

@@ -306,7 +306,8 @@ class AlignConfig:
                          "the last step (many tokens first); 0 = off")
     curve_steps: list[int] = _f([], "steps at which the learning curve is measured on validation (0 = before any "
                                     "step): reconstruction, KL, and accuracy at align.curve_b tokens per chunk")
-    curve_b: int = _f(8, "tokens per chunk of the learning curve's validation accuracy")
+    curve_b: int = _f(8, "tokens per chunk the alignment is judged at: its learning curve's validation accuracy "
+                         "and the claims ledger's C7 row")
     cue: str = _f("Repeat the text above.", "text between a chunk's soft tokens and its regenerated text")
     kl_temperature: float = _f(1.0, "temperature tau of self_distill (the loss is scaled by tau^2)")
     save_every: int = _f(50, "alignment steps between resumable saves (<train dir>/align.partial/)")
@@ -455,7 +456,7 @@ class EvalConfig:
                                   "cache on 03's stage-0 reader (compression.py -> metrics/compression.json)")
     compression_caches: list[str] = _f(["0", "mid+align"], "caches of the compression table: a layer (0 = the input "
                                        "embeddings, -1 = the last layer, mid = the middle one), '+align' = the "
-                                       "projector first trained by the alignment stage")
+                                       "projector first trained by the alignment stage, '+align+lora' = LoRA too")
     compression_budgets: list[int] = _f([2, 4, 8, 16, 32], "tokens per retrieved chunk b of the compression table "
                                         "(above bank.n_c skipped)")
     compression_seeds: list[int] = _f([42, 43, 44], "seeds of each aligned cache's alignment stage (a row is their "

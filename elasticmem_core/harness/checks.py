@@ -220,7 +220,7 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
 def align_used(cfg: Config) -> bool:
     """Whether the align section is used: by the trainer's alignment stage or by an aligned cache of the compression
     table."""
-    aligned_caches = cfg.eval.compression and any(str(c).endswith("+align") for c in cfg.eval.compression_caches)
+    aligned_caches = cfg.eval.compression and any("+align" in str(c) for c in cfg.eval.compression_caches)
     return bool(cfg.align.steps or aligned_caches)
 
 

@@ -204,13 +204,21 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
             return None
         body = json.loads(f.read_text())
         comps = [x for x in body.get("paired", []) if "aligned" in str(x.get("a")) and "text" in str(x.get("b"))]
+        # judged at the b the alignment is judged at (align.curve_b: the quality bar's), not the best b on test
+        bar_b = body.get("meta", {}).get("align", {}).get("curve_b")
+        at_bar = [x for x in comps if x.get("tokens_per_chunk") == bar_b]
         if not comps:
             return None
-        best = max(comps, key=lambda x: x["difference"])
+        best = max(at_bar or comps, key=lambda x: x["difference"])
+        notes = [f"judged at b = {best.get('tokens_per_chunk')} tokens per chunk"
+                 + ("" if at_bar else f" (no aligned row at align.curve_b = {bar_b}: the best b on test)")
+                 + f"; Holm-adjusted p over the table's rows {best.get('p_holm', float('nan')):.3f}"]
+        notes += [f"{x['a']} at b = {x['tokens_per_chunk']}: {x['difference']:+.3f} [{x['ci'][0]:+.3f}, "
+                  f"{x['ci'][1]:+.3f}]" for x in at_bar if x is not best]
         return {"a": best["a"], "b": best["b"], "tokens": {"a": best.get("tokens_per_chunk"),
                                                            "b": best.get("tokens_per_chunk")},
                 "n": best.get("n"), "seeds": [], "difference": best["difference"], "ci": best["ci"],
-                "per_seed": best.get("seeds", []), "files": [str(f)]}
+                "per_seed": best.get("seeds", []), "files": [str(f)], "notes": notes}
     return None
 
 

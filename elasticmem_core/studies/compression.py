@@ -41,9 +41,10 @@ ROW_KEYS = ("cache", "layer", "aligned", "tokens_per_chunk", "accuracy", "ci")
 PAIRED_KEYS = ("a", "b", "tokens_per_chunk", "n", "difference", "ci", "p", "p_holm")
 
 
-def cache_label(layer: int, aligned: bool) -> str:
+def cache_label(layer: int, aligned: str) -> str:
+    """aligned: "" (untrained projector), "align" (the projector aligned) or "align+lora" (LoRA aligned too)."""
     name = "input embeddings" if layer == 0 else "last layer" if layer == -1 else f"layer {layer}"
-    return f"cache: {name}" + (", aligned" if aligned else "")
+    return f"cache: {name}" + {"": "", "align": ", aligned", "align+lora": ", aligned with LoRA"}[aligned]
 
 
 def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, bool]]:
@@ -69,7 +70,7 @@ def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, bool]]:
     return caches
 
 
-def variant(cfg, layer: int, aligned: bool):
+def variant(cfg, layer: int, aligned: str):
     """The run's params for one cache: its layer, its projector, uniform budgets (B_max = N_c), and (aligned) the
     alignment stage with eval.compression_align_steps steps, b up to align.b_max (0 = the table's largest b)."""
     e = cfg.eval
@@ -77,10 +78,11 @@ def variant(cfg, layer: int, aligned: bool):
     projector = {} if layer == 0 else {"kind": e.compression_projector}
     # align.b_max 0: b drawn up to the table's largest b (not to N_c: the table asks about few tokens per chunk)
     largest = max(b for b in e.compression_budgets if b <= cfg.bank.n_c)
-    return derive(cfg, f"compression cache {layer}{'+align' if aligned else ''}", bank={"cache_layer": layer},
+    return derive(cfg, f"compression cache {layer}{'+' + aligned if aligned else ''}", bank={"cache_layer": layer},
                   projector=projector, budget={"policy": "uniform", "b_max": b_max,
                                                "uniform_budget": min(cfg.budget.uniform_budget, b_max)},
-                  align={"steps": e.compression_align_steps if aligned else 0, "b_max": cfg.align.b_max or largest})
+                  align={"steps": e.compression_align_steps if aligned else 0, "b_max": cfg.align.b_max or largest,
+                         "train_lora": aligned == "align+lora"})
 
 
 def _records(path: Path, cfg, meta: dict, compute) -> list[dict]:
@@ -174,7 +176,7 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
         v = variant(cfg, layer, aligned)
         for seed in (e.compression_seeds if aligned else [seed0]):
             v_seed = derive(v, f"compression seed {seed}", runtime={"seed": seed})
-            tag = f"layer{layer}" + (f"-align-seed{seed}" if aligned else "")
+            tag = f"layer{layer}" + (f"-{aligned.replace('+', '-')}-seed{seed}" if aligned else "")
             model, corpus = build(v_seed, seed)
             try:
                 projector = "projector (untrained)"
@@ -201,9 +203,10 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
     rows, pairs = [], []
     for (label, b), runs in results.items():
         acc, ci, _ = _summary(runs, n_boot, seed0)
-        layer, aligned = (None, False) if label == TEXT_TAIL else next(
+        layer, aligned = (None, "") if label == TEXT_TAIL else next(
             (lay, al) for lay, al in caches if cache_label(lay, al) == label)
-        row = {"cache": label, "layer": layer, "aligned": aligned, "tokens_per_chunk": b, "accuracy": acc, "ci": ci,
+        row = {"cache": label, "layer": layer, "aligned": bool(aligned), "align_lora": aligned == "align+lora",
+               "tokens_per_chunk": b, "accuracy": acc, "ci": ci,
                "memory_tokens": float(np.mean([r["memory_tokens"] for r in runs[0]]))}
         if len(runs) > 1:
             row["seeds"] = [float(np.mean([r["correct"] for r in recs])) for recs in runs]

@@ -188,18 +188,21 @@ def answer(model, batch: AlignBatch) -> torch.Tensor:
 OBJECTIVES: dict[str, Callable] = {"reconstruction": reconstruction, "self_distill": self_distill, "answer": answer}
 
 
-def parse_cache(spec: str, n_layers: int) -> tuple[int, bool]:
-    """"0" -> (0, False), "15+align" -> (15, True), "mid+align" -> (n_layers // 2, True); anything else is refused
-    naming the key."""
-    layer, plus, tag = str(spec).partition("+")
+ALIGN_ARMS = ("align", "align+lora")   # the projector alone; the projector and LoRA (align.train_lora)
+
+
+def parse_cache(spec: str, n_layers: int) -> tuple[int, str]:
+    """"0" -> (0, ""), "15+align" -> (15, "align"), "mid+align+lora" -> (n_layers // 2, "align+lora"); anything else
+    is refused naming the key."""
+    layer, plus, arm = str(spec).partition("+")
     try:
         n = n_layers // 2 if layer == "mid" else int(layer)
     except ValueError:
         n = None
-    if n is None or (plus and tag != "align"):
+    if n is None or (plus and arm not in ALIGN_ARMS):
         raise ValueError(f"eval.compression_caches entry {spec!r}: write a layer number or mid, optionally with "
-                         f"'+align' (e.g. 0, mid+align, -1+align)")
-    return n, bool(plus)
+                         f"'+align' (the projector learns) or '+align+lora' (LoRA too), e.g. 0, mid+align, -1+align")
+    return n, arm
 
 
 def check_objectives(objectives: dict[str, float]) -> None:
