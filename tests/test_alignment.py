@@ -156,8 +156,8 @@ def test_a_generated_corpus_has_its_own_bank_and_is_what_reconstruction_reads(em
 
     args = (*EMBED, *NO_DROPOUT, "align.steps=2", "align.corpus_memories=3")
     cfg = tiny_cfg(*args, f"data.mini_dir={tmp_path / 'mini'}")
-    corpus = assemble.alignment_corpus(cfg, memorysuite.load("mini-personamem", cfg), load_backbone("tiny-random"),
-                                       tmp_path, progress=False)
+    corpus = alignment.Corpus.whole(*assemble.alignment_corpus(cfg, memorysuite.load("mini-personamem", cfg),
+                                                              load_backbone("tiny-random"), tmp_path, progress=False))
     assert corpus.bank.path.name == "mini-personamem-align-corpus-n3@cache_layer=0"
     assert corpus.rows == list(range(len(corpus.bank.chunk_ids))) and len(set(corpus.bank.memory_ids)) == 3
     assert all(c.startswith("align-corpus/") for c in corpus.bank.chunk_ids)

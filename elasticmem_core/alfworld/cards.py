@@ -5,32 +5,15 @@
   it works (150-300 words).
 - `backbone_card(card, replay, backbone)`: the same card with its summary written by the configured local model
   from the expert trajectory (`CARD_PROMPT`; alfworld.cards = backbone), as the authors had Gemini write theirs.
-- `foreign_commands(summary, verbs)`: the commands a card names in another engine version's syntax than the
-  replays' (ALFWorld 0.4 writes `move X to Y` where earlier versions wrote `put X in/on Y`); memorysuite's loader
-  refuses such a card, since an agent reading it would learn a command its engine refuses.
+
+A card naming commands in another engine version's syntax than its replays' is refused by memorysuite's loader
+(`loaders.foreign_commands`).
 
 `environment.prepare` writes the cards of the bank games into skill_cards.json.
 """
 from __future__ import annotations
 
 import re
-
-# a command the engine's syntax changed between versions -> the one that replaced it
-RENAMED = {"put": "move", "move": "put"}
-# "put pen 1 in/on desk 1", "move pen 1 to desk 1": a command with numbered objects, as the engine prints them
-_COMMAND = re.compile(r"\b(put|move) ([a-z]+ \d+) (in/on|to) ([a-z]+ \d+)")
-
-
-def command_verbs(commands) -> set[str]:
-    """The verbs (first words) of the engine's commands, e.g. from a replay's actions and admissible lists."""
-    return {c.split(" ", 1)[0] for c in commands if c}
-
-
-def foreign_commands(summary: str, verbs: set[str]) -> list[str]:
-    """The commands `summary` names whose verb the engine (`verbs`: `command_verbs` of its replays) lacks while it
-    has the verb that replaced it: a card written for another ALFWorld version's syntax."""
-    return [m.group(0) for m in _COMMAND.finditer(summary)
-            if m.group(1) not in verbs and RENAMED[m.group(1)] in verbs]
 
 _GLOSS = {
     "pick_and_place_simple": "find one object and put it in or on a receptacle",

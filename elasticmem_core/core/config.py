@@ -201,10 +201,8 @@ class ProjectorConfig:
                           "(x + MLP(x), output layer zero-initialised: starts as the identity)")
     hidden: int = _f(2560, "projector inner width")
     dropout: float = _f(0.1, "projector dropout")
-    ln_gain_init: str = _f("embedding_rms", "start of the mlp projector's LayerNorm gain: embedding_rms (package "
-                                            "default: soft tokens start at the scale of the text embeddings, "
-                                            "not at unit scale far above them) | one (torch's default, the "
-                                            "authors')")
+    ln_gain_init: str = _f("embedding_rms", "start of the mlp projector's LayerNorm gain: embedding_rms (soft tokens "
+                                            "start at the text embeddings' scale) | one (torch's, the authors')")
 
 
 @dataclass
@@ -289,25 +287,19 @@ class GRPOConfig:
 class AlignConfig:
     steps: int = _f(0, "alignment steps between the reader warm-up and GRPO (alignment.py; 0 = off, as the paper): "
                        "the projector learns to make the content cache readable before any task reward")
-    objectives: dict[str, float] = _f({"reconstruction": 1.0}, "weighted alignment losses "
-                                      "(alignment.OBJECTIVES): reconstruction (a chunk's text from its last b soft "
-                                      "tokens; ICAE), self_distill (KL from the answer with text memory to the one "
-                                      "with latent memory; xRAG), answer (gold answer with latent memory)")
+    objectives: dict[str, float] = _f({"reconstruction": 1.0}, "weighted alignment losses (alignment.OBJECTIVES): "
+                                      "reconstruction (ICAE), self_distill (KL from the answer with text memory "
+                                      "to the one with latent memory; xRAG), answer (gold answer, latent memory)")
     lr: float = _f(1e-3, "learning rate of the alignment stage (a projector pretraining rate, far above GRPO's)")
     train_lora: bool = _f(False, "LoRA learns in the alignment stage too (false: the projector alone)")
     batch_size: int = _f(8, "chunks (reconstruction) and questions (self_distill, answer) per alignment step")
     b_min: int = _f(2, "smallest b: soft tokens per chunk, drawn uniformly from align.b_min..align.b_max each step")
     b_max: int = _f(0, "largest b; 0 = budget.b_max (must be <= bank.n_c)")
-    max_text_tokens: int = _f(64, "reconstruction target of a deeper layer's cache: the chunk's first text tokens, "
-                                  "at most this many, then EOS (a layer-0 cache regenerates its own b tokens)")
-    corpus_memories: int = _f(0, "alignment corpus: 0 = the training questions' memories; N >= 3 = N MemorySuite-mini "
-                                 "memories written for alignment alone, disjoint from validation and test (checked)")
-    b_start: int = _f(0, "curriculum over b: the upper bound of b starts here and falls linearly to align.b_max at "
-                         "the last step (many tokens first); 0 = off")
-    curve_steps: list[int] = _f([], "steps at which the learning curve is measured on validation (0 = before any "
-                                    "step): reconstruction, KL, and accuracy at align.curve_b tokens per chunk")
-    curve_b: int = _f(8, "tokens per chunk the alignment is judged at: its learning curve's validation accuracy "
-                         "and the claims ledger's C7 row")
+    max_text_tokens: int = _f(64, "a deeper cache's reconstruction target: the chunk's first tokens, at most this many")
+    corpus_memories: int = _f(0, "0 = align on the training memories; N >= 3 = on N mini memories written for it")
+    b_start: int = _f(0, "curriculum: b's upper bound falls linearly from this to align.b_max (0 = off)")
+    curve_steps: list[int] = _f([], "steps at which the learning curve is measured on validation (0 = at the start)")
+    curve_b: int = _f(8, "tokens per chunk of the learning curve's accuracy and of the ledger's C7 row")
     cue: str = _f("Repeat the text above.", "text between a chunk's soft tokens and its regenerated text")
     kl_temperature: float = _f(1.0, "temperature tau of self_distill (the loss is scaled by tau^2)")
     save_every: int = _f(50, "alignment steps between resumable saves (<train dir>/align.partial/)")
@@ -585,20 +577,19 @@ def from_sections(source: str = "<params>", **sections: Any) -> Config:
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
     try:
-        cfg = _build(Config, sections, "")
+        return _build(Config, sections, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return cfg
 
 
 def derive(cfg: Config, source: str = "<derived config>", **sections: dict[str, Any]) -> Config:
-    """A new Config: `cfg` with some fields of some sections replaced (each named field replaced whole), checked as a
-    params file's keys and types are (checks.validate for the values); `cfg` itself is unchanged. derive(cfg, grpo={"lr": 1e-5}, runtime={"seed": 7})."""
+    """`cfg` with some fields of some sections replaced whole, checked as a params file is (`cfg` is unchanged):
+    derive(cfg, "why", grpo={"lr": 1e-5}, runtime={"seed": 7})."""
     base = cfg.to_dict()
-    unknown = [name for name in sections if name not in base]
-    if unknown:
-        raise ConfigError(f"{source}: unknown section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
-    return from_sections(source, **{**base, **{name: {**base[name], **dict(fields)} for name, fields in sections.items()}})
+    if any(name not in base for name in sections):   # from_sections names it
+        return from_sections(source, **sections)
+    return from_sections(source, **{**base, **{name: {**base[name], **dict(fields)}
+                                               for name, fields in sections.items()}})
 
 
 def field_help(section: str, key: str) -> str:

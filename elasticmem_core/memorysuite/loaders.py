@@ -264,14 +264,25 @@ def load_alfworld(replays_json: Path, cards_json: Path, split_file: Path, settin
     return Dataset(setting=setting, questions=[], memories=memories, summary=records.finish(), episodes=episodes)
 
 
+# a command whose syntax changed between ALFWorld versions -> the one that replaced it (0.4: "move X to Y")
+RENAMED_COMMANDS = {"put": "move", "move": "put"}
+# "put pen 1 in/on desk 1", "move pen 1 to desk 1": a command with numbered objects, as the engine prints them
+_COMMAND = re.compile(r"\b(put|move) ([a-z]+ \d+) (in/on|to) ([a-z]+ \d+)")
+
+
+def foreign_commands(summary: str, verbs: set[str]) -> list[str]:
+    """The commands `summary` names whose verb the engine (`verbs`: the first words of its replays' commands) lacks
+    while it has the verb that replaced it: a skill card written for another ALFWorld version's syntax."""
+    return [m.group(0) for m in _COMMAND.finditer(summary)
+            if m.group(1) not in verbs and RENAMED_COMMANDS[m.group(1)] in verbs]
+
+
 def _cards_in_engine_syntax(cards: list[tuple[str, str]], episodes: list[Episode], records: Records,
                             replays_json: Path) -> list[str]:
     """The cards' texts, each checked against the syntax of the engine that recorded the replays: a card naming
     `put X in/on Y` where the replays' engine writes `move X to Y` (ALFWorld 0.4), or the reverse, would teach
     an agent commands its engine refuses (a bad record: an error, or counted and skipped with skip_bad_records)."""
-    from ..alfworld.cards import command_verbs, foreign_commands
-
-    verbs = command_verbs(c for e in episodes for s in e.steps for c in [s.action, *s.admissible_commands])
+    verbs = {c.split(" ", 1)[0] for e in episodes for s in e.steps for c in [s.action, *s.admissible_commands] if c}
     kept = []
     for where, text in cards:
         foreign = foreign_commands(text, verbs)

@@ -27,17 +27,16 @@ def bank_for(cfg: Config, dataset, backbone: Backbone, run_dir: str | Path, prog
 
 
 def alignment_corpus(cfg: Config, dataset, backbone: Backbone, run_dir: str | Path, progress: bool = True):
-    """The alignment stage's corpus when align.corpus_memories > 0 (memorysuite.alignment_corpus, its own bank with
-    the run's bank settings, built by the bare backbone: call before model_for), else None (the training memories)."""
+    """The alignment stage's corpus when align.corpus_memories > 0, as (bank, chunk id -> text): the memories of
+    memorysuite.alignment_corpus in a bank of their own with the run's bank settings, built by the bare backbone
+    (call before model_for); None when the stage aligns on the training memories."""
     n = cfg.align.corpus_memories
     if n <= 0:
         return None
-    from ..training.alignment import Corpus
-
     corpus = memorysuite.alignment_corpus(dataset, cfg, n, backbone.tokenizer, run_dir)
     folder = bank_dir(run_dir, f"{corpus.setting}@cache_layer={cfg.bank.cache_layer}")  # one per cache layer
     bank = bank_mod.build(corpus.chunks(), backbone, cfg.bank, folder, progress=progress)
-    return Corpus(bank, {c.chunk_id: c.text for c in corpus.chunks()}, list(range(len(bank.chunk_ids))))
+    return bank, {c.chunk_id: c.text for c in corpus.chunks()}
 
 
 def model_for(cfg: Config, dataset, backbone: Backbone, bank, memory: str = "latent",

@@ -136,7 +136,8 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
 
     def build(v, seed):
         bank = bank_for(v, cfg, dataset, backbone, run_dir, progress)  # bare backbone: before LoRA goes in
-        corpus = assemble.alignment_corpus(v, dataset, backbone, run_dir, progress) if v.align.steps else None
+        made = assemble.alignment_corpus(v, dataset, backbone, run_dir, progress) if v.align.steps else None
+        corpus = alignment.Corpus.whole(*made) if made else None
         seed_everything(seed)
         model = assemble.model_for(v, dataset, backbone, bank)
         model.load(reader, parts=("lora",))

@@ -19,10 +19,11 @@ loss = sum of align.objectives[name] x objective (OBJECTIVES is the one place a 
 reconstruction target is what the cached states can carry: a deeper layer's last b states have seen the whole chunk,
 so they regenerate its first align.max_text_tokens tokens; the input embeddings (layer 0) only their own b tokens.
 Reconstruction reads the `Corpus`: the chunks of the training questions' memories, or align.corpus_memories
-MemorySuite-mini memories written for alignment alone (memorysuite.alignment_corpus, its own bank); the other
-objectives read the training questions. With align.b_start, b's upper bound falls from it to align.b_max over the
-steps (a curriculum: many tokens first). The projector learns (LoRA too with align.train_lora). Every process of a
-multi-GPU run draws the same batch (seeded by seed and step), so their weights stay equal without a gradient reduce.
+MemorySuite-mini memories written for alignment alone (assemble.alignment_corpus, its own bank: `Corpus.whole`);
+the other objectives read the training questions. With align.b_start, b's upper bound falls from it to align.b_max
+over the steps (a curriculum: many tokens first). The projector learns (LoRA too with align.train_lora). Every
+process of a multi-GPU run draws the same batch (seeded by seed and step), so their weights stay equal without a
+gradient reduce.
 
 The log: every step (losses, b, grad norm; a non-finite gradient skips the update and is counted, `nonfinite`) and,
 at align.curve_steps, the learning curve on validation (stage align_val: reconstruction, KL and the caller's
@@ -75,6 +76,11 @@ class Corpus:
 
     def identity(self) -> str:
         return f"{self.bank.manifest.get('content_hash')}:{len(self.rows)}"
+
+    @classmethod
+    def whole(cls, bank, texts: dict[str, str]) -> "Corpus":
+        """Every chunk of a corpus bank (assemble.alignment_corpus's)."""
+        return cls(bank, texts, list(range(len(bank.chunk_ids))))
 
 
 def corpus_of(model, questions) -> Corpus:
