@@ -122,7 +122,7 @@ def test_the_learning_curve_is_measured_on_validation_at_its_steps(embed_bank, t
     with pytest.raises(ValueError, match="no validation questions"):
         alignment.run(tiny_model(embed_bank, *EMBED, "align.steps=4", "align.curve_steps=[2]"), QUESTIONS,
                       tmp_path / "none", progress=False)
-    with pytest.raises(ValueError, match=r"align.curve_steps = \[9\].*0..align.steps \(4\)"):
+    with pytest.raises(ValueError, match=r"align.curve_steps \[9\] reach beyond the stage's 4 steps"):
         alignment.run(tiny_model(embed_bank, *EMBED, "align.steps=4", "align.curve_steps=[9]"), QUESTIONS,
                       tmp_path / "far", progress=False, val_questions=QUESTIONS)
 
@@ -154,7 +154,7 @@ def test_a_generated_corpus_has_its_own_bank_and_is_what_reconstruction_reads(em
     from elasticmem_core import memorysuite
     from elasticmem_core.method import assemble
 
-    args = (*EMBED, *NO_DROPOUT, "align.steps=2", "align.corpus_memories=3")
+    args = (*EMBED, *NO_DROPOUT, "align.corpus_memories=3")   # the compression table's: it sets align.steps
     cfg = tiny_cfg(*args, f"data.mini_dir={tmp_path / 'mini'}")
     corpus = alignment.Corpus.whole(*assemble.alignment_corpus(cfg, memorysuite.load("mini-personamem", cfg),
                                                               load_backbone("tiny-random"), tmp_path, progress=False))
@@ -162,12 +162,13 @@ def test_a_generated_corpus_has_its_own_bank_and_is_what_reconstruction_reads(em
     assert corpus.rows == list(range(len(corpus.bank.chunk_ids))) and len(set(corpus.bank.memory_ids)) == 3
     assert all(c.startswith("align-corpus/") for c in corpus.bank.chunk_ids)
     model = tiny_model(embed_bank, *args)
-    with pytest.raises(ValueError, match=r"align.corpus_memories = 3, but the stage got no corpus"):
-        alignment.run(model, QUESTIONS, tmp_path / "a", progress=False)
-    seen, real = [], alignment.reconstruction_batch
-    monkeypatch.setattr(alignment, "reconstruction_batch",
-                        lambda m, c, rows, b: seen.append((c, rows)) or real(m, c, rows, b))
-    alignment.run(model, QUESTIONS, tmp_path / "b", progress=False, corpus=corpus)
+    with model.using(cfg=config.derive(model.cfg, "the table's variant", align={"steps": 2})):
+        with pytest.raises(ValueError, match=r"align.corpus_memories = 3, but the stage got no corpus"):
+            alignment.run(model, QUESTIONS, tmp_path / "a", progress=False)
+        seen, real = [], alignment.reconstruction_batch
+        monkeypatch.setattr(alignment, "reconstruction_batch",
+                            lambda m, c, rows, b: seen.append((c, rows)) or real(m, c, rows, b))
+        alignment.run(model, QUESTIONS, tmp_path / "b", progress=False, corpus=corpus)
     assert len(seen) == 2 and all(c is corpus and set(rows) <= set(corpus.rows) for c, rows in seen)
     made = json.loads((tmp_path / "b" / "align" / "align.json").read_text())
     assert made["recipe"]["corpus"] == corpus.identity() != alignment.corpus_of(model, QUESTIONS).identity()
@@ -270,7 +271,9 @@ def test_bad_alignment_input_is_refused_naming_file_and_key(embed_bank, tmp_path
                               ("align.b_start=8", r"align.b_start = 8: a curriculum over b starts above align.b_max"),
                               ("align.b_start=64", r"align.b_start = 64.*within bank.n_c = 48"),
                               ("align.curve_steps=[1]\x00align.curve_b=49", r"align.curve_b = 49"),
-                              ("align.corpus_memories=2", r"align.corpus_memories must be 0 .* or >= 3")):
+                              ("align.corpus_memories=2", r"align.corpus_memories must be 0 .* or >= 3"),
+                              ("align.corpus_memories=3", r"align.corpus_memories is the compression table's"),
+                              ("align.curve_steps=[0, 5]", r"align.curve_steps \[0, 5\] reach beyond the stage's 1")):
         with pytest.raises(config.ConfigError, match=message):
             tiny_cfg(*EMBED, "align.steps=1", "align.b_max=8", *override.split("\x00"))
 

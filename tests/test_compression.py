@@ -105,6 +105,8 @@ def test_a_curriculum_outside_the_tables_range_is_refused():
     # the table reads b = 2 and 4 (32 is above N_c): a curriculum from 8 trains b the table never reads
     with pytest.raises(ValueError, match=r"align.b_start = 8 leaves b outside the table's range 2..4"):
         compression.check(tiny_cfg(*ARGS, "align.b_max=4", "align.b_start=8"), n_layers=2, n_c=16)
+    with pytest.raises(ValueError, match=r"align.b_start = 12 needs align.b_max"):   # b_max 0 = the table's largest
+        compression.check(tiny_cfg(*ARGS, "budget.b_max=8", "align.b_start=12"), n_layers=2, n_c=16)
     with pytest.raises(ValueError, match=r"align.curve_b = 8 leaves b outside the table's range 2..4"):
         compression.check(tiny_cfg(*ARGS, "align.curve_b=8"), n_layers=2, n_c=16)
 

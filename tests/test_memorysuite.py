@@ -368,9 +368,24 @@ def test_the_alignment_corpus_is_new_memories_and_refuses_overlap_with_validatio
     assert unique and not unique & {c.text for c in corpus.chunks()}
     # the generator's own seed for the corpus: the dataset's memories again are refused, naming the key
     monkeypatch.setattr(memorysuite, "CORPUS_SEED_OFFSET", 0)
-    with pytest.raises(DataError, match=r"align.corpus_memories: the alignment corpus .* has chunk .*the text of the "
-                                        r"validation/test chunk"):
+    with pytest.raises(DataError, match=r"align.corpus_memories: the alignment corpus .* has memory .*which is the "
+                                        r"validation/test memory"):
         memorysuite.alignment_corpus(ds, mini_cfg, mini_cfg.data.mini.n_memories)
+    # a memory that only shares some turns with a held-out one keeps the rest, and the dropped turns are counted
+    monkeypatch.setattr(memorysuite, "CORPUS_SEED_OFFSET", 7_919)
+    held_text = next(iter(unique))
+    first = next(iter(corpus.memories.values())).chunks[0]
+    orig = memorysuite.load
+
+    def load_with_a_shared_turn(*a, **k):
+        d = orig(*a, **k)
+        mem = next(iter(d.memories.values()))
+        mem.chunks[0] = dataclasses.replace(mem.chunks[0], text=held_text)
+        return d
+    monkeypatch.setattr(memorysuite, "load", load_with_a_shared_turn)
+    again = memorysuite.alignment_corpus(ds, mini_cfg, 3)
+    assert again.summary.counts["chunks_dropped_as_validation_or_test_text"] == 1
+    assert len(again.chunks()) == len(corpus.chunks()) - 1 and first.chunk_id not in {c.chunk_id for c in again.chunks()}
     with pytest.raises(DataError, match=r"align.corpus_memories = 3: .*not 'personamem-fixture'"):
         memorysuite.alignment_corpus(personamem(), mini_cfg, 3)
 

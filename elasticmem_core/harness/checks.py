@@ -166,6 +166,13 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         if a.corpus_memories in (1, 2) or a.corpus_memories < 0 or any(s < 0 for s in a.curve_steps):
             raise ConfigError(f"{source}: align.corpus_memories must be 0 (the training memories) or >= 3 (the "
                               f"generator splits what it writes), align.curve_steps >= 0")
+        if a.corpus_memories and a.steps:
+            raise ConfigError(f"{source}: align.corpus_memories is the compression table's (05_compression); the "
+                              f"training run's alignment stage (align.steps) aligns on the training memories")
+        steps = a.steps or cfg.eval.compression_align_steps
+        if any(s > steps for s in a.curve_steps):
+            raise ConfigError(f"{source}: align.curve_steps {a.curve_steps} reach beyond the stage's {steps} steps "
+                              f"(align.steps, else eval.compression_align_steps)")
     if cfg.align.steps and cfg.projector.kind == "identity" and not cfg.align.train_lora:
         raise ConfigError(f"{source}: align.steps > 0 with projector.kind = identity and align.train_lora = "
                           f"false: nothing would learn")

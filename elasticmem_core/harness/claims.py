@@ -207,12 +207,11 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
         # judged at the b the alignment is judged at (align.curve_b: the quality bar's), not the best b on test
         bar_b = body.get("meta", {}).get("align", {}).get("curve_b")
         at_bar = [x for x in comps if x.get("tokens_per_chunk") == bar_b]
-        if not comps:
+        if not at_bar:   # no aligned row at the b the alignment is judged at: no verdict (never the best b on test)
             return None
-        best = max(at_bar or comps, key=lambda x: x["difference"])
-        notes = [f"judged at b = {best.get('tokens_per_chunk')} tokens per chunk"
-                 + ("" if at_bar else f" (no aligned row at align.curve_b = {bar_b}: the best b on test)")
-                 + f"; Holm-adjusted p over the table's rows {best.get('p_holm', float('nan')):.3f}"]
+        best = max(at_bar, key=lambda x: x["difference"])   # the best arm at that b, judged with the table's Holm p
+        notes = [f"judged at b = {best.get('tokens_per_chunk')} tokens per chunk (align.curve_b); Holm-adjusted p "
+                 f"over the table's rows {best.get('p_holm', float('nan')):.3f}"]
         notes += [f"{x['a']} at b = {x['tokens_per_chunk']}: {x['difference']:+.3f} [{x['ci'][0]:+.3f}, "
                   f"{x['ci'][1]:+.3f}]" for x in at_bar if x is not best]
         return {"a": best["a"], "b": best["b"], "tokens": {"a": best.get("tokens_per_chunk"),

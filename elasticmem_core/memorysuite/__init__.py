@@ -87,8 +87,9 @@ def alignment_corpus(dataset: Dataset, cfg, n: int, tokenizer=None, run_dir: str
     """`n` MemorySuite-mini memories written for the alignment stage alone (align.corpus_memories): `dataset`'s
     generator run with its own seed (data.mini.seed + CORPUS_SEED_OFFSET) into <mini folder>/align-corpus/, every
     split of it corpus, its memory and chunk ids prefixed "align-corpus/". Refused (DataError naming the key) when a
-    chunk of it is also in `dataset`'s validation or test memories and in none of its training ones (small talk
-    that every memory shares is not evidence of anything)."""
+    memory of it is one of `dataset`'s validation or test memories; a chunk whose text is in those memories and in
+    none of the training ones (small talk every memory shares is not evidence of anything) is left out, and counted
+    (summary.counts["chunks_dropped_as_validation_or_test_text"])."""
     from ..core.config import derive
 
     setting = dataset.setting
@@ -103,15 +104,23 @@ def alignment_corpus(dataset: Dataset, cfg, n: int, tokenizer=None, run_dir: str
     ds = load(setting, corpus_cfg, tokenizer, run_dir)
     held_out = {q.memory_id for q in dataset.questions if q.split in ("val", "test")}
     trained = {c.text for mid, mem in dataset.memories.items() if mid not in held_out for c in mem.chunks}
-    unique = {c.text: c.chunk_id for mid in held_out for c in dataset.memories[mid].chunks if c.text not in trained}
-    for c in ds.chunks():
-        if c.text in unique:
-            raise DataError(f"align.corpus_memories: the alignment corpus ({folder}) has chunk {c.chunk_id!r}, the "
-                            f"text of the validation/test chunk {unique[c.text]!r}: a corpus must be disjoint from "
-                            f"the memories the stage is judged on")
-    prefix = "align-corpus/"
-    memories = {prefix + mid: Memory(prefix + mid, [replace(c, chunk_id=prefix + c.chunk_id, memory_id=prefix + mid)
-                                                    for c in mem.chunks]) for mid, mem in ds.memories.items()}
+    judged = {mid: [c.text for c in dataset.memories[mid].chunks] for mid in held_out}
+    unique = {t: f"{mid}#{i}" for mid, texts in judged.items() for i, t in enumerate(texts) if t not in trained}
+    for mid, mem in ds.memories.items():
+        same = next((h for h, texts in judged.items() if texts == [c.text for c in mem.chunks]), None)
+        if same is not None:
+            raise DataError(f"align.corpus_memories: the alignment corpus ({folder}) has memory {mid!r}, which is the "
+                            f"validation/test memory {same!r}: a corpus must be disjoint from the memories the stage "
+                            f"is judged on")
+    # a single turn may recur by chance (few values per fact): such chunks are left out of the corpus, and counted
+    prefix, dropped = "align-corpus/", 0
+    memories = {}
+    for mid, mem in ds.memories.items():
+        chunks = [replace(c, chunk_id=prefix + c.chunk_id, memory_id=prefix + mid) for c in mem.chunks
+                  if c.text not in unique]
+        dropped += len(mem.chunks) - len(chunks)
+        memories[prefix + mid] = Memory(prefix + mid, chunks)
+    ds.summary.counts["chunks_dropped_as_validation_or_test_text"] = dropped
     return replace(ds, setting=f"{setting}-align-corpus-n{n}", questions=[], memories=memories)
 
 

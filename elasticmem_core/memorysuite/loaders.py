@@ -267,14 +267,14 @@ def load_alfworld(replays_json: Path, cards_json: Path, split_file: Path, settin
 # a command whose syntax changed between ALFWorld versions -> the one that replaced it (0.4: "move X to Y")
 RENAMED_COMMANDS = {"put": "move", "move": "put"}
 # "put pen 1 in/on desk 1", "move pen 1 to desk 1": a command with numbered objects, as the engine prints them
-_COMMAND = re.compile(r"\b(put|move) ([a-z]+ \d+) (in/on|to) ([a-z]+ \d+)")
+_COMMAND = re.compile(r"\b(put|move) ([a-z]+ \d+) (in/on|to) ([a-z]+ \d+)", re.IGNORECASE)
 
 
 def foreign_commands(summary: str, verbs: set[str]) -> list[str]:
     """The commands `summary` names whose verb the engine (`verbs`: the first words of its replays' commands) lacks
     while it has the verb that replaced it: a skill card written for another ALFWorld version's syntax."""
     return [m.group(0) for m in _COMMAND.finditer(summary)
-            if m.group(1) not in verbs and RENAMED_COMMANDS[m.group(1)] in verbs]
+            if m.group(1).lower() not in verbs and RENAMED_COMMANDS[m.group(1).lower()] in verbs]
 
 
 def _cards_in_engine_syntax(cards: list[tuple[str, str]], episodes: list[Episode], records: Records,

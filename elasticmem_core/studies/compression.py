@@ -47,7 +47,7 @@ def cache_label(layer: int, aligned: str) -> str:
     return f"cache: {name}" + {"": "", "align": ", aligned", "align+lora": ", aligned with LoRA"}[aligned]
 
 
-def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, bool]]:
+def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, str]]:
     """The caches of eval.compression_caches, checked against the backbone's layers, N_c and the align section."""
     e = cfg.eval
     caches = list(dict.fromkeys(alignment.parse_cache(s, n_layers) for s in e.compression_caches))  # "mid" may be "15"
@@ -62,6 +62,8 @@ def check(cfg, n_layers: int, n_c: int) -> list[tuple[int, bool]]:
         raise ValueError("eval.compression_caches has an aligned cache but eval.compression_align_steps < 1")
     table = [b for b in e.compression_budgets if b <= n_c]
     a = cfg.align
+    if a.b_start and not a.b_max:   # align.b_max 0 is the table's largest b here: no room for a curriculum above it
+        raise ValueError(f"align.b_start = {a.b_start} needs align.b_max (the b the curriculum falls to) below it")
     for key, b in (("align.b_start", a.b_start), ("align.b_max", a.b_max),
                    ("align.curve_b", a.curve_b if a.curve_steps else 0)):
         if b and not min(table) <= b <= max(table):   # the stage would train or judge b the table never reads

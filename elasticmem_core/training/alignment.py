@@ -66,13 +66,15 @@ class Corpus:
     rows: list[int]
     _ids: dict = field(default_factory=dict)
 
-    def ids(self, row: int, tokenizer) -> list[int]:
-        """The chunk's token ids as the bank encoded them (raw text, cut at bank.max_length)."""
-        if row not in self._ids:
+    def ids(self, row: int, tokenizer, as_encoded: bool = False) -> list[int]:
+        """The chunk's text token ids; `as_encoded`: the ids the bank encoded (bank.tokenize: special tokens added,
+        cut at bank.max_length), whose last n are the tokens of the last n cached states."""
+        key = (row, as_encoded)
+        if key not in self._ids:
             text = self.texts[self.bank.chunk_ids[row]]
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            self._ids[row] = ids[:self.bank.manifest["max_length"]]
-        return self._ids[row]
+            ids = tokenizer(text, add_special_tokens=as_encoded)["input_ids"]
+            self._ids[key] = ids[:self.bank.manifest["max_length"]] if as_encoded else ids
+        return self._ids[key]
 
     def identity(self) -> str:
         return f"{self.bank.manifest.get('content_hash')}:{len(self.rows)}"
@@ -117,8 +119,11 @@ def _masked_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> 
 def target_ids(corpus: Corpus, row: int, n_states: int, tokenizer, max_text_tokens: int) -> list[int]:
     """What `n_states` cached states of a chunk can be asked to regenerate: a deeper layer's (they have seen the whole
     chunk) its first max_text_tokens tokens; the input embeddings (layer 0) only the n tokens they are."""
-    ids = corpus.ids(row, tokenizer)
-    return ids[len(ids) - n_states:] if corpus.bank.manifest.get("cache_layer") == 0 else ids[:max_text_tokens]
+    if corpus.bank.manifest.get("cache_layer") != 0:
+        return corpus.ids(row, tokenizer)[:max_text_tokens]
+    own = corpus.ids(row, tokenizer, as_encoded=True)[-n_states:]
+    special = set(tokenizer.all_special_ids)   # a BOS the bank's encoding began with is not text to regenerate
+    return [t for t in own if t not in special] or own
 
 
 def reconstruction_batch(model, corpus: Corpus, rows: list[int], budgets: list[int]) -> Batch:
@@ -248,7 +253,7 @@ def check(model) -> None:
     if a.b_start and not hi < a.b_start <= bank.n_c:
         raise ValueError(f"align.b_start = {a.b_start}: a curriculum starts above align.b_max ({hi}) and within "
                          f"N_c = {bank.n_c} of {bank.path} (0 = no curriculum)")
-    if not 1 <= a.curve_b <= bank.n_c:
+    if a.curve_steps and not 1 <= a.curve_b <= bank.n_c:
         raise ValueError(f"align.curve_b = {a.curve_b} must lie within 1..N_c = {bank.n_c} of {bank.path}")
     if a.corpus_memories < 0:
         raise ValueError(f"align.corpus_memories = {a.corpus_memories}: use 0 (the training memories) or more")
@@ -427,16 +432,18 @@ def _steps(model, cfg, corpus, questions, params, opt, start: int, steps: int, t
     partial = train_dir / PARTIAL
     history = []
     log_path = train_dir / LOG
-    train_dir.mkdir(parents=True, exist_ok=True)
     # a resumed stage keeps its log up to the saved step (records after it were lost with the weights)
     kept = [r for r in read_log(train_dir) if r["step"] < start] if start else []
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     nonfinite = sum(1 for r in kept if r.get("nonfinite"))
+    if save:   # one process writes the log (the others of a multi-GPU run hold the same records)
+        train_dir.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def record(rec: dict) -> None:
         history.append(rec)
-        with log_path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if save:
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
         if log is not None:
             log(rec)
 
