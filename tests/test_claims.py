@@ -219,7 +219,8 @@ def test_c7_is_judged_at_the_alignments_b_not_at_the_best_b_on_test(tmp_path):
     assert "cache: layer 15, aligned at b = 8: +0.010" in notes and c7["verdict"] != "holds"
     # no aligned row at the alignment's b: no verdict, rather than the best b on test
     write_json(ref / "compression-2026-01-02-bbb" / "metrics" / "compression.json",
-               {"n": 248, "meta": {"align": {"curve_b": 16}}, "paired": [pair("cache: layer 15, aligned", 4, 0.2, 0.01)]})
+               {"n": 248, "meta": {"align": {"curve_b": 16}},
+                "paired": [pair("cache: layer 15, aligned", 4, 0.2, 0.01)]})
     assert _by_id(claims.build(run, ref))["C7"]["verdict"] == "not shown"
 
 

@@ -385,7 +385,8 @@ def test_the_alignment_corpus_is_new_memories_and_refuses_overlap_with_validatio
     monkeypatch.setattr(memorysuite, "load", load_with_a_shared_turn)
     again = memorysuite.alignment_corpus(ds, mini_cfg, 3)
     assert again.summary.counts["chunks_dropped_as_validation_or_test_text"] == 1
-    assert len(again.chunks()) == len(corpus.chunks()) - 1 and first.chunk_id not in {c.chunk_id for c in again.chunks()}
+    assert len(again.chunks()) == len(corpus.chunks()) - 1
+    assert first.chunk_id not in {c.chunk_id for c in again.chunks()}
     with pytest.raises(DataError, match=r"align.corpus_memories = 3: .*not 'personamem-fixture'"):
         memorysuite.alignment_corpus(personamem(), mini_cfg, 3)
 
