@@ -241,3 +241,19 @@ def test_c8_pools_both_alfworld_splits_from_the_alfworld_overlays_reference_fold
     assert c8["source"].endswith("alfworld-2026-12-06-abc") and c8["n"] == 40 and c8["b"] == "text_memory"
     assert c8["difference"] == pytest.approx(12 / 40) and c8["tokens"] == {"a": 300, "b": 500}
     assert c8["fewer_tokens"] is True and c8["others"][0]["b"] == "no_memory"
+
+
+def test_c8_without_the_text_agent_is_judged_against_no_memory_and_cannot_hold(tmp_path):
+    run, ref = tmp_path / "run", tmp_path / "reference" / "alfworld-2026-12-07-abc"
+    _result(run, "elasticmem", 42, lambda i: True)
+    for method, won in {"elasticmem": lambda i: i < 18, "no_memory": lambda i: i < 1}.items():
+        for split in ("valid_seen", "valid_unseen"):
+            records = [{"qid": f"g{i}", "memory_id": "skill-bank", "correct": won(i), "success": won(i),
+                        "tok": 300} for i in range(20)]
+            write_json(result_path(ref, method, "alfworld-offline", split, 42),
+                       {"method": method, "setting": "alfworld-offline", "split": split, "seed": 42,
+                        "backbone": "tiny", "records": records})
+    c8 = _by_id(claims.build(run, tmp_path / "reference"))["C8"]
+    assert c8["b"] == "no_memory" and 0 < c8["ci"][0] < c8["difference"] < c8["ci"][1]   # games are the units
+    assert c8["verdict"] == "not shown"
+    assert any("not played: text_memory" in n for n in c8["notes"])
