@@ -13,7 +13,6 @@ study, the compression table) is read from the newest reference folder of that o
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
