@@ -156,7 +156,7 @@ def run_compression(cfg, run_dir: str | Path, setting: str, backbone, dataset, s
     curves = []
 
     # the ends and truncated text: memory modes that do not read a cache (the run's own bank)
-    text_v = variant(cfg, cfg.bank.cache_layer, False)
+    text_v = variant(cfg, cfg.bank.cache_layer, "")
     model, _ = build(text_v, seed0)
     try:
         ends = {

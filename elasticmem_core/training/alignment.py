@@ -255,8 +255,6 @@ def check(model) -> None:
                          f"N_c = {bank.n_c} of {bank.path} (0 = no curriculum)")
     if a.curve_steps and not 1 <= a.curve_b <= bank.n_c:
         raise ValueError(f"align.curve_b = {a.curve_b} must lie within 1..N_c = {bank.n_c} of {bank.path}")
-    if a.corpus_memories < 0:
-        raise ValueError(f"align.corpus_memories = {a.corpus_memories}: use 0 (the training memories) or more")
     if any(not 0 <= s <= a.steps for s in a.curve_steps):
         raise ValueError(f"align.curve_steps = {a.curve_steps}: every point must lie within 0..align.steps "
                          f"({a.steps})")
@@ -321,7 +319,7 @@ def _weights_id(params: list[torch.nn.Parameter]) -> str:
     return h.hexdigest()[:16]
 
 
-def recipe(model, questions, corpus: Corpus | None = None) -> dict:
+def recipe(model, questions, corpus: Corpus) -> dict:
     """What an alignment result depends on: reused only when all of it agrees. Every result-shaping param (the
     results' fingerprint: align, bank, retrieval, projector, data, seed, ...; not align.save_every), the bank's
     chunks, the corpus, the training questions and the weights it started from (the reader)."""
@@ -331,7 +329,7 @@ def recipe(model, questions, corpus: Corpus | None = None) -> dict:
     params["align"].pop("save_every", None)
     qids = ",".join(sorted(q.qid for q in questions))
     return {"params": params, "bank": model.bank.manifest.get("content_hash"), "backbone": model.backbone.identity,
-            "corpus": (corpus or corpus_of(model, questions)).identity(),
+            "corpus": corpus.identity(),
             "train_questions": hashlib.sha256(qids.encode()).hexdigest()[:16],
             "start": _weights_id([p for n, p in model.reasoner.named_parameters() if "lora_" in n] +
                                  list(model.projector.parameters()))}

@@ -20,27 +20,20 @@ import time
 
 import torch
 
+from bench_dtype import build_model   # this folder is on sys.path when the script runs
+
 from elasticmem_core.core import backbone as bb
-from elasticmem_core.core import experiment
 from elasticmem_core.harness import checks
-from elasticmem_core.method import assemble
 from elasticmem_core.training import alignment
 
 OBJECTIVES = "align.objectives={reconstruction: 1.0, self_distill: 1.0, answer: 0.5}"
 
 
 def setup(params: str, dtype: str, layer: int, folder: str, extra: list[str]):
-    cfg = checks.load(params, [f"runtime.dtype={dtype}", "data.settings=[mini-personamem]", f"bank.cache_layer={layer}",
-                               "projector.kind=mlp", "budget.policy=uniform", "align.steps=1000", "align.b_max=32",
-                               OBJECTIVES, *extra])
-    experiment.seed_everything(cfg.runtime.seed)
-    backbone = bb.from_config(cfg)
-    dataset = assemble.load_setting(cfg, "mini-personamem", backbone, folder)
-    t0 = time.perf_counter()
-    bank = assemble.bank_for(cfg, dataset, backbone, f"{folder}/{dtype}", progress=False)
-    bank_s = time.perf_counter() - t0
-    experiment.seed_everything(cfg.runtime.seed)
-    model = assemble.model_for(cfg, dataset, backbone, bank)
+    model, dataset, bank_s = build_model(params, dtype, folder, [
+        f"bank.cache_layer={layer}", "projector.kind=mlp", "budget.policy=uniform", "align.steps=1000",
+        "align.b_max=32", OBJECTIVES, *extra])
+    cfg = model.cfg
     alignment.check(model)
     questions = dataset.split("train")
     corpus = alignment.corpus_of(model, questions)

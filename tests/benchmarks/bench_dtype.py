@@ -29,7 +29,9 @@ from elasticmem_core.method import assemble
 from elasticmem_core.training import grpo
 
 
-def setup(params: str, dtype: str, folder: str, extra: list[str]):
+def build_model(params: str, dtype: str, folder: str, extra: list[str]):
+    """mini-personamem's model in `dtype` under `params` + `extra`, its bank built (and timed) in folder/<dtype>:
+    (model, dataset, bank seconds); bench_align.py builds its models here too."""
     cfg = checks.load(params, [f"runtime.dtype={dtype}", "data.settings=[mini-personamem]", *extra])
     experiment.seed_everything(cfg.runtime.seed)
     backbone = bb.from_config(cfg)
@@ -38,7 +40,11 @@ def setup(params: str, dtype: str, folder: str, extra: list[str]):
     bank = assemble.bank_for(cfg, dataset, backbone, f"{folder}/{dtype}", progress=False)
     bank_s = time.perf_counter() - t0
     experiment.seed_everything(cfg.runtime.seed)
-    model = assemble.model_for(cfg, dataset, backbone, bank)
+    return assemble.model_for(cfg, dataset, backbone, bank), dataset, bank_s
+
+
+def setup(params: str, dtype: str, folder: str, extra: list[str]):
+    model, dataset, bank_s = build_model(params, dtype, folder, extra)
     trainer = grpo.Trainer(model, dataset.split("train"), dataset.split("val"), f"{folder}/{dtype}/train")
     return trainer, dataset, bank_s
 
