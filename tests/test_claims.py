@@ -146,14 +146,21 @@ def test_c5_notes_carry_the_controls_of_its_learned_point(tmp_path):
              "distinct_budget_vectors": [3, 5], "training": [{"seed": 42, "reward_mean_moved": {"moved": "rose"}},
                                                             {"seed": 43, "reward_mean_moved": {"moved": "flat"}}],
              "vs_hull": {"against": "mix", "against_memory_tokens": 60.0, "difference": 0.01, "n": 240,
-                         "ci": [-0.05, 0.07], "p_holm": 0.8, "seeds": [42, 43], "per_seed": []}}
+                         "ci": [-0.05, 0.07], "p_holm": 0.8, "seeds": [42, 43], "per_seed": []},
+             "vs_step0": {"reward": {"difference": 0.25, "ci": [0.2, 0.31]}}}
     write_json(ref / "frontier-2026-01-01-aaa" / "metrics" / "budget_pareto.json",
-               {"n": 240, "learned": [point], "heuristics": [
+               {"n": 240, "learned": [point], "oracle": [{"token_price": 0.0, "accuracy": 0.79, "memory_tokens": 80.0}],
+                "probe": {"probes": [{"features": "score", "auc": 0.74},
+                                     {"features": "all policy inputs", "auc": 0.99}]},
+                "heuristics": [
                    {"name": "evidence whole (oracle reference)", "accuracy": 0.81, "memory_tokens": 34.0}]})
     notes = " | ".join(_by_id(claims.build(run, ref))["C5"]["notes"])
     assert "untrained (step 0): 0.700 at 95.0 tokens" in notes
     assert "at most 2.00x (rank 1; the bar is 1.5x)" in notes            # 40 / 20; rank 3 has no evidence chunk
     assert "[3, 5]" in notes and "rose, flat" in notes and "0.810 at 34.0 tokens" in notes
+    assert "minus step 0's, paired on test: +0.250 [+0.200, +0.310]" in notes
+    assert "oracle-feature policy (sees the evidence flag), price 0: 0.790 at 80.0 tokens" in notes
+    assert "relevance probe, test AUC: all policy inputs 0.99, score 0.74" in notes
 
 
 def test_readme_cost_block_is_drawn_from_the_wallclock_and_the_newest_test_timings(tmp_path):

@@ -225,6 +225,22 @@ def test_envelope_and_paired_difference_on_hand_made_points():
     assert frontier.vs_envelope({0: rec([1, 1, 0, 1])}, 5, fixed) is None
 
 
+def test_vs_step0_prices_the_tokens_and_pairs_each_seed_with_its_own_start():
+    rec = lambda correct, tokens: [{"qid": f"q{i}", "correct": bool(c), "memory_tokens": m, "memory_id": f"m{i // 2}"}  # noqa: E731
+                                   for i, (c, m) in enumerate(zip(correct, tokens))]
+    trained = {1: rec([1, 1, 1, 0], [100] * 4), 2: rec([1, 1, 0, 0], [100] * 4)}
+    start = {1: rec([1, 0, 0, 0], [20] * 4), 2: rec([1, 1, 0, 0], [20] * 4), 3: rec([0, 0, 0, 0], [0] * 4)}
+    v = pareto.vs_step0(trained, start, token_price=0.5, full_memory=200, n_boot=200)
+    assert v["seeds"] == [1, 2] and v["n"] == 4 and v["ci_unit"] == "memory"  # seed 3 never trained: left out
+    assert v["accuracy"]["per_seed"] == [0.5, 0.0] and v["accuracy"]["difference"] == pytest.approx(0.25)
+    # reward = correct - 0.5 x tokens / 200: 80 more tokens cost 0.2 per question
+    assert v["reward"]["difference"] == pytest.approx(0.25 - 0.2)
+    assert v["memory_tokens_difference"] == pytest.approx(80)
+    assert v["reward"]["ci"][0] <= v["reward"]["difference"] <= v["reward"]["ci"][1]
+    with pytest.raises(ValueError, match="no seed"):
+        pareto.vs_step0({4: trained[1]}, start, 0.5, 200)
+
+
 def test_envelope_tests_resample_memories_and_are_holm_adjusted_together():
     """Questions of one memory move together in the bootstrap, and the learned points' p-values form one family."""
     rec = lambda correct: [{"qid": f"q{i:02d}", "memory_id": f"m{i // 4}", "correct": bool(c)}  # noqa: E731
@@ -281,7 +297,8 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
     assert [e.get("reward") for e in data["learned"]] == [None, None, "gold_logprob"]
     for e in data["learned"]:
         assert set(e) - {"vs_envelope", "vs_hull", "reward"} == set(pareto.LEARNED_KEYS) | {"per_rank", "training",
-                                                                                "distinct_budget_vectors", "step0"}
+                                                                                "distinct_budget_vectors", "step0",
+                                                                                "vs_step0"}
         # each seed's policy-only run as a curve of running means (a window of 2 of its 4 steps) and its verdict
         assert [t["seed"] for t in e["training"]] == [1, 2] and all(t["steps"] == 4 for t in e["training"])
         assert all(len(t["reward_mean_curve"]) == 3 and t["reward_mean_moved"]["moved"] in ("rose", "flat", "fell")
@@ -291,6 +308,15 @@ def test_run_frontier_writes_the_schema_and_reuses_learned_points(bank, tmp_path
         assert [s["seed"] for s in e["step0"]["seeds"]] == [1, 2] and 0 <= e["step0"]["accuracy"] <= 1
         assert [r["rank"] for r in e["per_rank"]] == [1, 2, 3, 4] and len(e["distinct_budget_vectors"]) == 2
         assert all(1 <= n <= 3 for n in e["distinct_budget_vectors"])                  # 3 test questions
+        # what training added, paired on the same test questions against each seed's step-0 policy
+        v = e["vs_step0"]
+        assert v["seeds"] == [1, 2] and v["n"] == 3
+        assert v["accuracy"]["difference"] == pytest.approx(
+            np.mean([s["accuracy"] for s in e["seeds"]]) - e["step0"]["accuracy"])
+        assert v["memory_tokens_difference"] == pytest.approx(e["memory_tokens"] - e["step0"]["memory_tokens"])
+    table = pareto.pareto_table(data)
+    assert list(table[table.family == "learned"].reward_vs_step0) == [e["vs_step0"]["reward"]["difference"]
+                                                                      for e in data["learned"]]
     step0 = json.loads((tmp_path / "run" / "frontier" / "tiny" / "step0-seed1-test.json").read_text())
     assert step0["step0_seed"] == 1 and len(step0["records"]) == 3 and step0["sees_length"] is True
     # the step-0 control is the policy the learned points of seed 1 start from: same inputs (chunk lengths), same init

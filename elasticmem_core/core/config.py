@@ -184,7 +184,7 @@ class BudgetConfig:
     softmax_total: int = _f(64, "score_softmax: soft tokens shared by the retrieved chunks in proportion to the "
                                 "softmax of their retrieval scores (each clipped to min_budget..B_max)")
     softmax_temperature: float = _f(0.05, "score_softmax: temperature of that softmax over cosine scores")
-    sees_evidence: bool = _f(False, "oracle-feature policy (beyond the paper; the budget frontier's upper bound): each "
+    sees_evidence: bool = _f(False, "oracle-feature policy (beyond the paper; a reference, not a bound): each "
                                     "chunk token also carries whether the chunk is gold evidence, which no deployed "
                                     "policy knows; needs questions with an evidence field")
     sees_length: bool = _f(False, "beyond the paper: each chunk token also carries the chunk's length min(L_j, B_max) / "
@@ -433,7 +433,8 @@ class EvalConfig:
                                     "beyond the paper: the price counts injected tokens, min(b_j, L_j))")
     frontier_oracle_prices: list[float] = _f([0.0], "token prices of the oracle-feature policy (budget.sees_evidence: "
                                              "it also sees each chunk's evidence flag), trained like a learned point "
-                                             "over eval.frontier_seeds: the bound on what a policy can learn; [] = none")
+                                             "over eval.frontier_seeds: a reference for what a policy that knew the "
+                                             "evidence learns here; [] = none")
     retrieval_study: bool = _f(False, "05_retrieval trains each eval.retrieval_variants entry from 03's reader (warm-up, "
                                       "then GRPO) per eval.retrieval_seeds entry and measures recall@Z, reading and "
                                       "accuracy with each retrieval mode (retrieval_study.py -> metrics/retrieval.json)")

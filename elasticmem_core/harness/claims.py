@@ -135,10 +135,22 @@ def frontier_controls(body: dict, best: dict) -> list[str]:
     moved = [t.get("reward_mean_moved", {}).get("moved") for t in best.get("training") or []]
     if moved:
         out.append(f"training reward, last quarter vs first per seed: {', '.join(str(m) for m in moved)}")
+    if best.get("vs_step0"):
+        r = best["vs_step0"]["reward"]
+        out.append(f"reward at its price minus step 0's, paired on test: {r['difference']:+.3f} "
+                   f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
     oracle = next((h for h in body.get("heuristics", []) if "oracle reference" in h.get("name", "")), None)
     if oracle:
         out.append(f"oracle reference (evidence whole, rest dropped): {oracle['accuracy']:.3f} at "
                    f"{oracle['memory_tokens']:.1f} tokens")
+    probes = (body.get("probe") or {}).get("probes") or []
+    if probes:  # what the policy's inputs carry: can a linear probe tell evidence chunks from the rest?
+        best = max(probes, key=lambda x: x["auc"])
+        out.append(f"relevance probe, test AUC: {best['features']} {best['auc']:.2f}, "
+                   + ", ".join(f"{x['features']} {x['auc']:.2f}" for x in probes if x is not best))
+    for p in body.get("oracle") or []:
+        out.append(f"oracle-feature policy (sees the evidence flag), price {p['token_price']:g}: "
+                   f"{p['accuracy']:.3f} at {p['memory_tokens']:.1f} tokens")
     return out
 
 

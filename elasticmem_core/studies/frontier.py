@@ -11,7 +11,8 @@ Z retrieved chunks get differ:
 - learned points (`train_learned_point`): a fresh budget policy trained by GRPO alone (grpo.policy_only) on the
   reward r = task - lambda x M / (Z x B_max) at a token price lambda, one point per lambda, over several seeds;
 - oracle points: the same training of an oracle-feature policy (budget.sees_evidence: it also sees whether each
-  chunk is gold evidence), the bound on what a policy can learn from its inputs;
+  chunk is gold evidence): a reference for what a policy that knew the evidence learns, not a bound (the fixed
+  oracle rule, evidence chunks whole and the rest dropped, is the upper reference);
 - the relevance probe (`relevance_probe`): linear probes of whether the policy's inputs (query state, keys, retrieval
   scores, ranks) tell the evidence chunks from the others, when a learned policy does not learn to.
 
@@ -73,6 +74,7 @@ from .pareto import (
     envelope_rules,
     hull_at,
     upper_envelope,
+    vs_step0,
     write_pareto,
 )
 from .relevance_probe import PROBE_FEATURES, probe_data, relevance_probe
@@ -277,7 +279,7 @@ def with_holm(points: list[dict]) -> list[dict]:
 
 
 def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None = None, n_boot: int = 1000,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, full_memory: float = 0) -> dict:
     """One learned point from its seeds' runs [{"seed", "records" (evaluate_point), "diagnostics"}]: accuracy and
     memory tokens = the means over seeds, ci = the bootstrap over seeds and memories (stats.bootstrap_mean),
     diagnostics averaged over seeds, "seeds" per seed; "vs_envelope" (the staircase) and "vs_hull" (the mixes of two
@@ -311,6 +313,10 @@ def learned_point(token_price: float, runs: list[dict], fixed: list[dict] | None
         point["step0"] = {"accuracy": float(np.mean([s["accuracy"] for s in step0])),
                           "memory_tokens": float(np.mean([s["memory_tokens"] for s in step0])),
                           "seeds": [{k: s[k] for k in ("seed", "accuracy", "memory_tokens")} for s in step0]}
+        if full_memory and all("records" in s for s in step0):  # the reward rose, paired on the same questions
+            point["vs_step0"] = vs_step0({r["seed"]: r["records"] for r in runs if r.get("step0")},
+                                         {s["seed"]: s["records"] for s in step0}, token_price, full_memory,
+                                         n_boot, seed)
     if fixed:
         records = {r["seed"]: r["records"] for r in runs}
         for key, test in (("vs_envelope", vs_envelope), ("vs_hull", vs_hull)):
@@ -525,7 +531,7 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                         got = evaluate.save_result(folder / f"step0-seed{seed}-{split}.json", cfg, step0_meta,
                                                    {"records": evaluate_point(model, test_q, seed=bseed),
                                                     "diagnostics": diagnostics(model, test_q)})
-                step0[seed] = {"seed": seed, **point_summary(got["records"], n_boot, bseed),
+                step0[seed] = {"seed": seed, "records": got["records"], **point_summary(got["records"], n_boot, bseed),
                                "diagnostics": got["diagnostics"]}
             oracle = []
             oracle_prices = e.frontier_oracle_prices if with_evidence else []
@@ -571,7 +577,7 @@ def run_frontier(cfg, run_dir: str | Path, setting: str, model, dataset, checkpo
                                      "seconds": took, **summary})
                     log(f"{setting}: {kind} price {float(price):g} seed {seed}: "
                         f"{'reused' if reused else 'trained and evaluated'} ({took:.0f} s)")
-                point = learned_point(price, runs, rules, n_boot, bseed)
+                point = learned_point(price, runs, rules, n_boot, bseed, cfg.retrieval.top_z * cfg.budget.b_max)
                 if reward != "task":
                     point["reward"] = reward
                 (oracle if is_oracle else learned).append(point)

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import evaluate, stats
 from ..core.experiment import write_json
 
 UNIFORM_KEYS = ("budget", "accuracy", "ci", "memory_tokens")
 HEURISTIC_KEYS = ("name", "accuracy", "ci", "memory_tokens")
 LEARNED_KEYS = ("token_price", "accuracy", "ci", "memory_tokens", "entropy", "entropy_uniform", "evidence_budget",
                 "other_budget", "drop_rate", "seeds")
-LEARNED_OPTIONAL = ("vs_envelope", "vs_hull", "per_rank", "distinct_budget_vectors", "step0", "training", "reward")
+LEARNED_OPTIONAL = ("vs_envelope", "vs_hull", "per_rank", "distinct_budget_vectors", "step0", "vs_step0", "training",
+                    "reward")
 # the same checkpoint reading its retrieved chunks as text: a heuristics entry whose memory tokens are TEXT tokens
 TEXT_RAG = "text RAG, same reader (memory tokens = text tokens)"
 # entries that are not budget rules on the soft-token axis: never on the fixed rules' envelope
@@ -81,6 +83,29 @@ def envelope_rules(points: list[dict]) -> list[dict]:
     """The fixed rules a learned point is compared with: no memory, uniform budgets, top-k whole, thresholds. Not
     random budgets (one noisy draw, not a rule anyone deploys) and not text RAG (its memory is text tokens)."""
     return [p for p in points if p.get("name") not in NOT_ON_ENVELOPE]
+
+
+def vs_step0(seed_records: dict, step0_records: dict, token_price: float, full_memory: float, n_boot: int = 1000,
+             seed: int = 0) -> dict:
+    """What policy training added, paired on the same test questions: each seed's trained policy against its own
+    untrained (step-0) policy, both greedy. The reward is the task reward at the point's price, per question
+    correct - token_price x memory_tokens / full_memory (rewards.token_price's scale, full_memory = Z x B_max); its
+    difference, interval and p resample seeds and memories (stats.paired_difference). The training log's running
+    mean compares different questions at each step; this compares the same ones, so a rise shows above their spread."""
+    seeds = [s for s in seed_records if s in step0_records]
+    if not seeds:
+        raise ValueError("vs_step0: no seed has both a trained and a step-0 evaluation")
+    runs = [seed_records[s] for s in seeds] + [step0_records[s] for s in seeds]
+    qids, x, clusters = evaluate.correctness(runs, "the step-0 comparison")
+    tokens = np.array([[{r["qid"]: r for r in run}[q]["memory_tokens"] for q in qids] for run in runs], dtype=float)
+    reward = x - token_price * tokens / max(1.0, full_memory)
+    k = len(seeds)
+    out = {"seeds": seeds, "n": len(qids), "ci_unit": evaluate.ci_unit(clusters)}
+    for key, values in (("reward", reward), ("accuracy", x)):
+        d = stats.paired_difference(values[:k], values[k:], clusters, n_boot, seed)
+        out[key] = {"difference": d["difference"], "ci": d["ci"], "p": d["p"], "per_seed": d["per_seed"]}
+    out["memory_tokens_difference"] = float(tokens[:k].mean() - tokens[k:].mean())
+    return out
 
 
 def _clean(x):
@@ -149,7 +174,8 @@ def pareto_table(data: dict):
     its 95% interval, whether it is on the fixed rules' envelope; learned points also their seed range, diagnostics
     and the paired difference against the envelope's point at their memory tokens, with its p (bootstrap over
     memories) and p_holm (Holm over the learned points; the oracle points apart), and against the hull's mix of two
-    rules at their memory tokens (hull_*: the comparator without gaps, when the file has it)."""
+    rules at their memory tokens (hull_*: the comparator without gaps, when the file has it), and the reward gained
+    over their step-0 policies (reward_vs_step0, with the low end of its interval)."""
     import pandas as pd
 
     fixed = _fixed_entries(data)
@@ -172,7 +198,10 @@ def pareto_table(data: dict):
                      "p": vs.get("p"), "p_holm": vs.get("p_holm"),
                      "vs_hull": hull.get("against"), "hull_diff": hull.get("difference"),
                      "hull_ci_low": (hull.get("ci") or [None])[0], "hull_ci_high": (hull.get("ci") or [None, None])[1],
-                     "hull_p_holm": hull.get("p_holm")})
+                     "hull_p_holm": hull.get("p_holm"),
+                     # what training added: reward at its price minus the step-0 policy's, paired on test
+                     "reward_vs_step0": (p.get("vs_step0") or {}).get("reward", {}).get("difference"),
+                     "reward_vs_step0_ci_low": ((p.get("vs_step0") or {}).get("reward", {}).get("ci") or [None])[0]})
     return pd.DataFrame(rows)
 
 
