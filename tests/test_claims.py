@@ -218,12 +218,17 @@ def test_c7_is_judged_at_the_alignments_b_not_at_the_best_b_on_test(tmp_path):
                 "paired": [pair("cache: layer 15, aligned", 4, 0.2, 0.01),   # the best b on test, not the bar's
                            pair("cache: layer 15, aligned", 8, 0.01, 0.9),
                            pair("cache: layer 15, aligned with LoRA", 8, 0.03, 0.8),
-                           pair("cache: input embeddings", 8, 0.0, 1.0)]})
+                           pair("cache: input embeddings", 8, 0.0, 1.0)],
+                "curves": [{"cache": "mid+align", "seed": 42, "points": [
+                    {"step": 0, "b": 8, "val_reconstruction": 9.5, "val_self_distill": 1.2, "val_accuracy": 0.25},
+                    {"step": 80, "b": 8, "val_reconstruction": 4.25, "val_self_distill": 0.5, "val_accuracy": 0.3}]}]})
     c7 = _by_id(claims.build(run, ref))["C7"]
     assert (c7["a"], c7["tokens"]["a"], c7["difference"]) == ("cache: layer 15, aligned with LoRA", 8, 0.03)
     notes = " | ".join(c7["notes"])
     assert "judged at b = 8" in notes and "Holm-adjusted p over the table's rows 0.800" in notes
     assert "cache: layer 15, aligned at b = 8: +0.010" in notes and c7["verdict"] != "holds"
+    assert ("mid+align seed 42, learning curve on validation at b = 8: accuracy 0.250 -> 0.300, reconstruction "
+            "9.500 -> 4.250, self_distill 1.200 -> 0.500 (steps 0 -> 80)") in notes
     # no aligned row at the alignment's b: no verdict, rather than the best b on test
     write_json(ref / "compression-2026-01-02-bbb" / "metrics" / "compression.json",
                {"n": 248, "meta": {"align": {"curve_b": 16}},

@@ -227,6 +227,15 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
                  f"over the table's rows {best.get('p_holm', float('nan')):.3f}"]
         notes += [f"{x['a']} at b = {x['tokens_per_chunk']}: {x['difference']:+.3f} [{x['ci'][0]:+.3f}, "
                   f"{x['ci'][1]:+.3f}]" for x in at_bar if x is not best]
+        for cv in body.get("curves") or []:   # did the alignment learn? first and last point of its curve
+            pts = cv.get("points") or []
+            if len(pts) >= 2:
+                first, last = pts[0], pts[-1]
+                notes.append(f"{cv['cache']} seed {cv['seed']}, learning curve on validation at b = {first.get('b')}: "
+                             + ", ".join(f"{k[4:] if k.startswith('val_') else k} {first[k]:.3f} -> {last[k]:.3f}"
+                                         for k in ("val_accuracy", "val_reconstruction", "val_self_distill")
+                                         if k in first and k in last)
+                             + f" (steps {first['step']} -> {last['step']})")
         return {"a": best["a"], "b": best["b"], "tokens": {"a": best.get("tokens_per_chunk"),
                                                            "b": best.get("tokens_per_chunk")},
                 "n": best.get("n"), "seeds": [], "difference": best["difference"], "ci": best["ci"],
