@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -205,13 +206,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """The compute dtype of the frozen base. auto: bfloat16 on CUDA and on a CPU with native bf16 (LoRA, projector
-    and policy stay float32 either way), float32 elsewhere. bfloat16 asked on a CPU without it is refused."""
+    and policy stay float32 either way), float32 elsewhere. bfloat16 asked on a CPU without it runs (torch emulates
+    it: same results, slower than float32; the paper-path tests rely on it to catch dtype mistakes on any CPU) with a
+    warning that says so."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" or cpu_supports_bf16() else torch.float32
     if dtype == "bfloat16" and device.type == "cpu" and not cpu_supports_bf16():
-        raise BackboneError("runtime.dtype = bfloat16 on a CPU without AMX-BF16 or AVX512-BF16 (no amx_bf16 or "
-                            "avx512_bf16 flag in /proc/cpuinfo): torch would emulate it, slower than float32. Use "
-                            "runtime.dtype: auto or float32 on this machine.")
+        warnings.warn("runtime.dtype = bfloat16 on a CPU without AMX-BF16 or AVX512-BF16 (no amx_bf16 or avx512_bf16 "
+                      "flag in /proc/cpuinfo): torch emulates it, slower than float32. For speed use runtime.dtype: "
+                      "auto or float32 on this machine.", stacklevel=2)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 

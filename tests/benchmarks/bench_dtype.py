@@ -78,7 +78,7 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="bench_dtype_")
     if not (bb.cpu_supports_bf16() or torch.cuda.is_available()):
         raise SystemExit("bench_dtype: this CPU has no native bf16 (no amx_bf16 or avx512_bf16 flag in /proc/cpuinfo); "
-                         "the package refuses runtime.dtype bfloat16 here and auto takes float32, so there is nothing "
+                         "bfloat16 would be emulated here (slower than float32) and auto takes float32, so there is nothing "
                          "to compare")
     dtypes = ("float32", "bfloat16")
     runs = {d: setup(args.params, d, folder, args.set) for d in dtypes}
