@@ -179,6 +179,12 @@ def test_readme_cost_block_is_drawn_from_the_wallclock_and_the_newest_test_timin
     text = readme.read_text()
     assert "`make reproduce`: 57.3 min from a fresh clone of abcdef1" in text
     assert "`make test`: 380 passed in 4.0 min, then nbval 99 passed in 5.0 min" in text and "300 passed" not in text
+    write_json(ref / "tests-2026-12-06.json", {"date": "2026-12-06T10:00:00+00:00", "commit": "0123456",
+                                               "pytest": "390 passed", "pytest_seconds": 300, "nbval": "99 passed",
+                                               "nbval_seconds": 720, "machine": {"cpu": "AMD EPYC", "cpu_bf16": False}})
+    report.update_readme_cost(run, readme, ref)
+    assert "390 passed in 5.0 min, then nbval 99 passed in 12.0 min, install already done (2026-12-06, 0123456, AMD " \
+           "EPYC without native bf16;" in readme.read_text()
 
 
 def test_c6_reads_the_first_retrieval_variant_per_seed_with_its_quality_bar_in_the_notes(tmp_path):

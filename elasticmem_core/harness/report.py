@@ -95,9 +95,11 @@ def cost_lines(run_dir: str | Path, reference_dir: str | Path = "outputs/referen
     tests = sorted(Path(resolve(reference_dir)).glob("tests-*.json"), key=lambda f: json.loads(f.read_text())["date"])
     if tests:
         t = json.loads(tests[-1].read_text())
+        m = t.get("machine")   # older files do not say
+        on = f", {m['cpu']}{'' if m.get('cpu_bf16') else ' without native bf16'}" if m else ""
         lines.append(f"- `make test`: {t['pytest']} in {t['pytest_seconds'] / 60:.1f} min, then nbval {t['nbval']} in "
                      f"{t['nbval_seconds'] / 60:.1f} min, install already done ({t['date'][:10]}, "
-                     f"{str(t['commit'])[:7]}; `{tests[-1].name}`).")
+                     f"{str(t['commit'])[:7]}{on}; `{tests[-1].name}`).")
     else:
         lines.append("- `make test`: not measured (no outputs/reference/tests-*.json).")
     return "\n".join(lines) + "\n"
