@@ -165,7 +165,7 @@ def test_c5_notes_carry_the_controls_of_its_learned_point(tmp_path):
 
 def test_readme_cost_block_is_drawn_from_the_wallclock_and_the_newest_test_timings(tmp_path):
     run, ref = tmp_path / "mini-x", tmp_path / "reference"
-    write_json(run / "run.json", {"code_version": {"commit": "abcdef123", "dirty": False}})
+    write_json(run / "run.json", {"code_version": {"commit": "abcdef123", "dirty": False}, "compute_dtype": "bfloat16"})
     readme = tmp_path / "README.md"
     readme.write_text(f"top\n{report.COST_START}\nold 99 min\n{report.COST_END}\nend\n")
     report.update_readme_cost(run, readme, ref)
@@ -177,7 +177,7 @@ def test_readme_cost_block_is_drawn_from_the_wallclock_and_the_newest_test_timin
                                                      "pytest_seconds": 240, "nbval": "99 passed", "nbval_seconds": 300})
     report.update_readme_cost(run, readme, ref)
     text = readme.read_text()
-    assert "`make reproduce`: 57.3 min from a fresh clone of abcdef1" in text
+    assert "`make reproduce`: 57.3 min from a fresh clone of abcdef1, base in bfloat16, install" in text
     assert "`make test`: 380 passed in 4.0 min, then nbval 99 passed in 5.0 min" in text and "300 passed" not in text
     write_json(ref / "tests-2026-12-06.json", {"date": "2026-12-06T10:00:00+00:00", "commit": "0123456",
                                                "pytest": "390 passed", "pytest_seconds": 300, "nbval": "99 passed",

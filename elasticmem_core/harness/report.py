@@ -89,7 +89,8 @@ def cost_lines(run_dir: str | Path, reference_dir: str | Path = "outputs/referen
     commit = str((run.get("code_version") or {}).get("commit", "?"))[:7]
     wall = run_dir / "WALLCLOCK.txt"
     seconds = re.match(r"\s*(\d+) s", wall.read_text()) if wall.exists() else None
-    lines = [f"- `make reproduce`: {int(seconds.group(1)) / 60:.1f} min from a fresh clone of {commit}, install "
+    dtype = f", base in {run['compute_dtype']}" if run.get("compute_dtype") else ""   # bf16 CPUs train ~2x faster
+    lines = [f"- `make reproduce`: {int(seconds.group(1)) / 60:.1f} min from a fresh clone of {commit}{dtype}, install "
              f"included (`{run_dir.name}/WALLCLOCK.txt`)." if seconds else
              f"- `make reproduce`: not measured ({wall} missing)."]
     tests = sorted(Path(resolve(reference_dir)).glob("tests-*.json"), key=lambda f: json.loads(f.read_text())["date"])
