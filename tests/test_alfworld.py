@@ -543,3 +543,62 @@ def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_
     assert val and calls["validation"] == len(val) and all(0 <= r["val_accuracy"] <= 1 for r in val)
     assert (folder / "best" / "elasticmem.json").is_file()
     assert "alfworld: 2 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("memory", ["text", "latent"])
+def test_a_shared_prefix_gives_the_per_item_loss_and_gradient(model, ds, memory):
+    """prefix_shared_loss runs an episode's prefix (objective, control token, memory) once for its steps and
+    repeats its KV cache: the loss and every trainable gradient equal supervised_loss's, steps of two episodes
+    mixed in one batch (each episode its own group, tails and answers of several lengths)."""
+    from elasticmem_core.training.supervision import prefix_shared_loss, supervised_loss
+
+    items = training.step_items(ds, "train")
+    episodes = list(dict.fromkeys(i.turn.episode_id for i in items))[:2]
+    batch = [i for i in items if i.turn.episode_id in episodes][:7]
+    assert len({i.turn.episode_id for i in batch}) == 2 and len({len(model.answer_ids(i.gold)) for i in batch}) > 1
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads, losses = [], []
+    with model.using(memory=memory):
+        model.eval()   # LoRA dropout off: each pass would draw its own masks (gradients flow in eval mode too)
+        for fn in (supervised_loss, prefix_shared_loss):
+            model.zero_grad(set_to_none=True)
+            total, count = fn(model, batch, reduction="sum")
+            (total / count).backward()
+            losses.append((float(total.detach()), int(count)))
+            grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
+        model.zero_grad(set_to_none=True)
+    assert losses[1][1] == losses[0][1] and losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)
+    assert any(float(g.abs().sum()) > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_prefix_batches_keep_an_episodes_steps_together(ds, tmp_path, monkeypatch):
+    """grpo.sft_prefix_batches: the supervised stage's batches hold one question's items in a row (an episode's
+    steps, each episode where its first step fell in the random order) and go through prefix_shared_loss; off,
+    the random order and supervised_loss as before."""
+    from elasticmem_core.training import supervision
+
+    items = training.step_items(ds, "train")
+    seen = {}
+    for flag in (False, True):
+        cfg = training.training_config(tiny_cfg("grpo.sft_batch_size=4", f"grpo.sft_prefix_batches={flag}",
+                                                "alfworld.action_selection=generate"))
+        backbone = load_backbone("tiny-random")
+        bank = bank_mod.build(ds.chunks(), backbone, cfg.bank, tmp_path / f"bank{flag}", progress=False)
+        seed_everything(42)
+        m = ElasticMem(backbone, bank, cfg, {c.chunk_id: c.text for c in ds.chunks()})
+        calls = seen[flag] = []
+        for name in ("supervised_loss", "prefix_shared_loss"):
+            real = getattr(supervision, name)
+            monkeypatch.setattr(grpo, name, lambda mm, qs, _n=name, _r=real, **kw: calls.append((_n, qs)) or _r(mm, qs, **kw))
+        trainer = grpo.Trainer(m, items, items[:2], tmp_path / f"run{flag}")
+        trainer._supervised(-(-len(items) // 4), "sft", 0, None, "sft", "val_accuracy", 0)
+    # one epoch of each (the last batch wraps around to the epoch's first items)
+    plain, grouped = ([q for _, qs in seen[f] for q in qs][:len(items)] for f in (False, True))
+    assert {n for n, _ in seen[False]} == {"supervised_loss"} and {n for n, _ in seen[True]} == {"prefix_shared_loss"}
+    assert sorted(q.qid for q in grouped) == sorted(q.qid for q in plain) == sorted(q.qid for q in items)
+    objectives = [q.question for q in grouped]   # one objective, one prefix (two games may share an objective)
+    runs = [e for k, e in enumerate(objectives) if k == 0 or e != objectives[k - 1]]
+    assert len(runs) == len(set(objectives)) < len(objectives)        # each episode's steps in one run
+    assert runs == list(dict.fromkeys(q.question for q in plain))      # in the order of its first random step

@@ -43,7 +43,7 @@ from ..method import retrieval_loss
 from ..method.rewards import WeightedReward
 from ..method.rollout import Group, layer_checkpointing, passes_mode, select_rows, token_logprobs
 from . import alignment, retrieval_warmup
-from .supervision import supervised_loss, validation_accuracy  # noqa: F401 (grpo's names, as before)
+from .supervision import prefix_shared_loss, supervised_loss, validation_accuracy  # noqa: F401 (grpo's names)
 
 RUN_IDENTITY = "run_identity.json"
 
@@ -310,6 +310,12 @@ class Trainer:
         best = (-1.0, 0, None)   # (validation accuracy, step, trainable weights) of the best point so far
         stale = 0                # checks since the best one
         order = self._order(10_000 + len(tag))
+        loss_fn = supervised_loss
+        if g.sft_prefix_batches:   # one question's items in a row (in its first item's place): their prefix runs once
+            by_question: dict[str, list[int]] = {}
+            for j in order:
+                by_question.setdefault(self.train_q[j].question, []).append(j)
+            order, loss_fn = [j for items in by_question.values() for j in items], prefix_shared_loss
         history = []
         model.train()
         for step in range(steps):
@@ -318,7 +324,7 @@ class Trainer:
             mine = [self.train_q[j] for n, j in enumerate(idx) if n % self.world == self.rank]
             t0 = time.perf_counter()
             # a token mean over the whole batch, whichever process holds which question (one may hold none)
-            total, count = supervised_loss(model, mine, reduction="sum")
+            total, count = loss_fn(model, mine, reduction="sum")
             count = self._reduce_sum(count.detach().float())
             if mine:
                 (total / count.clamp(min=1)).backward()
