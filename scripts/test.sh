@@ -15,14 +15,13 @@ rm -rf outputs/smoke
 t2=$(date +%s)
 .venv/bin/python - "$((t1 - t0))" "$((t2 - t1))" <<'PY'
 import datetime, json, re, sys
-from elasticmem_core.core.experiment import code_version, cpu_supports_bf16
+from elasticmem_core.core.experiment import code_version, cpu_model, cpu_supports_bf16
 last = lambda f: re.sub(r"=+", "", [l for l in open(f).read().splitlines() if " passed" in l][-1]).strip()
 json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "commit": code_version().get("commit"), "pytest": re.sub(r" in [\d.]+s.*", "", last("outputs/.pytest.log")),
            "pytest_seconds": int(sys.argv[1]), "nbval": re.sub(r" in [\d.]+s.*", "", last("outputs/.nbval.log")),
            "nbval_seconds": int(sys.argv[2]),
            # the timings depend on it: a CPU without native bf16 is ~2x slower in training (docs/running.md)
-           "machine": {"cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
-                       "cpu_bf16": cpu_supports_bf16()}}, open("outputs/test_timings.json", "w"), indent=1)
+           "machine": {"cpu": cpu_model(), "cpu_bf16": cpu_supports_bf16()}}, open("outputs/test_timings.json", "w"), indent=1)
 print("timings:", open("outputs/test_timings.json").read())
 PY

@@ -95,6 +95,8 @@ def test_cpu_bf16_support_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
         flags.write_text(text)
         monkeypatch.setattr(experiment, "Path", lambda p, _f=flags: _f if p == "/proc/cpuinfo" else real(p))
         assert experiment.cpu_supports_bf16() is expected, text
+    flags.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t: fpu avx2\n")
+    assert experiment.cpu_model() == "AMD EPYC 9B14" and experiment.environment()["cpu"] == "AMD EPYC 9B14"
     if not torch.cuda.is_available():
         with pytest.raises(BackboneError, match="no CUDA device"):
             bb.resolve_device("cuda")
