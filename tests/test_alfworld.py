@@ -549,25 +549,45 @@ def test_launch_train_on_alfworld_trains_on_step_items_with_the_step_reward(tmp_
 def test_a_shared_prefix_gives_the_per_item_loss_and_gradient(model, ds, memory):
     """prefix_shared_loss runs an episode's prefix (objective, control token, memory) once for its steps and
     repeats its KV cache: the loss and every trainable gradient equal supervised_loss's, steps of two episodes
-    mixed in one batch (each episode its own group, tails and answers of several lengths)."""
-    from elasticmem_core.training.supervision import prefix_shared_loss, supervised_loss
-
+    in one batch (each its own group, tails and answers of several lengths), and beside a lone step."""
     items = training.step_items(ds, "train")
     episodes = list(dict.fromkeys(i.turn.episode_id for i in items))[:2]
-    batch = [i for i in items if i.turn.episode_id in episodes][:7]
-    assert len({i.turn.episode_id for i in batch}) == 2 and len({len(model.answer_ids(i.gold)) for i in batch}) > 1
+    steps = [[i for i in items if i.turn.episode_id == e] for e in episodes]
+    # steps of two episodes; then one episode's steps with a lone step of the other (its prefix shared with none:
+    # the ordinary batched pass)
+    batches = [steps[0][:4] + steps[1][:3], steps[0][:1] + steps[1][:5]]
+    assert all(len({len(model.answer_ids(i.gold)) for i in b}) > 1 for b in batches)
+    assert len({i.question for i in steps[0] + steps[1]}) == 2
+    for batch, shared in zip(batches, (2, 1)):
+        _same_loss_and_gradients(model, batch, memory, shared)
+
+
+def _same_loss_and_gradients(model, batch, memory, shared):
+    from elasticmem_core.training.supervision import prefix_shared_loss, supervised_loss
+
     params = [p for p in model.parameters() if p.requires_grad]
-    grads, losses = [], []
-    with model.using(memory=memory):
-        model.eval()   # LoRA dropout off: each pass would draw its own masks (gradients flow in eval mode too)
-        for fn in (supervised_loss, prefix_shared_loss):
+    grads, losses, cached = [], [], []
+    forward, was_training = model.reasoner.forward, model.training
+    try:
+        with model.using(memory=memory):
+            model.eval()   # dropout off: each pass would draw its own masks (gradients flow in eval mode too)
+            for fn in (supervised_loss, prefix_shared_loss):
+                model.zero_grad(set_to_none=True)
+                # a pass on a cache that scores answer columns (retrieval's own cached pass keeps one logit)
+                model.reasoner.forward = lambda *a, **k: cached.append(
+                    (fn, k.get("cache") is not None and torch.is_tensor(k.get("logits_to_keep")))) or forward(*a, **k)
+                total, count = fn(model, batch, reduction="sum")
+                del model.reasoner.forward
+                (total / count).backward()
+                losses.append((float(total.detach()), int(count)))
+                grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
             model.zero_grad(set_to_none=True)
-            total, count = fn(model, batch, reduction="sum")
-            (total / count).backward()
-            losses.append((float(total.detach()), int(count)))
-            grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
-        model.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
     assert losses[1][1] == losses[0][1] and losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)
+    # the shared path ran each shared prefix once and its steps on the repeated cache: one such pass per group
+    assert sum(c for f, c in cached if f is prefix_shared_loss) == shared
+    assert not any(c for f, c in cached if f is supervised_loss)
     assert any(float(g.abs().sum()) > 0 for g in grads[0])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

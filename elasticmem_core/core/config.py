@@ -279,9 +279,11 @@ class GRPOConfig:
     sft_patience: int = _f(0, "stage 1: stop after this many checks without a better one (0 = never)")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
     sft_prefix_batches: bool = _f(False, "supervised stages: batches keep the items of one question together (an "
-                                         "ALFWorld episode's steps) and run their shared prompt prefix (question, "
-                                         "control token, memory) once (supervision.prefix_shared_loss: the same loss "
-                                         "up to float order); off = batches of items in random order")
+                                         "ALFWorld episode's steps) and run a prompt prefix (question, control token, "
+                                         "memory) that is the same embeddings in several items once "
+                                         "(supervision.prefix_shared_loss: the same loss up to float order; text "
+                                         "memory always, latent memory only without dropout); off = batches of items "
+                                         "in random order")
     tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
     settings: list[str] = _f([], "settings trained (03, one model each) and compared (02, 04, 05); empty = every "
                                  "data.settings entry")

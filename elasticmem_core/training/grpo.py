@@ -321,7 +321,11 @@ class Trainer:
         for step in range(steps):
             start = (step * g.sft_batch_size) % len(order)
             idx = (order + order)[start:start + g.sft_batch_size]
-            mine = [self.train_q[j] for n, j in enumerate(idx) if n % self.world == self.rank]
+            if g.sft_prefix_batches:   # a contiguous share per process: an episode's steps stay together
+                share = -(-len(idx) // self.world)
+                mine = [self.train_q[j] for j in idx[self.rank * share:(self.rank + 1) * share]]
+            else:
+                mine = [self.train_q[j] for n, j in enumerate(idx) if n % self.world == self.rank]
             t0 = time.perf_counter()
             # a token mean over the whole batch, whichever process holds which question (one may hold none)
             total, count = loss_fn(model, mine, reduction="sum")
