@@ -386,3 +386,53 @@ def test_stage1_draws_its_curve_stops_when_it_plateaus_and_keeps_its_best_point(
     final = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert all(torch.equal(final[n], seen[1][1][n]) for n in final)          # the step-4 weights, exactly
     assert (tmp_path / "sft").is_dir()
+
+
+def test_a_stopped_supervised_stage_continues_where_it_was_saved(bank, tmp_path, monkeypatch):
+    """grpo.sft_save_every: a supervised stage stopped mid-way continues from its last save (weights, optimizer,
+    schedule, best point, RNG) and ends with the weights, checks and best point of an uninterrupted run; its log
+    keeps each step once; the partial folder is removed at the end."""
+    real = grpo.supervised_loss
+
+    def run(folder, stop_at=None):
+        seed_everything(42)
+        model = tiny_model(bank, *NO_DROPOUT, "grpo.sft_lr=1e-2", "grpo.sft_eval_every=2", "grpo.sft_batch_size=2",
+                           "grpo.sft_save_every=3", "grpo.sft_warmup_steps=2", "grpo.sft_min_lr_ratio=0.1")
+        model.memory = "none"
+        calls = []
+
+        def loss(m, qs, **kw):
+            calls.append(1)
+            if len(calls) == stop_at:
+                raise RuntimeError("stopped")
+            return real(m, qs, **kw)
+        monkeypatch.setattr(grpo, "supervised_loss", loss)
+        # a check that reads the weights: a resumed run that drifted would score (and select) differently
+        check = lambda qs: round(float(sum(p.detach().double().sum() for p in model.parameters()
+                                             if p.requires_grad)) % 1, 9)
+        trainer = grpo.Trainer(model, QUESTIONS, QUESTIONS[:2], folder, evaluate_fn=check)
+        trainer.supervised(8, "none", "sft")
+        weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return weights, [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+    whole, whole_log = run(tmp_path / "a")
+    with pytest.raises(RuntimeError, match="stopped"):
+        run(tmp_path / "b", stop_at=6)                       # stopped in step 5: the last save is after step 2
+    state = torch.load(tmp_path / "b" / "sft.partial" / "stage_state.pt", weights_only=False)
+    assert state["step"] == 3
+    resumed, log = run(tmp_path / "b")
+    for n in whole:
+        torch.testing.assert_close(resumed[n], whole[n], rtol=1e-5, atol=1e-7)
+    assert not (tmp_path / "b" / "sft.partial").exists()
+    assert [r["step"] for r in log if r["stage"] == "sft"] == list(range(8))          # each step once
+    assert [r for r in log if r["stage"] == "sft_resumed"] == [{"stage": "sft_resumed", "step": 3}]
+    checks = [(r["step"], r["val_accuracy"]) for r in log if r["stage"] == "sft_val"]
+    assert [s for s, _ in checks] == [2, 4, 6, 8]
+    assert [a for _, a in checks] == pytest.approx([r["val_accuracy"] for r in whole_log if r["stage"] == "sft_val"])
+    assert [r for r in log if r["stage"] == "sft_selected"] == [r for r in whole_log if r["stage"] == "sft_selected"]
+    with pytest.raises(RuntimeError, match="stopped"):
+        run(tmp_path / "c", stop_at=5)
+    seed_everything(42)
+    model = tiny_model(bank, *NO_DROPOUT, "grpo.sft_batch_size=2", "grpo.sft_save_every=3")
+    with pytest.raises(grpo.RunMismatchError, match="of 8 steps"):   # a stage of another length is not continued
+        grpo.Trainer(model, QUESTIONS, QUESTIONS[:2], tmp_path / "c").supervised(6, "none", "sft")

@@ -278,6 +278,9 @@ class GRPOConfig:
     sft_eval_every: int = _f(0, "stage 1: the GRPO validation measure every N steps and at the end; best kept")
     sft_patience: int = _f(0, "stage 1: stop after this many checks without a better one (0 = never)")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
+    sft_save_every: int = _f(0, "supervised stages: steps between resumable saves (<train dir>/<stage>.partial/: "
+                                "weights, optimizer, schedule, best point so far, RNG); a stopped stage continues "
+                                "there as if uninterrupted (0 = no saves: it starts over)")
     sft_prefix_batches: bool = _f(False, "supervised stages: batches keep the items of one question together (an "
                                          "ALFWorld episode's steps) and run a prompt prefix (question, control token, "
                                          "memory) that is the same embeddings in several items once "

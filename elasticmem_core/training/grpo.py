@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -316,9 +317,23 @@ class Trainer:
             for j in order:
                 by_question.setdefault(self.train_q[j].question, []).append(j)
             order, loss_fn = [j for items in by_question.values() for j in items], prefix_shared_loss
-        history = []
+        history, first = [], 0
+        partial = self.dir / f"{tag}.partial"
+        if g.sft_save_every > 0 and (partial / "stage_state.pt").is_file():   # continue a stopped stage
+            self._check_identity()
+            state = torch.load(partial / "stage_state.pt", weights_only=False)
+            if state["steps"] != steps:
+                raise RunMismatchError(f"{partial} holds a {tag} stage of {state['steps']} steps, this run asks for "
+                                       f"{steps}: delete it to start the stage over")
+            model.load(partial)
+            opt.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["rng"])
+            first, best, stale, history = state["step"], state["best"], state["stale"], state["history"]
+            self._keep_log_until(tag, f"{name}_val", first)
+            self._log({"stage": f"{tag}_resumed", "step": first})
         model.train()
-        for step in range(steps):
+        for step in range(first, steps):
             start = (step * g.sft_batch_size) % len(order)
             idx = (order + order)[start:start + g.sft_batch_size]
             if g.sft_prefix_batches:   # a contiguous share per process: an episode's steps stay together
@@ -355,6 +370,12 @@ class Trainer:
                     stale += 1
                     if patience and stale >= patience:
                         break
+            if g.sft_save_every > 0 and (step + 1) % g.sft_save_every == 0 and step + 1 < steps and self.rank == 0:
+                self._save_stage(partial, {"steps": steps, "step": step + 1, "optimizer": opt.state_dict(),
+                                           "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                                           "best": best, "stale": stale, "history": history})
+        if partial.exists() and self.rank == 0:
+            shutil.rmtree(partial)
         if curve:
             with torch.no_grad():
                 for n, p in model.named_parameters():
@@ -362,6 +383,26 @@ class Trainer:
                         p.copy_(best[2][n])
             self._log({"stage": f"{name}_selected", "step": best[1], key: best[0], "steps_run": len(history)})
         return history
+
+    def _save_stage(self, partial: Path, state: dict) -> None:
+        """A supervised stage's resumable state: written aside, then swapped in (a crash leaves the last one)."""
+        tmp = partial.with_name(partial.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.model.save(tmp)
+        torch.save(state, tmp / "stage_state.pt")
+        if partial.exists():
+            shutil.rmtree(partial)
+        tmp.rename(partial)
+
+    def _keep_log_until(self, stage: str, check: str, step: int) -> None:
+        """A resumed stage's log keeps its records up to the saved step (later ones were lost with the weights)."""
+        if self.rank != 0 or not self.log_path.is_file():
+            return
+        lines = self.log_path.read_text().splitlines()
+        keep = [line for line in lines if not ((r := json.loads(line))["stage"] == stage and r["step"] >= step
+                                               or r["stage"] == check and r["step"] > step)]
+        self.log_path.write_text("".join(line + "\n" for line in keep))
 
     def retrieval_warmup(self, steps: int) -> list[dict]:
         """The retrieval warm-up on retrieval.aux_loss (retrieval_warmup.py: LoRA with the reading loss and the reading
@@ -518,7 +559,6 @@ class Trainer:
             final.rename(old)
         tmp.rename(final)
         if old.exists():
-            import shutil
             shutil.rmtree(old)
         return final
 
