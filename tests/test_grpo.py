@@ -388,18 +388,21 @@ def test_stage1_draws_its_curve_stops_when_it_plateaus_and_keeps_its_best_point(
     assert (tmp_path / "sft").is_dir()
 
 
-def test_a_stopped_supervised_stage_continues_where_it_was_saved(bank, tmp_path, monkeypatch):
+@pytest.mark.parametrize("patience, scripted", [
+    (2, {2: 0.5, 4: 0.4, 6: 0.45, 8: 0.9}),   # an early stop after the check at 6 that needs the saved patience count
+    (0, {2: 0.5, 4: 0.4, 6: 0.45, 8: 0.9}),   # the best point after the resume: its weights need the saved RNG
+])
+def test_a_stopped_supervised_stage_continues_where_it_was_saved(bank, tmp_path, monkeypatch, patience, scripted):
     """grpo.sft_save_every: a supervised stage stopped mid-way continues from its last save (weights, optimizer,
     schedule, best point, patience count, RNG: dropout is on) and ends as an uninterrupted run does - same weights,
     same checks, same early stop; its log keeps each step once; the partial folder is removed at the end; a saved
     stage made with other settings is refused."""
     real = grpo.supervised_loss
-    scripted = {2: 0.5, 4: 0.4, 6: 0.45, 8: 0.9}   # patience 2: stops after the check at step 6
 
     def run(folder, stop_at=None, *extra):
         seed_everything(42)
         model = tiny_model(bank, "grpo.sft_lr=1e-2", "grpo.sft_eval_every=2", "grpo.sft_batch_size=2",
-                           "grpo.sft_patience=2", "grpo.sft_save_every=5", "grpo.sft_warmup_steps=2",
+                           f"grpo.sft_patience={patience}", "grpo.sft_save_every=5", "grpo.sft_warmup_steps=2",
                            "grpo.sft_min_lr_ratio=0.1", *extra)
         assert model.cfg.lora.dropout > 0   # the masks come from the RNG a resume restores
         model.memory = "none"
@@ -421,7 +424,8 @@ def test_a_stopped_supervised_stage_continues_where_it_was_saved(bank, tmp_path,
         return weights, [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
 
     whole, whole_log = run(tmp_path / "a")
-    assert [r["step"] for r in whole_log if r["stage"] == "sft"] == list(range(6))       # stopped early
+    n_steps = 6 if patience else 8                        # patience 2: stopped after the check at step 6
+    assert [r["step"] for r in whole_log if r["stage"] == "sft"] == list(range(n_steps))
     with pytest.raises(RuntimeError, match="stopped"):
         run(tmp_path / "b", 6)           # stopped in step 5: the last save is after step 4 (one check without gain)
     state = torch.load(tmp_path / "b" / "sft.partial" / "stage_state.pt", weights_only=False)
@@ -430,12 +434,14 @@ def test_a_stopped_supervised_stage_continues_where_it_was_saved(bank, tmp_path,
     for n in whole:
         torch.testing.assert_close(resumed[n], whole[n], rtol=1e-5, atol=1e-7)
     assert not (tmp_path / "b" / "sft.partial").exists()
-    assert [r["step"] for r in log if r["stage"] == "sft"] == list(range(6))            # each step once
+    assert [r["step"] for r in log if r["stage"] == "sft"] == list(range(n_steps))      # each step once
     assert [r for r in log if r["stage"] == "sft_resumed"] == [{"stage": "sft_resumed", "step": 5}]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["stage"] != "sft_resumed"]
-    assert [r["stage"] for r in strip(log)] == [r["stage"] for r in strip(whole_log)]
+    strip = [r["stage"] for r in log if r["stage"] != "sft_resumed"]
+    assert strip == [r["stage"] for r in whole_log]
     assert [r.get("val_accuracy") for r in log if r["stage"] in ("sft_val", "sft_selected")] == \
         [r.get("val_accuracy") for r in whole_log if r["stage"] in ("sft_val", "sft_selected")]
+    selected = [r["step"] for r in whole_log if r["stage"] == "sft_selected"]
+    assert selected == ([2] if patience else [8])        # without patience the kept weights come after the resume
     with pytest.raises(RuntimeError, match="stopped"):
         run(tmp_path / "c", 6)
     with pytest.raises(grpo.RunMismatchError, match="sft_lr"):   # a stage made with other settings is not continued
