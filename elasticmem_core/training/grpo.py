@@ -335,7 +335,7 @@ class Trainer:
             order, loss_fn = [j for items in by_question.values() for j in items], prefix_shared_loss
         history, first = [], 0
         partial = self.dir / f"{tag}.partial"
-        recipe = self._stage_recipe(tag, steps)
+        recipe = self._stage_recipe(tag, steps) if g.sft_save_every > 0 else None
         if g.sft_save_every > 0:
             if (partial / "stage_state.pt").is_file():   # continue a stopped stage
                 self._check_identity()
