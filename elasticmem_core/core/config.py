@@ -278,15 +278,10 @@ class GRPOConfig:
     sft_eval_every: int = _f(0, "stage 1: the GRPO validation measure every N steps and at the end; best kept")
     sft_patience: int = _f(0, "stage 1: stop after this many checks without a better one (0 = never)")
     sft_batch_size: int = _f(8, "questions per supervised warm-up step")
-    sft_save_every: int = _f(0, "supervised stages: steps between resumable saves (<train dir>/<stage>.partial/: "
-                                "weights, optimizer, schedule, best point so far, RNG); a stopped stage continues "
-                                "there as if uninterrupted (0 = no saves: it starts over)")
-    sft_prefix_batches: bool = _f(False, "supervised stages: batches keep the items of one question together (an "
-                                         "ALFWorld episode's steps) and run a prompt prefix (question, control token, "
-                                         "memory) that is the same embeddings in several items once "
-                                         "(supervision.prefix_shared_loss: the same loss up to float order; text "
-                                         "memory always, latent memory only without dropout); off = batches of items "
-                                         "in random order")
+    sft_save_every: int = _f(0, "supervised stages: steps between resumable saves (training/stage_state.py); 0 = "
+                                "none, a stopped stage starts over")
+    sft_prefix_batches: bool = _f(False, "supervised stages: one question's items batched together, their shared "
+                                         "prompt prefix run once (supervision.prefix_shared_loss); off = random order")
     tracker: str = _f("", "optional accelerate tracker: tensorboard | wandb (never required)")
     settings: list[str] = _f([], "settings trained (03, one model each) and compared (02, 04, 05); empty = every "
                                  "data.settings entry")
@@ -425,25 +420,18 @@ class EvalConfig:
                                    "their mean, with the range)")
     frontier_steps: int = _f(32, "policy-only GRPO steps per learned point")
     frontier_questions_per_step: int = _f(8, "questions per policy-only GRPO step of a learned point")
-    frontier_policy_lr: float = _f(3e-4, "budget-policy learning rate of the learned points' GRPO (at 1e-3 against "
-                                         "clip 0.05 most of each update was clipped; 3e-4 with clip 0.2: the clip "
-                                         "fraction under 0.2 after the first step on mini)")
+    frontier_policy_lr: float = _f(3e-4, "budget-policy learning rate of the learned points' GRPO (with clip 0.2: clip "
+                                         "fraction under 0.2 after step 1 on mini; 1e-3 with clip 0.05 clipped most)")
     frontier_clip_eps: float = _f(0.2, "PPO clip epsilon of the learned points' GRPO; 0 = grpo.clip_eps")
     frontier_group_size: int = _f(0, "rollouts per question G of the learned points' GRPO; 0 = grpo.group_size")
-    frontier_train_split: str = _f("val", "questions the learned points' policies train on: val (default: the stage-0 "
-                                   "reader has seen the train questions' answers and answers them right with almost "
-                                   "any memory, so their rewards say little about budgets; docs/rewards.md) | train "
-                                   "(the paper's); never test")
-    frontier_dense_prices: list[float] = _f([], "token prices at which a learned point is also trained on the dense "
-                                            "reward (beyond the paper: the frozen reader's teacher-forced "
-                                            "log-probability of the gold answer, gold_logprob, in place of the "
-                                            "sampled answer's 0/1), over eval.frontier_seeds; [] = none")
+    frontier_train_split: str = _f("val", "questions the learned points' policies train on: val (the reader answers "
+                                   "train questions with almost any memory; docs/rewards.md) | train (paper); not test")
+    frontier_dense_prices: list[float] = _f([], "token prices at which a learned point also trains on the dense reward "
+                                            "gold_logprob (the frozen reader's log p of the gold answer); [] = none")
     frontier_sees_length: bool = _f(True, "the learned points' policies see each chunk's length (budget.sees_length; "
                                     "beyond the paper: the price counts injected tokens, min(b_j, L_j))")
-    frontier_oracle_prices: list[float] = _f([0.0], "token prices of the oracle-feature policy (budget.sees_evidence: "
-                                             "it also sees each chunk's evidence flag), trained like a learned point "
-                                             "over eval.frontier_seeds: a reference for what a policy that knew the "
-                                             "evidence learns here; [] = none")
+    frontier_oracle_prices: list[float] = _f([0.0], "token prices of the oracle-feature policy (budget.sees_evidence), "
+                                             "trained like a learned point: a reference, not a bound; [] = none")
     retrieval_study: bool = _f(False, "05_retrieval trains each eval.retrieval_variants entry from 03's reader (warm-up, "
                                       "then GRPO) per eval.retrieval_seeds entry and measures recall@Z, reading and "
                                       "accuracy with each retrieval mode (retrieval_study.py -> metrics/retrieval.json)")

@@ -27,11 +27,9 @@ the same supervised loss as stage 0 through the latent path. Stages 0 and 1 use 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-import random
 import shutil
 import time
 from pathlib import Path
@@ -44,14 +42,12 @@ from ..core.experiment import peak_memory_mb, write_json
 from ..method import retrieval_loss
 from ..method.rewards import WeightedReward
 from ..method.rollout import Group, layer_checkpointing, passes_mode, select_rows, token_logprobs
-from . import alignment, retrieval_warmup
+from . import alignment, retrieval_warmup, stage_state
+from .stage_state import RunMismatchError
 from .supervision import prefix_shared_loss, supervised_loss, validation_accuracy  # noqa: F401 (grpo's names)
 
 RUN_IDENTITY = "run_identity.json"
 
-
-class RunMismatchError(RuntimeError):
-    """A training folder holds another run's checkpoints; the message names both."""
 
 
 # ---- the loss, as pure functions ------------------------------------------------------------------------------
@@ -177,20 +173,6 @@ def _warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> fl
 
 
 # ---- the trainer ----------------------------------------------------------------------------------------------
-
-def _rng_state() -> dict:
-    """This process's random generators (torch CPU and CUDA, Python, NumPy), for an exact resume."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
-
 
 class Trainer:
     """Runs stage 0, stage 1 and GRPO with validation-based model selection, checkpoints and resume."""
@@ -335,22 +317,18 @@ class Trainer:
             order, loss_fn = [j for items in by_question.values() for j in items], prefix_shared_loss
         history, first = [], 0
         partial = self.dir / f"{tag}.partial"
-        recipe = self._stage_recipe(tag, steps) if g.sft_save_every > 0 else None
-        if g.sft_save_every > 0:
-            if (partial / "stage_state.pt").is_file():   # continue a stopped stage
+        want = stage_state.recipe(self.cfg, model.memory, self.world, tag, steps) if g.sft_save_every > 0 else None
+        if want is not None:   # continue a stopped stage; one started over keeps none of its old log lines
+            state = None
+            if (partial / stage_state.STATE).is_file():
                 self._check_identity()
-                state = torch.load(partial / "stage_state.pt", weights_only=False, map_location=model.device)
-                if state["recipe"] != recipe:
-                    diff = ", ".join(f"{k}: saved {state['recipe'].get(k)!r}, now {v!r}" for k, v in recipe.items()
-                                     if state["recipe"].get(k) != v)
-                    raise RunMismatchError(f"{partial} holds a {tag} stage made otherwise ({diff}): delete it to "
-                                           f"start the stage over")
-                model.load(partial)
+                state = stage_state.load(model, partial, want, self.rank)
+            if state is not None:
                 opt.load_state_dict(state["optimizer"])
                 schedule.load_state_dict(state["schedule"])
-                _set_rng(torch.load(partial / f"rng_rank{self.rank}.pt", weights_only=False))
                 first, best, stale, history = state["step"], state["best"], state["stale"], state["history"]
-            self._keep_log_until(tag, f"{name}_val", first)   # a stage started over keeps none of its old lines
+            if self.rank == 0:
+                stage_state.keep_log_until(self.log_path, tag, f"{name}_val", first)
             if first:
                 self._log({"stage": f"{tag}_resumed", "step": first})
         model.train()
@@ -392,9 +370,9 @@ class Trainer:
                     if patience and stale >= patience:
                         break
             if g.sft_save_every > 0 and (step + 1) % g.sft_save_every == 0 and step + 1 < steps:
-                self._save_stage(partial, {"recipe": recipe, "step": step + 1, "optimizer": opt.state_dict(),
-                                           "schedule": schedule.state_dict(), "best": best, "stale": stale,
-                                           "history": history})
+                stage_state.save(model, partial, {"recipe": want, "step": step + 1, "optimizer": opt.state_dict(),
+                                                  "schedule": schedule.state_dict(), "best": best, "stale": stale,
+                                                  "history": history}, self.rank, self.acc)
         if partial.exists() and self.rank == 0:
             shutil.rmtree(partial)
         if curve:
@@ -404,45 +382,6 @@ class Trainer:
                         p.copy_(best[2][n])
             self._log({"stage": f"{name}_selected", "step": best[1], key: best[0], "steps_run": len(history)})
         return history
-
-    def _stage_recipe(self, tag: str, steps: int) -> dict:
-        """What a supervised stage's saved state must match to be continued: its length, memory mode and the
-        settings that shape its steps (grpo less its save interval)."""
-        g = dataclasses.asdict(self.cfg.grpo)
-        g.pop("sft_save_every")
-        return {"tag": tag, "steps": steps, "memory": self.model.memory, "processes": self.world, "grpo": g}
-
-    def _save_stage(self, partial: Path, state: dict) -> None:
-        """A supervised stage's resumable state (process 0 writes it, then each process its RNG states): written
-        aside, then swapped in, so that a crash leaves the previous one."""
-        tmp, old = partial.with_name(partial.name + ".tmp"), partial.with_name(partial.name + ".old")
-        if self.rank == 0:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            self.model.save(tmp)
-            torch.save(state, tmp / "stage_state.pt")
-            torch.save(_rng_state(), tmp / "rng_rank0.pt")
-            if partial.exists():
-                partial.rename(old)
-            tmp.rename(partial)
-            if old.exists():
-                shutil.rmtree(old)
-        if self.acc is not None:   # every process's own generators (dropout on a GPU draws from each one's)
-            self.acc.wait_for_everyone()
-            if self.rank != 0:
-                torch.save(_rng_state(), partial / f"rng_rank{self.rank}.pt")
-            self.acc.wait_for_everyone()
-
-    def _keep_log_until(self, stage: str, check: str, step: int) -> None:
-        """A resumed stage's log keeps its records up to the saved step (later ones were lost with the weights)."""
-        if self.rank != 0 or not self.log_path.is_file():
-            return
-        lines = self.log_path.read_text().splitlines()
-        keep = [line for line in lines if not ((r := json.loads(line))["stage"] == stage and r["step"] >= step
-                                               or r["stage"] == check and r["step"] > step)]
-        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(self.log_path)
 
     def retrieval_warmup(self, steps: int) -> list[dict]:
         """The retrieval warm-up on retrieval.aux_loss (retrieval_warmup.py: LoRA with the reading loss and the reading
@@ -592,8 +531,7 @@ class Trainer:
         self.model.save(tmp)
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "step": self.step, "best": self.best, "skipped": self.skipped,
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                            "numpy": np.random.get_state()}}, tmp / "trainer_state.pt")
+                    "rng": stage_state.rng_state()}, tmp / "trainer_state.pt")
         old = self.dir / "last.old"
         if final.exists():
             final.rename(old)
@@ -634,7 +572,5 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best, self.skipped = state["step"], state["best"], state["skipped"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
+        stage_state.set_rng(state["rng"])
         return True
