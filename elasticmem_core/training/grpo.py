@@ -49,7 +49,6 @@ from .supervision import prefix_shared_loss, supervised_loss, validation_accurac
 RUN_IDENTITY = "run_identity.json"
 
 
-
 # ---- the loss, as pure functions ------------------------------------------------------------------------------
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                       clip_eps: float, loss_type: str = "token_mean", weights: torch.Tensor | None = None,
@@ -173,7 +172,6 @@ def _warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> fl
 
 
 # ---- the trainer ----------------------------------------------------------------------------------------------
-
 class Trainer:
     """Runs stage 0, stage 1 and GRPO with validation-based model selection, checkpoints and resume."""
 
@@ -319,10 +317,9 @@ class Trainer:
         partial = self.dir / f"{tag}.partial"
         want = stage_state.recipe(self.cfg, model.memory, self.world, tag, steps) if g.sft_save_every > 0 else None
         if want is not None:   # continue a stopped stage; one started over keeps none of its old log lines
-            state = None
             if (partial / stage_state.STATE).is_file():
                 self._check_identity()
-                state = stage_state.load(model, partial, want, self.rank)
+            state = stage_state.load(model, partial, want, self.rank)
             if state is not None:
                 opt.load_state_dict(state["optimizer"])
                 schedule.load_state_dict(state["schedule"])
