@@ -139,3 +139,27 @@ def test_reproduce_leaves_out_skipped_notebooks_and_refuses_unknown_names(tmp_pa
     assert "06_alfworld" in [nb.stem for nb in runner.reproduce_notebooks(resolve("params/smoke.yaml"))]
     with pytest.raises(ConfigError, match="names no numbered notebook: 06_alfwrld"):
         runner.reproduce_notebooks(resolve("params/smoke.yaml"), ["runtime.skip_notebooks=[06_alfwrld]"])
+
+
+def test_write_folder_swaps_in_whole_folders_and_a_crash_keeps_the_previous_one(tmp_path):
+    """Checkpoints (last/, a stage's .partial/, an alignment's partial) are written aside and swapped in."""
+    from elasticmem_core.core.experiment import write_folder
+
+    def write(text):
+        return lambda d: (d.mkdir(), (d / "state.txt").write_text(text))
+
+    final = tmp_path / "last"
+    write_folder(final, write("one"))
+    (tmp_path / "last.tmp").mkdir()  # a crashed earlier write leaves its folder: cleared, not mixed in
+    (tmp_path / "last.tmp" / "stale.txt").write_text("x")
+    write_folder(final, write("two"))
+    assert (final / "state.txt").read_text() == "two" and not (final / "stale.txt").exists()
+
+    def crash(d):
+        d.mkdir()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder(final, crash)
+    assert (final / "state.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "last.tmp"]

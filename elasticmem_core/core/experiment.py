@@ -10,12 +10,13 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
@@ -178,6 +179,22 @@ def write_json(path: str | Path, obj: Any) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+    return path
+
+
+def write_folder(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Write a checkpoint folder aside (`write(<path>.tmp)`), then swap it in: a crash leaves the previous folder
+    (or, between the two renames, `<path>.old`), never a half-written one."""
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if tmp.exists():  # left by a crash in an earlier write
+        shutil.rmtree(tmp)
+    write(tmp)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
     return path
 
 

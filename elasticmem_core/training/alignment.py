@@ -50,6 +50,7 @@ from typing import Callable
 import torch
 
 from ..core import sampling
+from ..core.experiment import write_folder
 from ..core.renamed import upgrade
 from ..method.budget import BudgetDecision
 from ..method.injection import Batch, Row, build_batch
@@ -474,13 +475,11 @@ def _steps(model, cfg, corpus, questions, params, opt, start: int, steps: int, t
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
         if save and ((step + 1) % cfg.align.save_every == 0) and step + 1 < steps:
-            tmp = train_dir / (PARTIAL + ".tmp")
-            model.save(tmp)
-            torch.save({"step": step + 1, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                        "recipe": want}, tmp / STATE)
-            if partial.exists():
-                shutil.rmtree(partial)
-            tmp.rename(partial)
+            def write(tmp: Path) -> None:
+                model.save(tmp)
+                torch.save({"step": step + 1, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                            "recipe": want}, tmp / STATE)
+            write_folder(partial, write)
     bar.close()
     return history

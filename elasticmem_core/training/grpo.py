@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..core import sampling
-from ..core.experiment import peak_memory_mb, write_json
+from ..core.experiment import peak_memory_mb, write_folder, write_json
 from ..method import retrieval_loss
 from ..method.rewards import WeightedReward
 from ..method.rollout import Group, layer_checkpointing, passes_mode, select_rows, token_logprobs
@@ -523,19 +523,12 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save_last(self) -> Path:
         """last/: model + optimizer, scheduler, step, best, RNG states; written aside, then swapped in."""
-        final = self.dir / "last"
-        tmp = self.dir / "last.tmp"
-        self.model.save(tmp)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "step": self.step, "best": self.best, "skipped": self.skipped,
-                    "rng": stage_state.rng_state()}, tmp / "trainer_state.pt")
-        old = self.dir / "last.old"
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        if old.exists():
-            shutil.rmtree(old)
-        return final
+        def write(tmp: Path) -> None:
+            self.model.save(tmp)
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "step": self.step, "best": self.best, "skipped": self.skipped,
+                        "rng": stage_state.rng_state()}, tmp / "trainer_state.pt")
+        return write_folder(self.dir / "last", write)
 
     def identity(self) -> dict:
         """What a run folder's checkpoints belong to: a resume under anything else is refused."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..core.experiment import write_folder
 
 STATE = "stage_state.pt"
 
@@ -48,18 +49,12 @@ def recipe(cfg, memory: str, processes: int, tag: str, steps: int) -> dict:
 def save(model, partial: Path, state: dict, rank: int, accelerator=None) -> None:
     """Process 0 writes the model and `state` aside and swaps them in (a crash leaves the previous save); then each
     process its own generators (dropout on a GPU draws from each process's)."""
-    tmp, old = partial.with_name(partial.name + ".tmp"), partial.with_name(partial.name + ".old")
     if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save(tmp)
-        torch.save(state, tmp / STATE)
-        torch.save(rng_state(), tmp / "rng_rank0.pt")
-        if partial.exists():
-            partial.rename(old)
-        tmp.rename(partial)
-        if old.exists():
-            shutil.rmtree(old)
+        def write(tmp: Path) -> None:
+            model.save(tmp)
+            torch.save(state, tmp / STATE)
+            torch.save(rng_state(), tmp / "rng_rank0.pt")
+        write_folder(partial, write)
     if accelerator is not None:
         accelerator.wait_for_everyone()
         if rank != 0:
