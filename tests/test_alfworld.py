@@ -622,3 +622,37 @@ def test_prefix_batches_keep_an_episodes_steps_together(ds, tmp_path, monkeypatc
     runs = [e for k, e in enumerate(objectives) if k == 0 or e != objectives[k - 1]]
     assert len(runs) == len(set(objectives)) < len(objectives)        # each episode's steps in one run
     assert runs == list(dict.fromkeys(q.question for q in plain))      # in the order of its first random step
+
+
+def test_a_stopped_evaluation_resumes_at_the_next_game(cfg, tmp_path, monkeypatch):
+    """Each game is saved as it ends: a stopped split resumes at the next game, refuses another checkpoint's games,
+    and plays again only the game whose line the stop cut."""
+    games = [environment.eval_games(cfg, s)[0] for s in environment.EVAL_SPLITS]
+    cfg2 = tiny_cfg("alfworld.max_steps=2")
+    meta = {"method": "no_memory", "kind": "alfworld", "setting": "alfworld-offline", "split": "valid", "seed": 42,
+            "backbone": "test"}
+    path = evaluate.result_path(tmp_path, "no_memory", "alfworld-offline", "valid", 42)
+    partial = path.with_name(path.stem + ".partial.jsonl")
+    real_play, played = play.play, []
+
+    def stop_at_second_game(game, *a, **k):
+        if played:
+            raise KeyboardInterrupt
+        played.append(game.game_id)
+        return real_play(game, *a, **k)
+
+    def act(turn):
+        return "look", 3
+    monkeypatch.setattr(play, "play", stop_at_second_game)
+    with pytest.raises(KeyboardInterrupt):
+        play.evaluate_policy(act, games, path, meta, cfg2, progress=False)
+    assert not path.exists() and len(partial.read_text().splitlines()) == 2   # fingerprint + the first game
+    with pytest.raises(evaluate.ResultsError, match="checkpoint_id"):
+        play.evaluate_policy(act, games, path, {**meta, "checkpoint_id": "another"}, cfg2, progress=False)
+    with partial.open("a") as f:
+        f.write('{"game_id": "valid_un')                                      # the stop cut the next game's line
+    played.clear()
+    monkeypatch.setattr(play, "play", lambda game, *a, **k: played.append(game.game_id) or real_play(game, *a, **k))
+    result = play.evaluate_policy(act, games, path, meta, cfg2, progress=False)
+    assert played == [games[1].game_id] and not partial.exists()
+    assert [(r["qid"], r["steps"], r["tok"]) for r in result["records"]] == [(g.game_id, 2, 6) for g in games]

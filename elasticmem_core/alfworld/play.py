@@ -6,7 +6,8 @@
   to the admissible commands (rewards.snap_to_admissible); an output that matches none is sent as typed (the game
   answers "Nothing happens.") and counted in `invalid_actions`. #Tok per episode is summed over steps.
 - `summarize`, `results_json`, `episode_record` (an episode as an evaluate.py question record); `evaluate_policy`
-  (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results file),
+  (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results file; each game
+  is saved as it ends, so a stopped split resumes at its next game),
   `task_type_table` (success per task type of saved results), `paired_success` (two methods on the same games).
 
 The games come from environment.py, what the policy sees at a step (`Turn`, `StepItem`) from training.py.
@@ -146,10 +147,53 @@ def play(game: EvalGame, act: Policy, max_steps: int = 30, timeout_s: float = 24
 
 
 def evaluate(games: list[EvalGame], act: Policy, cfg, count_tokens: Callable[[str], int] | None = None,
-             progress: bool = True) -> list[EpisodeResult]:
-    a = cfg.alfworld
-    return [play(g, act, a.max_steps, a.timeout_s, a.history, count_tokens)
-            for g in _progress(games, progress, "playing")]
+             progress: bool = True, played: dict[str, EpisodeResult] | None = None,
+             on_game: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+    """Play `games` in order; those in `played` (game id -> result: a resumed split) are not played again, and
+    `on_game` gets each game played here as soon as it ends."""
+    a, played = cfg.alfworld, played or {}
+    results = []
+    for g in _progress(games, progress, "playing"):
+        r = played.get(g.game_id)
+        if r is None:
+            r = play(g, act, a.max_steps, a.timeout_s, a.history, count_tokens)
+            if on_game is not None:
+                on_game(r)
+        results.append(r)
+    return results
+
+
+def _played_so_far(partial: Path, fp: dict) -> dict[str, EpisodeResult]:
+    """The games a stopped evaluation already played (`<result>.partial.jsonl`: its fingerprint, then a game per
+    line), if made with the same method, checkpoint and params (else refused, naming what differs); a last line cut
+    by the stop is dropped and that game is played again."""
+    from ..core import evaluate as evaluation
+
+    if not partial.is_file():
+        return {}
+    lines = partial.read_text().splitlines()
+    try:
+        head = json.loads(lines[0])
+    except (IndexError, json.JSONDecodeError):  # stopped while its first line was written: nothing played
+        return {}
+    diff = evaluation.differences(head["fingerprint"], fp)
+    if diff:
+        raise evaluation.ResultsError(f"{partial} holds games played with other settings ({'; '.join(diff[:5])}); "
+                                      f"delete it to play the split again")
+    evaluation.warn_code_version(partial, head)
+    done = {}
+    for i, line in enumerate(lines[1:], 2):
+        try:
+            r = EpisodeResult(**json.loads(line))
+        except (json.JSONDecodeError, TypeError) as e:
+            if i < len(lines):  # only the line being written when the run stopped may be cut
+                raise evaluation.ResultsError(f"{partial} line {i}: not a played game ({e})") from e
+            log.warning("%s line %d: cut by the stop, that game is played again", partial, i)
+            partial.write_text("".join(line + "\n" for line in lines[:-1]))  # the next game starts its own line
+            continue
+        done[r.game_id] = r
+    log.info("%s: %d games already played, resumed", partial, len(done))
+    return done
 
 
 def summarize(results: list[EpisodeResult]) -> dict:
@@ -189,7 +233,8 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     (evaluate.result_path: one file per method x setting x split x seed, evaluate.py's format), or reuse the result
     saved there by the same method, backbone and params. summary.accuracy is the success rate, with its bootstrap
     95% interval; summary.tok the mean #Tok per episode; steps, invalid actions, end reasons and the same per
-    task type (summary.task_type) are added."""
+    task type (summary.task_type) are added. Each game is appended to `<path stem>.partial.jsonl` as it ends, so a
+    stopped evaluation resumes at its next game (under the same fingerprint only; $ELASTICMEM_FRESH=1 starts over)."""
     import torch
 
     from ..core import evaluate as evaluation
@@ -198,7 +243,18 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     saved = evaluation.existing(path, cfg, meta)
     if saved is not None:
         return saved
-    results = evaluate(games, act, cfg, progress=progress)
+    # each game is saved as it ends, so a stopped evaluation resumes at the next game (a split is ~20 min here)
+    fp = json.loads(json.dumps(evaluation.fingerprint(cfg, meta), default=str))
+    partial = Path(path).with_name(Path(path).stem + ".partial.jsonl")
+    played = {} if evaluation.fresh() else _played_so_far(partial, fp)
+    if not played:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"fingerprint": fp, "code_version": code_version()}) + "\n")
+
+    def save_game(r: EpisodeResult) -> None:
+        with partial.open("a") as f:
+            f.write(json.dumps(asdict(r)) + "\n")
+    results = evaluate(games, act, cfg, progress=progress, played=played, on_game=save_game)
     peak = peak_memory_mb(device)  # on CPU the process's high-water mark, as evaluate.py
     records = [episode_record(r, peak) for r in results]
     n = max(1, len(results))
@@ -212,6 +268,7 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
               "memory_measure": "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss",
               "summary": summary, "records": records}
     write_json(path, result)
+    partial.unlink()
     return json.loads(Path(path).read_text())  # exactly what a later reuse returns
 
 

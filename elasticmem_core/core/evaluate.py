@@ -270,9 +270,10 @@ def _upgraded(saved: dict) -> dict:
     return {**saved, "params": upgrade(saved["params"])}
 
 
-def _differences(a, b, where: str = "") -> list[str]:
+def differences(a, b, where: str = "") -> list[str]:
+    """Where two fingerprints differ, as "section.key: a -> b" lines."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{where}.{k}".strip("."))]
+        return [d for k in sorted(set(a) | set(b)) for d in differences(a.get(k), b.get(k), f"{where}.{k}".strip("."))]
     return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
 
 
@@ -310,7 +311,7 @@ def existing(path: str | Path, cfg: Config, meta: dict, even_fresh: bool = False
     saved = json.loads(path.read_text())
     was = _upgraded(saved["fingerprint"])
     now = _without_new_defaults(json.loads(json.dumps(fingerprint(cfg, meta), default=str)), was)
-    diff = _differences(was, now)
+    diff = differences(was, now)
     if diff:
         raise ResultsError(f"{path} was made with other settings ({'; '.join(diff[:5])}); delete it to recompute, "
                            f"or use another run folder")
