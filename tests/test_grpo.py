@@ -446,3 +446,36 @@ def test_a_stopped_supervised_stage_continues_where_it_was_saved(bank, tmp_path,
         run(tmp_path / "c", 6)
     with pytest.raises(grpo.RunMismatchError, match="sft_lr"):   # a stage made with other settings is not continued
         run(tmp_path / "c", None, "grpo.sft_lr=5e-3")
+
+
+@pytest.mark.parametrize("tries", [0, 2])
+def test_dynamic_sampling_swaps_a_question_whose_rollouts_all_score_alike(bank, tmp_path, monkeypatch, tries):
+    """grpo.dynamic_sampling: a question whose G rollouts all score alike is swapped for another training question,
+    up to N times a step; the step's log counts the swaps. Off (0), each step rolls out its own question once."""
+    model = tiny_model(bank, f"grpo.dynamic_sampling={tries}", *NO_DROPOUT)
+    easy = {"q0", "q2"}   # every rollout of these scores 1: nothing to learn
+    real, seen = model.rollout, []
+
+    def rollout(q, group_size, reward_fn, gen):
+        grp = real(q, group_size, reward_fn, gen)
+        seen.append(q.qid)
+        grp.rewards = torch.ones(group_size) if q.qid in easy else torch.arange(group_size, dtype=torch.float32)
+        grp.advantages = rollouts.group_advantages(grp.rewards, model.cfg.grpo.adv_clip)
+        return grp
+    monkeypatch.setattr(model, "rollout", rollout)
+    trainer = grpo.Trainer(model, QUESTIONS, [], tmp_path)
+    for _ in range(6):
+        before = len(seen)
+        record = trainer.train_step()
+        step = seen[before:]
+        first = trainer._step_questions(trainer.step - 1)[0][0][1].qid
+        assert step[0] == first                                   # the step's own question comes first
+        if tries == 0:
+            assert len(step) == 1 and "swapped_questions" not in record
+            continue
+        # rolled out until a question with a signal, or 1 + N questions
+        mixed = [i for i, qid in enumerate(step) if qid not in easy]
+        assert len(step) == (mixed[0] + 1 if mixed else tries + 1) and mixed in ([], [len(step) - 1])
+        assert record["swapped_questions"] == len(step) - 1
+        assert record["zero_advantage_groups"] == (0 if mixed else 1)
+    assert (len(seen) > 6) == (tries > 0)                        # with tries, some step did swap (4 of 6 start easy)

@@ -217,6 +217,8 @@ class LoRAConfig:
 class GRPOConfig:
     group_size: int = _f(4, "rollouts per question G (QA 4, ALFWorld 8)")
     questions_per_step: int = _f(1, "questions per optimisation step (authors: 1)")
+    dynamic_sampling: int = _f(0, "a question whose G rollouts all score alike (zero advantage) is swapped for another "
+                                  "training question, up to this many times a step (DAPO's dynamic sampling); 0 = off")
     max_new_tokens: int = _f(5, "answer tokens sampled per rollout (QA 5, ALFWorld 16)")
     temperature: float = _f(1.0, "answer sampling temperature")
     clip_eps: float = _f(0.05, "PPO clip epsilon (authors' code 0.05, older docs 0.2)")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import shutil
 import time
 from pathlib import Path
@@ -397,12 +398,18 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.model.device)  # the step's own peak (the GPU sizing figure)
         t0 = time.perf_counter()
         mine, n_step = self._step_questions(self.step)
-        groups = []
+        groups, swapped = [], 0
         for j, q in mine:
-            # seeded by (seed, step, question index): rollouts do not depend on how questions are split
-            gen = sampling.generator_for(self.model.device,
-                                         self.cfg.runtime.seed * 1_000_003 + self.step * 10_007 + j)
-            groups.append(self.model.rollout(q, g.group_size, self.reward_fn, gen))
+            for t in range(g.dynamic_sampling + 1):
+                # seeded by (seed, step, question index, try): rollouts do not depend on how questions are split
+                seed = self.cfg.runtime.seed * 1_000_003 + self.step * 10_007 + j + t * 7_919
+                gen = sampling.generator_for(self.model.device, seed)
+                grp = self.model.rollout(q, g.group_size, self.reward_fn, gen)
+                if t == g.dynamic_sampling or not bool(grp.rewards.eq(grp.rewards[0]).all()):
+                    break
+                # every rollout scored alike: nothing to learn from this question now; another, drawn by the seed
+                q, swapped = self.train_q[random.Random(seed).randrange(len(self.train_q))], swapped + 1
+            groups.append(grp)
         # The surrogate's ratio compares the policy with itself: dropout stays off here too unless
         # grpo.train_mode_passes (measured on mini: clip fraction 0.73 with dropout on, zero advantages).
         norms, stats, aux_stats = [], [], {}
@@ -429,7 +436,7 @@ class Trainer:
                 norms.append(self._apply_gradients())
         self.scheduler.step()
         record = {"stage": "grpo", "phase": "policy_only" if g.policy_only else "joint", "step": self.step,
-                  **self._step_stats(groups),
+                  **self._step_stats(groups), **({"swapped_questions": swapped} if g.dynamic_sampling else {}),
                   "grad_norm": norms[-1], "skipped_total": self.skipped, "lr": self.scheduler.get_last_lr()[0],
                   "seconds": round(time.perf_counter() - t0, 3), "peak_mb": round(peak_memory_mb(self.model.device), 1),
                   "processes": self.world, "questions": n_step,
