@@ -6,7 +6,7 @@ Every optimizer here is plain SGD: AdamW divides by a running gradient scale, so
 gradient is zero (an attention key bias) becomes a full lr-sized step, and weights after AdamW differ between one and
 two processes by more than any sound tolerance. Under SGD a weight moves by lr x its gradient, so the comparison stays
 exact up to float order. `sabotage` = drop | double scales rank 1's gradient share before the sum, to show the test
-catches a lost or double-counted share."""
+catches a lost or double-counted share; `dynamic_sampling` sets grpo.dynamic_sampling."""
 import sys
 
 import torch
@@ -33,11 +33,11 @@ def _sgd(params, lr, weight_decay=0.0, **_):
 
 
 def main(bank_path, run_dir, target, questions_per_step="2", n_questions="2", steps="2", sft_steps="0",
-         sabotage="none"):
+         sabotage="none", dynamic_sampling="0"):
     acc = Accelerator(cpu=True)
     overrides = ("lora.dropout=0", "projector.dropout=0", "budget.dropout=0", f"grpo.max_steps={steps}",
                  f"grpo.questions_per_step={questions_per_step}", "grpo.eval_every=100", "grpo.lr=1e-3",
-                 "grpo.max_new_tokens=3", "grpo.sft_batch_size=1")
+                 "grpo.max_new_tokens=3", "grpo.sft_batch_size=1", f"grpo.dynamic_sampling={dynamic_sampling}")
     from elasticmem_core.core.backbone import load_backbone
     bank = bank_mod.load(bank_path, load_backbone("tiny-random"), tiny_cfg().bank)
     torch.manual_seed(0 + 1000 * acc.process_index)  # rank 1 starts elsewhere: the broadcast must fix it
@@ -51,11 +51,11 @@ def main(bank_path, run_dir, target, questions_per_step="2", n_questions="2", st
         n_params = sum(p.numel() for p in model.trainable_parameters())
         acc.reduce = lambda t, reduction="sum": reduce(t * scale if t.numel() == n_params else t, reduction=reduction)
     trainer.supervised(int(sft_steps), "text", "reader_warmup")
-    for _ in range(int(steps)):
-        trainer.train_step()
+    records = [trainer.train_step() for _ in range(int(steps))]
     if acc.is_main_process:
         params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save({"params": params, "grads": RecordingSGD.applied, "processes": acc.num_processes}, target)
+        torch.save({"params": params, "grads": RecordingSGD.applied, "processes": acc.num_processes,
+                    "swapped": [r.get("swapped_questions") for r in records]}, target)
     acc.wait_for_everyone()
 
 

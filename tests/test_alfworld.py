@@ -654,5 +654,5 @@ def test_a_stopped_evaluation_resumes_at_the_next_game(cfg, tmp_path, monkeypatc
     played.clear()
     monkeypatch.setattr(play, "play", lambda game, *a, **k: played.append(game.game_id) or real_play(game, *a, **k))
     result = play.evaluate_policy(act, games, path, meta, cfg2, progress=False)
-    assert played == [games[1].game_id] and not partial.exists()
+    assert played == [games[1].game_id] and not partial.exists() and result["resumed"]["games"] == 1
     assert [(r["qid"], r["steps"], r["tok"]) for r in result["records"]] == [(g.game_id, 2, 6) for g in games]

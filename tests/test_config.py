@@ -150,6 +150,9 @@ def test_int_is_accepted_for_float_and_bad_choice_is_rejected(tmp_path):
     p.write_text("budget:\n  b_max: 8\n")  # the uniform ablation's budget (10 by default) must be a level
     with pytest.raises(ConfigError, match=r"ok.yaml: budget.uniform_budget \(10\) is outside"):
         checks.load(p)
+    p.write_text("grpo:\n  dynamic_sampling: -1\n")
+    with pytest.raises(ConfigError, match=r"ok.yaml: .*grpo.dynamic_sampling.* must be >= 0"):
+        checks.load(p)
 
 
 def test_missing_and_malformed_files(tmp_path):

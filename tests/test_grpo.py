@@ -169,13 +169,13 @@ def test_resume_reaches_the_same_weights(bank, tmp_path):
         assert torch.equal(p, q), n
 
 
-def _torchrun(bank, tmp_path, n, args, sabotage="none"):
+def _torchrun(bank, tmp_path, n, args, sabotage="none", dynamic_sampling="0"):
     """Run the worker under torchrun with n CPU processes; returns its saved params and applied gradients."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(resolve("tests"))}
     target = tmp_path / f"p{n}-{sabotage}.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
            str(29610 + n), str(resolve("tests/grpo_mp_worker.py")), str(bank.path),
-           str(tmp_path / f"run{n}-{sabotage}"), str(target), *args, sabotage]
+           str(tmp_path / f"run{n}-{sabotage}"), str(target), *args, sabotage, dynamic_sampling]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = torch.load(target)
@@ -197,19 +197,22 @@ def _same_training(one, two) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("questions_per_step,n_questions,steps,sft_steps", [
-    ("2", "2", "2", "0"),   # each process one question per step
-    ("1", "2", "2", "1"),   # the authors' one question per step: process 1 gets none (and stage 0 at batch 1)
-    ("2", "3", "2", "0"),   # a ragged last step: 2 questions, then 1
+@pytest.mark.parametrize("questions_per_step,n_questions,steps,sft_steps,dynamic_sampling", [
+    ("2", "2", "2", "0", "0"),   # each process one question per step
+    ("1", "2", "2", "1", "0"),   # the authors' one question per step: process 1 gets none (and stage 0 at batch 1)
+    ("2", "3", "2", "0", "0"),   # a ragged last step: 2 questions, then 1
+    ("2", "3", "2", "0", "2"),   # questions whose rollouts all score alike swapped (grpo.dynamic_sampling)
 ])
-def test_two_processes_equal_one(bank, tmp_path, questions_per_step, n_questions, steps, sft_steps):
+def test_two_processes_equal_one(bank, tmp_path, questions_per_step, n_questions, steps, sft_steps, dynamic_sampling):
     """torchrun with two CPU processes splits each step's questions; each step's summed gradient and the weights
     match one process, even when a process gets no question and when the processes' initial weights differ
-    (broadcast from rank 0)."""
+    (broadcast from rank 0); with dynamic sampling the swaps and their count in the log match too."""
     args = [questions_per_step, n_questions, steps, sft_steps]
-    one, two = _torchrun(bank, tmp_path, 1, args), _torchrun(bank, tmp_path, 2, args)
+    one, two = (_torchrun(bank, tmp_path, n, args, dynamic_sampling=dynamic_sampling) for n in (1, 2))
     assert len(one["grads"]) >= int(steps) + int(sft_steps)   # every step applied (GRPO may take inner passes)
     assert _same_training(one, two) is None, _same_training(one, two)
+    if dynamic_sampling != "0":
+        assert one["swapped"] == two["swapped"] and sum(one["swapped"]) > 0, (one["swapped"], two["swapped"])
 
 
 def test_two_processes_check_catches_a_lost_or_doubled_share(bank, tmp_path):

@@ -150,8 +150,9 @@ def test_write_folder_swaps_in_whole_folders_and_a_crash_keeps_the_previous_one(
 
     final = tmp_path / "last"
     write_folder(final, write("one"))
-    (tmp_path / "last.tmp").mkdir()  # a crashed earlier write leaves its folder: cleared, not mixed in
-    (tmp_path / "last.tmp" / "stale.txt").write_text("x")
+    for stale in ("last.tmp", "last.old"):  # a crashed earlier write leaves its folders: cleared, not mixed in
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "stale.txt").write_text("x")
     write_folder(final, write("two"))
     assert (final / "state.txt").read_text() == "two" and not (final / "stale.txt").exists()
 

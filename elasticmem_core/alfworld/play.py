@@ -163,25 +163,27 @@ def evaluate(games: list[EvalGame], act: Policy, cfg, count_tokens: Callable[[st
     return results
 
 
-def _played_so_far(partial: Path, fp: dict) -> dict[str, EpisodeResult]:
-    """The games a stopped evaluation already played (`<result>.partial.jsonl`: its fingerprint, then a game per
-    line), if made with the same method, checkpoint and params (else refused, naming what differs); a last line cut
-    by the stop is dropped and that game is played again."""
+def _played_so_far(partial: Path, cfg, meta: dict) -> tuple[dict[str, EpisodeResult], dict | None]:
+    """The games a stopped evaluation already played (`<result>.partial.jsonl`: its fingerprint and code version,
+    then a game per line) and that header, if made with the same method, checkpoint and params (else refused, naming
+    what differs; a partial without games is simply started over). A last line cut by the stop is dropped (that game
+    is played again) and the file rewritten whole, so the next game starts its own line."""
     from ..core import evaluate as evaluation
+    from ..core.experiment import write_text
 
-    if not partial.is_file():
-        return {}
-    lines = partial.read_text().splitlines()
+    lines = partial.read_text().splitlines() if partial.is_file() else []
     try:
         head = json.loads(lines[0])
-    except (IndexError, json.JSONDecodeError):  # stopped while its first line was written: nothing played
-        return {}
-    diff = evaluation.differences(head["fingerprint"], fp)
-    if diff:
+    except (IndexError, json.JSONDecodeError):  # nothing saved, or stopped while its first line was written
+        return {}, None
+    diff = evaluation.fingerprint_differences(head["fingerprint"], cfg, meta)
+    if diff and len(lines) > 1:
         raise evaluation.ResultsError(f"{partial} holds games played with other settings ({'; '.join(diff[:5])}); "
                                       f"delete it to play the split again")
+    if diff:
+        return {}, None
     evaluation.warn_code_version(partial, head)
-    done = {}
+    done, keep = {}, lines[:1]
     for i, line in enumerate(lines[1:], 2):
         try:
             r = EpisodeResult(**json.loads(line))
@@ -189,11 +191,12 @@ def _played_so_far(partial: Path, fp: dict) -> dict[str, EpisodeResult]:
             if i < len(lines):  # only the line being written when the run stopped may be cut
                 raise evaluation.ResultsError(f"{partial} line {i}: not a played game ({e})") from e
             log.warning("%s line %d: cut by the stop, that game is played again", partial, i)
-            partial.write_text("".join(line + "\n" for line in lines[:-1]))  # the next game starts its own line
             continue
         done[r.game_id] = r
+        keep.append(line)
+    write_text(partial, "".join(line + "\n" for line in keep))
     log.info("%s: %d games already played, resumed", partial, len(done))
-    return done
+    return done, head
 
 
 def summarize(results: list[EpisodeResult]) -> dict:
@@ -238,18 +241,17 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     import torch
 
     from ..core import evaluate as evaluation
-    from ..core.experiment import code_version, environment, write_json
+    from ..core.experiment import code_version, environment, write_json, write_text
 
     saved = evaluation.existing(path, cfg, meta)
     if saved is not None:
         return saved
     # each game is saved as it ends, so a stopped evaluation resumes at the next game (a split is ~20 min here)
-    fp = json.loads(json.dumps(evaluation.fingerprint(cfg, meta), default=str))
     partial = Path(path).with_name(Path(path).stem + ".partial.jsonl")
-    played = {} if evaluation.fresh() else _played_so_far(partial, fp)
-    if not played:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"fingerprint": fp, "code_version": code_version()}) + "\n")
+    played, head = ({}, None) if evaluation.fresh() else _played_so_far(partial, cfg, meta)
+    if head is None:
+        fp = json.loads(json.dumps(evaluation.fingerprint(cfg, meta), default=str))
+        write_text(partial, json.dumps({"fingerprint": fp, "code_version": code_version()}) + "\n")
 
     def save_game(r: EpisodeResult) -> None:
         with partial.open("a") as f:
@@ -267,6 +269,8 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
               "code_version": code_version(), "environment": environment(),
               "memory_measure": "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss",
               "summary": summary, "records": records}
+    if played:  # games of the stopped run: how many, and which code played them (peak memory is this run's only)
+        result["resumed"] = {"games": len(played), "code_version": head.get("code_version")}
     write_json(path, result)
     partial.unlink()
     return json.loads(Path(path).read_text())  # exactly what a later reuse returns

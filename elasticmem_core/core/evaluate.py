@@ -270,10 +270,9 @@ def _upgraded(saved: dict) -> dict:
     return {**saved, "params": upgrade(saved["params"])}
 
 
-def differences(a, b, where: str = "") -> list[str]:
-    """Where two fingerprints differ, as "section.key: a -> b" lines."""
+def _differences(a, b, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in differences(a.get(k), b.get(k), f"{where}.{k}".strip("."))]
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{where}.{k}".strip("."))]
     return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
 
 
@@ -301,6 +300,13 @@ def warn_code_version(path: str | Path, saved: dict) -> None:
     print(f"WARNING: {msg}", file=sys.stderr, flush=True)
 
 
+def fingerprint_differences(saved: dict, cfg: Config, meta: dict) -> list[str]:
+    """Where a saved fingerprint differs from this run's ("section.key: saved -> now"), params renamed since read in
+    their new places and params added since ignored where they are at their defaults."""
+    was = _upgraded(saved)
+    return _differences(was, _without_new_defaults(json.loads(json.dumps(fingerprint(cfg, meta), default=str)), was))
+
+
 def existing(path: str | Path, cfg: Config, meta: dict, even_fresh: bool = False) -> dict | None:
     """The saved result at `path` if it was made by the same method, backbone and params; None if there is none,
     or under $ELASTICMEM_FRESH=1 (recompute) unless `even_fresh` (a training folder's record: training resumes).
@@ -309,9 +315,7 @@ def existing(path: str | Path, cfg: Config, meta: dict, even_fresh: bool = False
     if not path.is_file() or (fresh() and not even_fresh):
         return None
     saved = json.loads(path.read_text())
-    was = _upgraded(saved["fingerprint"])
-    now = _without_new_defaults(json.loads(json.dumps(fingerprint(cfg, meta), default=str)), was)
-    diff = differences(was, now)
+    diff = fingerprint_differences(saved["fingerprint"], cfg, meta)
     if diff:
         raise ResultsError(f"{path} was made with other settings ({'; '.join(diff[:5])}); delete it to recompute, "
                            f"or use another run folder")

@@ -172,23 +172,28 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON atomically (temporary name, then rename): a crash never leaves a half-written file."""
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a file atomically (temporary name, then rename): a crash never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
 
 
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
 def write_folder(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Write a checkpoint folder aside (`write(<path>.tmp)`), then swap it in: a crash leaves the previous folder
-    (or, between the two renames, `<path>.old`), never a half-written one."""
+    """Write a checkpoint folder aside (`write(<path>.tmp)`), then swap it in: a crash leaves the previous folder,
+    never a half-written one (only between the two renames is the previous one under `<path>.old` alone)."""
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    if tmp.exists():  # left by a crash in an earlier write
-        shutil.rmtree(tmp)
+    for stale in (tmp, old if path.exists() else None):  # left by a crash in an earlier write
+        if stale is not None and stale.exists():
+            shutil.rmtree(stale)
     write(tmp)
     if path.exists():
         path.rename(old)
@@ -199,12 +204,7 @@ def write_folder(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 
 def write_yaml(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
 class Timer:

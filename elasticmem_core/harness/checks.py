@@ -110,9 +110,10 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
                           f" {cfg.grpo.reader_eval_every})")
     if not set(cfg.alfworld.agents) <= {"none", "text"}:
         raise ConfigError(f"{source}: alfworld.agents = {cfg.alfworld.agents}: comparison agents are none and/or text")
-    if min(cfg.grpo.sft_eval_every, cfg.grpo.sft_patience, cfg.alfworld.bc_epochs, cfg.alfworld.bc_patience) < 0:
-        raise ConfigError(f"{source}: grpo.sft_eval_every, grpo.sft_patience, alfworld.bc_epochs and "
-                          f"alfworld.bc_patience must be >= 0")
+    if min(cfg.grpo.sft_eval_every, cfg.grpo.sft_patience, cfg.alfworld.bc_epochs, cfg.alfworld.bc_patience,
+           cfg.grpo.dynamic_sampling) < 0:
+        raise ConfigError(f"{source}: grpo.sft_eval_every, grpo.sft_patience, grpo.dynamic_sampling, "
+                          f"alfworld.bc_epochs and alfworld.bc_patience must be >= 0")
     if not 0 <= cfg.grpo.min_lr_ratio <= 1:
         raise ConfigError(f"{source}: grpo.min_lr_ratio must be in [0, 1], got {cfg.grpo.min_lr_ratio}")
     if cfg.budget.policy == "rank_profile" and not cfg.budget.rank_budgets:

@@ -400,16 +400,24 @@ class Trainer:
         mine, n_step = self._step_questions(self.step)
         groups, swapped = [], 0
         for j, q in mine:
+            tried = {j}
             for t in range(g.dynamic_sampling + 1):
-                # seeded by (seed, step, question index, try): rollouts do not depend on how questions are split
-                seed = self.cfg.runtime.seed * 1_000_003 + self.step * 10_007 + j + t * 7_919
+                # seeded by (seed, step, question index, swap): rollouts do not depend on how questions are split
+                seed = self.cfg.runtime.seed * 1_000_003 + self.step * 10_007 + j
+                if t:  # a swap's own stream, apart from every other step's and item's
+                    seed = int(np.random.SeedSequence([self.cfg.runtime.seed, self.step, j, t]).generate_state(1)[0])
                 gen = sampling.generator_for(self.model.device, seed)
                 grp = self.model.rollout(q, g.group_size, self.reward_fn, gen)
-                if t == g.dynamic_sampling or not bool(grp.rewards.eq(grp.rewards[0]).all()):
+                alike = bool(grp.rewards.eq(grp.rewards[0]).all())
+                if t == g.dynamic_sampling or not alike or len(tried) == len(self.train_q):
                     break
-                # every rollout scored alike: nothing to learn from this question now; another, drawn by the seed
-                q, swapped = self.train_q[random.Random(seed).randrange(len(self.train_q))], swapped + 1
+                # every rollout scored alike: nothing to learn from this question now; one not tried yet instead
+                pick = random.Random(seed).choice([i for i in range(len(self.train_q)) if i not in tried])
+                tried.add(pick)
+                q, swapped = self.train_q[pick], swapped + 1
             groups.append(grp)
+        if g.dynamic_sampling:  # over all processes, as the step's other statistics
+            swapped = int(self._reduce_sum(torch.tensor(float(swapped), device=self.model.device)).item())
         # The surrogate's ratio compares the policy with itself: dropout stays off here too unless
         # grpo.train_mode_passes (measured on mini: clip fraction 0.73 with dropout on, zero advantages).
         norms, stats, aux_stats = [], [], {}
@@ -430,7 +438,7 @@ class Trainer:
                         stats.append(st)
                 aux = self.cfg.retrieval.aux_weight > 0 and not g.policy_only
                 if aux and mine:  # the auxiliary retrieval loss of the step's questions, on the same 1 / n_step scale
-                    loss, st = retrieval_loss.aux_loss(self.model, [q for _, q in mine])
+                    loss, st = retrieval_loss.aux_loss(self.model, [grp.questions[0] for grp in groups])
                     (self.cfg.retrieval.aux_weight * loss * len(mine) / n_step).backward()
                     aux_stats = st
                 norms.append(self._apply_gradients())
