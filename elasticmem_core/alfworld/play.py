@@ -250,8 +250,8 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     partial = Path(path).with_name(Path(path).stem + ".partial.jsonl")
     played, head = ({}, None) if evaluation.fresh() else _played_so_far(partial, cfg, meta)
     if head is None:
-        fp = json.loads(json.dumps(evaluation.fingerprint(cfg, meta), default=str))
-        write_text(partial, json.dumps({"fingerprint": fp, "code_version": code_version()}) + "\n")
+        head = {"fingerprint": evaluation.fingerprint(cfg, meta), "code_version": code_version()}
+        write_text(partial, json.dumps(head, default=str) + "\n")
 
     def save_game(r: EpisodeResult) -> None:
         with partial.open("a") as f:

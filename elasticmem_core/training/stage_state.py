@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.experiment import write_folder
+from ..core.experiment import write_folder, write_text
 
 STATE = "stage_state.pt"
 
@@ -86,6 +86,4 @@ def keep_log_until(log_path: Path, stage: str, check: str, step: int) -> None:
     keep = [line for line in log_path.read_text().splitlines()
             if not ((r := json.loads(line))["stage"] == stage and r["step"] >= step
                     or r["stage"] == check and r["step"] > step)]
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(log_path)
+    write_text(log_path, "".join(line + "\n" for line in keep))
