@@ -275,3 +275,29 @@ def test_c8_without_the_text_agent_is_judged_against_no_memory_and_cannot_hold(t
     assert c8["b"] == "no_memory" and 0 < c8["ci"][0] < c8["difference"] < c8["ci"][1]   # games are the units
     assert c8["verdict"] == "not shown"
     assert any("not played: text_memory" in n for n in c8["notes"])
+
+
+def test_c8_says_when_the_compared_agents_ran_in_other_dtypes_or_commits(tmp_path):
+    """The cards-as-text agent of the ALFWorld reference ran in float32 on another CPU and commit than the other two
+    (bf16): the row says so, whichever comparator binds; results of one dtype and commit add no such note."""
+    run, ref = tmp_path / "run", tmp_path / "reference" / "alfworld-2026-12-06-abc"
+    _result(run, "elasticmem", 42, lambda i: True)
+    made = {"elasticmem": ("bfloat16", "c1"), "no_memory": ("bfloat16", "c1"), "text_memory": ("float32", "c2")}
+
+    def write(methods):
+        for method, (dtype, commit) in methods.items():
+            for split in ("valid_seen", "valid_unseen"):
+                records = [{"qid": f"g{i}", "memory_id": "skill-bank", "correct": i < 5, "success": i < 5,
+                            "tok": 300} for i in range(20)]
+                write_json(result_path(ref, method, "alfworld-offline", split, 42),
+                           {"method": method, "setting": "alfworld-offline", "split": split, "seed": 42,
+                            "backbone": "tiny", "code_version": {"commit": commit, "dirty": False},
+                            "fingerprint": {"params": {"runtime": {"dtype": dtype}}}, "records": records})
+
+    write({m: made[m] for m in ("elasticmem", "no_memory")})
+    notes = _by_id(claims.build(run, tmp_path / "reference"))["C8"]["notes"]
+    assert not any("dtypes" in n or "different commits" in n for n in notes)
+    write(made)
+    notes = _by_id(claims.build(run, tmp_path / "reference"))["C8"]["notes"]
+    assert any("different dtypes" in n and "text_memory float32" in n and "no_memory bfloat16" in n for n in notes)
+    assert any("different commits (c1, c2)" in n for n in notes)

@@ -91,11 +91,17 @@ def _paired_rows(results: list[dict], a: str, b: str, setting: str, split: str) 
     d = stats.paired_difference(xa, xb, clusters)
     files = [by[m, s]["file"] for s in seeds for m in (a, b)]
     commits = sorted({str((by[m, s].get("code_version") or {}).get("commit")) for s in seeds for m in (a, b)})
+    dtypes = {m: sorted({str(_compute_dtype(by[m, s])) for s in seeds}) for m in (a, b)}
     return {"a": a, "b": b, "tokens": {"a": sum(ta) / len(ta), "b": sum(tb) / len(tb)},
             "accuracy": {"a": sum(map(sum, xa)) / (len(xa) * len(qids)), "b": sum(map(sum, xb)) / (len(xb) * len(qids))},
             "n": len(qids), "memories": d["clusters"], "seeds": [int(s) for s in seeds],
             "difference": d["difference"], "ci": d["ci"], "per_seed": d["per_seed"], "files": files,
-            "commits": commits}
+            "commits": commits, "dtypes": dtypes}
+
+
+def _compute_dtype(result: dict) -> str | None:
+    """The dtype a results file was computed in (its fingerprint resolves runtime.dtype: auto per machine)."""
+    return (((result.get("fingerprint") or {}).get("params") or {}).get("runtime") or {}).get("dtype")
 
 
 def _newest_reference(prefix: str, reference_dir: Path) -> Path | None:
@@ -112,6 +118,9 @@ def _accuracy_row(c: Claim, results: list[dict], setting: str, split: str) -> di
     else:
         return None
     row = min(rows, key=lambda r: r["difference"])
+    # what every comparator's files were made by, not only the binding one's
+    row["commits"] = sorted({c for r in rows for c in r["commits"]})
+    row["dtypes"] = {m: d for r in rows for m, d in r["dtypes"].items()}
     if len(rows) > 1:
         row["others"] = [{k: r[k] for k in ("b", "difference", "ci")} for r in rows if r is not row]
     return row
@@ -316,9 +325,16 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
                          "file": None, "notes": notes})
             continue
         notes += row.pop("notes", [])
-        commits = [x for x in row.pop("commits", []) if x not in ("None", run_commit)]
+        made_by = [x for x in row.pop("commits", []) if x != "None"]
+        commits = [x for x in made_by if x != run_commit]
         if source == "main" and run_commit and commits:
             notes.append(f"results made by other code than the run's ({', '.join(commits)} vs {run_commit})")
+        elif source != "main" and len(made_by) > 1:
+            notes.append(f"the compared results were made by different commits ({', '.join(x[:7] for x in made_by)})")
+        dtypes = row.pop("dtypes", {})
+        if len({d for ds in dtypes.values() for d in ds if d != "None"}) > 1:
+            notes.append("the compared results were computed in different dtypes ("
+                         + ", ".join(f"{m} {'/'.join(d)}" for m, d in dtypes.items()) + "): not a same-dtype comparison")
         if c.kind == "frontier" and row.pop("comparator", None) != "vs_hull":
             notes.append("the comparator is the fixed-rule envelope as frontier.py drew it when the file was made; a "
                          "step envelope leaves gaps that a random mix of two rules at equal tokens fills, so a "
