@@ -220,7 +220,7 @@ def test_c7_is_judged_at_the_alignments_b_not_at_the_best_b_on_test(tmp_path):
         return {"a": a, "b": "text, last b tokens", "tokens_per_chunk": b, "n": 248, "difference": diff,
                 "ci": [diff - 0.05, diff + 0.05], "p": p_holm / 2, "p_holm": p_holm}
     write_json(ref / "compression-2026-01-01-aaa" / "metrics" / "compression.json",
-               {"n": 248, "meta": {"align": {"curve_b": 8}},
+               {"n": 248, "meta": {"align": {"curve_b": 8}, "align_seeds": [42, 43]},
                 "paired": [pair("cache: layer 15, aligned", 4, 0.2, 0.01),   # the best b on test, not the bar's
                            pair("cache: layer 15, aligned", 8, 0.01, 0.9),
                            pair("cache: layer 15, aligned with LoRA", 8, 0.03, 0.8),
@@ -230,6 +230,7 @@ def test_c7_is_judged_at_the_alignments_b_not_at_the_best_b_on_test(tmp_path):
                     {"step": 80, "b": 8, "val_reconstruction": 4.25, "val_self_distill": 0.5, "val_accuracy": 0.3}]}]})
     c7 = _by_id(claims.build(run, ref))["C7"]
     assert (c7["a"], c7["tokens"]["a"], c7["difference"]) == ("cache: layer 15, aligned with LoRA", 8, 0.03)
+    assert c7["seeds"] == [42, 43]                                         # the alignment seeds the table pooled
     notes = " | ".join(c7["notes"])
     assert "judged at b = 8" in notes and "Holm-adjusted p over the table's rows 0.800" in notes
     assert "cache: layer 15, aligned at b = 8: +0.010" in notes and c7["verdict"] != "holds"

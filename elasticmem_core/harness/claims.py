@@ -247,7 +247,9 @@ def _study_row(c: Claim, folder: Path) -> dict | None:
                              + f" (steps {first['step']} -> {last['step']})")
         return {"a": best["a"], "b": best["b"], "tokens": {"a": best.get("tokens_per_chunk"),
                                                            "b": best.get("tokens_per_chunk")},
-                "n": best.get("n"), "seeds": [], "difference": best["difference"], "ci": best["ci"],
+                # its seeds are the alignment's (one stage-0 reader): the per-seed differences follow them
+                "n": best.get("n"), "seeds": list(body.get("meta", {}).get("align_seeds") or []),
+                "difference": best["difference"], "ci": best["ci"],
                 "per_seed": best.get("seeds", []), "files": [str(f)], "notes": notes}
     return None
 
