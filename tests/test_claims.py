@@ -276,6 +276,7 @@ def test_c8_without_the_text_agent_is_judged_against_no_memory_and_cannot_hold(t
     assert c8["b"] == "no_memory" and 0 < c8["ci"][0] < c8["difference"] < c8["ci"][1]   # games are the units
     assert c8["verdict"] == "not shown"
     assert any("not played: text_memory" in n for n in c8["notes"])
+    assert any("n = 40 evaluation games" in n for n in c8["notes"])      # games, not questions
 
 
 def test_c8_says_when_the_compared_agents_ran_in_other_dtypes_or_commits(tmp_path):

@@ -353,7 +353,8 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
             notes.append(f"the best of {k} learned points: its interval is above 0 but its Holm-adjusted p over the "
                          f"{k} points is {p_holm if p_holm is not None else 'missing'} (>= 0.05)")
         if row.get("n", 0) and row["n"] < 240:
-            notes.append(f"n = {row['n']} test questions (< 240: an interval of about +-0.1 on one accuracy)")
+            unit = "evaluation games" if c.kind == "alfworld" else "test questions"
+            notes.append(f"n = {row['n']} {unit} (< 240: an interval of about +-0.1 on one accuracy)")
         rows.append({"id": c.id, "claim": c.claim, "a": row["a"], "b": row["b"], "tokens": row["tokens"],
                      "setting": setting if c.kind != "alfworld" else "alfworld", "split": split, "n": row.get("n"),
                      "seeds": row.get("seeds", []), "difference": row["difference"], "ci": row["ci"],
