@@ -336,7 +336,7 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
         dtypes = row.pop("dtypes", {})
         if len({d for ds in dtypes.values() for d in ds if d != "None"}) > 1:
             notes.append("the compared results were computed in different dtypes ("
-                         + ", ".join(f"{m} {'/'.join(d)}" for m, d in dtypes.items()) + "): not a same-dtype comparison")
+                         + ", ".join(f"{m} {'/'.join(d)}" for m, d in dtypes.items()) + ")")
         if c.kind == "frontier" and row.pop("comparator", None) != "vs_hull":
             notes.append("the comparator is the fixed-rule envelope as frontier.py drew it when the file was made; a "
                          "step envelope leaves gaps that a random mix of two rules at equal tokens fills, so a "
