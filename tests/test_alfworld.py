@@ -316,8 +316,9 @@ def test_generate_with_a_prefix_matches_the_whole_prompt_and_keeps_the_prefix(mo
 
 
 def test_ranking_scores_each_command_as_teacher_forcing_the_whole_prompt_would(model, ds):
-    """continuation_logprobs (one prompt pass, its KV cache repeated for the candidates) gives each admissible
-    command's log-likelihood as a teacher-forced pass over prompt + command does, with and without the prefix cache."""
+    """continuation_logprobs (one prompt pass, then every candidate in one packed row under a block mask) gives each
+    admissible command's log-likelihood as a teacher-forced pass over prompt + command does, with and without the
+    prefix cache, for candidates of several lengths (a token that saw another candidate's tokens would differ)."""
     from elasticmem_core.method.rollout import token_logprobs
 
     item = next(i for i in training.step_items(ds, "train") if len(i.turn.admissible) > 3)
@@ -335,7 +336,14 @@ def test_ranking_scores_each_command_as_teacher_forcing_the_whole_prompt_would(m
         cached = model.continuation_logprobs(batch, answers, prefix=prefix)
         assert prefix.get_seq_length() == batch.spans[0]["tail"][0]       # the prefix is copied, never extended
         action, n = training.ranked_action(model, batch, commands)
-    assert plain == pytest.approx(reference, abs=1e-3) and cached == pytest.approx(reference, abs=1e-3)
+        config, impl = model.reasoner.config, model.reasoner.config._attn_implementation
+        try:   # eager attention adds the block mask (0 or most negative) where sdpa takes it as booleans
+            config._attn_implementation = "eager"
+            eager = model.continuation_logprobs(batch, answers)
+        finally:
+            config._attn_implementation = impl
+    assert impl == "sdpa" and plain == pytest.approx(reference, abs=1e-3) and cached == pytest.approx(reference, abs=1e-3)
+    assert eager == pytest.approx(reference, abs=1e-3)
     best = max(range(len(commands)), key=reference.__getitem__)
     assert (action, n) == (commands[best], len(answers[best]))
     with pytest.raises(ValueError, match="ONE prompt"):

@@ -295,9 +295,11 @@ class ElasticMem(nn.Module):
     @torch.no_grad()
     def continuation_logprobs(self, batch: Batch, candidates: list[list[int]], prefix=None) -> list[float]:
         """log p(candidate | prompt), summed over the candidate's tokens, for each candidate continuation of
-        `batch`'s one prompt: the prompt runs once (after `prefix`, as in `generate`), its KV cache is repeated
-        for the candidates, and all of them are teacher-forced in one pass (ALFWorld's ranking of the admissible
-        commands, each candidate ending in EOS so that a command is not rewarded for being a prefix of another)."""
+        `batch`'s one prompt: the prompt runs once (after `prefix`, as in `generate`), then every candidate is
+        teacher-forced in ONE packed row after it, each token seeing the prompt and its own candidate's earlier
+        tokens only (a block mask), so the prompt's KV cache is read once rather than copied per candidate (ALFWorld's
+        ranking of the admissible commands, each candidate ending in EOS so that a command is not rewarded for being
+        a prefix of another)."""
         if batch.attention_mask.shape[0] != 1 or not candidates or not all(candidates):
             raise ValueError(f"continuation_logprobs scores continuations of ONE prompt: got {batch.attention_mask.shape[0]}"
                              f" prompts and {len(candidates)} candidates (every candidate needs a token)")
@@ -306,22 +308,25 @@ class ElasticMem(nn.Module):
         out = self.reasoner(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=mask,
                             position_ids=pos[:, start:], cache=None if prefix is None else copy.deepcopy(prefix),
                             use_cache=True, logits_to_keep=1)
-        k, longest = len(candidates), max(map(len, candidates))
-        ids = torch.full((k, longest), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-        real = torch.zeros(k, longest, device=self.device)
-        for i, c in enumerate(candidates):   # right-padded: a real token never sees a pad
-            ids[i, :len(c)] = torch.tensor(c, device=self.device)
-            real[i, :len(c)] = 1
-        scores = torch.log_softmax(out.logits[0, -1].float(), -1)[ids[:, 0]]
-        if longest > 1:
-            cache = out.cache
-            cache.batch_repeat_interleave(k)
-            steps = torch.arange(1, longest, device=self.device)[None]
-            rest = self.reasoner(inputs_embeds=self.reasoner.get_input_embeddings()(ids[:, :-1]),
-                                 attention_mask=torch.cat([mask.expand(k, -1), real[:, :-1].to(mask.dtype)], 1),
-                                 position_ids=(pos[:, -1:] + steps).expand(k, -1), cache=cache, use_cache=True)
-            logp = torch.log_softmax(rest.logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
-            scores = scores + (logp * real[:, 1:]).sum(1)
+        first = torch.tensor([c[0] for c in candidates], device=self.device)
+        scores = torch.log_softmax(out.logits[0, -1].float(), -1)[first]
+        fed = [(i, j) for i, c in enumerate(candidates) for j in range(1, len(c))]   # (candidate, position) per column
+        if fed:
+            which = torch.tensor([i for i, _ in fed], device=self.device)
+            at = torch.tensor([j for _, j in fed], device=self.device)
+            inputs = torch.tensor([candidates[i][j - 1] for i, j in fed], device=self.device)
+            targets = torch.tensor([candidates[i][j] for i, j in fed], device=self.device)
+            own = (which[:, None] == which[None, :]) & (at[None, :] <= at[:, None])   # same candidate, not later
+            allowed = torch.cat([mask.bool().expand(len(fed), -1), own], 1)[None, None]   # [1, 1, T, prompt + T]
+            if self.reasoner.config._attn_implementation != "sdpa":   # eager attention adds its mask: 0 or -inf
+                dtype = self.reasoner.get_input_embeddings().weight.dtype
+                allowed = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(
+                    ~allowed, torch.finfo(dtype).min)
+            rest = self.reasoner(inputs_embeds=self.reasoner.get_input_embeddings()(inputs)[None],
+                                 attention_mask=allowed, position_ids=pos[:, -1:] + at[None], cache=out.cache,
+                                 use_cache=True)
+            logp = torch.log_softmax(rest.logits[0].float(), -1).gather(-1, targets[:, None])[:, 0]
+            scores = scores.index_add(0, which, logp)
         return scores.tolist()
 
     @torch.no_grad()
