@@ -340,6 +340,9 @@ def test_ranking_scores_each_command_as_teacher_forcing_the_whole_prompt_would(m
         try:   # eager attention adds the block mask (0 or most negative) where sdpa takes it as booleans
             config._attn_implementation = "eager"
             eager = model.continuation_logprobs(batch, answers)
+            config._attn_implementation = "flash_attention_2"   # takes no custom mask: refused, never unmasked
+            with pytest.raises(ValueError, match="block mask.*flash_attention_2"):
+                model.continuation_logprobs(batch, answers)
         finally:
             config._attn_implementation = impl
     assert impl == "sdpa" and plain == pytest.approx(reference, abs=1e-3) and cached == pytest.approx(reference, abs=1e-3)

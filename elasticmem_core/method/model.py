@@ -303,6 +303,10 @@ class ElasticMem(nn.Module):
         if batch.attention_mask.shape[0] != 1 or not candidates or not all(candidates):
             raise ValueError(f"continuation_logprobs scores continuations of ONE prompt: got {batch.attention_mask.shape[0]}"
                              f" prompts and {len(candidates)} candidates (every candidate needs a token)")
+        impl = self.reasoner.config._attn_implementation
+        if impl not in ("sdpa", "eager"):   # flash attention takes no custom mask: the block mask would be lost
+            raise ValueError(f"continuation_logprobs packs the candidates under a block mask, which attention "
+                             f"{impl!r} cannot take: load the backbone with sdpa or eager attention")
         mask, pos = batch.attention_mask, batch.position_ids
         start = 0 if prefix is None else prefix.get_seq_length()
         out = self.reasoner(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=mask,
@@ -318,7 +322,7 @@ class ElasticMem(nn.Module):
             targets = torch.tensor([candidates[i][j] for i, j in fed], device=self.device)
             own = (which[:, None] == which[None, :]) & (at[None, :] <= at[:, None])   # same candidate, not later
             allowed = torch.cat([mask.bool().expand(len(fed), -1), own], 1)[None, None]   # [1, 1, T, prompt + T]
-            if self.reasoner.config._attn_implementation != "sdpa":   # eager attention adds its mask: 0 or -inf
+            if impl == "eager":   # eager attention adds its mask: 0 or the most negative number
                 dtype = self.reasoner.get_input_embeddings().weight.dtype
                 allowed = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(
                     ~allowed, torch.finfo(dtype).min)
