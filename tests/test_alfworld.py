@@ -667,3 +667,34 @@ def test_a_stopped_evaluation_resumes_at_the_next_game(cfg, tmp_path, monkeypatc
     result = play.evaluate_policy(act, games, path, meta, cfg2, progress=False)
     assert played == [games[1].game_id] and not partial.exists() and result["resumed"]["games"] == 1
     assert [(r["qid"], r["steps"], r["tok"]) for r in result["records"]] == [(g.game_id, 2, 6) for g in games]
+
+
+def test_the_same_weights_take_over_a_played_splits_games_instead_of_playing_them_again(cfg, tmp_path, monkeypatch):
+    """ElasticMem after GRPO with the imitation weights (the same checkpoint_id) gets the imitation agent's games,
+    marked as taken over; other weights, params or games are refused."""
+    games = [environment.eval_games(cfg, "valid_seen")[0]]
+    cfg2 = tiny_cfg("alfworld.max_steps=2")
+    meta = {"method": "elasticmem_imitation", "kind": "alfworld", "setting": "alfworld-offline", "split": "valid_seen",
+            "seed": 42, "backbone": "test", "checkpoint": "sft", "checkpoint_id": "w1"}
+    first = play.evaluate_policy(lambda turn: ("look", 3), games, evaluate.result_path(
+        tmp_path, "elasticmem_imitation", "alfworld-offline", "valid_seen", 42), meta, cfg2, progress=False)
+
+    def no_play(*a, **k):
+        raise AssertionError("a game was played again")
+    monkeypatch.setattr(play, "play", no_play)
+    after = {**meta, "method": "elasticmem", "checkpoint": "best"}
+    path = evaluate.result_path(tmp_path, "elasticmem", "alfworld-offline", "valid_seen", 42)
+    for bad, match in [({**after, "checkpoint_id": "w2"}, "checkpoint_id"), ({**after, "seed": 43}, "seed")]:
+        with pytest.raises(ValueError, match=match):
+            play.evaluate_policy(None, games, path, bad, cfg2, progress=False, same_as=first)
+    with pytest.raises(ValueError, match="other params"):
+        play.evaluate_policy(None, games, path, after, tiny_cfg("alfworld.max_steps=3"), progress=False, same_as=first)
+    with pytest.raises(ValueError, match="other games"):
+        play.evaluate_policy(None, environment.eval_games(cfg, "valid_unseen"), path, after, cfg2, progress=False,
+                             same_as=first)
+    assert not path.exists()
+    taken = play.evaluate_policy(None, games, path, after, cfg2, progress=False, same_as=first)
+    assert taken["records"] == first["records"] and taken["summary"] == first["summary"]
+    assert (taken["method"], taken["checkpoint"], taken["same_play_as"]["method"]) == ("elasticmem", "best",
+                                                                                        "elasticmem_imitation")
+    assert play.evaluate_policy(None, games, path, after, cfg2, progress=False) == taken  # saved: reused as played

@@ -231,13 +231,16 @@ def episode_record(r: EpisodeResult, peak_mb: float) -> dict:
 
 
 def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: dict, cfg, device="cpu",
-                    progress: bool = True) -> dict:
+                    progress: bool = True, same_as: dict | None = None) -> dict:
     """Play `games` with `act` (a policy reporting #Tok by part, as `policy`) and save the result at `path`
     (evaluate.result_path: one file per method x setting x split x seed, evaluate.py's format), or reuse the result
     saved there by the same method, backbone and params. summary.accuracy is the success rate, with its bootstrap
     95% interval; summary.tok the mean #Tok per episode; steps, invalid actions, end reasons and the same per
     task type (summary.task_type) are added. Each game is appended to `<path stem>.partial.jsonl` as it ends, so a
-    stopped evaluation resumes at its next game (under the same fingerprint only; $ELASTICMEM_FRESH=1 starts over)."""
+    stopped evaluation resumes at its next game (under the same fingerprint only; $ELASTICMEM_FRESH=1 starts over).
+    `same_as`: a result this run saved for the same weights (checkpoint_id), memory and budget rule on these games
+    (ElasticMem after GRPO, when GRPO kept the imitation weights): greedy play would repeat it move for move, so its
+    games are taken over instead of played again, and the result says so (`same_play_as`)."""
     import torch
 
     from ..core import evaluate as evaluation
@@ -246,6 +249,8 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     saved = evaluation.existing(path, cfg, meta)
     if saved is not None:
         return saved
+    if same_as is not None:
+        return _same_play(same_as, games, path, meta, cfg)
     # each game is saved as it ends, so a stopped evaluation resumes at the next game (a split is ~20 min here)
     partial = Path(path).with_name(Path(path).stem + ".partial.jsonl")
     played, head = ({}, None) if evaluation.fresh() else _played_so_far(partial, cfg, meta)
@@ -274,6 +279,29 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
     write_json(path, result)
     partial.unlink()
     return json.loads(Path(path).read_text())  # exactly what a later reuse returns
+
+
+def _same_play(same_as: dict, games: list[EvalGame], path: str | Path, meta: dict, cfg) -> dict:
+    """`same_as`'s games under `meta` (evaluate_policy's same_as): refused unless the weights, split and games agree."""
+    from ..core import evaluate as evaluation
+    from ..core.experiment import code_version, write_json
+
+    for key in ("checkpoint_id", "split", "setting", "seed", "backbone"):
+        if same_as.get(key) != meta.get(key):
+            raise ValueError(f"{path}: cannot take over {same_as.get('method')}'s games: {key} "
+                             f"{same_as.get(key)!r} there, {meta.get(key)!r} here (only the same weights play alike)")
+    now = json.loads(json.dumps(evaluation.fingerprint(cfg, meta), default=str))
+    if same_as["fingerprint"]["params"] != now["params"]:  # dtype included: bf16 and float32 rank differently
+        raise ValueError(f"{path}: cannot take over {same_as.get('method')}'s games: it played under other params")
+    if [r["qid"] for r in same_as["records"]] != [g.game_id for g in games]:
+        raise ValueError(f"{path}: cannot take over {same_as.get('method')}'s games: it played other games")
+    result = {**same_as, **meta, "fingerprint": evaluation.fingerprint(cfg, meta), "params": cfg.to_dict(),
+              "code_version": code_version(),
+              "same_play_as": {"method": same_as["method"], "checkpoint": same_as.get("checkpoint"),
+                               "code_version": same_as.get("code_version")}}
+    result.pop("resumed", None)
+    write_json(path, result)
+    return json.loads(Path(path).read_text())
 
 
 def paired_success(results: list[dict], pairs: list[tuple[str, str]], n_boot: int = 1000, seed: int = 0) -> list[dict]:
