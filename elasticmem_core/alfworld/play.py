@@ -282,17 +282,17 @@ def evaluate_policy(act: Policy, games: list[EvalGame], path: str | Path, meta: 
 
 
 def _same_play(same_as: dict, games: list[EvalGame], path: str | Path, meta: dict, cfg) -> dict:
-    """`same_as`'s games under `meta` (evaluate_policy's same_as): refused unless the weights, split and games agree."""
+    """`same_as`'s games under `meta` (evaluate_policy's same_as): refused unless its fingerprint, under its own method
+    and checkpoint path, is this row's (the weights' checkpoint_id, split, seed, backbone, params with the dtype) and it
+    played these games."""
     from ..core import evaluate as evaluation
     from ..core.experiment import code_version, write_json
 
-    for key in ("checkpoint_id", "split", "setting", "seed", "backbone"):
-        if same_as.get(key) != meta.get(key):
-            raise ValueError(f"{path}: cannot take over {same_as.get('method')}'s games: {key} "
-                             f"{same_as.get(key)!r} there, {meta.get(key)!r} here (only the same weights play alike)")
-    now = json.loads(json.dumps(evaluation.fingerprint(cfg, meta), default=str))
-    if same_as["fingerprint"]["params"] != now["params"]:  # dtype included: bf16 and float32 rank differently
-        raise ValueError(f"{path}: cannot take over {same_as.get('method')}'s games: it played under other params")
+    diff = evaluation.fingerprint_differences(same_as["fingerprint"], cfg, {
+        **meta, "method": same_as.get("method"), "checkpoint": same_as.get("checkpoint")})
+    if diff:   # only the same weights under the same params play alike (bf16 and float32 rank differently)
+        raise ValueError(f"{path}: cannot take over {same_as.get('method')}'s games: it played with other weights or "
+                         f"other params ({'; '.join(diff[:5])})")
     if [r["qid"] for r in same_as["records"]] != [g.game_id for g in games]:
         raise ValueError(f"{path}: cannot take over {same_as.get('method')}'s games: it played other games")
     result = {**same_as, **meta, "fingerprint": evaluation.fingerprint(cfg, meta), "params": cfg.to_dict(),
