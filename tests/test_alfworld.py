@@ -54,6 +54,22 @@ def test_problems_are_deterministic_and_unseen_is_new():
     assert alfred_problems.held_out(a.task_type, p["object_target"], target)  # a goal no training game has
 
 
+def test_a_games_goal_sentence_does_not_depend_on_the_other_games_generated_with_it(tmp_path):
+    """alfworld-generate draws each goal sentence from the global random, which solving the games before it also
+    draws from: seeded per game, the same unseen games get the same sentences with or without training games."""
+    def grammars(name: str, counts: dict[str, int]) -> dict[str, str]:
+        problems = tmp_path / name / "problems"
+        folders = alfred_problems.write_problems(problems, counts, seed=0)
+        environment.run_alfworld_generate(problems, tmp_path / name / "games", seed=0)
+        return {str(f.relative_to(problems)): json.loads((tmp_path / name / "games" / f.relative_to(problems)
+                                                          / "game.tw-pddl").read_text())["grammar"]
+                for f in folders if f.relative_to(problems).parts[0] == "valid_unseen"}
+
+    alone = grammars("alone", {"valid_unseen": 3})
+    after_others = grammars("after", {"train": 4, "valid_unseen": 3})
+    assert len(alone) == 3 and alone == after_others
+
+
 def test_every_generated_game_is_won_by_the_expert(cfg):
     root = environment.games_dir(cfg)
     manifest = json.loads((root / "manifest.json").read_text())

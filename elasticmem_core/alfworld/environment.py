@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 TASK_TYPES = alfred_problems.TASK_TYPES
 EVAL_SPLITS = ("valid_seen", "valid_unseen")
-FORMAT_VERSION = 2  # bump when the files written here change, so cached game sets are rebuilt
+FORMAT_VERSION = 3  # bump when the files written here change, so cached game sets are rebuilt
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -352,15 +352,26 @@ def _real_train_games(real: Path, n: int, seed: int) -> list[Path]:
 def run_alfworld_generate(problems: Path, save_path: Path, seed: int) -> None:
     """ALFWorld's own `alfworld-generate` (planner expert), with its two traps avoided: `--end 100000` (the default
     -1 drops the last problem) and a separate `--save_path` (else it waits on input). Its goal sentence is drawn
-    with the global `random`, so the script runs with `random.seed(seed)`: the same files every time. Colours off:
+    with the global `random`, which the expert's solving of every earlier game also draws from: so the global
+    `random` is seeded again before each game's sentence, by `seed` and that game's own traj_data. A game's text
+    then depends on that game alone, and adding games to a split leaves the others as they were. Colours off:
     it prints in termcolor's unknown "purple" (a KeyError in termcolor 3 wherever colour is on, as in a Jupyter
     kernel, which sets FORCE_COLOR)."""
     from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
     script = Path(sys.executable).parent / "alfworld-generate"
     argv = [str(script), "--data_path", str(problems), "--save_path", str(save_path), "--end", "100000",
             "--expert_type", "planner", "--domain", ALFRED_PDDL_PATH, "--grammar", ALFRED_TWL2_PATH]
-    code = (f"import random, runpy, sys; random.seed({seed}); sys.argv = {argv!r}; "
-            f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    code = "\n".join([
+        "import hashlib, json, random, runpy, sys",
+        "import alfworld.agents.utils.misc as misc",
+        "add_task = misc.add_task_to_grammar",
+        "def add_task_to_grammar(grammar, traj_data, *args, **kwargs):",
+        f"    key = {str(seed)!r} + json.dumps(traj_data, sort_keys=True)",
+        "    random.seed(hashlib.sha256(key.encode()).hexdigest())",
+        "    return add_task(grammar, traj_data, *args, **kwargs)",
+        "misc.add_task_to_grammar = add_task_to_grammar  # the script imports it by name: patch before it runs",
+        f"random.seed({seed}); sys.argv = {argv!r}",
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "ANSI_COLORS_DISABLED": "1"})
     if done.returncode != 0:
