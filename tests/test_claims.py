@@ -306,3 +306,33 @@ def test_c8_says_when_the_compared_agents_ran_in_other_dtypes_or_commits(tmp_pat
     assert c8["b"] == "no_memory"
     assert any("different dtypes" in n and "text_memory float32" in n and "no_memory bfloat16" in n for n in notes)
     assert any("different commits (c1, c2)" in n for n in notes)
+
+
+def test_c8_lists_every_commit_that_played_its_games_split_by_split(tmp_path):
+    """A method's two splits are merged into one row: a split played by another commit, a split resumed from a
+    stopped run of another commit, and games taken over from another row (`same_play_as`) all name their commits."""
+    run, ref = tmp_path / "run", tmp_path / "reference" / "alfworld-2026-12-08-abc"
+    _result(run, "elasticmem", 42, lambda i: True)
+
+    def write(method, split, commit, **extra):
+        records = [{"qid": f"g{i}", "memory_id": "skill-bank", "correct": i < 3, "success": i < 3, "tok": 300}
+                   for i in range(20)]
+        write_json(result_path(ref, method, "alfworld-offline", split, 42),
+                   {"method": method, "setting": "alfworld-offline", "split": split, "seed": 42, "backbone": "tiny",
+                    "code_version": {"commit": commit, "dirty": False}, "records": records, **extra})
+
+    for split in ("valid_seen", "valid_unseen"):
+        write("no_memory", split, "c1")
+    write("elasticmem", "valid_seen", "c0")                   # the first split: another commit than the last
+    write("elasticmem", "valid_unseen", "c1", resumed={"games": 5, "code_version": {"commit": "c2"}})
+    notes = _by_id(claims.build(run, tmp_path / "reference"))["C8"]["notes"]
+    assert any("different commits (c0, c1, c2)" in n for n in notes)
+
+    write("elasticmem", "valid_seen", "c1")
+    write("elasticmem", "valid_unseen", "c1", same_play_as={"method": "elasticmem_imitation",
+                                                            "code_version": {"commit": "c3"}})
+    notes = _by_id(claims.build(run, tmp_path / "reference"))["C8"]["notes"]
+    assert any("different commits (c1, c3)" in n for n in notes)
+    write("elasticmem", "valid_unseen", "c1")
+    notes = _by_id(claims.build(run, tmp_path / "reference"))["C8"]["notes"]
+    assert not any("different commits" in n for n in notes)

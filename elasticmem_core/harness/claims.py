@@ -90,13 +90,21 @@ def _paired_rows(results: list[dict], a: str, b: str, setting: str, split: str) 
     clusters = None if any(memory[q] is None for q in qids) else [memory[q] for q in qids]
     d = stats.paired_difference(xa, xb, clusters)
     files = [by[m, s]["file"] for s in seeds for m in (a, b)]
-    commits = sorted({str((by[m, s].get("code_version") or {}).get("commit")) for s in seeds for m in (a, b)})
+    commits = sorted({c for s in seeds for m in (a, b) for c in _made_by(by[m, s])})
     dtypes = {m: sorted({str(_compute_dtype(by[m, s])) for s in seeds}) for m in (a, b)}
     return {"a": a, "b": b, "tokens": {"a": sum(ta) / len(ta), "b": sum(tb) / len(tb)},
             "accuracy": {"a": sum(map(sum, xa)) / (len(xa) * len(qids)), "b": sum(map(sum, xb)) / (len(xb) * len(qids))},
             "n": len(qids), "memories": d["clusters"], "seeds": [int(s) for s in seeds],
             "difference": d["difference"], "ci": d["ci"], "per_seed": d["per_seed"], "files": files,
             "commits": commits, "dtypes": dtypes}
+
+
+def _made_by(result: dict) -> set[str]:
+    """Every commit whose code made a results file's records: its own, the stopped run's it resumed, the row's whose
+    games it took over (`same_play_as`), and those of the files merged into it (`merged_from`)."""
+    own = str((result.get("code_version") or {}).get("commit"))
+    others = [(result.get(k) or {}).get("code_version") for k in ("resumed", "same_play_as")]
+    return {own} | {str(v.get("commit")) for v in others if v} | set(result.get("merged_from", []))
 
 
 def _compute_dtype(result: dict) -> str | None:
@@ -264,7 +272,9 @@ def _alfworld_row(c: Claim, results: list[dict]) -> dict | None:
     merged: dict = {}
     for r in alf:
         key = (r["method"], r["seed"])
-        merged[key] = {**r, "records": merged[key]["records"] + r["records"]} if key in merged else r
+        made_by = _made_by(r) | (_made_by(merged[key]) if key in merged else set())
+        merged[key] = {**r, "records": (merged[key]["records"] if key in merged else []) + r["records"],
+                       "merged_from": sorted(made_by)}   # each split may be another commit's
     if not merged:
         return None
     played = {m for m, _ in merged}
