@@ -272,9 +272,9 @@ def _alfworld_row(c: Claim, results: list[dict]) -> dict | None:
     merged: dict = {}
     for r in alf:
         key = (r["method"], r["seed"])
-        made_by = _made_by(r) | (_made_by(merged[key]) if key in merged else set())
-        merged[key] = {**r, "records": (merged[key]["records"] if key in merged else []) + r["records"],
-                       "merged_from": sorted(made_by)}   # each split may be another commit's
+        prev = merged.get(key, {"records": [], "merged_from": []})
+        merged[key] = {**r, "records": prev["records"] + r["records"],   # each split may be another commit's
+                       "merged_from": sorted(_made_by(r) | set(prev["merged_from"]))}
     if not merged:
         return None
     played = {m for m, _ in merged}
