@@ -86,6 +86,14 @@ def test_results_round_trip_resume_and_refusal(tmp_path):
     again = evaluate.evaluate(answer, QS, path, meta, cfg)
     assert calls == [3, 3, 1] and again == json.loads(path.read_text()) == res
     assert evaluate.evaluate(answer, QS, path, meta, base("eval.baselines=[no_memory]")) == res  # not shaping
+    # which comparison agents 06 trains shapes no agent's result; a file saved while it was fingerprinted (it holds
+    # alfworld.agents) is reused under another list too
+    assert evaluate.evaluate(answer, QS, path, meta, base("alfworld.agents=[text]")) == res
+    older = json.loads(path.read_text())
+    older["fingerprint"]["params"]["alfworld"]["agents"] = ["none"]
+    path.write_text(json.dumps(older))
+    assert evaluate.evaluate(answer, QS, path, meta, cfg)["summary"] == res["summary"] and calls == [3, 3, 1]
+    path.write_text(json.dumps(res))
     with pytest.raises(evaluate.ResultsError, match="grpo.lr"):
         evaluate.evaluate(answer, QS, path, meta, base("grpo.lr=1"))
     # a result saved before a section (or key) existed is reused while the new params stay at their defaults

@@ -54,7 +54,16 @@ _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_t
                                 "retrieval_variants",
                                 "compression", "compression_caches", "compression_budgets", "compression_seeds",
                                 "compression_align_steps", "compression_projector"),
-                       "grpo": ("settings",)}
+                       "grpo": ("settings",),
+                       # which comparison agents 06 trains: each agent's own results depend on its memory mode only
+                       "alfworld": ("agents",)}
+
+
+def result_shaping(params: dict) -> dict:
+    """`params` (a config's dict, or a saved fingerprint's: old keys already upgraded) less _NOT_RESULT_SHAPING, so
+    that a key left out since a result was saved does not count as a difference."""
+    return {section: ({k: v for k, v in values.items() if k not in _NOT_RESULT_SHAPING.get(section, ())}
+                      if isinstance(values, dict) else values) for section, values in params.items()}
 
 
 # The paper's reported numbers (Table 1: Qwen2.5, the real MemorySuite), for tables that show them beside
@@ -236,8 +245,7 @@ def fingerprint(cfg: Config, meta: dict) -> dict:
     """What must agree for a saved result to be reused: method, setting, split, seed, backbone, params."""
     params = cfg.to_dict()
     params["runtime"]["dtype"] = compute_dtype(cfg)  # auto resolves per machine: a bf16 result is not an fp32 one
-    for section, keys in _NOT_RESULT_SHAPING.items():
-        params[section] = {k: v for k, v in params[section].items() if k not in keys}
+    params = result_shaping(params)
     if params["align"]["steps"] == 0:  # no alignment stage: how it would have run shapes nothing
         params["align"] = {"steps": 0}
     for own in ("memgen", "mem0", "agemem"):  # a baseline's own section shapes only its own results
@@ -264,10 +272,11 @@ def _without_new_defaults(now: dict, saved: dict) -> dict:
 
 def _upgraded(saved: dict) -> dict:
     """A saved fingerprint with the params keys that have moved since (renamed.RENAMED: data.alfworld_* ->
-    alfworld.*) in their new places: a result of older code compares as today's code would have fingerprinted it."""
+    alfworld.*) in their new places and without the keys left out since (result_shaping): a result of older code
+    compares as today's code would have fingerprinted it."""
     if not isinstance(saved.get("params"), dict):
         return saved
-    return {**saved, "params": upgrade(saved["params"])}
+    return {**saved, "params": result_shaping(upgrade(saved["params"]))}
 
 
 def _differences(a, b, where: str = "") -> list[str]:

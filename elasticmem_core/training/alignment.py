@@ -341,7 +341,9 @@ def _upgraded(saved: dict | None) -> dict | None:
     renamed key alone does not throw a finished stage away."""
     if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
         return saved
-    return {**saved, "params": upgrade(saved["params"])}
+    from ..core.evaluate import result_shaping  # a key left out of the fingerprint since is no difference either
+
+    return {**saved, "params": result_shaping(upgrade(saved["params"]))}
 
 
 def read_log(train_dir: str | Path) -> list[dict]:
