@@ -59,6 +59,14 @@ def test_an_overlay_claim_is_read_from_its_newest_reference_folder_against_its_b
     assert c3["source"].endswith("textmem-2026-02-01-bbb") and c3["b"] == "agemem"
     assert c3["difference"] == pytest.approx(4 / 24) and c3["others"][0]["b"] == "mem0+reader"
     assert any("not run in the main job" in n for n in c3["notes"])
+    # two folders of one day: the run that started later is newer, whatever its commit hash
+    for folder, started, won in (("textmem-2026-03-01-fff", "2026-03-01T08:00:00+0000", lambda i: i < 20),
+                                 ("textmem-2026-03-01-000", "2026-03-01T21:00:00+0000", lambda i: i < 10)):
+        for method in ("elasticmem", "mem0+reader", "agemem"):
+            _result(ref / folder, method, 42, won if method == "elasticmem" else (lambda i: i < 4))
+        write_json(ref / folder / "run.json", {"started": started})
+    c3 = _by_id(claims.build(run, ref))["C3"]
+    assert c3["source"].endswith("textmem-2026-03-01-000") and c3["difference"] == pytest.approx(6 / 24)
 
 
 def test_results_on_other_questions_are_refused_by_file(tmp_path):

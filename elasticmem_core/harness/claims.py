@@ -113,7 +113,13 @@ def _compute_dtype(result: dict) -> str | None:
 
 
 def _newest_reference(prefix: str, reference_dir: Path) -> Path | None:
-    found = sorted(p for p in reference_dir.glob(f"{prefix}*") if p.is_dir())
+    """The newest `<prefix><date>-<commit>` folder: by its date, then by when its run started (run.json's `started`),
+    never by the commit hash, which orders two folders of one day at random."""
+    def when(folder: Path) -> tuple[str, str]:
+        run = folder / "run.json"
+        started = json.loads(run.read_text()).get("started", "") if run.is_file() else ""
+        return folder.name[len(prefix):len(prefix) + 10], str(started)
+    found = sorted((p for p in reference_dir.glob(f"{prefix}*") if p.is_dir()), key=lambda p: (*when(p), p.name))
     return found[-1] if found else None
 
 
