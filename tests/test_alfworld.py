@@ -714,3 +714,55 @@ def test_the_same_weights_take_over_a_played_splits_games_instead_of_playing_the
     assert (taken["method"], taken["checkpoint"], taken["same_play_as"]["method"]) == ("elasticmem", "best",
                                                                                         "elasticmem_imitation")
     assert play.evaluate_policy(None, games, path, after, cfg2, progress=False) == taken  # saved: reused as played
+
+
+def test_the_memgen_style_agent_imitates_through_its_weaver_alone_and_ranks_as_teacher_forcing_would(ds, cfg,
+                                                                                                     tmp_path):
+    """alfworld.agents' memgen: a model of its own (a second backbone: the caller's gets no weaver adapter), imitation
+    epochs in agent-memgen/ that move the weaver (its LoRA, bridges, query latents) and never the frozen reasoner;
+    its ranked commands score as a teacher-forced pass over the whole prompt (latents at the prompt's end, after the
+    cached objective) and it plays live games with K memory tokens a step."""
+    import dataclasses
+
+    from elasticmem_core.baselines.memgen import MemGen
+    from elasticmem_core.method.rollout import token_logprobs
+
+    episodes = [dataclasses.replace(e, split="val") if i == 0 else e for i, e in enumerate(ds.episodes)]
+    data = dataclasses.replace(ds, episodes=episodes)
+    tcfg = tiny_cfg("runtime.backbone=tiny-random", "alfworld.bc_epochs=1", "alfworld.bc_patience=0", "grpo.sft_batch_size=8",
+                    "alfworld.action_selection=rank", "alfworld.agents=[memgen]", "memgen.latents=2")
+    backbone = load_backbone("tiny-random")
+    bank = bank_mod.build(data.chunks(), backbone, tcfg.bank, tmp_path / "bank", progress=False)
+    fresh = training.memgen_model(training.agent_config(training.training_config(tcfg), "memgen"), data, bank)
+    before = {n: p.detach().clone() for n, p in fresh.named_parameters()}
+    agent = training.train(tcfg, tmp_path, backbone, progress=False, dataset=data, bank=bank, memory="memgen")
+    model = agent.model
+    assert isinstance(model, MemGen) and model.cfg.eval.method == "memgen" and agent.dir.name == "agent-memgen"
+    assert not any("lora_" in n for n, _ in backbone.model.named_parameters())     # the caller's backbone: bare
+    log = [json.loads(line) for line in agent.log_path.read_text().splitlines()]
+    assert sum(r["stage"] == "sft" for r in log) == -(-len(training.step_items(data, "train")) // 8)
+    assert any(r["stage"] == "sft_val" for r in log) and (agent.dir / "best").is_dir()
+    after = dict(model.named_parameters())
+    moved = {n for n, p in before.items() if not torch.equal(p, after[n].detach())}
+    assert moved and all("lora_" in n or n.startswith("weaver.") for n in moved)   # the reasoner stayed frozen
+    assert any(n.startswith("weaver.") for n in moved)
+    # ranking, on the untrained agent (its weights as drawn: no optimizer step decides the floats compared)
+    fresh.eval()
+    item = next(i for i in training.step_items(data, "train") if len(i.turn.admissible) > 3)
+    commands = item.turn.admissible
+    answers = [fresh.answer_ids(c) for c in commands]
+    with torch.no_grad(), fresh.using(memory="weaver"):
+        plan = fresh.plan([item] * len(commands), sample=False)
+        logp, mask = token_logprobs(fresh, [item] * len(commands), plan, answers, with_grad=False, temperature=1.0)
+        reference = (logp[:, 1:] * mask[:, 1:]).sum(1).tolist()
+        batch = fresh.build([item], fresh.plan([item], sample=False))
+        prefix = fresh.prefill(batch, batch.spans[0]["tail"][0])
+        cached = fresh.continuation_logprobs(batch, answers, prefix=prefix)
+    assert cached == pytest.approx(reference, rel=1e-4)   # a token seeing the wrong columns moves it by whole units
+    model.eval()
+    with model.using(memory="weaver"):
+        act = play.policy(model)
+        games = [environment.eval_games(cfg, s)[0] for s in environment.EVAL_SPLITS]
+        results = [play.play(g, act, max_steps=2) for g in games]
+    for r in results:
+        assert r.steps == 2 and r.invalid_actions == 0 and r.token_parts["memory"] == 2 * 2   # K = 2 latents a step

@@ -176,7 +176,37 @@ def behaviour_cloning_config(cfg, n_items: int):
                                                            "sft_eval_every": per_epoch, "sft_patience": a.bc_patience})
 
 
-MEMORIES = ("latent", "none", "text")   # ElasticMem's agent, and imitation agents without memory / with cards as text
+# ElasticMem's agent, and the imitation agents of the paired comparison (alfworld.agents): without memory, with the
+# cards as text, and the MemGen-style agent (a LoRA weaver writes K latents from the objective, the retrieved cards and
+# the step's prompt into a frozen reasoner: the QA track's latent-space baseline, baselines/memgen.py)
+MEMORIES = ("latent", "none", "text", "memgen")
+MODES = {"memgen": "weaver"}   # an agent's memory mode where it is not its name
+
+
+def agent_config(cfg, memory: str):
+    """The config an agent trains and plays with: `cfg` itself, except for the MemGen-style agent: eval.method memgen
+    (so its results' fingerprint holds the memgen section), no latents inserted after delimiters in its answers (a
+    ranked command is scored with the prompt's latents only), and none of the passes the baseline cannot take
+    (recomputation under another adapter, a KL term against a reasoner that is already the frozen model)."""
+    if memory != "memgen":
+        return cfg
+    return derive(cfg, "ALFWorld MemGen-style agent", eval={"method": "memgen"}, memgen={"insert_delimiters": False},
+                  grpo={"gradient_checkpointing": False, "kl_beta": 0.0})
+
+
+def memgen_model(cfg, dataset: Dataset, bank):
+    """The MemGen-style agent's model, on a backbone of its own (its weaver's LoRA goes into that backbone, never into
+    the one ElasticMem's LoRA is in); its new weights are drawn from runtime.seed, so a run that starts it again draws
+    the same ones."""
+    import torch
+
+    from ..baselines.memgen import MemGen
+    from ..core import backbone as bb
+    from ..method import assemble
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.runtime.seed)
+        return assemble.model_for(cfg, dataset, bb.from_config(cfg), bank, model_class=MemGen)
 
 
 def agent_dir(run_dir: str | Path, setting: str, seed: int, memory: str = "latent") -> Path:
@@ -195,9 +225,10 @@ def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool =
     before LoRA goes in), one item per expert step of the GRPO games (`step_items`: train, and val for model
     selection), behaviour cloning when alfworld.bc_epochs is set, GRPO on `step_reward`, validation by
     `step_accuracy`, checkpoints in `agent_dir`. `memory`: latent (ElasticMem: imitation, then GRPO) or, for the
-    paired comparison, none / text (the same imitation, no GRPO: alfworld.bc_epochs must be set). Every agent
-    starts from the same weights (init/, saved by the first). `dataset` / `bank` / `model`: the caller's, when it
-    already has them (else loaded / built here; one model serves every agent: LoRA goes into the backbone once).
+    paired comparison, none / text / memgen (the same imitation, no GRPO: alfworld.bc_epochs must be set). Every
+    agent but memgen starts from the same weights (init/, saved by the first). `dataset` / `bank` / `model`: the
+    caller's, when it already has them (else loaded / built here; one model serves every agent but memgen, which
+    has its own: LoRA goes into a backbone once).
     With an accelerate `accelerator`, every process calls this; process 0 prepares the game set first. Returns the
     trained Trainer (`trainer.model` is the model, its `best/` checkpoint in `trainer.dir`)."""
     from contextlib import nullcontext
@@ -208,7 +239,7 @@ def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool =
 
     if memory not in MEMORIES:
         raise ValueError(f"memory = {memory!r}: an ALFWorld agent has one of {', '.join(MEMORIES)}")
-    acfg = training_config(cfg)
+    acfg = agent_config(training_config(cfg), memory)
     if memory != "latent":
         if acfg.alfworld.bc_epochs <= 0:
             raise ConfigError(f"an ALFWorld agent with memory {memory!r} is trained by imitation only: set "
@@ -224,18 +255,22 @@ def train(cfg, run_dir: str | Path, backbone, accelerator=None, progress: bool =
     if not val_items:
         raise ValueError("no ALFWorld validation game: raise alfworld.n_train (validation = 10% of the GRPO games)")
     acfg = behaviour_cloning_config(acfg, len(train_items))
-    model = model if model is not None else assemble.model_for(acfg, dataset, backbone, bank)
+    if memory == "memgen":   # its own model and backbone, whatever the caller's
+        model = memgen_model(acfg, dataset, bank)
+    elif model is None:
+        model = assemble.model_for(acfg, dataset, backbone, bank)
     folder = agent_dir(run_dir, dataset.setting, acfg.runtime.seed, memory)
     if acfg.alfworld.bc_epochs > 0 and (folder / "last").is_dir() and not (folder / "sft").is_dir():
         raise ConfigError(f"{folder} holds a training run without behaviour cloning (no sft/), and alfworld.bc_epochs "
                           f"is {acfg.alfworld.bc_epochs}: give this run its own folder (runtime.run_name) or delete it")
-    init = agent_dir(run_dir, dataset.setting, acfg.runtime.seed) / "init"
-    if not (init / "elasticmem.json").is_file() and (accelerator is None or accelerator.is_main_process):
-        model.save(init)   # the weights before any training: every agent of this run starts from them
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    model.load(init, parts=model.parts)
-    with model.using(cfg=acfg, memory=memory):
+    if memory != "memgen":   # the MemGen-style agent has other weights (a weaver): its start is memgen_model's
+        init = agent_dir(run_dir, dataset.setting, acfg.runtime.seed) / "init"
+        if not (init / "elasticmem.json").is_file() and (accelerator is None or accelerator.is_main_process):
+            model.save(init)   # the weights before any training: every other agent of this run starts from them
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        model.load(init, parts=model.parts)
+    with model.using(cfg=acfg, memory=MODES.get(memory, memory)):
         trainer = Trainer(model, train_items, val_items, folder, accelerator=accelerator,
                           evaluate_fn=lambda items: step_accuracy(model, items), setting=dataset.setting)
         trainer.train(progress=progress)

@@ -92,6 +92,10 @@ class FrozenReasoner:
         with keep_trainable(self.lm), self.lm.disable_adapter():
             return self.lm(*args, **kwargs)
 
+    @property
+    def config(self):   # the LLM's (its attention implementation decides how candidates are masked when ranked)
+        return self.lm.config
+
     def get_input_embeddings(self):
         return self.lm.get_input_embeddings()
 

@@ -108,8 +108,9 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: grpo.sft_min_lr_ratio must be in (0, 1] and grpo.sft_warmup_steps, "
                           f"grpo.reader_eval_every >= 0 (got {cfg.grpo.sft_min_lr_ratio}, {cfg.grpo.sft_warmup_steps},"
                           f" {cfg.grpo.reader_eval_every})")
-    if not set(cfg.alfworld.agents) <= {"none", "text"}:
-        raise ConfigError(f"{source}: alfworld.agents = {cfg.alfworld.agents}: comparison agents are none and/or text")
+    if not set(cfg.alfworld.agents) <= {"none", "text", "memgen"}:
+        raise ConfigError(f"{source}: alfworld.agents = {cfg.alfworld.agents}: comparison agents are none, text "
+                          f"and/or memgen")
     if min(cfg.grpo.sft_eval_every, cfg.grpo.sft_patience, cfg.alfworld.bc_epochs, cfg.alfworld.bc_patience,
            cfg.grpo.dynamic_sampling) < 0:
         raise ConfigError(f"{source}: grpo.sft_eval_every, grpo.sft_patience, grpo.dynamic_sampling, "

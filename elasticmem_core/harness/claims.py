@@ -63,7 +63,7 @@ CLAIMS = (
     Claim("C7", "Latent content at b tokens per chunk beats the chunk's text cut to b tokens (beyond the paper)",
           "aligned cache", ("truncated text",), overlay="compression-", kind="compression"),
     Claim("C8", "On ALFWorld ElasticMem succeeds more often than the baselines, with the fewest tokens per episode",
-          "elasticmem", ("text_memory", "no_memory"), paper="Qwen2.5-7B 0.529 at 9,033 #Tok vs Mem0 0.416",
+          "elasticmem", ("text_memory", "memgen", "no_memory"), paper="Qwen2.5-7B 0.529 at 9,033 #Tok vs Mem0 0.416",
           kind="alfworld", fewer_tokens=True, overlay="alfworld-"),
 )
 
