@@ -122,9 +122,8 @@ class AlfworldConfig:
     bc_epochs: int = _f(0, "behaviour cloning: stage 1 as up to this many epochs over the expert steps, checked on "
                            "held-out steps after each, the best kept (replaces sft_steps; 0 = off)")
     bc_patience: int = _f(2, "behaviour cloning stops after this many epochs without a better check (0 = never)")
-    agents: list[str] = _f(["none", "text"], "the comparison agents 06 trains by the same imitation: none (no memory), "
-                                          "text (the retrieved cards as text), memgen (MemGen-style: a LoRA weaver "
-                                          "writes K latents into a frozen reasoner)")
+    agents: list[str] = _f(["none", "text"], "comparison agents 06 trains by the same imitation: none | text (cards as "
+                                          "text) | memgen (a LoRA weaver writes K latents, the reasoner frozen)")
     action_selection: str = _f("generate", "generate (greedy text snapped to an admissible command) | rank (the "
                                            "admissible command of highest log-likelihood)")
 
