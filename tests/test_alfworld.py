@@ -738,6 +738,8 @@ def test_the_memgen_style_agent_imitates_through_its_weaver_alone_and_ranks_as_t
     agent = training.train(tcfg, tmp_path, backbone, progress=False, dataset=data, bank=bank, memory="memgen")
     model = agent.model
     assert isinstance(model, MemGen) and model.cfg.eval.method == "memgen" and agent.dir.name == "agent-memgen"
+    assert (model.cfg.memgen.trigger, model.cfg.memgen.insert_delimiters, model.cfg.align.steps) == ("off", False, 0)
+    assert training.agent_config(tcfg, "text") is tcfg      # the other agents keep the run's config (and fingerprint)
     assert not any("lora_" in n for n, _ in backbone.model.named_parameters())     # the caller's backbone: bare
     log = [json.loads(line) for line in agent.log_path.read_text().splitlines()]
     assert sum(r["stage"] == "sft" for r in log) == -(-len(training.step_items(data, "train")) // 8)

@@ -268,16 +268,18 @@ def test_c8_pools_both_alfworld_splits_from_the_alfworld_overlays_reference_fold
     assert c8["source"].endswith("alfworld-2026-12-06-abc") and c8["n"] == 40 and c8["b"] == "text_memory"
     assert c8["difference"] == pytest.approx(12 / 40) and c8["tokens"] == {"a": 300, "b": 500}
     assert c8["fewer_tokens"] is True and c8["others"][0]["b"] == "no_memory"
-    # the MemGen-style agent, played, is a comparator too: here the closest, so it binds
+    # the MemGen-style agent, played, is a comparator too: its fewer tokens decide "fewest tokens" though the
+    # cards as text (closer in success) bind; no memory's tokens are a floor, not a system's
     for split in ("valid_seen", "valid_unseen"):
-        records = [{"qid": f"g{i}", "memory_id": "skill-bank", "correct": i < 10, "success": i < 10, "tok": 320}
+        records = [{"qid": f"g{i}", "memory_id": "skill-bank", "correct": i < 4, "success": i < 4, "tok": 280}
                    for i in range(20)]
         write_json(result_path(ref, "memgen", "alfworld-offline", split, 42),
                    {"method": "memgen", "setting": "alfworld-offline", "split": split, "seed": 42, "backbone": "tiny",
                     "records": records})
     c8 = _by_id(claims.build(run, tmp_path / "reference"))["C8"]
-    assert c8["b"] == "memgen" and c8["difference"] == pytest.approx(4 / 40)
-    assert {o["b"] for o in c8["others"]} == {"text_memory", "no_memory"} and "missing" not in c8
+    assert c8["b"] == "text_memory" and c8["difference"] == pytest.approx(12 / 40)
+    assert {o["b"] for o in c8["others"]} == {"memgen", "no_memory"} and "missing" not in c8
+    assert c8["fewer_tokens"] is False   # 300 tokens: fewer than the text agent's 500, not than memgen's 280
 
 
 def test_c8_without_the_text_agent_is_judged_against_no_memory_and_cannot_hold(tmp_path):

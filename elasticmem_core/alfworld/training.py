@@ -185,13 +185,17 @@ MODES = {"memgen": "weaver"}   # an agent's memory mode where it is not its name
 
 def agent_config(cfg, memory: str):
     """The config an agent trains and plays with: `cfg` itself, except for the MemGen-style agent: eval.method memgen
-    (so its results' fingerprint holds the memgen section), no latents inserted after delimiters in its answers (a
-    ranked command is scored with the prompt's latents only), and none of the passes the baseline cannot take
-    (recomputation under another adapter, a KL term against a reasoner that is already the frozen model)."""
+    (so its results' fingerprint holds the memgen section), no latents inserted after delimiters in its answers and
+    no trigger (a ranked command is scored with the prompt's latents only), none of the passes the baseline cannot
+    take (recomputation under another adapter, a KL term against a reasoner that is already the frozen model) and
+    none of ElasticMem's own stages (retrieval warm-up and loss, alignment: its weaver's imitation replaces them, as
+    in baselines/memgen.train)."""
     if memory != "memgen":
         return cfg
-    return derive(cfg, "ALFWorld MemGen-style agent", eval={"method": "memgen"}, memgen={"insert_delimiters": False},
-                  grpo={"gradient_checkpointing": False, "kl_beta": 0.0})
+    return derive(cfg, "ALFWorld MemGen-style agent", eval={"method": "memgen"},
+                  memgen={"insert_delimiters": False, "trigger": "off"},
+                  grpo={"gradient_checkpointing": False, "kl_beta": 0.0, "retrieval_warmup_steps": 0},
+                  align={"steps": 0}, retrieval={"aux_weight": 0.0})
 
 
 def memgen_model(cfg, dataset: Dataset, bank):
@@ -204,7 +208,7 @@ def memgen_model(cfg, dataset: Dataset, bank):
     from ..core import backbone as bb
     from ..method import assemble
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():   # every device's generator restored after
         torch.manual_seed(cfg.runtime.seed)
         return assemble.model_for(cfg, dataset, bb.from_config(cfg), bank, model_class=MemGen)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,20 @@ def _compute_dtype(result: dict) -> str | None:
     return (((result.get("fingerprint") or {}).get("params") or {}).get("runtime") or {}).get("dtype")
 
 
+NO_MEMORY = ("no_memory",)   # comparators that read no memory: a claim of fewer tokens is not made against them
+
+
 def _newest_reference(prefix: str, reference_dir: Path) -> Path | None:
     """The newest `<prefix><date>-<commit>` folder: by its date, then by when its run started (run.json's `started`),
     never by the commit hash, which orders two folders of one day at random."""
-    def when(folder: Path) -> tuple[str, str]:
-        run = folder / "run.json"
-        started = json.loads(run.read_text()).get("started", "") if run.is_file() else ""
-        return folder.name[len(prefix):len(prefix) + 10], str(started)
+    def when(folder: Path) -> tuple[str, datetime]:
+        run, started = folder / "run.json", datetime.min.replace(tzinfo=timezone.utc)
+        if run.is_file():
+            try:   # runner.start writes local time with its offset: compared as instants
+                started = datetime.strptime(json.loads(run.read_text())["started"], "%Y-%m-%dT%H:%M:%S%z")
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{run}: field 'started' is not a time like 2026-12-07T21:38:00+0000 ({e})") from None
+        return folder.name[len(prefix):len(prefix) + 10], started
     found = sorted((p for p in reference_dir.glob(f"{prefix}*") if p.is_dir()), key=lambda p: (*when(p), p.name))
     return found[-1] if found else None
 
@@ -136,7 +144,8 @@ def _accuracy_row(c: Claim, results: list[dict], setting: str, split: str) -> di
     row["commits"] = sorted({c for r in rows for c in r["commits"]})
     row["dtypes"] = {m: d for r in rows for m, d in r["dtypes"].items()}
     if len(rows) > 1:
-        row["others"] = [{k: r[k] for k in ("b", "difference", "ci")} for r in rows if r is not row]
+        row["others"] = [{**{k: r[k] for k in ("b", "difference", "ci")}, "tokens_b": r["tokens"]["b"]}
+                         for r in rows if r is not row]
     return row
 
 
@@ -358,7 +367,10 @@ def build(run_dir: str | Path, reference_dir: str | Path = "outputs/reference", 
                          "step envelope leaves gaps that a random mix of two rules at equal tokens fills, so a "
                          "'holds' against it is not yet a fair test")
         if c.fewer_tokens and row["tokens"].get("a") is not None:
-            row["fewer_tokens"] = row["tokens"]["a"] < row["tokens"]["b"]
+            # fewer than every memory system compared, not only the binding one (no memory is a floor, not a system)
+            compared = {row["b"]: row["tokens"]["b"], **{o["b"]: o["tokens_b"] for o in row.get("others", [])}}
+            systems = [t for m, t in compared.items() if m not in NO_MEMORY] or list(compared.values())
+            row["fewer_tokens"] = all(row["tokens"]["a"] < t for t in systems)
         verdict = stats.verdict(row["ci"])
         if row.pop("missing", None) and verdict == "holds":   # a comparator of the claim was not played
             verdict = "not shown"
