@@ -270,10 +270,10 @@ def _without_new_defaults(now: dict, saved: dict) -> dict:
     return {**now, "params": params}
 
 
-def _upgraded(saved: dict) -> dict:
-    """A saved fingerprint with the params keys that have moved since (renamed.RENAMED: data.alfworld_* ->
-    alfworld.*) in their new places and without the keys left out since (result_shaping): a result of older code
-    compares as today's code would have fingerprinted it."""
+def upgraded(saved: dict) -> dict:
+    """A saved fingerprint (or an alignment recipe: anything with `params`) with the params keys that have moved since
+    (renamed.RENAMED: data.alfworld_* -> alfworld.*) in their new places and without the keys left out since
+    (result_shaping): a result of older code compares as today's code would have fingerprinted it."""
     if not isinstance(saved.get("params"), dict):
         return saved
     return {**saved, "params": result_shaping(upgrade(saved["params"]))}
@@ -312,7 +312,7 @@ def warn_code_version(path: str | Path, saved: dict) -> None:
 def fingerprint_differences(saved: dict, cfg: Config, meta: dict) -> list[str]:
     """Where a saved fingerprint differs from this run's ("section.key: saved -> now"), params renamed since read in
     their new places and params added since ignored where they are at their defaults."""
-    was = _upgraded(saved)
+    was = upgraded(saved)
     return _differences(was, _without_new_defaults(json.loads(json.dumps(fingerprint(cfg, meta), default=str)), was))
 
 

@@ -51,7 +51,6 @@ import torch
 
 from ..core import sampling
 from ..core.experiment import write_folder
-from ..core.renamed import upgrade
 from ..method.budget import BudgetDecision
 from ..method.injection import Batch, Row, build_batch
 
@@ -337,13 +336,12 @@ def recipe(model, questions, corpus: Corpus) -> dict:
 
 
 def _upgraded(saved: dict | None) -> dict | None:
-    """A recipe saved by older code with its params' moved keys in their new places (renamed.upgrade), so that a
-    renamed key alone does not throw a finished stage away."""
-    if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
-        return saved
-    from ..core.evaluate import result_shaping  # a key left out of the fingerprint since is no difference either
+    """A recipe saved by older code as today's code would have written it (evaluate.upgraded: moved keys in their new
+    places, keys left out of the fingerprint since dropped), so that a renamed key alone does not throw a finished
+    stage away."""
+    from ..core.evaluate import upgraded
 
-    return {**saved, "params": result_shaping(upgrade(saved["params"]))}
+    return upgraded(saved) if isinstance(saved, dict) else saved
 
 
 def read_log(train_dir: str | Path) -> list[dict]:
