@@ -111,8 +111,7 @@ class AlfworldConfig:
     bank_ratio: float = _f(0.8, "share of the successful training replays summarised into skill cards, the bank "
                                 "(authors: 0.8); the rest are GRPO games, 10% of them for validation")
     max_steps: int = _f(30, "steps per game (expert replay and live play) before it ends as a failure")
-    timeout_s: float = _f(240.0, "wall-clock seconds per game (expert replay, or play with the policy included) "
-                                 "before it ends as a failure")
+    timeout_s: float = _f(240.0, "wall-clock seconds per game (expert replay, or play with its policy) before failure")
     history: int = _f(5, "last (action, observation) pairs shown in each step's prompt")
     group_size: int = _f(8, "GRPO group size G of ALFWorld training (paper 8); 0 = grpo.group_size")
     max_new_tokens: int = _f(16, "tokens generated per step, training and play (paper 16); 0 = grpo.max_new_tokens")
@@ -124,8 +123,9 @@ class AlfworldConfig:
     bc_patience: int = _f(2, "behaviour cloning stops after this many epochs without a better check (0 = never)")
     agents: list[str] = _f(["none", "text"], "comparison agents 06 trains by the same imitation: none | text (cards as "
                                           "text) | memgen (a LoRA weaver writes K latents, the reasoner frozen)")
-    action_selection: str = _f("generate", "generate (greedy text snapped to an admissible command) | rank (the "
-                                           "admissible command of highest log-likelihood)")
+    elasticmem: bool = _f(True, "06 trains and plays ElasticMem (and its uniform-budget row); false = the agents only, "
+                                "e.g. one a session, paired with another run on the same games (`alfworld-pair`)")
+    action_selection: str = _f("generate", "generate (greedy text snapped to a command) | rank (likeliest command)")
 
 
 @dataclass

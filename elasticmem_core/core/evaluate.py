@@ -55,8 +55,8 @@ _NOT_RESULT_SHAPING = {"runtime": ("run_name", "output_dir", "cache_dir", "num_t
                                 "compression", "compression_caches", "compression_budgets", "compression_seeds",
                                 "compression_align_steps", "compression_projector"),
                        "grpo": ("settings",),
-                       # which comparison agents 06 trains: each agent's own results depend on its memory mode only
-                       "alfworld": ("agents",)}
+                       # which agents 06 trains: each agent's own results depend on its memory mode only
+                       "alfworld": ("agents", "elasticmem")}
 
 
 def result_shaping(params: dict) -> dict:

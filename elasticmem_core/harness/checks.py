@@ -111,6 +111,9 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
     if not set(cfg.alfworld.agents) <= {"none", "text", "memgen"}:
         raise ConfigError(f"{source}: alfworld.agents = {cfg.alfworld.agents}: comparison agents are none, text "
                           f"and/or memgen")
+    if not cfg.alfworld.elasticmem and not (cfg.alfworld.agents and cfg.alfworld.bc_epochs > 0):
+        raise ConfigError(f"{source}: alfworld.elasticmem is false: 06 then trains only alfworld.agents, by imitation "
+                          f"(set alfworld.agents and alfworld.bc_epochs)")
     if min(cfg.grpo.sft_eval_every, cfg.grpo.sft_patience, cfg.alfworld.bc_epochs, cfg.alfworld.bc_patience,
            cfg.grpo.dynamic_sampling) < 0:
         raise ConfigError(f"{source}: grpo.sft_eval_every, grpo.sft_patience, grpo.dynamic_sampling, "
