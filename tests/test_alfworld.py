@@ -401,6 +401,9 @@ def test_behaviour_cloning_runs_epochs_checked_on_held_out_steps():
         tiny_cfg("alfworld.action_selection=sample")
     with pytest.raises(ConfigError, match="alfworld.agents"):
         tiny_cfg("alfworld.agents=[latent]")
+    with pytest.raises(ConfigError, match="alfworld.elasticmem is false"):   # nothing would be trained
+        tiny_cfg("alfworld.elasticmem=false", "alfworld.agents=[text]", "alfworld.bc_epochs=0")
+    assert tiny_cfg("alfworld.elasticmem=false", "alfworld.agents=[text]", "alfworld.bc_epochs=1").alfworld.agents
 
 
 def test_agents_imitate_from_one_start_in_their_own_folders_and_only_elasticmem_runs_grpo(ds, tmp_path,
@@ -448,6 +451,13 @@ def test_agents_imitate_from_one_start_in_their_own_folders_and_only_elasticmem_
         training.train(cfg, tmp_path, backbone, dataset=data, bank=bank, memory="none", model=latent.model)
     with pytest.raises(ValueError, match="memory = 'cards'"):
         training.train(cfg, tmp_path, backbone, dataset=data, bank=bank, memory="cards", model=latent.model)
+    # an agent of a run without ElasticMem (alfworld.elasticmem false: one agent a session) starts where it would
+    # have started after ElasticMem: its model is drawn as ElasticMem's is, from the seed the notebook sets
+    seed_everything(42)
+    alone = training.train(cfg, tmp_path / "alone", load_backbone("tiny-random"), progress=False, dataset=data,
+                           bank=bank, memory="text")
+    assert alone.dir == train_dir(tmp_path / "alone", data.setting, 42) / "agent-text"
+    assert all(torch.equal(starts[0][n], starts[-1][n]) for n in starts[0])
 
 
 def test_paired_success_matches_games_per_split_and_over_both():

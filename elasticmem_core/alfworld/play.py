@@ -8,7 +8,8 @@
 - `summarize`, `results_json`, `episode_record` (an episode as an evaluate.py question record); `evaluate_policy`
   (live success rate, per task type too, and #Tok per episode, saved as an evaluate.py results file; each game
   is saved as it ends, so a stopped split resumes at its next game),
-  `task_type_table` (success per task type of saved results), `paired_success` (two methods on the same games).
+  `task_type_table` (success per task type of saved results), `paired_success` (two methods on the same games;
+  PAIRS: the ones 06 reports).
 
 The games come from environment.py, what the policy sees at a step (`Turn`, `StepItem`) from training.py.
 """
@@ -302,6 +303,12 @@ def _same_play(same_as: dict, games: list[EvalGame], path: str | Path, meta: dic
     result.pop("resumed", None)
     write_json(path, result)
     return json.loads(Path(path).read_text())
+
+
+# the pairs 06 and `alfworld-pair` report: ElasticMem (after GRPO, and its imitation policy) against each other agent
+PAIRS = [("elasticmem", "no_memory"), ("elasticmem", "text_memory"), ("elasticmem", "memgen"),
+         ("elasticmem_imitation", "no_memory"), ("elasticmem_imitation", "text_memory"),
+         ("elasticmem_imitation", "memgen"), ("elasticmem", "elasticmem_imitation"), ("elasticmem", "uniform_budget")]
 
 
 def paired_success(results: list[dict], pairs: list[tuple[str, str]], n_boot: int = 1000, seed: int = 0) -> list[dict]:

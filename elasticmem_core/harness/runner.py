@@ -299,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", action="store_true", help="rewrite README.md's blocks between the CLAIMS markers (the "
                    "ledger) and the COST markers (the two commands' measured cost), and docs/results.md's between the "
                    "RESULTS markers (the main table, from the run folder)")
+    p = sub.add_parser("alfworld-pair", help="gather the ALFWorld results of runs that played the same games (e.g. one "
+                                             "agent a session: alfworld.elasticmem false) into OUT, checked, with "
+                                             "06's summary and paired comparisons (metrics/06_alfworld_*.json)")
+    p.add_argument("out", help="the folder to write (results/, metrics/, sources.json), e.g. a reference folder")
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="run or reference folders holding results/")
     sub.add_parser("check-params", help="validate every params/**/*.yaml")
     p = sub.add_parser("verify-bank", help="check every shard of bank folder(s) against the sha256 its build recorded "
                                            "(a normal load checks sizes only, unless bank.verify is true)")
@@ -329,6 +334,17 @@ def main(argv: list[str] | None = None) -> int:
                 claims.update_readme(ledger)
                 rewrote = f"; rewrote {update_readme_cost(args.run_dir)} and {update_results_doc(args.run_dir)}"
             print(f"elasticmem: wrote {resolve(args.run_dir) / 'metrics' / 'claims.json'}{rewrote}")
+        elif args.cmd == "alfworld-pair":
+            from ..alfworld import pairing
+            from ..core.evaluate import ResultsError
+
+            try:
+                summary, paired = pairing.write(resolve(args.out), [resolve(f) for f in args.folders])
+            except ResultsError as e:   # not the same games, or a result twice: named in e
+                print(f"elasticmem: error: {e}", file=sys.stderr)
+                return 1
+            print("\n".join(pairing.lines(summary, paired)))
+            print(f"elasticmem: wrote {resolve(args.out) / 'metrics'} and sources.json")
         elif args.cmd == "check-params":
             files = sorted(resolve("params").rglob("*.yaml"))
             for f in files:
