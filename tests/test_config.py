@@ -108,7 +108,7 @@ def test_an_old_alfworld_key_is_refused_with_its_new_name(tmp_path):
     cfg = config.from_sections("saved", **renamed.upgrade(old))
     assert (cfg.alfworld.n_train, cfg.alfworld.cards, cfg.alfworld.max_steps) == (7, "backbone", 30)
     # every key the section had when it moved came from a data.alfworld_* key (later ones are its own)
-    later = {"bc_epochs", "bc_patience", "action_selection", "agents"}
+    later = {"bc_epochs", "bc_patience", "action_selection", "agents", "elasticmem"}
     assert set(renamed.RENAMED.values()) == {f"alfworld.{k}" for k in config.Config().to_dict()["alfworld"]
                                              if k not in later}
 

@@ -21,6 +21,7 @@ from ..core.config import derive
 from ..memorysuite import loaders
 from ..memorysuite.records import Dataset, Episode
 from ..method.rewards import expert_action_reward
+from . import AGENTS
 from .environment import load
 
 SYSTEM_INSTRUCTION = ("You are controlling a text-based ALFWorld environment. Choose the NEXT action as ONE "
@@ -179,7 +180,7 @@ def behaviour_cloning_config(cfg, n_items: int):
 # ElasticMem's agent, and the imitation agents of the paired comparison (alfworld.agents): without memory, with the
 # cards as text, and the MemGen-style agent (a LoRA weaver writes K latents from the objective, the retrieved cards and
 # the step's prompt into a frozen reasoner: the QA track's latent-space baseline, baselines/memgen.py)
-MEMORIES = ("latent", "none", "text", "memgen")
+MEMORIES = ("latent", *AGENTS)
 MODES = {"memgen": "weaver"}   # an agent's memory mode where it is not its name
 
 

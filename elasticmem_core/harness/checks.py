@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..alfworld import AGENTS
 from ..baselines import agemem
 from ..baselines.methods import METHODS
 from ..core.config import Config, ConfigError, from_sections
@@ -108,9 +109,9 @@ def validate_fields(cfg: Config, source: str = "<params>") -> None:
         raise ConfigError(f"{source}: grpo.sft_min_lr_ratio must be in (0, 1] and grpo.sft_warmup_steps, "
                           f"grpo.reader_eval_every >= 0 (got {cfg.grpo.sft_min_lr_ratio}, {cfg.grpo.sft_warmup_steps},"
                           f" {cfg.grpo.reader_eval_every})")
-    if not set(cfg.alfworld.agents) <= {"none", "text", "memgen"}:
-        raise ConfigError(f"{source}: alfworld.agents = {cfg.alfworld.agents}: comparison agents are none, text "
-                          f"and/or memgen")
+    if not set(cfg.alfworld.agents) <= set(AGENTS):
+        raise ConfigError(f"{source}: alfworld.agents = {cfg.alfworld.agents}: comparison agents are "
+                          f"{', '.join(AGENTS)}")
     if not cfg.alfworld.elasticmem and not (cfg.alfworld.agents and cfg.alfworld.bc_epochs > 0):
         raise ConfigError(f"{source}: alfworld.elasticmem is false: 06 then trains only alfworld.agents, by imitation "
                           f"(set alfworld.agents and alfworld.bc_epochs)")
