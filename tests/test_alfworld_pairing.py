@@ -93,6 +93,7 @@ def test_the_command_writes_the_folder_or_names_what_is_wrong(tmp_path, capsys):
     a, b = _split_runs(tmp_path)
     assert runner.main(["alfworld-pair", str(tmp_path / "out"), str(a), str(b)]) == 0
     assert "elasticmem - text_memory (both, n 80): +0.025" in capsys.readouterr().out
+    assert (tmp_path / "out/figures/06_alfworld.png").stat().st_size > 10_000   # 06's figure of the agents gathered
     for split in ("valid_seen", "valid_unseen"):
         _edit(b, split, lambda r: r.update(backbone="qwen2.5-3b"))
     assert runner.main(["alfworld-pair", str(tmp_path / "out2"), str(a), str(b)]) == 1

@@ -72,3 +72,22 @@ def bars(ax, table: pd.DataFrame, x: str, value: str, hue: str | None = None, or
     ax.set_xticklabels(xs)
     if hue:
         ax.legend(fontsize=8)
+
+
+def alfworld_success(results: list[dict], n_boot: int, seed: int):
+    """06's figure (and `alfworld-pair`'s): success per split and agent with its interval over games (each game its
+    own cluster), and #Tok per episode; returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from ..core import evaluate
+
+    records = evaluate.records_table(results)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    bars(axes[0], accuracy_table(records, ["split", "method"], cluster=None, n_boot=n_boot, seed=seed), "split",
+         "correct", hue="method")
+    sns.barplot(data=records, x="split", y="tok", hue="method", errorbar=None, ax=axes[1], legend=False)
+    axes[0].set(ylabel="success rate", ylim=(0, 1), title="success")
+    axes[1].set(ylabel="#Tok per episode", title="cost")
+    fig.tight_layout()
+    return fig

@@ -344,7 +344,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"elasticmem: error: {e}", file=sys.stderr)
                 return 1
             print("\n".join(pairing.lines(summary, paired)))
-            print(f"elasticmem: wrote {resolve(args.out) / 'metrics'} and sources.json")
+            from ..core.evaluate import load_results
+            from .figures import alfworld_success
+
+            fig = resolve(args.out) / "figures" / "06_alfworld.png"   # 06's figure, of every agent gathered
+            fig.parent.mkdir(parents=True, exist_ok=True)
+            alfworld_success(load_results(resolve(args.out)), 2000, 42).savefig(fig, dpi=120)
+            print(f"elasticmem: wrote {resolve(args.out) / 'metrics'}, {fig} and sources.json")
         elif args.cmd == "check-params":
             files = sorted(resolve("params").rglob("*.yaml"))
             for f in files:
