@@ -41,7 +41,7 @@ def _edit(folder, split, edit):
 
 def test_agents_of_two_runs_pair_as_if_one_run_had_played_them(tmp_path):
     a, b = _split_runs(tmp_path)
-    summary, paired = pairing.write(tmp_path / "out", [a, b])
+    results, summary, paired = pairing.write(tmp_path / "out", [a, b])
     one_run = play.paired_success(load_results(REF), [("elasticmem", "no_memory")], 2000, 42)
     mine = [p for p in paired if (p["a"], p["b"]) == ("elasticmem", "text_memory")]
     assert len(mine) == 3 and [p["split"] for p in mine] == ["valid_seen", "valid_unseen", "both"]
@@ -54,10 +54,15 @@ def test_agents_of_two_runs_pair_as_if_one_run_had_played_them(tmp_path):
     sources = json.loads((out / "sources.json").read_text())
     assert {Path(s["from"]).parents[3].name for s in sources} == {"run_a", "run_b"}
     assert all(s["commit"].startswith("c9e3d07") for s in sources)
+    assert {r["file"] for r in results} == {str(f) for f in out.glob("results/*/*/*.json")}
     pairing.write(out, [a, b])   # again into the same folder: the same files, accepted
-    _edit(b, "valid_seen", lambda r: r["records"][0].update(steps=29))   # another result where one already lies
-    with pytest.raises(ResultsError, match="already holds another text_memory valid_seen result"):
+    with pytest.raises(ResultsError, match="holds 2 file.s. not among the folders gathered"):
+        pairing.write(out, [a])   # text_memory's files would enter the ledger unchecked
+    before = (out / "sources.json").read_text()
+    _edit(b, "valid_unseen", lambda r: r["records"][0].update(steps=29))   # another result where one already lies
+    with pytest.raises(ResultsError, match="valid_unseen-seed42.json: already holds another result"):
         pairing.write(out, [a, b])
+    assert (out / "sources.json").read_text() == before   # refused before anything was written
 
 
 def test_a_run_on_other_games_or_agents_is_refused_by_file_game_and_field(tmp_path):
@@ -70,6 +75,23 @@ def test_a_run_on_other_games_or_agents_is_refused_by_file_game_and_field(tmp_pa
     _edit(b, "valid_seen", lambda r: r.update(records=r["records"][1:]))
     with pytest.raises(ResultsError, match="played 39 valid_seen games.*1 game ids differ"):
         pairing.combine([a, b])
+    a, b = _split_runs(tmp_path / "2b")   # as many games, one of them another
+    _edit(b, "valid_seen", lambda r: r["records"][0].update(qid="valid_seen/another-game"))
+    with pytest.raises(ResultsError, match=r"played 40 valid_seen games.*2 game ids differ \(only here e.g. "
+                                           r"\['valid_seen/another-game'\]"):
+        pairing.combine([a, b])
+    a, b = _split_runs(tmp_path / "2c")   # another seed
+    for f in list((b / "results").rglob("*-seed42.json")):
+        r = json.loads(f.read_text())
+        r["seed"] = 43
+        f.with_name(f.name.replace("seed42", "seed43")).write_text(json.dumps(r))
+        f.unlink()
+    with pytest.raises(ResultsError, match="field 'seed' is 43"):
+        pairing.combine([a, b])
+    a, b = _split_runs(tmp_path / "2d")   # a record that cannot be summarised
+    f = _edit(b, "valid_seen", lambda r: r["records"][2].pop("reason"))
+    with pytest.raises(ResultsError, match=rf"{f}: record 2 \(.*\) lacks field\(s\) reason"):
+        pairing.combine([a, b])
     a, b = _split_runs(tmp_path / "3")
     _edit(b, "valid_seen", lambda r: r["fingerprint"]["params"]["alfworld"].update(max_steps=50, history=5))
     with pytest.raises(ResultsError, match=r"params alfworld.history, alfworld.max_steps differ .*\(5 vs 2, 50 vs 30\)"):
@@ -80,10 +102,13 @@ def test_a_run_on_other_games_or_agents_is_refused_by_file_game_and_field(tmp_pa
     m = json.loads((b / "data/alfworld-offline/manifest.json").read_text())
     m["params"]["format"] = 2
     (b / "data/alfworld-offline/manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ResultsError, match="manifest.json: the games manifest differs"):
+    with pytest.raises(ResultsError, match=r"manifest.json: the games manifest's params differ .*'format': 2"):
+        pairing.combine([a, b])
+    (b / "data/alfworld-offline/manifest.json").unlink()
+    with pytest.raises(ResultsError, match=r"run_b: no games manifest"):
         pairing.combine([a, b])
     a, b = _split_runs(tmp_path / "5", as_method="elasticmem")   # one agent twice
-    with pytest.raises(ResultsError, match="elasticmem valid_seen seed 42 is also in"):
+    with pytest.raises(ResultsError, match="elasticmem valid_seen is also in"):
         pairing.combine([a, b])
     with pytest.raises(ResultsError, match="no results/ folder"):
         pairing.combine([a, tmp_path])

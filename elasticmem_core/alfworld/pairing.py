@@ -4,16 +4,16 @@ An agent of the overlay can take a session of its own on 2 cores (the cards-as-t
 80 games): 06 with `alfworld.elasticmem: false` trains and plays only `alfworld.agents`. `combine` gathers the saved
 results of several run (or reference) folders into one folder, after checking that they played the same games:
 the same game ids per split with the same goal sentence and task type, the same `alfworld` params (the games, step
-limit, history, action selection and imitation), backbone, setting and seed, and the same games manifest where a
-folder holds one. `summarize` then writes what 06's own cells write (success per method and split with its
-interval, per task type, #Tok by part, and `play.paired_success`'s pairs), so the claims ledger reads the folder as
-it reads a single run's.
+limit, history, action selection and imitation), backbone, setting and seed, and the same games manifest (each
+folder must hold one). `summarize` then computes success per method and split (and both pooled) with its 95%
+interval over games, success per task type, #Tok by part, and 06's pairs (`play.paired_success` over `play.PAIRS`),
+with 2000 resamples drawn by seed 42 (06 uses eval.bootstrap); the claims ledger reads the folder as it reads one
+run's.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 from ..core import evaluate, stats
@@ -21,7 +21,8 @@ from ..core.evaluate import ResultsError
 from ..core.experiment import write_json
 from .play import PAIRS, paired_success, task_type_table
 
-MANIFESTS = ("games_manifest.json", "data/alfworld-offline/manifest.json")   # a reference folder's, a run folder's
+RECORD_FIELDS = ("qid", "objective", "task_type", "success", "reason", "steps", "tokens", "tok", "invalid_actions",
+                 "seconds")   # what a game record must hold to be checked and summarised
 
 
 def _games_params(result: dict) -> dict:
@@ -29,17 +30,21 @@ def _games_params(result: dict) -> dict:
     return evaluate.upgraded(result.get("fingerprint") or {}).get("params", {}).get("alfworld", {})
 
 
-def _manifest(folder: Path) -> tuple[Path, dict] | None:
-    for name in MANIFESTS:
-        if (folder / name).is_file():
-            m = json.loads((folder / name).read_text())
-            return folder / name, {"params": m.get("params"), "source": m.get("source"), "games": m.get("games")}
-    return None
+def _manifest(folder: Path, setting: str) -> tuple[Path, dict]:
+    """The folder's games manifest: a reference folder's games_manifest.json or a run folder's data/<setting>/."""
+    for path in (folder / "games_manifest.json", folder / "data" / setting / "manifest.json"):
+        if path.is_file():
+            m = json.loads(path.read_text())
+            return path, {k: m.get(k) for k in ("params", "source", "games", "rejected")}
+    raise ResultsError(f"{folder}: no games manifest (games_manifest.json, or data/{setting}/manifest.json as the run "
+                       f"wrote it): without it another game set with the same ids and goal sentences cannot be told "
+                       f"apart; copy the run's manifest there")
 
 
 def combine(folders: list[str | Path]) -> list[dict]:
     """The ALFWorld results of `folders` (each `results/<method>/<setting>/<split>-seed<seed>.json`), one per
-    (method, split, seed), refused unless every one played the same games; each result's `file` says where it is."""
+    (method, split), refused unless every one played the same games with the same seed; each result's `file` says
+    where it is."""
     results, seen, manifests = [], {}, []
     for folder in map(Path, folders):
         if not (folder / "results").is_dir():
@@ -48,17 +53,21 @@ def combine(folders: list[str | Path]) -> list[dict]:
         if not mine:
             raise ResultsError(f"{folder}: no ALFWorld results under results/")
         for r in mine:
-            key = (r["method"], r["split"], r["seed"])
+            key = (r["method"], r["split"])
             if key in seen:
-                raise ResultsError(f"{r['file']}: {r['method']} {r['split']} seed {r['seed']} is also in "
-                                   f"{seen[key]}: pass only one folder that holds it")
+                raise ResultsError(f"{r['file']}: {r['method']} {r['split']} is also in {seen[key]}: pass only one "
+                                   f"folder that holds it")
             seen[key] = r["file"]
+            if not r["records"]:
+                raise ResultsError(f"{r['file']}: no game records")
+            for i, x in enumerate(r["records"]):
+                if missing := [k for k in RECORD_FIELDS if k not in x]:
+                    raise ResultsError(f"{r['file']}: record {i} ({x.get('qid')}) lacks field(s) {', '.join(missing)}")
         results += mine
-        if (m := _manifest(folder)) is not None:
-            manifests.append(m)
+        manifests.append(_manifest(folder, mine[0]["setting"]))
     first = results[0]
-    for r in results[1:]:   # one backbone, setting and alfworld params
-        for field in ("backbone", "setting"):
+    for r in results[1:]:   # one backbone, setting, seed and alfworld params
+        for field in ("backbone", "setting", "seed"):
             if r[field] != first[field]:
                 raise ResultsError(f"{r['file']}: field {field!r} is {r[field]!r}, {first['file']} has {first[field]!r}")
         a, b = _games_params(first), _games_params(r)
@@ -67,18 +76,21 @@ def combine(folders: list[str | Path]) -> list[dict]:
             raise ResultsError(f"{r['file']}: fingerprint params alfworld." + ", alfworld.".join(diff)
                                + f" differ from {first['file']} ({', '.join(f'{b.get(k)!r} vs {a.get(k)!r}' for k in diff)})"
                                ": not the same games or agents")
-    for path, m in manifests[1:]:
-        if m != manifests[0][1]:
-            raise ResultsError(f"{path}: the games manifest differs from {manifests[0][0]} (params {m['params']} vs "
-                               f"{manifests[0][1]['params']}): another game set")
+    (path0, m0), *rest = manifests
+    for path, m in rest:
+        if diff := [k for k in m0 if m[k] != m0[k]]:
+            raise ResultsError(f"{path}: the games manifest's {', '.join(diff)} differ from {path0} ("
+                               + "; ".join(f"{k}: {m[k]} vs {m0[k]}" for k in diff) + "): another game set")
     games: dict = {}   # split -> {qid: (objective, task type, file)}
     for r in results:
         ref = games.setdefault(r["split"], {})
-        mine = {x["qid"]: (x.get("objective"), x.get("task_type")) for x in r["records"]}
+        mine = {x["qid"]: (x["objective"], x["task_type"]) for x in r["records"]}
         if ref and set(mine) != set(ref):
             other = next(iter(ref.values()))[2]
+            only = sorted(set(mine) - set(ref))[:3], sorted(set(ref) - set(mine))[:3]
             raise ResultsError(f"{r['file']}: played {len(mine)} {r['split']} games, {other} {len(ref)}; "
-                               f"{len(set(mine) ^ set(ref))} game ids differ: not the same games")
+                               f"{len(set(mine) ^ set(ref))} game ids differ (only here e.g. {only[0]}, only there "
+                               f"e.g. {only[1]}): not the same games")
         for qid, game in mine.items():
             if qid not in ref:
                 ref[qid] = (*game, r["file"])
@@ -121,23 +133,30 @@ def summarize(results: list[dict], n_boot: int = 2000, seed: int = 42) -> tuple[
     return summary, paired_success(results, PAIRS, n_boot, seed)
 
 
-def write(out: str | Path, folders: list[str | Path], n_boot: int = 2000, seed: int = 42) -> tuple[dict, list[dict]]:
-    """`combine(folders)` copied into `out`/results (a file already there must be the same bytes), with
-    metrics/06_alfworld_summary.json, metrics/06_alfworld_paired.json and sources.json (each file's origin and
-    sha256); returns (summary, paired)."""
+def write(out: str | Path, folders: list[str | Path], n_boot: int = 2000,
+          seed: int = 42) -> tuple[list[dict], dict, list[dict]]:
+    """`combine(folders)` copied into `out`/results, with metrics/06_alfworld_summary.json,
+    metrics/06_alfworld_paired.json and sources.json (each file's origin, sha256 and commit); returns (results as
+    copied, summary, paired). Every destination is checked before anything is written: `out`/results may hold only
+    the same bytes as the files gathered (a rerun), nothing else (a result no check has seen would enter the ledger)."""
     out = Path(out)
     results = combine(folders)
-    sources = []
+    copies = {}
     for r in results:
         src = Path(r["file"])
-        dst = out / src.relative_to(src.parents[3])
+        copies[out / src.relative_to(src.parents[3])] = src
+    for dst, src in copies.items():
+        if dst.is_file() and dst.resolve() != src.resolve() and dst.read_bytes() != src.read_bytes():
+            raise ResultsError(f"{dst}: already holds another result than {src}: write into an empty folder")
+    if stale := sorted(set((out / "results").glob("*/*/*.json")) - set(copies)):
+        raise ResultsError(f"{out}/results holds {len(stale)} file(s) not among the folders gathered (e.g. {stale[0]}): "
+                           f"write into an empty folder")
+    sources = []
+    for r, (dst, src) in zip(results, copies.items()):
         data = src.read_bytes()
         if dst.resolve() != src.resolve():
-            if dst.is_file() and dst.read_bytes() != data:
-                raise ResultsError(f"{dst}: already holds another {r['method']} {r['split']} result than {src}: "
-                                   f"write into an empty folder or delete it")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            dst.write_bytes(data)
         where = src.resolve().relative_to(Path.cwd()) if src.resolve().is_relative_to(Path.cwd()) else src
         sources.append({"file": str(dst.relative_to(out)), "from": str(where), "sha256": hashlib.sha256(data).hexdigest(),
                         "commit": (r.get("code_version") or {}).get("commit")})
@@ -146,7 +165,7 @@ def write(out: str | Path, folders: list[str | Path], n_boot: int = 2000, seed: 
     write_json(out / "metrics" / "06_alfworld_summary.json", summary)
     write_json(out / "metrics" / "06_alfworld_paired.json", paired)
     write_json(out / "sources.json", sources)
-    return summary, paired
+    return results, summary, paired
 
 
 def lines(summary: dict, paired: list[dict]) -> list[str]:

@@ -339,17 +339,16 @@ def main(argv: list[str] | None = None) -> int:
             from ..core.evaluate import ResultsError
 
             try:
-                summary, paired = pairing.write(resolve(args.out), [resolve(f) for f in args.folders])
+                results, summary, paired = pairing.write(resolve(args.out), [resolve(f) for f in args.folders])
             except ResultsError as e:   # not the same games, or a result twice: named in e
                 print(f"elasticmem: error: {e}", file=sys.stderr)
                 return 1
             print("\n".join(pairing.lines(summary, paired)))
-            from ..core.evaluate import load_results
             from .figures import alfworld_success
 
             fig = resolve(args.out) / "figures" / "06_alfworld.png"   # 06's figure, of every agent gathered
             fig.parent.mkdir(parents=True, exist_ok=True)
-            alfworld_success(load_results(resolve(args.out)), 2000, 42).savefig(fig, dpi=120)
+            alfworld_success(results, 2000, 42).savefig(fig, dpi=120)
             print(f"elasticmem: wrote {resolve(args.out) / 'metrics'}, {fig} and sources.json")
         elif args.cmd == "check-params":
             files = sorted(resolve("params").rglob("*.yaml"))
