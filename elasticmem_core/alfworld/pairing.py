@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 from ..core import evaluate, stats
@@ -110,9 +111,7 @@ def summarize(results: list[dict], n_boot: int = 2000, seed: int = 42) -> tuple[
         recs = r["records"]
         x = [float(bool(t["success"])) for t in recs]
         b = stats.bootstrap_mean(x, None, n_boot, seed)
-        reasons: dict = {}
-        for t in recs:
-            reasons[t["reason"].split(":")[0]] = reasons.get(t["reason"].split(":")[0], 0) + 1
+        reasons = dict(Counter(t["reason"].split(":")[0] for t in recs))   # as play.summarize counts them
         rows.append({"method": r["method"], "split": r["split"], "n": len(recs), "successes": int(sum(x)),
                      "success": b["mean"], "ci": b["ci"], "tok_per_episode": sum(t["tok"] for t in recs) / len(recs),
                      "tok_parts": {k: sum(t["tokens"][k] for t in recs) / len(recs) for k in recs[0]["tokens"]},
